@@ -1,0 +1,55 @@
+# xenrr build: `make` sets up everything (system packages, venv, patched engine spec, guests).
+# `make test`, `make demo` and `make bench` depend on it, so each works on a fresh clone.
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+SPEC     := build/engine-spec/.stamp
+SYSDEPS  := build/.sysdeps
+# Debian packages: gdb (end-to-end tests, `xenrr debug`), libxen-dev (the real Xen public headers the
+# guests are built against), patch (applies the engine spec patch set), tmux (terminal tests of the shell).
+APT_PKGS := gdb libxen-dev patch tmux
+
+.PHONY: all test demo bench guests engine sysdeps clean
+all: $(SYSDEPS) $(STAMP) $(SPEC) guests
+
+$(SYSDEPS):
+	@missing=""; \
+	command -v gdb >/dev/null || missing="$$missing gdb"; \
+	test -f /usr/include/xen/xen.h || missing="$$missing libxen-dev"; \
+	command -v patch >/dev/null || missing="$$missing patch"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+	@mkdir -p build && touch $@
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+# The engine's x86 SLEIGH spec with the project's patch set applied (xen/sleigh/*.patch).
+$(SPEC): $(STAMP) $(wildcard xen/sleigh/*.patch) xen/vcpu.py
+	$(PY) -m xen.vcpu prepare-spec
+
+engine: $(SPEC)
+
+guests: $(SYSDEPS)
+	$(MAKE) -C guests
+
+test: all
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: all
+	$(PY) scripts/demo.py
+
+bench: all
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf build
+	$(MAKE) -C guests clean
