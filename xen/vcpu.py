@@ -1,0 +1,654 @@
+"""The virtual CPU: one x86-64 vCPU on the icicle-emu engine, and every engine quirk.
+
+`VCpu` is the only place that touches `icicle`. It owns the engine instance, guest memory mapping,
+exact instruction counting, exits, breakpoints, watch traps and state snapshots. The rest of the
+hypervisor sees only the small interface below and never an engine exception.
+
+Invariant (the one record/replay stands on): given the same state and the same calls, `run()` and
+`step()` reach the same instruction counts and the same state whatever limits the caller uses to
+slice execution. `icount` counts retired guest instructions: an instruction that exits (a hypercall,
+an emulated instruction, a watched access) has retired when the exit is reported; one that faults
+has not. Everything guest-visible that the engine would otherwise make host-dependent (CPUID, TSC,
+random numbers, HLT) is either a documented pure function of the vCPU state or an exit that the
+hypervisor answers through its input funnel.
+
+Engine quirks handled here (see docs/engine.md):
+- the stock x86 SLEIGH spec is patched (xen/sleigh/*.patch) into build/engine-spec; GHIDRA_SRC is
+  pointed at it after `import icicle` and before any instance exists;
+- MXCSR and the x87 control word start at 0 in the engine; hardware reset values are set instead;
+- environment instructions (CPUID, RDTSC, RDTSCP, RDRAND, RDSEED, HLT) and privileged ones surface as
+  UnimplementedOp with the instruction counted and pc on it; they are decoded and emulated here;
+- `syscall` and `int n` both surface as a Syscall exception; the bytes at pc tell them apart;
+- faults leave the faulting instruction counted: the count is corrected here;
+- write/read watch traps come from page protection: the trapping access is re-executed on an
+  unprotected page, exactly once, then protection is restored;
+- `rflags`/`eflags` engine registers are computed by handlers: state is saved flag by flag instead.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import icicle
+from icicle import ExceptionCode, Icicle, MemoryProtection, RunStatus
+
+PAGE_SIZE = 4096
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PATCH_DIR = Path(__file__).resolve().parent / "sleigh"
+SPEC_DIR = Path(os.environ.get("XENRR_ENGINE_SPEC", _PROJECT_ROOT / "build" / "engine-spec"))
+_SPEC_SUBDIR = Path("Ghidra") / "Processors" / "x86"
+
+# The documented virtual TSC: one tick per retired instruction (docs/engine.md, "Time").
+TSC_PER_INSTRUCTION = 1
+
+
+class EngineError(RuntimeError):
+    """The engine could not be set up or misbehaved in a way that is not the guest's fault."""
+
+
+class GuestMemoryError(Exception):
+    """A hypervisor access to guest memory outside what the guest has mapped."""
+
+    def __init__(self, address: int, length: int):
+        super().__init__(f"guest address range {address:#x}+{length:#x} is not mapped")
+        self.address = address
+        self.length = length
+
+
+# --------------------------------------------------------------------------- engine spec patching
+
+def _patch_files() -> list[Path]:
+    return sorted(PATCH_DIR.glob("*.patch"))
+
+
+def _patch_set_digest() -> str:
+    digest = hashlib.sha256(icicle.__file__.encode())
+    for patch in _patch_files():
+        digest.update(patch.name.encode())
+        digest.update(patch.read_bytes())
+    return digest.hexdigest()
+
+
+def _stock_spec_dir() -> Path:
+    return Path(icicle.__file__).resolve().parent / _SPEC_SUBDIR
+
+
+def prepare_spec() -> Path:
+    """Build the patched engine spec (idempotent; rebuilt when the patch set changes). Returns its root.
+
+    The stock x86 folder of the installed icicle package is copied and every xen/sleigh/*.patch is
+    applied in name order with `patch`. The result replaces the old copy atomically, so concurrent
+    processes never see a half-patched spec.
+    """
+    stamp = SPEC_DIR / ".stamp"
+    digest = _patch_set_digest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return SPEC_DIR
+    if shutil.which("patch") is None:
+        raise EngineError("the `patch` program is missing: run `make` (it installs it) or apt-get install patch")
+    SPEC_DIR.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".engine-spec-", dir=SPEC_DIR.parent))
+    try:
+        shutil.copytree(_stock_spec_dir(), staging / _SPEC_SUBDIR)
+        languages = staging / _SPEC_SUBDIR / "data" / "languages"
+        for patch in _patch_files():
+            result = subprocess.run(
+                ["patch", "-p1", "--forward", "--silent", "-d", str(languages), "-i", str(patch)],
+                capture_output=True, text=True)
+            if result.returncode != 0:
+                detail = (result.stdout + result.stderr).strip().splitlines()
+                raise EngineError(f"engine patch {patch.name} does not apply: {detail[0] if detail else 'patch failed'}")
+        (staging / ".stamp").write_text(digest)
+        old = None
+        if SPEC_DIR.exists():
+            old = Path(tempfile.mkdtemp(prefix=".engine-spec-old-", dir=SPEC_DIR.parent))
+            os.replace(SPEC_DIR, old / "spec")
+        os.replace(staging, SPEC_DIR)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return SPEC_DIR
+
+
+def new_engine(jit: bool = True, patched: bool = True) -> Icicle:
+    """A raw engine instance using the patched spec (or the stock one, for regression tests only)."""
+    os.environ["GHIDRA_SRC"] = str(prepare_spec() if patched else Path(icicle.__file__).resolve().parent)
+    try:
+        return Icicle("x86_64", jit=jit)
+    except Exception as error:  # the engine reports SLEIGH compile errors as plain exceptions
+        raise EngineError(f"the engine could not load its x86 spec: {error}") from error
+
+
+# --------------------------------------------------------------------------- exits
+
+class ExitReason(enum.Enum):
+    LIMIT = "limit"            # icount reached the requested target
+    HYPERCALL = "hypercall"    # `syscall` retired; pc is after it; number and arguments in registers
+    BREAKPOINT = "breakpoint"  # pc is at a breakpoint; that instruction has not executed
+    WATCHPOINT = "watchpoint"  # an access to a watched range retired; pc is after the instruction
+    RANDOM = "random"          # rdrand/rdseed: answer with finish_random(value) before running on
+    IDLE = "idle"              # `hlt` retired
+    FAULT = "fault"            # the guest faulted; pc is on the faulting instruction, not retired
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Why `run`/`step` returned, and where."""
+    reason: ExitReason
+    icount: int
+    pc: int
+    address: int | None = None   # data address of a watched access or a memory fault
+    access: str | None = None    # watchpoint: "r" or "w"
+    detail: str = ""             # fault: a one-line description
+
+
+# --------------------------------------------------------------------------- registers
+
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_X86_REGISTER_ORDER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi") + tuple(f"r{n}" for n in range(8, 16))
+_FLAG_BITS = (("CF", 0), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), ("IF", 9),
+              ("DF", 10), ("OF", 11), ("NT", 14), ("AC", 18), ("ID", 21))
+# The complete architectural state the engine holds (87 registers); order matters on restore:
+# STk is written before MMk_Wd (writing STk writes all 10 bytes). pc is restored separately, last.
+_STATE_REGISTERS = (
+    tuple(name.upper() for name in GPR_NAMES)
+    + tuple(flag for flag, _ in _FLAG_BITS)
+    + ("FS_OFFSET", "GS_OFFSET", "MXCSR")
+    + tuple(f"XMM{k}_Q{half}" for k in range(16) for half in "ab")
+    + tuple(name for k in range(8) for name in (f"ST{k}", f"MM{k}_Wd"))
+    + ("FPUControlWord", "FPUStatusWord", "FPUTagWord", "C0", "C1", "C2", "C3"))
+
+MXCSR_RESET = 0x1F80
+FCW_RESET = 0x037F
+RFLAGS_RESERVED_ONE = 0x2
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """A complete vCPU register snapshot, restorable into this or a fresh VCpu."""
+    registers: tuple[int, ...]
+    pc: int
+    icount: int
+
+
+# --------------------------------------------------------------------------- the vCPU
+
+# CPUID as documented in docs/engine.md: a fixed, honest description of what the patched engine runs.
+_VENDOR = b"XenrrVirtCPU"
+_XEN_SIGNATURE = b"XenVMMXenVMM"
+
+
+def _regs_from_text(text: bytes) -> tuple[int, int, int]:
+    return tuple(int.from_bytes(text[i:i + 4], "little") for i in (0, 4, 8))  # type: ignore[return-value]
+
+
+def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The vCPU's CPUID table: (eax, ebx, ecx, edx) for a leaf/subleaf. Unknown leaves read as zeros."""
+    vendor_b, vendor_d, vendor_c = _regs_from_text(_VENDOR)
+    if leaf == 0:
+        return 0x7, vendor_b, vendor_c, vendor_d
+    if leaf == 1:
+        # family 6, model 0x2a-like signature; edx: FPU TSC CX8 CMOV MMX FXSR SSE SSE2; ecx: CX16 POPCNT HYPERVISOR
+        edx = (1 << 0) | (1 << 4) | (1 << 8) | (1 << 15) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+        ecx = (1 << 13) | (1 << 23) | (1 << 31)
+        return 0x000206A0, 0x00000800, ecx, edx
+    if leaf == 0x40000000:
+        b, c, d = _regs_from_text(_XEN_SIGNATURE)
+        return 0x40000001, b, c, d
+    if leaf == 0x40000001:
+        return (4 << 16) | 17, 0, 0, 0   # Xen 4.17, as the headers we implement
+    if leaf == 0x80000000:
+        return 0x80000001, 0, 0, 0
+    if leaf == 0x80000001:
+        # edx: SYSCALL NX LM; ecx: LAHF/SAHF, LZCNT
+        return 0, 0, (1 << 0) | (1 << 5), (1 << 11) | (1 << 20) | (1 << 29)
+    return 0, 0, 0, 0
+
+
+_PROTECTION_FULL = MemoryProtection.ExecuteReadWrite
+_PROTECTION_WRITE_TRAP = MemoryProtection.ExecuteRead
+_PROTECTION_ACCESS_TRAP = MemoryProtection.ExecuteOnly
+
+# Engine exception codes are not hashable: these tables are keyed by the code's name.
+_FAULT_TEXT = {
+    "InvalidInstruction": "invalid instruction",
+    "DivisionException": "divide error",
+    "ReadUnmapped": "read from unmapped address",
+    "WriteUnmapped": "write to unmapped address",
+    "ExecViolation": "execute from non-executable or unmapped address",
+    "ReadPerm": "read from protected address",
+    "WritePerm": "write to read-only address",
+    "SelfModifyingCode": "store to the guest's own code (self-modifying code is not supported)",
+    "ReadUnaligned": "unaligned read",
+    "WriteUnaligned": "unaligned write",
+    "AddressOverflow": "address overflow",
+    "UnimplementedOp": "instruction not supported by the vCPU",
+    "UnknownCpuID": "unsupported CPUID leaf",
+}
+_MEMORY_FAULTS = frozenset({"ReadUnmapped", "WriteUnmapped", "ExecViolation", "ReadPerm", "WritePerm",
+                            "SelfModifyingCode", "ReadUnaligned", "WriteUnaligned", "AddressOverflow"})
+
+
+def _code_name(code: ExceptionCode) -> str:
+    return str(code).rpartition(".")[2]
+_PREFIX_BYTES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0})
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """An environment instruction recognised at pc: its kind, length and rdrand/rdseed destination."""
+    kind: str
+    length: int
+    register: int = 0
+    width: int = 0
+
+
+def _decode_environment(code: bytes) -> _Decoded | None:
+    """Recognise the instructions this module emulates (legacy prefixes and REX allowed)."""
+    index = 0
+    operand16 = False
+    while index < len(code) and code[index] in _PREFIX_BYTES:
+        operand16 |= code[index] == 0x66
+        index += 1
+    rex = 0
+    if index < len(code) and 0x40 <= code[index] <= 0x4F:
+        rex = code[index]
+        index += 1
+    rest = code[index:]
+    if rest[:1] == b"\xf4":
+        return _Decoded("hlt", index + 1)
+    if rest[:2] == b"\x0f\xa2":
+        return _Decoded("cpuid", index + 2)
+    if rest[:2] == b"\x0f\x31":
+        return _Decoded("rdtsc", index + 2)
+    if rest[:3] == b"\x0f\x01\xf9":
+        return _Decoded("rdtscp", index + 3)
+    if rest[:2] == b"\x0f\xc7" and len(rest) >= 3:
+        modrm = rest[2]
+        mod, reg = modrm >> 6, (modrm >> 3) & 7
+        if mod == 3 and reg in (6, 7):
+            width = 64 if rex & 0x8 else (16 if operand16 else 32)
+            return _Decoded("rdrand" if reg == 6 else "rdseed", index + 3,
+                            register=(modrm & 7) | ((rex & 1) << 3), width=width)
+    return None
+
+
+class VCpu:
+    """One vCPU with its guest memory: run to an exact instruction count, exits, traps, snapshots.
+
+    Guest memory is one contiguous range [memory_base, memory_base + memory_size); pages listed in
+    `unmapped_pages` (page numbers relative to memory_base) are left out so that stray accesses fault.
+    """
+
+    def __init__(self, memory_size: int, memory_base: int = 0, unmapped_pages: tuple[int, ...] = (),
+                 jit: bool = True):
+        if memory_size <= 0 or memory_size % PAGE_SIZE or memory_base % PAGE_SIZE:
+            raise ValueError("guest memory size and base must be positive multiples of 4 KiB")
+        self._vm = new_engine(jit=jit)
+        pages_needed = memory_size // PAGE_SIZE + 1024
+        if self._vm.mem_capacity < pages_needed:
+            self._vm.mem_capacity = pages_needed
+        self.memory_base = memory_base
+        self.memory_size = memory_size
+        self._mapped_pages = self._map_memory(memory_base, memory_size, set(unmapped_pages))
+        self._breakpoints: set[int] = set()
+        self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
+        self._trapped_pages: dict[int, MemoryProtection] = {}
+        self._pending_random: tuple[_Decoded, int] | None = None
+        self._reset_registers()
+
+    # ---------------------------------------------------------------- memory
+    def _map_memory(self, base: int, size: int, holes: set[int]) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        page = 0
+        total = size // PAGE_SIZE
+        while page < total:
+            if page in holes:
+                page += 1
+                continue
+            start = page
+            while page < total and page not in holes:
+                page += 1
+            runs.append((base + start * PAGE_SIZE, (page - start) * PAGE_SIZE))
+        for address, length in runs:
+            self._vm.mem_map(address, length, _PROTECTION_FULL)
+        return runs
+
+    def is_mapped(self, address: int, length: int = 1) -> bool:
+        """True when every byte of [address, address+length) is guest memory."""
+        if length <= 0:
+            return length == 0
+        end = address + length
+        return any(start <= address and end <= start + size for start, size in self._mapped_pages)
+
+    def read(self, address: int, length: int) -> bytes:
+        """Guest memory bytes; GuestMemoryError when any of them is not mapped."""
+        if not self.is_mapped(address, length):
+            raise GuestMemoryError(address, length)
+        return bytes(self._vm.mem_read(address, length)) if length else b""
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write guest memory (ignores watch protection; never counts as a guest access)."""
+        if not self.is_mapped(address, len(data)):
+            raise GuestMemoryError(address, len(data))
+        if not data:
+            return
+        try:
+            self._vm.mem_write(address, bytes(data))
+        except icicle.MemoryException as error:
+            raise EngineError(f"write of {len(data)} bytes at {address:#x} refused by the engine: {error}") from error
+
+    def read_u64(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 8), "little")
+
+    def write_u64(self, address: int, value: int) -> None:
+        self.write(address, (value & (2**64 - 1)).to_bytes(8, "little"))
+
+    def memory_image(self) -> bytes:
+        """All of guest memory as one bytes object (holes read as zeros)."""
+        image = bytearray(self.memory_size)
+        for start, size in self._mapped_pages:
+            offset = start - self.memory_base
+            image[offset:offset + size] = self._vm.mem_read(start, size)
+        return bytes(image)
+
+    def changed_pages(self, reference: bytes) -> dict[int, bytes]:
+        """Pages (page number -> contents) whose current contents differ from `reference`, a memory_image()."""
+        current = self.memory_image()
+        changed = {}
+        for offset in range(0, self.memory_size, PAGE_SIZE):
+            page = current[offset:offset + PAGE_SIZE]
+            if page != reference[offset:offset + PAGE_SIZE]:
+                changed[offset // PAGE_SIZE] = page
+        return changed
+
+    def write_pages(self, pages: dict[int, bytes]) -> None:
+        """Write whole pages back (page number -> contents), only where they differ from guest memory."""
+        for number, contents in pages.items():
+            address = self.memory_base + number * PAGE_SIZE
+            if bytes(self._vm.mem_read(address, PAGE_SIZE)) != contents:
+                self.write(address, contents)
+
+    # ---------------------------------------------------------------- registers
+    def _reset_registers(self) -> None:
+        write = self._vm.reg_write
+        write("MXCSR", MXCSR_RESET)
+        write("FPUControlWord", FCW_RESET)
+        write("FPUTagWord", 0xFFFF)
+
+    def reg(self, name: str) -> int:
+        """A register by name: GPRs (rax..r15), rip, rflags, fs_base, gs_base, mxcsr, xmmN (128-bit)."""
+        name = name.lower()
+        if name == "rip":
+            return self._vm.pc
+        if name in ("rflags", "eflags"):
+            return self.rflags()
+        if name in ("fs_base", "gs_base"):
+            return self._vm.reg_read(name[:2].upper() + "_OFFSET")
+        if name.startswith("xmm"):
+            return self._vm.reg_read(f"{name.upper()}_Qa") | (self._vm.reg_read(f"{name.upper()}_Qb") << 64)
+        return self._vm.reg_read(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        name = name.lower()
+        if name == "rip":
+            self._vm.pc = value
+        elif name in ("rflags", "eflags"):
+            self.set_rflags(value)
+        elif name in ("fs_base", "gs_base"):
+            self._vm.reg_write(name[:2].upper() + "_OFFSET", value)
+        elif name.startswith("xmm"):
+            self._vm.reg_write(f"{name.upper()}_Qa", value & (2**64 - 1))
+            self._vm.reg_write(f"{name.upper()}_Qb", value >> 64)
+        else:
+            self._vm.reg_write(name, value)
+
+    def rflags(self) -> int:
+        value = RFLAGS_RESERVED_ONE
+        for flag, bit in _FLAG_BITS:
+            value |= (self._vm.reg_read(flag) & 1) << bit
+        return value
+
+    def set_rflags(self, value: int) -> None:
+        for flag, bit in _FLAG_BITS:
+            self._vm.reg_write(flag, (value >> bit) & 1)
+
+    @property
+    def pc(self) -> int:
+        return self._vm.pc
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self._vm.pc = value
+
+    @property
+    def icount(self) -> int:
+        """Retired guest instructions."""
+        return self._vm.icount
+
+    def save_cpu(self) -> CpuState:
+        read = self._vm.reg_read
+        return CpuState(tuple(read(name) for name in _STATE_REGISTERS), self._vm.pc, self._vm.icount)
+
+    def load_cpu(self, state: CpuState) -> None:
+        write = self._vm.reg_write
+        for name, value in zip(_STATE_REGISTERS, state.registers):
+            write(name, value)
+        self._vm.icount = state.icount
+        self._pending_random = None
+        self._vm.pc = state.pc
+
+    # ---------------------------------------------------------------- breakpoints and watches
+    def add_breakpoint(self, address: int) -> None:
+        if address not in self._breakpoints:
+            self._breakpoints.add(address)
+            self._vm.add_breakpoint(address)
+
+    def remove_breakpoint(self, address: int) -> None:
+        if address in self._breakpoints:
+            self._breakpoints.discard(address)
+            self._vm.remove_breakpoint(address)
+
+    @property
+    def breakpoints(self) -> frozenset[int]:
+        return frozenset(self._breakpoints)
+
+    def add_watch(self, address: int, length: int, access: str = "w") -> None:
+        """Trap guest accesses to [address, address+length): "w" writes, "r" reads, "a" both."""
+        if access not in ("w", "r", "a") or length <= 0:
+            raise ValueError("watch access must be 'w', 'r' or 'a' and length positive")
+        if not self.is_mapped(address, length):
+            raise GuestMemoryError(address, length)
+        self._watches.append((address, length, access))
+        self._apply_watch_protection()
+
+    def remove_watch(self, address: int, length: int, access: str = "w") -> None:
+        if (address, length, access) in self._watches:
+            self._watches.remove((address, length, access))
+            self._apply_watch_protection()
+
+    def _apply_watch_protection(self) -> None:
+        wanted: dict[int, MemoryProtection] = {}
+        for address, length, access in self._watches:
+            protection = _PROTECTION_WRITE_TRAP if access == "w" else _PROTECTION_ACCESS_TRAP
+            for page in range(address & PAGE_MASK, address + length, PAGE_SIZE):
+                if wanted.get(page) != _PROTECTION_ACCESS_TRAP:
+                    wanted[page] = protection
+        for page in set(self._trapped_pages) - set(wanted):
+            self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_FULL)
+        for page, protection in wanted.items():
+            if self._trapped_pages.get(page) != protection:
+                self._vm.mem_protect(page, PAGE_SIZE, protection)
+        self._trapped_pages = wanted
+
+    def _watch_hit(self, address: int, access: str) -> bool:
+        return any(start <= address < start + length and (kind == "a" or kind == access)
+                   for start, length, kind in self._watches)
+
+    # ---------------------------------------------------------------- execution
+    def run(self, until_icount: int) -> Exit:
+        """Execute until `icount == until_icount` or an exit. A breakpoint at the starting pc does not
+        stop this call (the instruction there executes first), as when a debugger resumes."""
+        if self._pending_random is not None:
+            raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
+        vm = self._vm
+        if vm.icount < until_icount and vm.pc in self._breakpoints:
+            result = self._execute_one_unbroken()
+            if result is not None:
+                return result
+        while vm.icount < until_icount:
+            vm.icount_limit = until_icount
+            status = vm.run()
+            if status == RunStatus.InstructionLimit:
+                continue
+            if status == RunStatus.Breakpoint:
+                return Exit(ExitReason.BREAKPOINT, vm.icount, vm.pc)
+            result = self._handle_exception()
+            if result is not None:
+                return result
+        return Exit(ExitReason.LIMIT, vm.icount, vm.pc)
+
+    def step(self) -> Exit:
+        """Execute exactly one instruction (or stop at the exit it causes). Breakpoints do not stop it."""
+        if self._pending_random is not None:
+            raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
+        result = self._execute_one_unbroken()
+        return result if result is not None else Exit(ExitReason.LIMIT, self._vm.icount, self._vm.pc)
+
+    def _execute_one_unbroken(self) -> Exit | None:
+        """Run the instruction at pc with any breakpoint there lifted. None when it simply retired."""
+        vm = self._vm
+        pc = vm.pc
+        lifted = pc in self._breakpoints
+        if lifted:
+            vm.remove_breakpoint(pc)
+        try:
+            start = vm.icount
+            vm.icount_limit = start + 1
+            status = vm.run()
+        finally:
+            if lifted:
+                vm.add_breakpoint(pc)
+        if status in (RunStatus.InstructionLimit, RunStatus.Breakpoint) and vm.icount == start + 1:
+            return None
+        if status == RunStatus.Breakpoint:
+            return Exit(ExitReason.BREAKPOINT, vm.icount, vm.pc)
+        return self._handle_exception()
+
+    def finish_random(self, value: int) -> None:
+        """Complete a RANDOM exit: write `value` to the destination register, CF=1, pc past the insn."""
+        if self._pending_random is None:
+            raise EngineError("no rdrand/rdseed exit is waiting for a value")
+        decoded, next_pc = self._pending_random
+        self._pending_random = None
+        self._write_gpr(decoded.register, value & ((1 << decoded.width) - 1), decoded.width)
+        for flag in ("OF", "SF", "ZF", "AF", "PF"):
+            self._vm.reg_write(flag, 0)
+        self._vm.reg_write("CF", 1)
+        self._vm.pc = next_pc
+
+    def _write_gpr(self, number: int, value: int, width: int) -> None:
+        name = _X86_REGISTER_ORDER[number]
+        if width == 16:
+            old = self._vm.reg_read(name)
+            value = (old & ~0xFFFF) | value
+        self._vm.reg_write(name, value)   # 32-bit writes zero-extend, as hardware does
+
+    def _handle_exception(self) -> Exit | None:
+        """Turn an engine exception into an exit, or emulate and return None to keep running."""
+        vm = self._vm
+        code = vm.exception_code
+        pc = vm.pc
+        if code == ExceptionCode.Syscall:
+            head = bytes(vm.mem_read(pc, 2))
+            if head == b"\x0f\x05":
+                vm.pc = pc + 2
+                return Exit(ExitReason.HYPERCALL, vm.icount, vm.pc)
+            vector = vm.exception_value
+            return self._fault(f"software interrupt int {vector:#x} (no trap table)", None)
+        if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm) and \
+                (vm.exception_value & PAGE_MASK) in self._trapped_pages:
+            return self._trapped_access(vm.exception_value, "w" if code == ExceptionCode.WritePerm else "r")
+        if code == ExceptionCode.UnimplementedOp:
+            decoded = _decode_environment(bytes(vm.mem_read(pc, 16)) if self.is_mapped(pc, 16)
+                                          else bytes(vm.mem_read(pc, 1)))
+            if decoded is not None:
+                return self._emulate(decoded)
+        name = _code_name(code)
+        address = vm.exception_value if name in _MEMORY_FAULTS else None
+        return self._fault(_FAULT_TEXT.get(name, f"engine exception {name}"), address)
+
+    def _fault(self, text: str, address: int | None) -> Exit:
+        vm = self._vm
+        vm.icount = vm.icount - 1   # the engine counted the faulting instruction; it did not retire
+        if address is not None:
+            text = f"{text} {address:#x}"
+        return Exit(ExitReason.FAULT, vm.icount, vm.pc, address=address, detail=text)
+
+    def _emulate(self, decoded: _Decoded) -> Exit | None:
+        vm = self._vm
+        next_pc = vm.pc + decoded.length
+        if decoded.kind == "cpuid":
+            values = cpuid(vm.reg_read("rax") & 0xFFFFFFFF, vm.reg_read("rcx") & 0xFFFFFFFF)
+            for name, value in zip(("rax", "rbx", "rcx", "rdx"), values):
+                vm.reg_write(name, value)
+        elif decoded.kind in ("rdtsc", "rdtscp"):
+            tsc = vm.icount * TSC_PER_INSTRUCTION
+            vm.reg_write("rax", tsc & 0xFFFFFFFF)
+            vm.reg_write("rdx", (tsc >> 32) & 0xFFFFFFFF)
+            if decoded.kind == "rdtscp":
+                vm.reg_write("rcx", 0)   # TSC_AUX: the vCPU number
+        elif decoded.kind == "hlt":
+            vm.pc = next_pc
+            return Exit(ExitReason.IDLE, vm.icount, vm.pc)
+        else:
+            self._pending_random = (decoded, next_pc)
+            return Exit(ExitReason.RANDOM, vm.icount, vm.pc, detail=decoded.kind)
+        vm.pc = next_pc
+        return None
+
+    def _trapped_access(self, address: int, access: str) -> Exit | None:
+        """Re-execute a trapped access once on unprotected pages; report it if it hits a watch."""
+        vm = self._vm
+        vm.icount = vm.icount - 1
+        for page in self._trapped_pages:
+            vm.mem_protect(page, PAGE_SIZE, _PROTECTION_FULL)
+        try:
+            result = self._execute_one_unbroken()
+        finally:
+            for page, protection in self._trapped_pages.items():
+                vm.mem_protect(page, PAGE_SIZE, protection)
+        if result is not None:
+            return result
+        if self._watch_hit(address, access):
+            return Exit(ExitReason.WATCHPOINT, vm.icount, vm.pc, address=address, access=access)
+        return None
+
+
+def _main(argv: list[str]) -> int:
+    if argv == ["prepare-spec"]:
+        try:
+            path = prepare_spec()
+        except EngineError as error:
+            print(f"xen.vcpu: {error}", file=sys.stderr)
+            return 1
+        print(f"engine spec ready: {path} ({len(_patch_files())} patches)")
+        return 0
+    print("usage: python -m xen.vcpu prepare-spec", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
