@@ -1,0 +1,440 @@
+"""The Xen PV x86-64 guest ABI: structure layouts and constants, under Xen's own names.
+
+Owns the binary interface between a PV guest and our hypervisor: the shared pages (start_info,
+shared_info with its vcpu_info and vcpu_time_info, the console ring), the HYPERVISOR_iret frame and
+the hypercall argument structures the hypervisor decodes, plus the numbers both sides agree on.
+
+Invariant: every layout (size, field offsets and sizes, signedness) and every constant here equals
+the one in the real public headers /usr/include/xen (Debian libxen-dev, compiled for x86-64 with
+__XEN_INTERFACE_VERSION__ = __XEN_LATEST_INTERFACE_VERSION__); tests/xen/test_abi.py compiles a C
+program against those headers and fails on any difference.
+
+Naming: structures are ctypes classes in CamelCase (StartInfo is `struct start_info`) whose field
+names are the C member names; constants keep their C names, except that `__HYPERVISOR_x` is spelled
+`HYPERVISOR_x` (Python mangles double-underscore names inside class bodies) and errno values keep
+the `XEN_` prefix that xen/errno.h gives them. Hypercalls return the negated errno (-XEN_EINVAL).
+"""
+
+import ctypes
+
+# x86 page size (Xen's PAGE_SIZE; XENVER_pagesize reports it; no public header names it).
+PAGE_SIZE = 4096
+
+# --- Hypercall numbers (xen.h, __HYPERVISOR_*): the complete table of the interface version. ---
+HYPERVISOR_set_trap_table = 0
+HYPERVISOR_mmu_update = 1
+HYPERVISOR_set_gdt = 2
+HYPERVISOR_stack_switch = 3
+HYPERVISOR_set_callbacks = 4
+HYPERVISOR_fpu_taskswitch = 5
+HYPERVISOR_sched_op_compat = 6
+HYPERVISOR_platform_op = 7
+HYPERVISOR_set_debugreg = 8
+HYPERVISOR_get_debugreg = 9
+HYPERVISOR_update_descriptor = 10
+HYPERVISOR_memory_op = 12
+HYPERVISOR_multicall = 13
+HYPERVISOR_update_va_mapping = 14
+HYPERVISOR_set_timer_op = 15
+HYPERVISOR_event_channel_op_compat = 16
+HYPERVISOR_xen_version = 17
+HYPERVISOR_console_io = 18
+HYPERVISOR_physdev_op_compat = 19
+HYPERVISOR_grant_table_op = 20
+HYPERVISOR_vm_assist = 21
+HYPERVISOR_update_va_mapping_otherdomain = 22
+HYPERVISOR_iret = 23
+HYPERVISOR_vcpu_op = 24
+HYPERVISOR_set_segment_base = 25
+HYPERVISOR_mmuext_op = 26
+HYPERVISOR_xsm_op = 27
+HYPERVISOR_nmi_op = 28
+HYPERVISOR_sched_op = 29
+HYPERVISOR_callback_op = 30
+HYPERVISOR_xenoprof_op = 31
+HYPERVISOR_event_channel_op = 32
+HYPERVISOR_physdev_op = 33
+HYPERVISOR_hvm_op = 34
+HYPERVISOR_sysctl = 35
+HYPERVISOR_domctl = 36
+HYPERVISOR_kexec_op = 37
+HYPERVISOR_tmem_op = 38
+HYPERVISOR_argo_op = 39
+HYPERVISOR_xenpmu_op = 40
+HYPERVISOR_dm_op = 41
+HYPERVISOR_hypfs_op = 42
+
+# Hypercall number -> name without the prefix ("sched_op"), for logs and error messages.
+HYPERCALL_NAMES: dict[int, str] = {
+    value: name.removeprefix("HYPERVISOR_")
+    for name, value in list(globals().items())
+    if name.startswith("HYPERVISOR_")
+}
+
+# --- Error numbers (xen/errno.h) that the hypervisor returns, negated. ---
+XEN_EPERM = 1
+XEN_ENOENT = 2
+XEN_ESRCH = 3
+XEN_EAGAIN = 11
+XEN_ENOMEM = 12
+XEN_EFAULT = 14
+XEN_EBUSY = 16
+XEN_EEXIST = 17
+XEN_EINVAL = 22
+XEN_ENOSPC = 28
+XEN_ENOSYS = 38
+XEN_ETIME = 62
+XEN_EOPNOTSUPP = 95
+
+# --- sched_op (sched.h) ---
+SCHEDOP_yield = 0
+SCHEDOP_block = 1
+SCHEDOP_shutdown = 2
+SCHEDOP_poll = 3
+SHUTDOWN_poweroff = 0
+SHUTDOWN_reboot = 1
+SHUTDOWN_suspend = 2
+SHUTDOWN_crash = 3
+SHUTDOWN_watchdog = 4
+SHUTDOWN_soft_reset = 5
+SHUTDOWN_MAX = 5
+
+# --- event_channel_op (event_channel.h) ---
+EVTCHNOP_bind_interdomain = 0
+EVTCHNOP_bind_virq = 1
+EVTCHNOP_bind_pirq = 2
+EVTCHNOP_close = 3
+EVTCHNOP_send = 4
+EVTCHNOP_status = 5
+EVTCHNOP_alloc_unbound = 6
+EVTCHNOP_bind_ipi = 7
+EVTCHNOP_bind_vcpu = 8
+EVTCHNOP_unmask = 9
+EVTCHNSTAT_closed = 0
+EVTCHNSTAT_unbound = 1
+EVTCHNSTAT_interdomain = 2
+EVTCHNSTAT_pirq = 3
+EVTCHNSTAT_virq = 4
+EVTCHNSTAT_ipi = 5
+# Ports of the 2-level event channel ABI with 64-bit longs: 64 selector bits x 64 pending bits.
+# (Headers before interface 0x00040400 called this NR_EVENT_CHANNELS.)
+EVTCHN_2L_NR_CHANNELS = 4096
+DOMID_SELF = 0x7FF0
+
+# --- Virtual interrupts (xen.h) ---
+VIRQ_TIMER = 0
+VIRQ_DEBUG = 1
+VIRQ_CONSOLE = 2
+NR_VIRQS = 24
+
+# --- vcpu_op (vcpu.h) ---
+VCPUOP_up = 1
+VCPUOP_down = 2
+VCPUOP_is_up = 3
+VCPUOP_set_periodic_timer = 6
+VCPUOP_stop_periodic_timer = 7
+VCPUOP_set_singleshot_timer = 8
+VCPUOP_stop_singleshot_timer = 9
+VCPU_SSHOTTMR_future = 1
+
+# --- console_io (xen.h) ---
+CONSOLEIO_write = 0
+CONSOLEIO_read = 1
+
+# --- xen_version (version.h) ---
+XENVER_version = 0
+XENVER_extraversion = 1
+XENVER_capabilities = 3
+XENVER_changeset = 4
+XENVER_platform_parameters = 5
+XENVER_get_features = 6
+XENVER_pagesize = 7
+XEN_EXTRAVERSION_LEN = 16
+XEN_CAPABILITIES_INFO_LEN = 1024
+XEN_CHANGESET_INFO_LEN = 64
+
+# --- set_callbacks / callback_op (callback.h) ---
+CALLBACKTYPE_event = 0
+CALLBACKTYPE_failsafe = 1
+CALLBACKTYPE_syscall = 2
+CALLBACKTYPE_nmi = 4
+CALLBACKF_mask_events = 1
+CALLBACKOP_register = 0
+CALLBACKOP_unregister = 1
+
+# --- x86-64 PV segments and HYPERVISOR_iret flags (arch-x86/xen-x86_64.h) ---
+FLAT_KERNEL_CS = 0xE033
+FLAT_KERNEL_SS = 0xE02B
+FLAT_KERNEL_DS = 0x0000
+# The cs Xen pushes in an event-upcall bounce frame: FLAT_KERNEL_CS with the privilege bits cleared.
+BOUNCE_FRAME_CS = FLAT_KERNEL_CS & ~3
+VGCF_in_syscall = 1 << 8
+
+# --- ELF notes (elfnote.h): the note owner is "Xen" ---
+XEN_ELFNOTE_ENTRY = 1
+XEN_ELFNOTE_HYPERCALL_PAGE = 2
+XEN_ELFNOTE_VIRT_BASE = 3
+XEN_ELFNOTE_PADDR_OFFSET = 4
+XEN_ELFNOTE_XEN_VERSION = 5
+XEN_ELFNOTE_GUEST_OS = 6
+XEN_ELFNOTE_LOADER = 8
+XEN_ELFNOTE_FEATURES = 10
+
+# --- Sizes ---
+XEN_LEGACY_MAX_VCPUS = 32
+MAX_GUEST_CMDLINE = 1024
+XENCONS_IN_SIZE = 1024  # sizeof(xencons_interface.in)
+XENCONS_OUT_SIZE = 2048  # sizeof(xencons_interface.out)
+
+_u8, _i8, _u16, _u32, _u64 = ctypes.c_uint8, ctypes.c_int8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+class _Struct(ctypes.LittleEndianStructure):
+    """Base of every C struct here: x86-64 natural alignment, little-endian."""
+
+
+class _Union(ctypes.LittleEndianUnion):
+    """Base of every C union here."""
+
+
+# --- Shared pages ---
+
+
+class VcpuTimeInfo(_Struct):
+    """struct vcpu_time_info: per-vCPU system time, guarded by an odd/even `version` (32 bytes)."""
+
+    _fields_ = [
+        ("version", _u32),
+        ("pad0", _u32),
+        ("tsc_timestamp", _u64),
+        ("system_time", _u64),
+        ("tsc_to_system_mul", _u32),
+        ("tsc_shift", _i8),
+        ("flags", _u8),
+        ("pad1", _u8 * 2),
+    ]
+
+
+class ArchVcpuInfo(_Struct):
+    """struct arch_vcpu_info (x86-64)."""
+
+    _fields_ = [("cr2", _u64), ("pad", _u64)]
+
+
+class VcpuInfo(_Struct):
+    """struct vcpu_info: upcall pending/mask bytes, the pending selector word, time (64 bytes)."""
+
+    _fields_ = [
+        ("evtchn_upcall_pending", _u8),
+        ("evtchn_upcall_mask", _u8),
+        ("evtchn_pending_sel", _u64),
+        ("arch", ArchVcpuInfo),
+        ("time", VcpuTimeInfo),
+    ]
+
+
+class ArchSharedInfo(_Struct):
+    """struct arch_shared_info (x86-64)."""
+
+    _fields_ = [
+        ("max_pfn", _u64),
+        ("pfn_to_mfn_frame_list_list", _u64),
+        ("nmi_reason", _u64),
+        ("p2m_cr3", _u64),
+        ("p2m_vaddr", _u64),
+        ("p2m_generation", _u64),
+    ]
+
+
+class SharedInfo(_Struct):
+    """struct shared_info: vcpu_info[32], the 2-level event pending/mask bitmaps, wallclock."""
+
+    _fields_ = [
+        ("vcpu_info", VcpuInfo * XEN_LEGACY_MAX_VCPUS),
+        ("evtchn_pending", _u64 * 64),
+        ("evtchn_mask", _u64 * 64),
+        ("wc_version", _u32),
+        ("wc_sec", _u32),
+        ("wc_nsec", _u32),
+        ("wc_sec_hi", _u32),
+        ("arch", ArchSharedInfo),
+    ]
+
+
+class StartInfoConsoleDomU(_Struct):
+    """start_info.console.domU: the console ring's frame and event channel."""
+
+    _fields_ = [("mfn", _u64), ("evtchn", _u32)]
+
+
+class StartInfoConsole(_Union):
+    """start_info.console (only the domU member: we build unprivileged domains)."""
+
+    _fields_ = [("domU", StartInfoConsoleDomU)]
+
+
+class StartInfo(_Struct):
+    """struct start_info: what a PV kernel finds at %rsi on entry."""
+
+    _fields_ = [
+        ("magic", ctypes.c_char * 32),
+        ("nr_pages", _u64),
+        ("shared_info", _u64),
+        ("flags", _u32),
+        ("store_mfn", _u64),
+        ("store_evtchn", _u32),
+        ("console", StartInfoConsole),
+        ("pt_base", _u64),
+        ("nr_pt_frames", _u64),
+        ("mfn_list", _u64),
+        ("mod_start", _u64),
+        ("mod_len", _u64),
+        ("cmd_line", _i8 * MAX_GUEST_CMDLINE),
+        ("first_p2m_pfn", _u64),
+        ("nr_p2m_frames", _u64),
+    ]
+
+
+class XenconsInterface(_Struct):
+    """struct xencons_interface (io/console.h): the PV console ring page."""
+
+    _fields_ = [
+        ("in", ctypes.c_char * XENCONS_IN_SIZE),
+        ("out", ctypes.c_char * XENCONS_OUT_SIZE),
+        ("in_cons", _u32),
+        ("in_prod", _u32),
+        ("out_cons", _u32),
+        ("out_prod", _u32),
+    ]
+
+
+class IretContext(_Struct):
+    """struct iret_context: the frame HYPERVISOR_iret pops, lowest address (rax) first."""
+
+    _fields_ = [
+        ("rax", _u64),
+        ("r11", _u64),
+        ("rcx", _u64),
+        ("flags", _u64),
+        ("rip", _u64),
+        ("cs", _u64),
+        ("rflags", _u64),
+        ("rsp", _u64),
+        ("ss", _u64),
+    ]
+
+
+# --- Hypercall arguments ---
+
+
+class SchedShutdown(_Struct):
+    """struct sched_shutdown (SCHEDOP_shutdown)."""
+
+    _fields_ = [("reason", ctypes.c_uint)]
+
+
+class GuestHandle(_Struct):
+    """XEN_GUEST_HANDLE(type): `struct { type *p; }`, p being a guest virtual address."""
+
+    _fields_ = [("p", _u64)]
+
+
+class SchedPoll(_Struct):
+    """struct sched_poll (SCHEDOP_poll): ports.p -> evtchn_port_t[nr_ports]."""
+
+    _fields_ = [("ports", GuestHandle), ("nr_ports", ctypes.c_uint), ("timeout", _u64)]
+
+
+class EvtchnAllocUnbound(_Struct):
+    """struct evtchn_alloc_unbound (EVTCHNOP_alloc_unbound)."""
+
+    _fields_ = [("dom", _u16), ("remote_dom", _u16), ("port", _u32)]
+
+
+class EvtchnBindVirq(_Struct):
+    """struct evtchn_bind_virq (EVTCHNOP_bind_virq)."""
+
+    _fields_ = [("virq", _u32), ("vcpu", _u32), ("port", _u32)]
+
+
+class EvtchnClose(_Struct):
+    """struct evtchn_close (EVTCHNOP_close)."""
+
+    _fields_ = [("port", _u32)]
+
+
+class EvtchnSend(_Struct):
+    """struct evtchn_send (EVTCHNOP_send)."""
+
+    _fields_ = [("port", _u32)]
+
+
+class EvtchnUnmask(_Struct):
+    """struct evtchn_unmask (EVTCHNOP_unmask)."""
+
+    _fields_ = [("port", _u32)]
+
+
+class EvtchnStatusUnbound(_Struct):
+    """evtchn_status.u.unbound."""
+
+    _fields_ = [("dom", _u16)]
+
+
+class EvtchnStatusInterdomain(_Struct):
+    """evtchn_status.u.interdomain."""
+
+    _fields_ = [("dom", _u16), ("port", _u32)]
+
+
+class EvtchnStatusU(_Union):
+    """evtchn_status.u, selected by `status`."""
+
+    _fields_ = [
+        ("unbound", EvtchnStatusUnbound),
+        ("interdomain", EvtchnStatusInterdomain),
+        ("pirq", _u32),
+        ("virq", _u32),
+    ]
+
+
+class EvtchnStatus(_Struct):
+    """struct evtchn_status (EVTCHNOP_status): dom/port in, the rest out."""
+
+    _fields_ = [
+        ("dom", _u16),
+        ("port", _u32),
+        ("status", _u32),
+        ("vcpu", _u32),
+        ("u", EvtchnStatusU),
+    ]
+
+
+class VcpuSetPeriodicTimer(_Struct):
+    """struct vcpu_set_periodic_timer (VCPUOP_set_periodic_timer)."""
+
+    _fields_ = [("period_ns", _u64)]
+
+
+class VcpuSetSingleshotTimer(_Struct):
+    """struct vcpu_set_singleshot_timer (VCPUOP_set_singleshot_timer)."""
+
+    _fields_ = [("timeout_abs_ns", _u64), ("flags", _u32)]
+
+
+class XenFeatureInfo(_Struct):
+    """struct xen_feature_info (XENVER_get_features)."""
+
+    _fields_ = [("submap_idx", ctypes.c_uint), ("submap", _u32)]
+
+
+class XenPlatformParameters(_Struct):
+    """struct xen_platform_parameters (XENVER_platform_parameters)."""
+
+    _fields_ = [("virt_start", _u64)]
+
+
+class CallbackRegister(_Struct):
+    """struct callback_register (CALLBACKOP_register)."""
+
+    _fields_ = [("type", _u16), ("flags", _u16), ("address", _u64)]
