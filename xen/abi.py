@@ -65,10 +65,11 @@ HYPERVISOR_dm_op = 41
 HYPERVISOR_hypfs_op = 42
 
 # Hypercall number -> name without the prefix ("sched_op"), for logs and error messages.
+# (Hypercall names are lower case, which keeps HYPERVISOR_VIRT_START below out.)
 HYPERCALL_NAMES: dict[int, str] = {
     value: name.removeprefix("HYPERVISOR_")
     for name, value in list(globals().items())
-    if name.startswith("HYPERVISOR_")
+    if name.startswith("HYPERVISOR_") and name.removeprefix("HYPERVISOR_").islower()
 }
 
 # --- Error numbers (xen/errno.h) that the hypervisor returns, negated. ---
@@ -152,6 +153,8 @@ XENVER_pagesize = 7
 XEN_EXTRAVERSION_LEN = 16
 XEN_CAPABILITIES_INFO_LEN = 1024
 XEN_CHANGESET_INFO_LEN = 64
+# Start of the hypervisor's hole in a 64-bit PV guest's address space (XENVER_platform_parameters).
+HYPERVISOR_VIRT_START = 0xFFFF800000000000
 
 # --- set_callbacks / callback_op (callback.h) ---
 CALLBACKTYPE_event = 0

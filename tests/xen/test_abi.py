@@ -105,7 +105,7 @@ def is_errno(name: str) -> bool:
 
 
 def c_expression(name: str) -> str:
-    if name.startswith("HYPERVISOR_"):
+    if name.removeprefix("HYPERVISOR_") in abi.HYPERCALL_NAMES.values():
         return "__" + name
     return C_EXPRESSIONS.get(name, name)
 
@@ -132,7 +132,7 @@ def generate_c_program() -> str:
     for name in python_constants():
         if is_errno(name) or name in NOT_IN_HEADERS:
             continue
-        lines.append(f'    printf("const {name} %lld\\n", (long long)({c_expression(name)}));')
+        lines.append(f'    printf("const {name} %llu\\n", (unsigned long long)({c_expression(name)}));')
     lines.append('#define XEN_ERRNO(name, value) printf("const XEN_" #name " %d\\n", value);')
     lines.append("#include <xen/errno.h>")
     lines += ["    return 0;", "}"]
