@@ -1,0 +1,156 @@
+"""Console input backends: a key script (`--keys`, `--keys-file`) and the host terminal.
+
+Owns turning host input into the byte stream the hypervisor injects into the console ring, and
+when each byte is due. Both implement xen.sched.ConsoleInput. Invariant: every byte given to the
+backend is handed to the hypervisor exactly once, in order (nothing is dropped when the ring is
+full: the rest simply stays due).
+
+Key script syntax: text with C escapes \\r \\n \\t \\\\ \\xNN, and \\pN = pause N milliseconds before
+the next key (on the guest's clock with --clock virtual, on the host's with --clock real).
+"""
+from __future__ import annotations
+
+import os
+import select
+import termios
+import tty
+from collections import deque
+
+DETACH_KEY = 0x1D          # Ctrl-], as `xl console`
+_SIMPLE_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\", "e": b"\x1b"}
+NS_PER_MS = 1_000_000
+
+
+class KeyScriptError(ValueError):
+    """A key script that cannot be parsed (message says where)."""
+
+
+def parse_key_script(text: str) -> list[tuple[int, int]]:
+    """Parse a key script into (pause_before_ns, byte) pairs."""
+    keys: list[tuple[int, int]] = []
+    pause = 0
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char != "\\":
+            for byte in char.encode():
+                keys.append((pause, byte))
+                pause = 0
+            index += 1
+            continue
+        if index + 1 >= len(text):
+            raise KeyScriptError(f"key script ends with a lone backslash (offset {index})")
+        escape = text[index + 1]
+        if escape in _SIMPLE_ESCAPES:
+            keys.append((pause, _SIMPLE_ESCAPES[escape][0]))
+            pause = 0
+            index += 2
+        elif escape == "x":
+            digits = text[index + 2:index + 4]
+            if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise KeyScriptError(f"\\x needs two hex digits (offset {index})")
+            keys.append((pause, int(digits, 16)))
+            pause = 0
+            index += 4
+        elif escape == "p":
+            end = index + 2
+            while end < len(text) and text[end].isdigit():
+                end += 1
+            if end == index + 2:
+                raise KeyScriptError(f"\\p needs a number of milliseconds (offset {index})")
+            pause += int(text[index + 2:end]) * NS_PER_MS
+            index = end
+        else:
+            raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\xNN \\pN")
+    return keys
+
+
+class KeyScript:
+    """Scripted keys: each byte is due `pause` ns after the previous byte was taken."""
+
+    def __init__(self, keys: list[tuple[int, int]]):
+        self._keys = deque(keys)
+        self._last_taken_ns = 0
+
+    def take(self, now_ns: int, limit: int) -> bytes:
+        taken = bytearray()
+        while self._keys and len(taken) < limit and self._last_taken_ns + self._keys[0][0] <= now_ns:
+            taken.append(self._keys.popleft()[1])
+            self._last_taken_ns = now_ns
+        return bytes(taken)
+
+    def next_due_ns(self, now_ns: int) -> int | None:
+        if not self._keys:
+            return None
+        return max(now_ns, self._last_taken_ns + self._keys[0][0])
+
+    def fileno(self) -> int | None:
+        return None
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._keys
+
+    @property
+    def detached(self) -> bool:
+        return False
+
+
+class TerminalInput:
+    """The host terminal (or any readable fd) as console input; Ctrl-] detaches.
+
+    On a TTY it switches to raw input (no echo, no line editing, no signals: the guest does those)
+    while keeping output processing, and `restore()` puts the terminal back.
+    """
+
+    def __init__(self, descriptor: int = 0):
+        self._fd = descriptor
+        self._pending = bytearray()
+        self._eof = False
+        self._detached = False
+        self._saved = None
+        if os.isatty(descriptor):
+            self._saved = termios.tcgetattr(descriptor)
+            mode = termios.tcgetattr(descriptor)
+            mode[tty.IFLAG] &= ~(termios.ICRNL | termios.IXON | termios.ISTRIP | termios.INLCR | termios.IGNCR)
+            mode[tty.LFLAG] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
+            mode[tty.CC][termios.VMIN] = 1
+            mode[tty.CC][termios.VTIME] = 0
+            termios.tcsetattr(descriptor, termios.TCSANOW, mode)
+
+    def restore(self) -> None:
+        if self._saved is not None:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+    def _read_available(self) -> None:
+        while not self._eof and select.select([self._fd], [], [], 0)[0]:
+            chunk = os.read(self._fd, 4096)
+            if not chunk:
+                self._eof = True
+                break
+            if DETACH_KEY in chunk:
+                self._pending += chunk[:chunk.index(DETACH_KEY)]
+                self._detached = True
+                break
+            self._pending += chunk
+
+    def take(self, now_ns: int, limit: int) -> bytes:
+        self._read_available()
+        taken = bytes(self._pending[:limit])
+        del self._pending[:limit]
+        return taken
+
+    def next_due_ns(self, now_ns: int) -> int | None:
+        return now_ns if self._pending else None
+
+    def fileno(self) -> int | None:
+        return None if self._eof or self._detached else self._fd
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not self._pending
+
+    @property
+    def detached(self) -> bool:
+        return self._detached and not self._pending

@@ -1,0 +1,66 @@
+"""The PV console ring, backend side: struct xencons_interface in the guest's console page.
+
+Owns the ring indices as the backend sees them: it consumes guest output (out[], out_cons) and
+produces guest input (in[], in_prod). Invariant: output is consumed only when the guest notifies
+the console port (a guest hypercall, so deterministic); input is produced only through the input
+funnel (xen/inject.py). Ring indices are free-running 32-bit counters masked into the arrays, as in
+io/console.h; a guest that corrupts them loses its own output, never the hypervisor's stability.
+"""
+from __future__ import annotations
+
+from xen import abi
+from xen.vcpu import VCpu
+
+_INDEX_MASK = 0xFFFFFFFF
+
+
+class ConsoleRing:
+    """Backend view of one xencons_interface page."""
+
+    def __init__(self, vcpu: VCpu, address: int):
+        self._vcpu = vcpu
+        self.address = address
+        self.in_size = abi.XENCONS_IN_SIZE
+        self.out_size = abi.XENCONS_OUT_SIZE
+
+    def _index(self, name: str) -> int:
+        return int.from_bytes(self._vcpu.read(self.address + getattr(abi.XenconsInterface, name).offset, 4), "little")
+
+    def _set_index(self, name: str, value: int) -> None:
+        self._vcpu.write(self.address + getattr(abi.XenconsInterface, name).offset,
+                         (value & _INDEX_MASK).to_bytes(4, "little"))
+
+    def drain_output(self) -> bytes:
+        """Everything the guest has produced since the last call; advances out_cons."""
+        consumer, producer = self._index("out_cons"), self._index("out_prod")
+        available = (producer - consumer) & _INDEX_MASK
+        if available > self.out_size:          # corrupted indices: resynchronise, drop the garbage
+            self._set_index("out_cons", producer)
+            return b""
+        base = self.address + abi.XenconsInterface.out.offset
+        data = bytearray()
+        while available:
+            offset = consumer % self.out_size
+            chunk = min(available, self.out_size - offset)
+            data += self._vcpu.read(base + offset, chunk)
+            consumer += chunk
+            available -= chunk
+        self._set_index("out_cons", consumer)
+        return bytes(data)
+
+    def input_space(self) -> int:
+        """How many bytes of input the ring can take now."""
+        used = (self._index("in_prod") - self._index("in_cons")) & _INDEX_MASK
+        return max(0, self.in_size - used)
+
+    def push_input(self, data: bytes) -> None:
+        """Append input bytes (the caller has checked input_space) and advance in_prod."""
+        producer = self._index("in_prod")
+        base = self.address + getattr(abi.XenconsInterface, "in").offset
+        written = 0
+        while written < len(data):
+            offset = (producer + written) % self.in_size
+            chunk = data[written:written + self.in_size - offset]
+            self._vcpu.write(base + offset, chunk)
+            written += len(chunk)
+        self._set_index("in_prod", producer + len(data))

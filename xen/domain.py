@@ -1,0 +1,169 @@
+"""A PV domain: its vCPU and memory, event channels, console ring, time, and run state.
+
+Owns the state machine of one guest (running / blocked / shut down / crashed) and the glue between
+its parts: a hypercall exit goes to xen/hypercalls.py, outside inputs come in through the funnel
+(`self.funnel`, xen/inject.py), and every return to the guest delivers a pending, unmasked upcall.
+Invariant: everything guest-visible here changes either in a hypercall (deterministic) or in a
+funnel injection (recorded); nothing here reads the host clock or host input.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+from xen import abi, hypercalls
+from xen.builder import DomainImage
+from xen.console import ConsoleRing
+from xen.evtchn import Binding, EventChannels
+from xen.inject import Funnel
+from xen.timekeeping import GuestTime
+from xen.upcall import GuestFault, deliver_if_pending
+from xen.vcpu import Exit, ExitReason, VCpu
+
+INITIAL_RFLAGS = 0x202
+CONSOLE_PORT = 1
+STORE_PORT = 2
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+
+
+SHUTDOWN_REASONS = {abi.SHUTDOWN_poweroff: "poweroff", abi.SHUTDOWN_reboot: "reboot",
+                    abi.SHUTDOWN_suspend: "suspend", abi.SHUTDOWN_crash: "crash",
+                    abi.SHUTDOWN_watchdog: "watchdog", abi.SHUTDOWN_soft_reset: "soft_reset"}
+
+
+@dataclass(frozen=True)
+class CrashReport:
+    """Why a domain crashed and exactly where."""
+    reason: str
+    rip: int
+    icount: int
+    address: int | None = None
+
+    def __str__(self) -> str:
+        where = f"rip {self.rip:#x}, instruction {self.icount}"
+        if self.address is not None:
+            where += f", address {self.address:#x}"
+        return f"domain crashed: {self.reason} ({where})"
+
+
+class Domain:
+    """One guest domain built from a DomainImage, with a single vCPU."""
+
+    def __init__(self, image: DomainImage, *, jit: bool = True,
+                 console_output: Callable[[bytes], None] = lambda data: None,
+                 hypervisor_console: Callable[[bytes], None] = lambda data: None):
+        self.image = image
+        layout = image.layout
+        self.vcpu = VCpu(image.memory_bytes, memory_base=layout.virt_base,
+                         unmapped_pages=image.unmapped_pages, jit=jit)
+        for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
+            self.vcpu.write(address, data)
+        self.events = EventChannels(self.vcpu, layout.shared_info)
+        self.events.allocate(Binding("backend", "console"), port=CONSOLE_PORT)
+        self.events.allocate(Binding("backend", "xenstore"), port=STORE_PORT)
+        self.events.set_upcall_mask(True)
+        self.console_port = CONSOLE_PORT
+        self.console = ConsoleRing(self.vcpu, layout.console)
+        self.time = GuestTime(self.vcpu, self.events.vcpu_info_address() + abi.VcpuInfo.time.offset)
+        self.funnel = Funnel(self)
+        self.console_output = console_output
+        self.hypervisor_console = hypervisor_console
+        self.event_callback = 0
+        self.failsafe_callback = 0
+        self.state = RunState.RUNNING
+        self.shutdown_reason: int | None = None
+        self.crash_report: CrashReport | None = None
+        self.vcpu.set_reg("rsp", image.initial_rsp)
+        self.vcpu.set_reg("rsi", image.initial_rsi)
+        self.vcpu.set_rflags(INITIAL_RFLAGS)
+        self.vcpu.pc = image.entry
+
+    # ---------------------------------------------------------------- state
+    @property
+    def alive(self) -> bool:
+        return self.state in (RunState.RUNNING, RunState.BLOCKED)
+
+    def block(self) -> None:
+        """SCHEDOP_block: unmask events; block unless an upcall is already pending."""
+        self.events.set_upcall_mask(False)
+        if not self.events.upcall_pending():
+            self.state = RunState.BLOCKED
+
+    def shutdown(self, reason: int) -> None:
+        self.state = RunState.SHUTDOWN
+        self.shutdown_reason = reason
+
+    def crash(self, reason: str, address: int | None = None) -> None:
+        self.state = RunState.CRASHED
+        self.crash_report = CrashReport(reason, self.vcpu.pc, self.vcpu.icount, address)
+
+    @property
+    def shutdown_name(self) -> str | None:
+        if self.shutdown_reason is None:
+            return None
+        return SHUTDOWN_REASONS.get(self.shutdown_reason, str(self.shutdown_reason))
+
+    # ---------------------------------------------------------------- events
+    def notify_guest(self, port: int) -> None:
+        """Raise an event on `port` towards the guest (from a backend or a timer)."""
+        self.events.set_pending(port)
+
+    def raise_virq(self, virq: int) -> None:
+        port = self.events.port_for_virq(virq)
+        if port is not None:
+            self.notify_guest(port)
+
+    def guest_notified(self, port: int) -> None:
+        """EVTCHNOP_send from the guest: service the backend behind the port, synchronously."""
+        binding = self.events.binding(port)
+        if binding is not None and binding.kind == "backend" and binding.target == "console":
+            output = self.console.drain_output()
+            if output:
+                self.console_output(output)
+
+    def expire_timers(self) -> None:
+        """Fire timers already due at the current guest time (a guest armed one in the past)."""
+        if self.time.expire(self.time.now()):
+            self.raise_virq(abi.VIRQ_TIMER)
+
+    def return_to_guest(self) -> None:
+        """Wake on a pending upcall and deliver it if unmasked, as Xen does on every return to the guest."""
+        if not self.alive:
+            return
+        if self.state == RunState.BLOCKED:
+            if not self.events.upcall_pending():
+                return
+            self.state = RunState.RUNNING
+        try:
+            deliver_if_pending(self.vcpu, self.events, self.event_callback)
+        except GuestFault as fault:
+            self.crash(str(fault))
+
+    # ---------------------------------------------------------------- exits
+    def handle_exit(self, exit: Exit) -> None:
+        """React to a vCPU exit that is the guest's business: hypercalls, hlt, faults."""
+        if exit.reason == ExitReason.HYPERCALL:
+            vcpu = self.vcpu
+            number = vcpu.reg("rax")
+            arguments = tuple(vcpu.reg(name) for name in ("rdi", "rsi", "rdx", "r10", "r8"))
+            try:
+                result = hypercalls.dispatch(self, number, arguments)
+            except GuestFault as fault:
+                self.crash(str(fault))
+                return
+            if self.alive:
+                vcpu.set_reg("rax", result & (2**64 - 1))
+                self.return_to_guest()
+        elif exit.reason == ExitReason.IDLE:
+            self.block()
+        elif exit.reason == ExitReason.FAULT:
+            self.crash(exit.detail, exit.address)
+        else:
+            raise ValueError(f"{exit.reason} is not a guest exit")

@@ -1,0 +1,117 @@
+"""Event channels: the port table and the 2-level pending/mask bitmaps in the guest's shared_info.
+
+Owns which port is bound to what (a VIRQ, a backend device, or nothing) and the event bits as Xen
+lays them out: shared_info.evtchn_pending[] / evtchn_mask[], vcpu_info.evtchn_pending_sel and
+evtchn_upcall_pending. Invariant: the bits in guest memory are the only event state; this module
+keeps no shadow copy of them, so a snapshot of guest memory is a snapshot of all event state.
+Upcall delivery itself (the bounce frame) is xen/upcall.py's.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from xen import abi
+from xen.vcpu import VCpu
+
+BITS_PER_WORD = 64
+
+
+@dataclass
+class Binding:
+    """What a port is connected to: ("virq", number), ("backend", device name) or ("unbound", remote domid)."""
+    kind: str
+    target: int | str
+    vcpu: int = 0
+
+
+class EventChannels:
+    """The domain's event-channel ports, with their pending/mask bits kept in shared_info."""
+
+    def __init__(self, vcpu: VCpu, shared_info_address: int, max_ports: int = abi.EVTCHN_2L_NR_CHANNELS):
+        self._vcpu = vcpu
+        self._shared = shared_info_address
+        self.max_ports = max_ports
+        self._ports: dict[int, Binding] = {}
+        self._virq_ports: dict[int, int] = {}
+
+    # ---------------------------------------------------------------- port table
+    def allocate(self, binding: Binding, port: int | None = None) -> int:
+        """Bind the lowest free port (port 0 is never used, as on Xen), or `port` if given and free."""
+        if port is None:
+            port = next(p for p in range(1, self.max_ports) if p not in self._ports)
+        self._ports[port] = binding
+        if binding.kind == "virq":
+            self._virq_ports[int(binding.target)] = port
+        return port
+
+    def has_free_port(self) -> bool:
+        return len(self._ports) < self.max_ports - 1
+
+    def binding(self, port: int) -> Binding | None:
+        return self._ports.get(port)
+
+    def port_for_virq(self, virq: int) -> int | None:
+        return self._virq_ports.get(virq)
+
+    def close(self, port: int) -> None:
+        binding = self._ports.pop(port)
+        if binding.kind == "virq":
+            del self._virq_ports[int(binding.target)]
+
+    # ---------------------------------------------------------------- bits in shared_info
+    def _word_address(self, array_field: str, port: int) -> int:
+        return self._shared + getattr(abi.SharedInfo, array_field).offset + (port // BITS_PER_WORD) * 8
+
+    def _vcpu_info(self, vcpu_id: int = 0) -> int:
+        return self._shared + abi.SharedInfo.vcpu_info.offset + vcpu_id * ctypes.sizeof(abi.VcpuInfo)
+
+    def _test_and_set(self, address: int, bit: int) -> bool:
+        word = self._vcpu.read_u64(address)
+        self._vcpu.write_u64(address, word | (1 << bit))
+        return bool(word >> bit & 1)
+
+    def is_pending(self, port: int) -> bool:
+        return bool(self._vcpu.read_u64(self._word_address("evtchn_pending", port)) >> (port % BITS_PER_WORD) & 1)
+
+    def is_masked(self, port: int) -> bool:
+        return bool(self._vcpu.read_u64(self._word_address("evtchn_mask", port)) >> (port % BITS_PER_WORD) & 1)
+
+    def set_pending(self, port: int) -> bool:
+        """Mark `port` pending as Xen's 2-level ABI does. True when this raised the vCPU's upcall flag."""
+        if self._test_and_set(self._word_address("evtchn_pending", port), port % BITS_PER_WORD):
+            return False
+        if self.is_masked(port):
+            return False
+        return self._raise_selector(port)
+
+    def unmask(self, port: int) -> bool:
+        """Clear the mask bit; a port that was pending meanwhile now raises the upcall flag."""
+        address = self._word_address("evtchn_mask", port)
+        self._vcpu.write_u64(address, self._vcpu.read_u64(address) & ~(1 << (port % BITS_PER_WORD)))
+        return self.is_pending(port) and self._raise_selector(port)
+
+    def _raise_selector(self, port: int) -> bool:
+        binding = self._ports.get(port)
+        info = self._vcpu_info(binding.vcpu if binding else 0)
+        selector = info + abi.VcpuInfo.evtchn_pending_sel.offset
+        if self._test_and_set(selector, port // BITS_PER_WORD):
+            return False
+        pending = info + abi.VcpuInfo.evtchn_upcall_pending.offset
+        already = self._vcpu.read(pending, 1) != b"\0"
+        self._vcpu.write(pending, b"\1")
+        return not already
+
+    # ---------------------------------------------------------------- the vCPU's upcall flags
+    def upcall_pending(self, vcpu_id: int = 0) -> bool:
+        return self._vcpu.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_pending.offset, 1) != b"\0"
+
+    def upcall_masked(self, vcpu_id: int = 0) -> bool:
+        return self._vcpu.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset, 1) != b"\0"
+
+    def set_upcall_mask(self, masked: bool, vcpu_id: int = 0) -> None:
+        self._vcpu.write(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset,
+                         b"\1" if masked else b"\0")
+
+    def vcpu_info_address(self, vcpu_id: int = 0) -> int:
+        return self._vcpu_info(vcpu_id)

@@ -1,0 +1,271 @@
+"""Hypercall dispatch: the real Xen numbers, argument decoding, and Xen's error codes.
+
+Owns what each hypercall does to a domain. Arguments arrive in rdi, rsi, rdx, r10, r8 and the
+result goes to rax (the vCPU wrapper has already moved pc past the `syscall`). Invariant: a
+hypercall is a pure function of guest state and domain state - nothing from outside the domain
+is read here (outside inputs only enter through xen/inject.py) - and no guest argument can make
+the hypervisor fail: bad pointers give -EFAULT, bad values -EINVAL, unknown operations -ENOSYS.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from xen import abi
+from xen.evtchn import Binding
+from xen.upcall import do_iret
+from xen.vcpu import GuestMemoryError
+
+if TYPE_CHECKING:
+    from xen.domain import Domain
+
+MAX_CONSOLE_WRITE = 64 * 1024
+MIN_TIMER_PERIOD_NS = 1_000_000          # Xen refuses periodic timers faster than 1 ms
+XEN_VERSION = (4, 17)
+_StructT = TypeVar("_StructT", bound=ctypes.Structure)
+
+
+class HypercallError(Exception):
+    """Ends a hypercall with a Xen error code."""
+
+    def __init__(self, errno: int):
+        super().__init__(errno)
+        self.errno = errno
+
+
+def _read(domain: "Domain", address: int, struct_type: type[_StructT]) -> _StructT:
+    try:
+        return struct_type.from_buffer_copy(domain.vcpu.read(address, ctypes.sizeof(struct_type)))
+    except GuestMemoryError:
+        raise HypercallError(abi.XEN_EFAULT) from None
+
+
+def _write(domain: "Domain", address: int, data: bytes) -> None:
+    try:
+        domain.vcpu.write(address, data)
+    except GuestMemoryError:
+        raise HypercallError(abi.XEN_EFAULT) from None
+
+
+def _check_port(domain: "Domain", port: int) -> None:
+    if not 0 < port < domain.events.max_ports or domain.events.binding(port) is None:
+        raise HypercallError(abi.XEN_EINVAL)
+
+
+# --------------------------------------------------------------------------- handlers
+
+def console_io(domain: "Domain", command: int, count: int, buffer: int, *_: int) -> int:
+    if command == abi.CONSOLEIO_write:
+        if count > MAX_CONSOLE_WRITE:
+            raise HypercallError(abi.XEN_EINVAL)
+        try:
+            text = domain.vcpu.read(buffer, count)
+        except GuestMemoryError:
+            raise HypercallError(abi.XEN_EFAULT) from None
+        domain.hypervisor_console(text)
+        return 0
+    if command == abi.CONSOLEIO_read:
+        return 0        # the hypervisor console has no input for guests
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def sched_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    if command == abi.SCHEDOP_yield:
+        return 0
+    if command == abi.SCHEDOP_block:
+        domain.block()
+        return 0
+    if command == abi.SCHEDOP_shutdown:
+        reason = _read(domain, argument, abi.SchedShutdown).reason
+        if reason > abi.SHUTDOWN_MAX:
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.shutdown(reason)
+        return 0
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    events = domain.events
+    if command == abi.EVTCHNOP_send:
+        port = _read(domain, argument, abi.EvtchnSend).port
+        _check_port(domain, port)
+        domain.guest_notified(port)
+        return 0
+    if command == abi.EVTCHNOP_bind_virq:
+        request = _read(domain, argument, abi.EvtchnBindVirq)
+        if request.virq >= abi.NR_VIRQS:
+            raise HypercallError(abi.XEN_EINVAL)
+        if request.vcpu != 0:
+            raise HypercallError(abi.XEN_ENOENT)
+        if events.port_for_virq(request.virq) is not None:
+            raise HypercallError(abi.XEN_EEXIST)
+        if not events.has_free_port():
+            raise HypercallError(abi.XEN_ENOSPC)
+        port = events.allocate(Binding("virq", request.virq))
+        request.port = port
+        _write(domain, argument, bytes(request))
+        return 0
+    if command == abi.EVTCHNOP_alloc_unbound:
+        request = _read(domain, argument, abi.EvtchnAllocUnbound)
+        if not events.has_free_port():
+            raise HypercallError(abi.XEN_ENOSPC)
+        request.port = events.allocate(Binding("unbound", request.remote_dom))
+        _write(domain, argument, bytes(request))
+        return 0
+    if command == abi.EVTCHNOP_close:
+        port = _read(domain, argument, abi.EvtchnClose).port
+        _check_port(domain, port)
+        if events.binding(port).kind == "backend":
+            raise HypercallError(abi.XEN_EINVAL)    # device ports belong to the toolstack
+        events.close(port)
+        return 0
+    if command == abi.EVTCHNOP_unmask:
+        port = _read(domain, argument, abi.EvtchnUnmask).port
+        if not 0 < port < events.max_ports:
+            raise HypercallError(abi.XEN_EINVAL)
+        events.unmask(port)
+        return 0
+    if command == abi.EVTCHNOP_status:
+        return _evtchn_status(domain, argument)
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def _evtchn_status(domain: "Domain", argument: int) -> int:
+    request = _read(domain, argument, abi.EvtchnStatus)
+    if request.dom != abi.DOMID_SELF:
+        raise HypercallError(abi.XEN_ESRCH)
+    if not 0 < request.port < domain.events.max_ports:
+        raise HypercallError(abi.XEN_EINVAL)
+    binding = domain.events.binding(request.port)
+    request.vcpu = 0
+    if binding is None:
+        request.status = abi.EVTCHNSTAT_closed
+    elif binding.kind == "virq":
+        request.status = abi.EVTCHNSTAT_virq
+        request.u.virq = int(binding.target)
+    elif binding.kind == "backend":
+        request.status = abi.EVTCHNSTAT_interdomain
+        request.u.interdomain.dom = 0
+        request.u.interdomain.port = request.port
+    else:
+        request.status = abi.EVTCHNSTAT_unbound
+        request.u.unbound.dom = int(binding.target)
+    _write(domain, argument, bytes(request))
+    return 0
+
+
+def set_callbacks(domain: "Domain", event_address: int, failsafe_address: int, syscall_address: int,
+                  *_: int) -> int:
+    domain.event_callback = event_address
+    domain.failsafe_callback = failsafe_address
+    return 0
+
+
+def callback_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    if command != abi.CALLBACKOP_register:
+        raise HypercallError(abi.XEN_ENOSYS)
+    request = _read(domain, argument, abi.CallbackRegister)
+    if request.type == abi.CALLBACKTYPE_event:
+        domain.event_callback = request.address
+    elif request.type == abi.CALLBACKTYPE_failsafe:
+        domain.failsafe_callback = request.address
+    elif request.type != abi.CALLBACKTYPE_syscall:
+        raise HypercallError(abi.XEN_EINVAL)
+    return 0
+
+
+def set_timer_op(domain: "Domain", deadline: int, *_: int) -> int:
+    if deadline == 0:
+        domain.time.set_singleshot(None)
+    else:
+        domain.time.set_singleshot(deadline)
+        domain.expire_timers()
+    return 0
+
+
+def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int) -> int:
+    if vcpu_id != 0:
+        raise HypercallError(abi.XEN_ENOENT)
+    if command == abi.VCPUOP_is_up:
+        return 1
+    if command == abi.VCPUOP_set_periodic_timer:
+        period = _read(domain, argument, abi.VcpuSetPeriodicTimer).period_ns
+        if period < MIN_TIMER_PERIOD_NS:
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.time.set_periodic(period)
+        return 0
+    if command == abi.VCPUOP_stop_periodic_timer:
+        domain.time.set_periodic(None)
+        return 0
+    if command == abi.VCPUOP_set_singleshot_timer:
+        request = _read(domain, argument, abi.VcpuSetSingleshotTimer)
+        if request.flags & abi.VCPU_SSHOTTMR_future and request.timeout_abs_ns < domain.time.now():
+            raise HypercallError(abi.XEN_ETIME)
+        return set_timer_op(domain, request.timeout_abs_ns or 1)
+    if command == abi.VCPUOP_stop_singleshot_timer:
+        domain.time.set_singleshot(None)
+        return 0
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def xen_version(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    if command == abi.XENVER_version:
+        return (XEN_VERSION[0] << 16) | XEN_VERSION[1]
+    if command == abi.XENVER_extraversion:
+        _write(domain, argument, b".0-xenrr".ljust(abi.XEN_EXTRAVERSION_LEN, b"\0"))
+        return 0
+    if command == abi.XENVER_capabilities:
+        _write(domain, argument, b"xen-3.0-x86_64".ljust(abi.XEN_CAPABILITIES_INFO_LEN, b"\0"))
+        return 0
+    if command == abi.XENVER_changeset:
+        _write(domain, argument, b"xenrr".ljust(abi.XEN_CHANGESET_INFO_LEN, b"\0"))
+        return 0
+    if command == abi.XENVER_pagesize:
+        return abi.PAGE_SIZE
+    if command == abi.XENVER_get_features:
+        request = _read(domain, argument, abi.XenFeatureInfo)
+        request.submap = 0
+        _write(domain, argument, bytes(request))
+        return 0
+    if command == abi.XENVER_platform_parameters:
+        _write(domain, argument, bytes(abi.XenPlatformParameters(virt_start=abi.HYPERVISOR_VIRT_START)))
+        return 0
+    raise HypercallError(abi.XEN_EPERM)
+
+
+def iret(domain: "Domain", *_: int) -> int:
+    return do_iret(domain.vcpu, domain.events)
+
+
+def _accept(domain: "Domain", *_: int) -> int:
+    """Hypercalls a PV kernel makes at boot whose effect we do not model (documented in docs)."""
+    return 0
+
+
+Handler = Callable[..., int]
+HANDLERS: dict[int, Handler] = {
+    abi.HYPERVISOR_console_io: console_io,
+    abi.HYPERVISOR_sched_op: sched_op,
+    abi.HYPERVISOR_event_channel_op: event_channel_op,
+    abi.HYPERVISOR_set_callbacks: set_callbacks,
+    abi.HYPERVISOR_callback_op: callback_op,
+    abi.HYPERVISOR_set_timer_op: set_timer_op,
+    abi.HYPERVISOR_vcpu_op: vcpu_op,
+    abi.HYPERVISOR_xen_version: xen_version,
+    abi.HYPERVISOR_iret: iret,
+    abi.HYPERVISOR_fpu_taskswitch: _accept,
+    abi.HYPERVISOR_vm_assist: _accept,
+    abi.HYPERVISOR_set_trap_table: _accept,
+    abi.HYPERVISOR_stack_switch: _accept,
+}
+
+
+def dispatch(domain: "Domain", number: int, arguments: tuple[int, int, int, int, int]) -> int:
+    """Run hypercall `number`; returns the value for rax (negative Xen errno on failure)."""
+    handler = HANDLERS.get(number)
+    if handler is None:
+        return -abi.XEN_ENOSYS
+    try:
+        return handler(domain, *arguments)
+    except HypercallError as error:
+        return -error.errno

@@ -1,0 +1,111 @@
+"""The input funnel: the one path by which anything from outside the vCPU enters a domain.
+
+Every nondeterministic input - console bytes written into the ring, timer interrupts, the time
+values in vcpu_time_info, rdrand values - is an `Injection` (kind, vcpu, icount, rip, payload)
+applied by `Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
+type adds a `Kind` and one handler in `Funnel._handlers`, never a second path.
+
+Invariant: an injection changes guest-visible state only here, at the instruction count stamped
+on it, and is handed to the sink (the recorder) before it is applied; replay applies the same
+injection at the same count and first checks that the vCPU is where the record says it was.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from xen import abi
+
+if TYPE_CHECKING:
+    from xen.domain import Domain
+
+
+class Kind(enum.IntEnum):
+    """Record kinds of the inputs. Numbers are part of the log format: never reuse one."""
+    CONSOLE_INPUT = 16   # payload: the bytes written into the console ring's in[]
+    TIMER = 17           # payload: system_time (ns, u64 LE); publishes time, expires timers, VIRQ_TIMER
+    TIME = 18            # payload: system_time (ns, u64 LE); publishes time only (wake from idle)
+    RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
+
+
+@dataclass(frozen=True)
+class Injection:
+    kind: int
+    vcpu: int
+    icount: int
+    rip: int
+    payload: bytes
+
+
+class InjectionSink(Protocol):
+    """Where record mode sends each injection before it is applied (the log)."""
+
+    def append(self, injection: Injection) -> None: ...
+
+
+class ReplayDivergence(Exception):
+    """The replayed vCPU is not where the log says an input arrived."""
+
+
+def time_payload(system_time: int) -> bytes:
+    return system_time.to_bytes(8, "little")
+
+
+class Funnel:
+    """Stamps, hands to the sink, and applies every input of one domain."""
+
+    def __init__(self, domain: "Domain", sink: InjectionSink | None = None):
+        self._domain = domain
+        self.sink = sink
+        self._handlers: dict[int, Callable[[bytes], None]] = {
+            Kind.CONSOLE_INPUT: self._console_input,
+            Kind.TIMER: self._timer,
+            Kind.TIME: self._time,
+            Kind.RANDOM: self._random,
+        }
+
+    def inject(self, kind: Kind, payload: bytes, vcpu_id: int = 0) -> Injection:
+        """Live/record: apply an input now, at the vCPU's current instruction count."""
+        vcpu = self._domain.vcpu
+        injection = Injection(int(kind), vcpu_id, vcpu.icount, vcpu.pc, bytes(payload))
+        if self.sink is not None:
+            self.sink.append(injection)
+        self._apply(injection)
+        return injection
+
+    def replay(self, injection: Injection) -> None:
+        """Replay: apply a logged input; the vCPU must have been run to exactly its icount."""
+        vcpu = self._domain.vcpu
+        if vcpu.icount != injection.icount or vcpu.pc != injection.rip:
+            raise ReplayDivergence(
+                f"input {Kind(injection.kind).name if injection.kind in Kind._value2member_map_ else injection.kind}"
+                f" logged at icount {injection.icount} rip {injection.rip:#x}, "
+                f"but replay is at icount {vcpu.icount} rip {vcpu.pc:#x}")
+        self._apply(injection)
+
+    def _apply(self, injection: Injection) -> None:
+        handler = self._handlers.get(injection.kind)
+        if handler is None:
+            raise ReplayDivergence(f"unknown input kind {injection.kind} at icount {injection.icount}")
+        handler(injection.payload)
+        self._domain.return_to_guest()
+
+    # ---------------------------------------------------------------- handlers
+    def _console_input(self, payload: bytes) -> None:
+        domain = self._domain
+        domain.console.push_input(payload)
+        domain.notify_guest(domain.console_port)
+
+    def _time(self, payload: bytes) -> None:
+        self._domain.time.publish(int.from_bytes(payload, "little"))
+
+    def _timer(self, payload: bytes) -> None:
+        system_time = int.from_bytes(payload, "little")
+        domain = self._domain
+        domain.time.publish(system_time)
+        if domain.time.expire(system_time):
+            domain.raise_virq(abi.VIRQ_TIMER)
+
+    def _random(self, payload: bytes) -> None:
+        self._domain.vcpu.finish_random(int.from_bytes(payload, "little"))
