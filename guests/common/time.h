@@ -1,0 +1,10 @@
+/* Guest system time from shared_info's vcpu_time_info and the TSC. */
+#ifndef COMMON_TIME_H
+#define COMMON_TIME_H
+
+#include <stdint.h>
+
+/* Nanoseconds since the domain booted, as the hypervisor defines system time. */
+uint64_t system_time_ns(void);
+
+#endif
