@@ -30,7 +30,10 @@ Decisions (the spec leaves them to the stub):
   - Sent payloads always escape `$`, `#`, `}` and `*` (text replies contain none of them).
   - On `-` or silence the last packet is sent again, at most `max_resends` times; then the
     send gives up (logged) and the connection carries on. A packet from the peer arriving
-    before the acknowledgment ends the wait: the peer has evidently moved on.
+    before the acknowledgment ends the wait: the peer has evidently moved on. So does the
+    peer closing: the close is reported by the next receive() or poll_interrupt().
+  - On TCP sockets Nagle's algorithm is turned off (TCP_NODELAY): an ack and the reply after
+    it are two small writes, which would otherwise wait for the peer's delayed ACK (~40 ms).
 """
 
 from __future__ import annotations
@@ -52,10 +55,10 @@ ERROR_REPLY = b"E01"
 """The reply to a packet that arrived intact but could not be used (oversized or malformed)."""
 
 _ESCAPE = 0x7D  # '}'
-_ESCAPED_BYTES = frozenset(b"$#}*")
+_NEEDS_ESCAPE = re.compile(rb"[$#}*]")
 _RUN_LENGTH = 0x2A  # '*'
 _RUN_LENGTH_BIAS = 29
-_IDLE_SPECIAL = re.compile(rb"[$\x03+\-]")
+_SIGNIFICANT_BETWEEN_PACKETS = re.compile(rb"[$\x03+\-]")
 _PACKET_END = re.compile(rb"[#$]")
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _HEX_TEXT = re.compile(rb"(?:[0-9a-fA-F]{2})*")
@@ -144,15 +147,7 @@ class _MalformedPayload(ValueError):
 
 
 def _escape(payload: bytes) -> bytes:
-    if not any(byte in _ESCAPED_BYTES for byte in payload):
-        return payload
-    out = bytearray()
-    for byte in payload:
-        if byte in _ESCAPED_BYTES:
-            out += bytes((_ESCAPE, byte ^ 0x20))
-        else:
-            out.append(byte)
-    return bytes(out)
+    return _NEEDS_ESCAPE.sub(lambda match: bytes((_ESCAPE, match[0][0] ^ 0x20)), payload)
 
 
 def _checksum(data: bytes) -> bytes:
@@ -250,7 +245,7 @@ class PacketDecoder:
         return items
 
     def _between_packets(self, data: bytes, position: int, items: list[DecodedItem]) -> int:
-        special = _IDLE_SPECIAL.search(data, position)
+        special = _SIGNIFICANT_BETWEEN_PACKETS.search(data, position)
         end = special.start() if special else len(data)
         self._garbage += data[position:end]
         if special is None:
@@ -357,6 +352,7 @@ class RspConnection:
             event = conn.receive()          # Packet or Interrupt; ConnectionClosed ends it
             ... conn.send_packet(reply) ...
     and while the target runs, `conn.poll_interrupt()` between slices of execution.
+    One thread uses a connection at a time.
     """
 
     def __init__(
@@ -375,11 +371,8 @@ class RspConnection:
             socket.AF_INET,
             socket.AF_INET6,
         ):
-            # An ack and the reply after it are two small writes: without this, Nagle's
-            # algorithm and the peer's delayed ACK stall every packet by ~40 ms.
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._timeout = timeout
-        self._stream_timeout: float | None = -1.0  # what settimeout() was last given; -1 = unknown
         self._max_resends = max_resends
         self._on_discard = on_discard
         self._decoder = PacketDecoder(max_packet_size)
@@ -398,6 +391,8 @@ class RspConnection:
     def receive(self) -> Packet | Interrupt:
         """Block until the peer's next packet or interrupt and return it.
 
+        An Interrupt arriving while the target is stopped means nothing; the server ignores it.
+
         Raises ConnectionClosed once the peer is gone and everything it sent has been
         returned; ReceiveTimeout if the peer is silent for `timeout` seconds (whatever part of
         a packet arrived is kept for the next call)."""
@@ -405,7 +400,7 @@ class RspConnection:
             while self._events:
                 event = self._events.popleft()
                 if isinstance(event, RejectedPacket):
-                    self.send_packet(ERROR_REPLY)
+                    self._refuse()
                     continue
                 return event
             if self._closed_reason is not None:
@@ -431,7 +426,9 @@ class RspConnection:
     def send_packet(self, payload: bytes) -> None:
         """Send `payload` as one packet; in ack mode, wait for `+` and resend on `-` or silence.
 
-        Raises ConnectionClosed if the peer is gone."""
+        Raises ConnectionClosed if the packet cannot be sent because the peer is gone. If the
+        peer leaves after the packet went out, the send is over and the next receive() or
+        poll_interrupt() reports the close."""
         frame = encode_packet(payload)
         transmissions = 1 + self._max_resends
         self._awaiting_ack = not self._no_ack
@@ -452,11 +449,20 @@ class RspConnection:
         self.send_packet(reply)
         self._no_ack = True
 
+    def _refuse(self) -> None:
+        """Answer a packet that arrived intact but cannot be used."""
+        if self._closed_reason is not None:
+            return
+        try:
+            self.send_packet(ERROR_REPLY)
+        except ConnectionClosed:
+            pass  # raised by receive() once what was received has been handed up
+
     def _await_ack(self) -> bool:
-        """True on `+` (or the peer moving on to a new packet), False on `-` or silence."""
+        """True on `+` (or the peer moving on to a new packet, or leaving), False on `-` or silence."""
         while not self._ack_queue:
             if self._closed_reason is not None:
-                raise ConnectionClosed(self._closed_reason)
+                return True  # nothing left to wait for; the next receive() reports the close
             if not self._read(blocking=True):
                 return False
         response = self._ack_queue.popleft()
@@ -466,7 +472,7 @@ class RspConnection:
 
     def _read(self, *, blocking: bool) -> bool:
         """Read what the peer sent and act on it; False if nothing came (timeout, would block)."""
-        self._set_stream_timeout(self._timeout if blocking else 0.0)
+        self._stream.settimeout(self._timeout if blocking else 0.0)
         try:
             data = self._stream.recv(_RECV_SIZE)
         except (BlockingIOError, TimeoutError):
@@ -518,17 +524,12 @@ class RspConnection:
     def _write(self, data: bytes) -> None:
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
-        self._set_stream_timeout(self._timeout)
+        self._stream.settimeout(self._timeout)
         try:
             self._stream.sendall(data)
         except OSError as error:  # includes a timeout: a partly sent frame cannot be taken back
             self._peer_gone(f"cannot send to the peer: {error}")
             raise ConnectionClosed(self._closed_reason) from None
-
-    def _set_stream_timeout(self, timeout: float | None) -> None:
-        if timeout != self._stream_timeout:
-            self._stream.settimeout(timeout)
-            self._stream_timeout = timeout
 
     def _peer_gone(self, reason: str) -> None:
         if self._closed_reason is None:

@@ -243,7 +243,7 @@ def test_nack_makes_the_packet_go_again(pair):
     assert peer.pending() == b""
 
 
-def test_resends_are_bounded_and_the_connection_carries_on(discards):
+def test_resends_are_bounded_and_the_connection_carries_on():
     stub_sock, peer_sock = socket.socketpair()
     with stub_sock, peer_sock:
         conn = RspConnection(stub_sock, timeout=10, max_resends=2)
@@ -297,9 +297,19 @@ def test_no_ack_mode_starts_after_the_ok_is_acknowledged(pair):
     peer.send(wire_frame(b"g") + b"$g#00" + wire_frame(b"?"))
     assert conn.receive() == Packet(b"g")
     assert conn.receive() == Packet(b"?")  # the corrupt packet is dropped, not nacked
-    conn.send_packet(b"S05")  # returns without waiting for an ack
+    peer.send(b"-")  # a nack means nothing now: no resend
+    conn.send_packet(b"S05")
     peer.expect(wire_frame(b"S05"))
     assert peer.pending() == b""
+
+
+def test_tcp_connection_disables_nagle_so_acks_do_not_stall_replies():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with client, server:
+            RspConnection(server)
+            assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 # ----------------------------------------------------------------------------- hex helpers
@@ -435,11 +445,3 @@ def test_real_gdb_connects_reads_registers_and_writes_binary_memory(acks):
     assert b"X1000,4:$#}*" in stub.received  # GDB escaped it, we unescaped it
     assert (b"QStartNoAckMode" in stub.received) == (acks == "no-ack mode")
 
-
-def test_tcp_connection_disables_nagle_so_acks_do_not_stall_replies():
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-        with client, server:
-            RspConnection(server)
-            assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
