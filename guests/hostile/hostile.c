@@ -79,9 +79,18 @@ static void *addr(unsigned long long a)
     return (void *)(unsigned long)a;
 }
 
+/* The first address past the domain's pages and the shared_info page: unmapped. */
+static unsigned long end_of_guest_memory(void)
+{
+    unsigned long pages_end = start_info->nr_pages << 12;
+    unsigned long shared_info_end = start_info->shared_info + 4096;
+
+    return pages_end > shared_info_end ? pages_end : shared_info_end;
+}
+
 static void battery_console_io(void)
 {
-    unsigned long memory_end = start_info->nr_pages << 12;
+    unsigned long memory_end = end_of_guest_memory();
 
     report("console_write_null", HYPERVISOR_console_io(CONSOLEIO_write, 5, NULL));
     report("console_write_unmapped",

@@ -57,7 +57,8 @@ extern char minimal_hypercall_page[4096];
 
 /* ---- hypercalls: one out-of-line caller, entry address computed at run time ---- */
 
-static long hypercall(unsigned int nr, unsigned long a1, unsigned long a2, unsigned long a3)
+static __attribute__((noinline)) long hypercall(unsigned int nr, unsigned long a1, unsigned long a2,
+                                                unsigned long a3)
 {
     register unsigned long rdi asm("rdi") = a1;
     register unsigned long rsi asm("rsi") = a2;
