@@ -7,7 +7,7 @@
 #include "console.h"
 #include "kernel.h"
 #include "lib.h"
-#include "time.h"
+#include "clock.h"
 
 #define FNV1A_OFFSET 0xcbf29ce484222325ull
 #define FNV1A_PRIME 0x100000001b3ull

@@ -3,7 +3,7 @@
  * vcpu_time_info version protocol (odd = update in progress; retry when the
  * version changed while reading).
  */
-#include "time.h"
+#include "clock.h"
 #include "kernel.h"
 
 static uint64_t rdtsc(void)

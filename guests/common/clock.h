@@ -1,6 +1,6 @@
 /* Guest system time from shared_info's vcpu_time_info and the TSC. */
-#ifndef COMMON_TIME_H
-#define COMMON_TIME_H
+#ifndef COMMON_CLOCK_H
+#define COMMON_CLOCK_H
 
 #include <stdint.h>
 
