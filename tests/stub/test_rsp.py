@@ -3,6 +3,7 @@
 The peer is either a raw socket (so every byte on the wire is asserted) or real GDB.
 """
 
+import signal
 import socket
 import subprocess
 import threading
@@ -374,6 +375,7 @@ class TinyStub:
         self.memory: dict[int, int] = {}
         self.received: list[bytes] = []
         self.failure: BaseException | None = None
+        self.running = threading.Event()  # set while the pretend target runs
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -417,6 +419,12 @@ class TinyStub:
             address, _ = parse_addr_length(arguments)
             self.memory.update((address + i, byte) for i, byte in enumerate(data))
             conn.send_packet(b"OK")
+        elif payload == b"c":
+            self.running.set()
+            while not conn.poll_interrupt():
+                self.running.wait(0.005)  # the target would run a slice of instructions here
+            self.running.clear()
+            conn.send_packet(b"S02")
         elif payload == b"D":
             conn.send_packet(b"OK")
         else:
@@ -445,3 +453,20 @@ def test_real_gdb_connects_reads_registers_and_writes_binary_memory(acks):
     assert b"X1000,4:$#}*" in stub.received  # GDB escaped it, we unescaped it
     assert (b"QStartNoAckMode" in stub.received) == (acks == "no-ack mode")
 
+
+
+def test_ctrl_c_in_real_gdb_interrupts_a_continue():
+    stub = TinyStub()
+    gdb = subprocess.Popen(
+        ["gdb", "-batch", "-nx", "-ex", f"target remote 127.0.0.1:{stub.port}", "-ex", "continue"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert stub.running.wait(30), "gdb never resumed the target"
+        gdb.send_signal(signal.SIGINT)  # what Ctrl-C at GDB's terminal does
+        output, errors = gdb.communicate(timeout=30)
+    finally:
+        gdb.kill()
+    stub.thread.join(30)
+    assert stub.failure is None
+    assert "Program received signal SIGINT, Interrupt." in output, output + errors
