@@ -1,7 +1,11 @@
-"""Shared fixtures: the project's guest kernels, built on demand with the guests Makefile."""
+"""Shared fixtures: the project's guest kernels, built on demand with the guests Makefile, and the
+`xenrr` CLI run as a real process."""
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,3 +25,41 @@ def guest_path(name: str) -> Path:
 @pytest.fixture(scope="session")
 def kbdshell_elf() -> Path:
     return guest_path("kbdshell")
+
+
+@pytest.fixture(scope="session")
+def minimal_elf() -> Path:
+    return guest_path("minimal")
+
+
+@pytest.fixture(scope="session")
+def hostile_elf() -> Path:
+    return guest_path("hostile")
+
+
+@dataclass(frozen=True)
+class XenrrRun:
+    """A finished `xenrr` process: exit status and its output, line ends kept as written (\\r\\n)."""
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def instructions(self) -> int:
+        """The instruction count xenrr reports on stderr when the run ends."""
+        found = re.findall(r"after (\d+) instructions", self.stderr)
+        assert found, f"no instruction count on stderr: {self.stderr!r}"
+        return int(found[-1])
+
+
+def run_xenrr(*args: str | Path, stdin: bytes = b"", timeout: float = 120) -> XenrrRun:
+    """Run the real `xenrr` CLI (this interpreter, `-m dom0.cli`) as a process; never raises on its status."""
+    done = subprocess.run([sys.executable, "-m", "dom0.cli", *map(str, args)], cwd=ROOT, input=stdin,
+                          capture_output=True, timeout=timeout)
+    return XenrrRun(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture(scope="session")
+def xenrr():
+    """`run_xenrr` for tests: xenrr("run", elf, "--keys", ...) -> XenrrRun."""
+    return run_xenrr
