@@ -49,9 +49,10 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def drain(ring: RingConsumer, writer: LogWriter, block_bytes: int, flush_seconds: float) -> None:
     """Write the ring's records as blocks until the producer closes the stream and all is written.
 
-    A block is written when `block_bytes` are waiting, when the oldest waiting byte is
-    `flush_seconds` old, when the producer waits for room, or at the end of the stream.
-    Raises ProducerVanished (after writing what it left), OSError, RecordError.
+    Blocks of `block_bytes` (up to the record that reaches it) are written as soon as that
+    much is waiting; what is left is written as one smaller block when the oldest waiting
+    byte is `flush_seconds` old, when the producer waits for room, or at the end of the
+    stream. Raises ProducerVanished (after writing what it left), OSError, RecordError.
     """
     pending = 0
     deadline = math.inf
@@ -60,31 +61,35 @@ def drain(ring: RingConsumer, writer: LogWriter, block_bytes: int, flush_seconds
         try:
             available = ring.wait_available(pending, max(0.0, min(deadline - now, _IDLE_POLL_SECONDS)))
         except ProducerVanished:
-            if pending:
-                _write_block(ring, writer, pending)
+            _write_blocks(ring, writer, pending, block_bytes, everything=True)
             raise
         if available > pending:
             deadline = min(deadline, time.monotonic() + flush_seconds)
             pending = available
-        if pending and (
-            pending >= block_bytes or time.monotonic() >= deadline or ring.producer_waiting() or ring.producer_closed()
-        ):
-            _write_block(ring, writer, pending)
-            pending = 0
-            deadline = math.inf
+        if pending:
+            everything = time.monotonic() >= deadline or ring.producer_waiting() or ring.producer_closed()
+            pending = _write_blocks(ring, writer, pending, block_bytes, everything)
+            if not pending:
+                deadline = math.inf
         if ring.producer_closed() and ring.available() == 0:  # closed is read first: nothing can follow
             return
 
 
-def _write_block(ring: RingConsumer, writer: LogWriter, size: int) -> None:
-    """Write the next `size` ring bytes as one block straight from shared memory, then release them."""
-    views = ring.views(size)
-    try:
-        writer.write_block(views)
-    finally:
-        for view in views:
-            view.release()
-    ring.release(size)
+def _write_blocks(ring: RingConsumer, writer: LogWriter, pending: int, block_bytes: int, everything: bool) -> int:
+    """Write full blocks of the `pending` ring bytes (and the rest too if `everything`); returns what is left.
+
+    The records go to the file straight from shared memory and leave the ring only then.
+    """
+    while pending >= block_bytes or (everything and pending):
+        views = ring.views(pending)
+        try:
+            written = writer.write_block(views, block_bytes)
+        finally:
+            for view in views:
+                view.release()
+        ring.release(written)
+        pending -= written
+    return pending
 
 
 def serve(ring: RingConsumer, path: str, header: LogHeader, block_bytes: int, flush_seconds: float, sync_seconds: float) -> int:

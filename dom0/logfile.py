@@ -153,9 +153,11 @@ class LogWriter:
     def blocks_written(self) -> int:
         return len(self._index)
 
-    def write_block(self, segments: Sequence[BytesLike]) -> None:
-        """Append the records in `segments` (whole encoded records continuing the stream) as one block.
+    def write_block(self, segments: Sequence[BytesLike], max_bytes: int | None = None) -> int:
+        """Append records from `segments` (whole encoded records continuing the stream) as one block.
 
+        With `max_bytes`, the block ends after the first record that brings it to max_bytes;
+        returns the number of segment bytes the block took (0 if the segments are empty).
         RecordError: the bytes are not whole records (nothing written). OSError: the write
         failed; the file is truncated back to its last complete block.
         """
@@ -163,25 +165,33 @@ class LogWriter:
         state = self._decoder.state()
         counts: dict[int, int] = {}
         first_icount = -1
+        payload: list[memoryview] = []
         payload_length = 0
         try:
             for segment in segments:
+                segment_length = 0
                 for record in self._decoder.records(segment, offset_base=self._stream_bytes + payload_length):
                     counts[record.kind] = counts.get(record.kind, 0) + 1
                     if first_icount < 0:
                         first_icount = record.icount
-                payload_length += memoryview(segment).nbytes
+                    segment_length = self._decoder.offset
+                    if max_bytes is not None and payload_length + segment_length >= max_bytes:
+                        break
+                payload.append(memoryview(segment)[:segment_length])
+                payload_length += segment_length
+                if max_bytes is not None and payload_length >= max_bytes:
+                    break
         except RecordError:
             self._decoder = Decoder(first_seq, state)
             raise
         if first_icount < 0:
-            return
+            return 0
         header = _block_header(payload_length, self._decoder.next_seq - first_seq, first_seq, first_icount, state)
         crc = zlib.crc32(header)
-        for segment in segments:
-            crc = zlib.crc32(segment, crc)
+        for part in payload:
+            crc = zlib.crc32(part, crc)
         try:
-            _pwrite_all(self._fd, [header + _CRC.pack(crc), *segments], self._end)
+            _pwrite_all(self._fd, [header + _CRC.pack(crc), *payload], self._end)
             if time.monotonic() - self._last_sync >= self._sync_interval:
                 os.fdatasync(self._fd)
                 self._last_sync = time.monotonic()
@@ -194,6 +204,7 @@ class LogWriter:
             self._kind_counts[kind] = self._kind_counts.get(kind, 0) + count
         self._end += len(header) + _CRC.size + payload_length
         self._stream_bytes += payload_length
+        return payload_length
 
     def close(self) -> None:
         """Write footer and trailer, fsync, close. On OSError the file ends at its last block."""

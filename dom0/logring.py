@@ -281,7 +281,8 @@ class RingConsumer(_RingMemory):
         return self._words[_W_PRODUCER_WAITING] == 1
 
     def wait_available(self, more_than: int, timeout: float) -> int:
-        """Wait until more than `more_than` bytes are available, the stream is closed, or `timeout`.
+        """Wait until more than `more_than` bytes are available, the stream is closed, the producer
+        waits for room, or `timeout` passed.
 
         Returns available(). Raises ProducerVanished if the producer is gone without closing
         and nothing beyond `more_than` bytes is left to read.
@@ -291,7 +292,7 @@ class RingConsumer(_RingMemory):
         while True:
             closed = self.producer_closed()
             available = self.available()
-            if available > more_than or closed:
+            if available > more_than or closed or (available and self.producer_waiting()):
                 return available
             now = time.monotonic()
             if now >= self._next_liveness_check:

@@ -138,6 +138,7 @@ class Decoder:
     def __init__(self, first_seq: int = 0, state: Sequence[tuple[int, int]] = ()) -> None:
         """`state`: (icount, rip) of the last record of vCPU i before `first_seq`, at index i."""
         self.next_seq = first_seq
+        self.offset = 0  # just past the last record yielded, in the buffer given to records()
         self._icounts = [icount for icount, _ in state]
         self._rips = [rip for _, rip in state]
 
@@ -208,5 +209,6 @@ class Decoder:
             rips[vcpu] = rip
             seq = self.next_seq
             self.next_seq = seq + 1
+            self.offset = payload_end
             yield Record(seq, kind, vcpu, icount, rip, view[pos:payload_end])
             pos = payload_end
