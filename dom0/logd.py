@@ -55,22 +55,21 @@ def drain(ring: RingConsumer, writer: LogWriter, block_bytes: int, flush_seconds
     stream. Raises ProducerVanished (after writing what it left), OSError, RecordError.
     """
     pending = 0
-    deadline = math.inf
+    deadline = math.inf  # when the oldest pending byte (as first seen) must be in the file
     while True:
-        now = time.monotonic()
+        # Sleep until a block's worth is waiting (or the first byte, to start the clock).
+        at_least, timeout = (block_bytes, deadline - time.monotonic()) if pending else (1, _IDLE_POLL_SECONDS)
         try:
-            available = ring.wait_available(pending, max(0.0, min(deadline - now, _IDLE_POLL_SECONDS)))
+            pending = ring.wait_available(at_least, max(0.0, timeout))
         except ProducerVanished:
-            _write_blocks(ring, writer, pending, block_bytes, everything=True)
+            _write_blocks(ring, writer, ring.available(), block_bytes, everything=True)
             raise
-        if available > pending:
-            deadline = min(deadline, time.monotonic() + flush_seconds)
-            pending = available
-        if pending:
-            everything = time.monotonic() >= deadline or ring.producer_waiting() or ring.producer_closed()
-            pending = _write_blocks(ring, writer, pending, block_bytes, everything)
-            if not pending:
-                deadline = math.inf
+        if pending and deadline == math.inf:
+            deadline = time.monotonic() + flush_seconds
+        everything = time.monotonic() >= deadline or ring.producer_waiting() or ring.producer_closed()
+        pending = _write_blocks(ring, writer, pending, block_bytes, everything)
+        if not pending:
+            deadline = math.inf
         if ring.producer_closed() and ring.available() == 0:  # closed is read first: nothing can follow
             return
 
@@ -138,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="log file to create")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error (EFBIG), not death
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the recorder decides when the stream ends
     header_bytes = sys.stdin.buffer.read()
     try:
         ring = RingConsumer(args.ring)
@@ -161,7 +159,8 @@ class LogDaemon:
     def __init__(self, process: subprocess.Popen, ring: RingProducer, stderr: IO[bytes]) -> None:
         self._process = process
         self._ring = ring
-        self._stderr = stderr
+        self._stderr = stderr  # a temporary file: read once the daemon exited, for a crash's last line
+        self._stderr_tail = ""
 
     @property
     def pid(self) -> int:
@@ -176,17 +175,21 @@ class LogDaemon:
             code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"the log daemon (pid {self.pid}) is still running after {timeout:g} s") from None
+        if not self._stderr.closed:
+            self._stderr.seek(0)
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+            self._stderr_tail = lines[-1] if lines else ""
+            self._stderr.close()
         if code != EXIT_OK:
             raise LogDaemonError(self._failure(code))
 
     def _failure(self, code: int) -> str:
+        """Why the exited daemon failed: its own report, the signal that killed it, or its last words."""
         if self._ring.consumer_state() == CONSUMER_FAILED:
             return self._ring.consumer_message()
         if code < 0:
             return f"the log daemon (pid {self.pid}) was killed by {signal.Signals(-code).name}"
-        self._stderr.seek(0)
-        lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
-        return lines[-1] if lines else f"the log daemon (pid {self.pid}) exited with status {code}"
+        return self._stderr_tail or f"the log daemon (pid {self.pid}) exited with status {code}"
 
 
 def start_log_daemon(
@@ -227,10 +230,12 @@ def start_log_daemon(
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait()
+                stderr.close()
                 raise LogDaemonError(f"the log daemon did not start within {startup_timeout:g} s")
             time.sleep(0.002)
         if ring.consumer_state() == CONSUMER_FAILED or process.poll() is not None:
-            raise LogDaemonError(daemon._failure(process.wait()))
+            daemon.wait()  # raises LogDaemonError with the daemon's reason
+            raise LogDaemonError(f"the log daemon (pid {daemon.pid}) exited before it started")
     finally:
         ring.unlink()
     return daemon

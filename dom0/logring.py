@@ -4,7 +4,7 @@ The hypervisor (producer) puts chunks of encoded records; the log daemon (consum
 them in place and releases them once they are in the file. A full ring makes the producer
 wait (back-pressure, never loss); a consumer that died or failed turns that wait into
 LogDaemonDied / LogDaemonError, and a producer that vanished turns the consumer's wait into
-ProducerVanished once everything it published has been read.
+ProducerVanished (what it published stays readable).
 
 Layout (one page of header, then a power-of-two data area), all counters little-endian u64:
     word 0 magic, 1 capacity, 2 producer pid, 3 consumer pid
@@ -33,7 +33,7 @@ from multiprocessing import shared_memory
 from xen.logrecord import BytesLike
 
 DEFAULT_CAPACITY = 1 << 20
-HEADER_BYTES = 4096
+_HEADER_BYTES = 4096
 _MAGIC = int.from_bytes(b"XRRRING1", "little")
 _W_MAGIC, _W_CAPACITY, _W_PRODUCER_PID, _W_CONSUMER_PID = 0, 1, 2, 3
 _W_HEAD, _W_WRAP_AT, _W_PRODUCER_STATE, _W_PRODUCER_WAITING = 8, 9, 10, 11
@@ -41,7 +41,7 @@ _W_TAIL, _W_CONSUMER_STATE = 16, 17
 _MESSAGE_OFFSET, _MESSAGE_BYTES = 192, 512
 _NO_WRAP = (1 << 64) - 1
 
-PRODUCER_OPEN, PRODUCER_CLOSED = 0, 1
+PRODUCER_CLOSED = 1  # word 10 is 0 while the stream is open
 CONSUMER_STARTING, CONSUMER_RUNNING, CONSUMER_FINISHED, CONSUMER_FAILED = 0, 1, 2, 3
 
 _LIVENESS_INTERVAL = 0.05  # seconds between checks that the other side still exists
@@ -61,7 +61,7 @@ class LogDaemonDied(LogDaemonError):
 
 
 class ProducerVanished(RingError):
-    """The producer is gone without closing the stream; everything it published was read."""
+    """The producer is gone without closing the stream; what it published is still readable."""
 
 
 def process_alive(pid: int) -> bool:
@@ -97,10 +97,10 @@ class _RingMemory:
     def __init__(self, name: str, buffer: memoryview) -> None:
         self.name = name
         self._buffer = buffer
-        self._words = buffer[:HEADER_BYTES].cast("Q")
+        self._words = buffer[:_HEADER_BYTES].cast("Q")
         self.capacity = self._words[_W_CAPACITY]
         self._mask = self.capacity - 1
-        self._data = buffer[HEADER_BYTES : HEADER_BYTES + self.capacity]
+        self._data = buffer[_HEADER_BYTES : _HEADER_BYTES + self.capacity]
 
     def _release_views(self) -> None:
         self._data.release()
@@ -113,13 +113,13 @@ class _RingMemory:
 
 
 class RingProducer(_RingMemory):
-    """The writing side (the hypervisor's log sink). Creates the segment."""
+    """The writing side (the hypervisor's log sink). The process that creates it is the producer."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 64 or capacity & (capacity - 1):
             raise ValueError(f"ring capacity must be a power of two >= 64, not {capacity}")
-        self._shm = shared_memory.SharedMemory(create=True, size=HEADER_BYTES + capacity)
-        words = self._shm.buf[:HEADER_BYTES].cast("Q")
+        self._shm = shared_memory.SharedMemory(create=True, size=_HEADER_BYTES + capacity)
+        words = self._shm.buf[:_HEADER_BYTES].cast("Q")
         words[_W_CAPACITY] = capacity
         words[_W_PRODUCER_PID] = os.getpid()
         words[_W_WRAP_AT] = _NO_WRAP
@@ -229,16 +229,16 @@ class RingConsumer(_RingMemory):
             raise RingError(f"cannot open log ring {name}: {error.strerror}") from None
         try:
             size = os.fstat(fd).st_size
-            if size < HEADER_BYTES:
+            if size < _HEADER_BYTES:
                 raise RingError(f"{name} is not a log ring (only {size} bytes)")
             self._mmap = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         buffer = memoryview(self._mmap)
-        words = buffer[:HEADER_BYTES].cast("Q")
+        words = buffer[:_HEADER_BYTES].cast("Q")
         magic, capacity = words[_W_MAGIC], words[_W_CAPACITY]
         words.release()
-        if magic != _MAGIC or capacity < 64 or capacity & (capacity - 1) or HEADER_BYTES + capacity > size:
+        if magic != _MAGIC or capacity < 64 or capacity & (capacity - 1) or _HEADER_BYTES + capacity > size:
             buffer.release()
             self._mmap.close()
             raise RingError(f"{name} is not a log ring")
@@ -280,27 +280,24 @@ class RingConsumer(_RingMemory):
         """True while the producer waits for room: release soon."""
         return self._words[_W_PRODUCER_WAITING] == 1
 
-    def wait_available(self, more_than: int, timeout: float) -> int:
-        """Wait until more than `more_than` bytes are available, the stream is closed, the producer
-        waits for room, or `timeout` passed.
+    def wait_available(self, at_least: int, timeout: float) -> int:
+        """Wait until `at_least` bytes are available, the stream is closed, the producer waits
+        for room (and something is available), or `timeout` passed; returns available().
 
-        Returns available(). Raises ProducerVanished if the producer is gone without closing
-        and nothing beyond `more_than` bytes is left to read.
+        Raises ProducerVanished if the producer is gone without closing the stream; what it
+        published before is still available.
         """
         deadline = time.monotonic() + timeout
         backoff = _Backoff()
         while True:
             closed = self.producer_closed()
             available = self.available()
-            if available > more_than or closed or (available and self.producer_waiting()):
+            if available >= at_least or closed or (available and self.producer_waiting()):
                 return available
             now = time.monotonic()
             if now >= self._next_liveness_check:
                 self._next_liveness_check = now + _LIVENESS_INTERVAL
-                if not process_alive(self._producer_pid):
-                    available = self.available()  # it may have published just before it died
-                    if available > more_than or self.producer_closed():
-                        return available
+                if not process_alive(self._producer_pid) and not self.producer_closed():
                     raise ProducerVanished(f"the recorder (pid {self._producer_pid}) vanished without closing the log")
             if now >= deadline:
                 return available
