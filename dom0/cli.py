@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from xen.builder import BuildError, build_domain
@@ -39,6 +39,13 @@ def _write_stderr(data: bytes) -> None:
     sys.stderr.buffer.flush()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `xenrr: error: ...` and exit status 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"xenrr: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--keys", metavar="TEXT",
@@ -60,7 +67,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xenrr",
         description="Record/replay and reverse debugging for paravirtualized (Xen PV ABI) guest domains.",
         epilog="Exit status: 0 guest powered off, 1 domain crashed, 2 usage or input error, "

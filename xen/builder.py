@@ -44,6 +44,8 @@ from elftools.elf.elffile import ELFFile
 
 from xen import abi
 
+PF_W = 0x2  # ELF program header flag: writable
+
 PAGE_SIZE = abi.PAGE_SIZE
 BOOT_STACK_PAGES = 16
 START_INFO_MAGIC = b"xen-3.0-x86_64"
@@ -66,6 +68,7 @@ class Segment:
 
     address: int
     data: bytes
+    writable: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,16 @@ class DomainImage:
             (self.layout.start_info, self.start_info(console_evtchn=console_evtchn, store_evtchn=store_evtchn))
         )
         return writes
+
+    def read_only_pages(self) -> tuple[int, ...]:
+        """Addresses of the pages that only non-writable segments (code, rodata) occupy: the
+        domain maps them read-only, so a guest store to its own code faults as on real hardware."""
+        def pages(segment: Segment) -> range:
+            start = _align_down(segment.address, PAGE_SIZE)
+            return range(start, _align_up(segment.address + len(segment.data), PAGE_SIZE), PAGE_SIZE)
+        writable = {page for segment in self.segments if segment.writable for page in pages(segment)}
+        return tuple(sorted({page for segment in self.segments if not segment.writable
+                             for page in pages(segment)} - writable))
 
 
 def build_domain(image: bytes | str | os.PathLike, memory_bytes: int, cmdline: str = "") -> DomainImage:
@@ -257,8 +270,8 @@ def _parse_notes(raw: bytes, alignment: int, what: str) -> dict[int, bytes]:
     while offset + 12 <= len(raw):
         name_size, desc_size, note_type = struct.unpack_from("<III", raw, offset)
         name_start = offset + 12
-        desc_start = name_start + _align_up(name_size, padding)
-        end = desc_start + _align_up(desc_size, padding)
+        desc_start = _align_up(name_start + name_size, padding)   # offsets are aligned, not sizes
+        end = _align_up(desc_start + desc_size, padding)
         if desc_start + desc_size > len(raw):
             raise BuildError(f"malformed note in {what}: it runs past the end")
         if raw[name_start : name_start + name_size].rstrip(b"\0") == b"Xen":
@@ -346,7 +359,8 @@ def _load_segments(elf: ELFFile, data: bytes, notes: XenNotes, memory_bytes: int
                 f"segment {index} [{address:#x}, {address + memory_size:#x}) is outside guest memory "
                 f"[{notes.virt_base:#x}, {notes.virt_base + own_memory_end:#x}) of {memory_bytes // 1024} KiB"
             )
-        segments.append(Segment(address, contents + bytes(memory_size - file_size)))
+        writable = bool(segment["p_flags"] & PF_W)
+        segments.append(Segment(address, contents + bytes(memory_size - file_size), writable))
     if not segments:
         raise BuildError("the image has no loadable (PT_LOAD) segments")
     return tuple(segments)

@@ -22,6 +22,7 @@ from xen.upcall import GuestFault, deliver_if_pending
 from xen.vcpu import Exit, ExitReason, VCpu
 
 INITIAL_RFLAGS = 0x202
+DEFAULT_TIMER_PERIOD_NS = 10_000_000
 CONSOLE_PORT = 1
 STORE_PORT = 2
 
@@ -65,6 +66,7 @@ class Domain:
                          unmapped_pages=image.unmapped_pages, jit=jit)
         for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
             self.vcpu.write(address, data)
+        self.vcpu.set_read_only(image.read_only_pages())
         self.events = EventChannels(self.vcpu, layout.shared_info)
         self.events.allocate(Binding("backend", "console"), port=CONSOLE_PORT)
         self.events.allocate(Binding("backend", "xenstore"), port=STORE_PORT)
@@ -72,6 +74,8 @@ class Domain:
         self.console_port = CONSOLE_PORT
         self.console = ConsoleRing(self.vcpu, layout.console)
         self.time = GuestTime(self.vcpu, self.events.vcpu_info_address() + abi.VcpuInfo.time.offset)
+        self.time.set_periodic(DEFAULT_TIMER_PERIOD_NS)     # Xen starts every PV vCPU with a 100 Hz tick
+        self.yielded = False
         self.funnel = Funnel(self)
         self.console_output = console_output
         self.hypervisor_console = hypervisor_console

@@ -19,7 +19,7 @@ from xen.vcpu import GuestMemoryError
 if TYPE_CHECKING:
     from xen.domain import Domain
 
-MAX_CONSOLE_WRITE = 64 * 1024
+CONSOLE_CHUNK = 128                      # Xen copies guest console text in chunks like this
 MIN_TIMER_PERIOD_NS = 1_000_000          # Xen refuses periodic timers faster than 1 ms
 XEN_VERSION = (4, 17)
 _StructT = TypeVar("_StructT", bound=ctypes.Structure)
@@ -56,13 +56,13 @@ def _check_port(domain: "Domain", port: int) -> None:
 
 def console_io(domain: "Domain", command: int, count: int, buffer: int, *_: int) -> int:
     if command == abi.CONSOLEIO_write:
-        if count > MAX_CONSOLE_WRITE:
-            raise HypercallError(abi.XEN_EINVAL)
-        try:
-            text = domain.vcpu.read(buffer, count)
-        except GuestMemoryError:
-            raise HypercallError(abi.XEN_EFAULT) from None
-        domain.hypervisor_console(text)
+        count &= 0xFFFFFFFF                      # Xen's count is an unsigned int
+        for offset in range(0, count, CONSOLE_CHUNK):
+            try:
+                chunk = domain.vcpu.read(buffer + offset, min(CONSOLE_CHUNK, count - offset))
+            except GuestMemoryError:
+                raise HypercallError(abi.XEN_EFAULT) from None   # as Xen: what came before is printed
+            domain.hypervisor_console(chunk)
         return 0
     if command == abi.CONSOLEIO_read:
         return 0        # the hypervisor console has no input for guests
@@ -71,15 +71,13 @@ def console_io(domain: "Domain", command: int, count: int, buffer: int, *_: int)
 
 def sched_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     if command == abi.SCHEDOP_yield:
+        domain.yielded = True
         return 0
     if command == abi.SCHEDOP_block:
         domain.block()
         return 0
     if command == abi.SCHEDOP_shutdown:
-        reason = _read(domain, argument, abi.SchedShutdown).reason
-        if reason > abi.SHUTDOWN_MAX:
-            raise HypercallError(abi.XEN_EINVAL)
-        domain.shutdown(reason)
+        domain.shutdown(_read(domain, argument, abi.SchedShutdown).reason)   # Xen passes any code on
         return 0
     raise HypercallError(abi.XEN_ENOSYS)
 
@@ -89,6 +87,8 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
     if command == abi.EVTCHNOP_send:
         port = _read(domain, argument, abi.EvtchnSend).port
         _check_port(domain, port)
+        if events.binding(port).kind == "virq":
+            raise HypercallError(abi.XEN_EINVAL)
         domain.guest_notified(port)
         return 0
     if command == abi.EVTCHNOP_bind_virq:
@@ -230,7 +230,7 @@ def xen_version(domain: "Domain", command: int, argument: int, *_: int) -> int:
     if command == abi.XENVER_platform_parameters:
         _write(domain, argument, bytes(abi.XenPlatformParameters(virt_start=abi.HYPERVISOR_VIRT_START)))
         return 0
-    raise HypercallError(abi.XEN_EPERM)
+    raise HypercallError(abi.XEN_ENOSYS)
 
 
 def iret(domain: "Domain", *_: int) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
+from xen.timekeeping import TimeBase
 
 if TYPE_CHECKING:
     from xen.domain import Domain
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 class Kind(enum.IntEnum):
     """Record kinds of the inputs. Numbers are part of the log format: never reuse one."""
     CONSOLE_INPUT = 16   # payload: the bytes written into the console ring's in[]
-    TIMER = 17           # payload: system_time (ns, u64 LE); publishes time, expires timers, VIRQ_TIMER
-    TIME = 18            # payload: system_time (ns, u64 LE); publishes time only (wake from idle)
+    TIMER = 17           # payload: a TimeBase; publishes time, expires due timers, raises VIRQ_TIMER
+    TIME = 18            # payload: a TimeBase; publishes time only (e.g. on waking from idle)
     RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
 
 
@@ -46,10 +47,6 @@ class InjectionSink(Protocol):
 
 class ReplayDivergence(Exception):
     """The replayed vCPU is not where the log says an input arrived."""
-
-
-def time_payload(system_time: int) -> bytes:
-    return system_time.to_bytes(8, "little")
 
 
 class Funnel:
@@ -98,13 +95,13 @@ class Funnel:
         domain.notify_guest(domain.console_port)
 
     def _time(self, payload: bytes) -> None:
-        self._domain.time.publish(int.from_bytes(payload, "little"))
+        self._domain.time.publish(TimeBase.from_bytes(payload))
 
     def _timer(self, payload: bytes) -> None:
-        system_time = int.from_bytes(payload, "little")
+        base = TimeBase.from_bytes(payload)
         domain = self._domain
-        domain.time.publish(system_time)
-        if domain.time.expire(system_time):
+        domain.time.publish(base)
+        if domain.time.expire(base.system_time):
             domain.raise_virq(abi.VIRQ_TIMER)
 
     def _random(self, payload: bytes) -> None:

@@ -22,13 +22,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from xen.domain import Domain, RunState
-from xen.inject import Kind, time_payload
+from xen.inject import Kind
+from xen.timekeeping import ONE_NS_PER_TICK, TimeBase, TimeScale
 from xen.vcpu import ExitReason
 
 SLICE_INSTRUCTIONS = 1_000_000
 NS_PER_SECOND = 1_000_000_000
 DEFAULT_LINGER_NS = NS_PER_SECOND
 VIRTUAL_RANDOM_SEED = 0x5EED
+# Real clock: the published instruction rate is measured over at least this many instructions of
+# uninterrupted running, clamped to a sane range, starting from a typical JIT speed.
+RATE_SAMPLE_INSTRUCTIONS = 1_000_000
+INITIAL_NS_PER_INSTRUCTION = 0.5
+MIN_NS_PER_INSTRUCTION = 1 / 64
+MAX_NS_PER_INSTRUCTION = 64.0
+CATCH_UP_NS = 20_000_000
+# After Ctrl-], the guest may run this much longer to take in the keys typed before it.
+DETACH_GRACE_INSTRUCTIONS = 50_000_000
 
 
 class ConsoleInput(Protocol):
@@ -77,6 +87,11 @@ class Scheduler:
         self._host_start = time.monotonic_ns()
         self._random = random.Random(VIRTUAL_RANDOM_SEED)
         self._exhausted_at: int | None = None
+        self._slice_end = 0
+        self._detached_at: int | None = None
+        self._ns_per_instruction = INITIAL_NS_PER_INSTRUCTION
+        self._scale = ONE_NS_PER_TICK
+        self._rate_origin: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -90,13 +105,32 @@ class Scheduler:
         """Real clock: host time, never behind the time the guest already sees (time is monotonic)."""
         return max(self._host_ns(), self.domain.time.now())
 
+    def _publish(self, kind: Kind, system_time: int) -> None:
+        """Inject a TIME or TIMER input. Under the real clock the published tick rate follows how fast
+        the vCPU has actually been running, so the guest's own extrapolation tracks the host clock."""
+        if not self.virtual:
+            host, icount = self._host_ns(), self.domain.vcpu.icount
+            if self._rate_origin is not None and icount - self._rate_origin[1] >= RATE_SAMPLE_INSTRUCTIONS:
+                self._ns_per_instruction = (host - self._rate_origin[0]) / (icount - self._rate_origin[1])
+            if self._rate_origin is None or icount - self._rate_origin[1] >= RATE_SAMPLE_INSTRUCTIONS:
+                self._rate_origin = (host, icount)
+            # A guest clock that got ahead of the host runs slower until the host catches up.
+            ahead = max(0, system_time - host)
+            rate = self._ns_per_instruction * max(0.25, 1 - ahead / CATCH_UP_NS)
+            self._scale = TimeScale.from_ns_per_tick(min(max(rate, MIN_NS_PER_INSTRUCTION), MAX_NS_PER_INSTRUCTION))
+        self.domain.funnel.inject(kind, TimeBase(system_time, self._scale).to_bytes())
+
     # ---------------------------------------------------------------- main loop
     def run(self) -> Outcome:
         domain, vcpu = self.domain, self.domain.vcpu
-        domain.funnel.inject(Kind.TIME, time_payload(0 if self.virtual else self._host_ns()))
+        self._publish(Kind.TIME, 0 if self.virtual else self._host_ns())
         while domain.alive:
             if self.input.detached:
-                return Outcome("detached", vcpu.icount)
+                if self._detached_at is None:
+                    self._detached_at = vcpu.icount
+                if domain.state == RunState.BLOCKED or \
+                        vcpu.icount - self._detached_at >= DETACH_GRACE_INSTRUCTIONS:
+                    return Outcome("detached", vcpu.icount)
             if self.max_instructions is not None and vcpu.icount >= self.max_instructions:
                 return Outcome("instruction-limit", vcpu.icount)
             if domain.state == RunState.BLOCKED:
@@ -105,20 +139,29 @@ class Scheduler:
                     return ended
                 continue
             exit = vcpu.run(self._slice_target())
-            if exit.reason == ExitReason.LIMIT:
-                self._slice_boundary()
-            elif exit.reason == ExitReason.RANDOM:
+            if exit.reason == ExitReason.RANDOM:
                 value = self._random.getrandbits(64) if self.virtual else int.from_bytes(os.urandom(8), "little")
                 domain.funnel.inject(Kind.RANDOM, value.to_bytes(8, "little"))
-            else:
+            elif exit.reason != ExitReason.LIMIT:
                 domain.handle_exit(exit)
+            if not domain.alive:
+                break
+            if domain.yielded:
+                domain.yielded = False
+                self._yield_point()
+            if exit.reason == ExitReason.LIMIT or vcpu.icount >= self._slice_end:
+                self._slice_boundary()
         if domain.state == RunState.CRASHED:
             return Outcome("crashed", vcpu.icount, str(domain.crash_report))
         return Outcome("shutdown", vcpu.icount, domain.shutdown_name or "")
 
     def _slice_target(self) -> int:
+        """The next stop: the end of the current slice (kept across exits), a virtual-clock timer
+        deadline, or the instruction limit."""
         vcpu = self.domain.vcpu
-        target = vcpu.icount + self.slice
+        if vcpu.icount >= self._slice_end:
+            self._slice_end = vcpu.icount + self.slice
+        target = self._slice_end
         if self.virtual:
             deadline = self.domain.time.next_deadline()
             if deadline is not None:
@@ -134,13 +177,20 @@ class Scheduler:
         deadline = domain.time.next_deadline()
         if self.virtual:
             if deadline is not None and domain.time.now() >= deadline:
-                domain.funnel.inject(Kind.TIMER, time_payload(domain.time.now()))
+                self._publish(Kind.TIMER, domain.time.now())
             if self.input.fileno() is not None:
                 self._inject_input(limit=domain.console.input_space())
             return
-        if deadline is not None and self._host_ns() >= deadline:
-            domain.funnel.inject(Kind.TIMER, time_payload(self._publishable_time()))
+        if deadline is not None and self._publishable_time() >= deadline:
+            self._publish(Kind.TIMER, self._publishable_time())
         self._inject_input(limit=domain.console.input_space())
+
+    def _yield_point(self) -> None:
+        """SCHEDOP_yield: the guest says it is waiting; scripted keys may arrive as when idle."""
+        if self.virtual and self.input.fileno() is None:
+            self._inject_input(limit=min(1, self.domain.console.input_space()))
+        else:
+            self._slice_boundary()
 
     def _inject_input(self, limit: int) -> bool:
         if limit <= 0:
@@ -153,6 +203,7 @@ class Scheduler:
     def _idle(self) -> Outcome | None:
         """The domain is blocked: wait (real) or skip (virtual) to the next input or timer."""
         domain = self.domain
+        self._rate_origin = None         # idle time says nothing about the vCPU's speed
         if self.input.exhausted and self._exhausted_at is None:
             self._exhausted_at = self._input_clock()
         now = self._input_clock()
@@ -178,7 +229,7 @@ class Scheduler:
         if wake > domain.time.now():
             deadline = domain.time.next_deadline()
             kind = Kind.TIMER if deadline is not None and deadline <= wake else Kind.TIME
-            domain.funnel.inject(kind, time_payload(wake))
+            self._publish(kind, wake)
         if domain.state == RunState.BLOCKED:
             self._inject_input(limit=min(1, domain.console.input_space()))
 
@@ -195,14 +246,14 @@ class Scheduler:
         if self.virtual:
             deadline = domain.time.next_deadline()
             if not self._inject_input(limit=domain.console.input_space()) and deadline is not None:
-                domain.funnel.inject(Kind.TIMER, time_payload(max(deadline, domain.time.now())))
+                self._publish(Kind.TIMER, max(deadline, domain.time.now()))
             return
         now = self._publishable_time()
         deadline = domain.time.next_deadline()
         data = self.input.take(self._host_ns(), domain.console.input_space())
         if deadline is not None and now >= deadline:
-            domain.funnel.inject(Kind.TIMER, time_payload(now))
+            self._publish(Kind.TIMER, now)
         elif data:
-            domain.funnel.inject(Kind.TIME, time_payload(now))
+            self._publish(Kind.TIME, now)
         if data:
             domain.funnel.inject(Kind.CONSOLE_INPUT, data)

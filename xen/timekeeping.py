@@ -1,21 +1,71 @@
 """Guest time: the published vcpu_time_info, and the vCPU's one-shot and periodic timers.
 
-Owns the guest's notion of "now". The vCPU's TSC is its instruction count (xen/vcpu.py), published
-at 1 ns per tick (tsc_to_system_mul = 2^31, tsc_shift = 1), so the guest and the hypervisor compute
-the same time: now(icount) = system_time + (icount - tsc_timestamp). Invariant: system_time and
-tsc_timestamp change only in `publish`, which runs only through the input funnel (a recorded TIME or
-TIMER record); timers are armed only by guest hypercalls. Both are therefore replayed exactly.
+Owns the guest's notion of "now". The vCPU's TSC is its instruction count (xen/vcpu.py); a time base
+publishes (system_time, tsc_timestamp, tsc_to_system_mul, tsc_shift) exactly as Xen does, and the
+hypervisor extrapolates with the same fixed-point formula the guest uses, so both see the same "now".
+Invariant: the time base changes only in `publish`, which runs only through the input funnel (a
+recorded TIME or TIMER record carrying all of it); timers are armed only by guest hypercalls. Both are
+therefore replayed exactly.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from xen import abi
 from xen.vcpu import VCpu
 
-NS_PER_TICK = 1
-TSC_TO_SYSTEM_MUL = 1 << 31
-TSC_SHIFT = 1
+_BASE = struct.Struct("<QIb")
+
+
+@dataclass(frozen=True)
+class TimeScale:
+    """Xen's tick -> ns conversion: ns = ((ticks << shift) * mul) >> 32 (shift may be negative)."""
+    mul: int
+    shift: int
+
+    @classmethod
+    def from_ns_per_tick(cls, ns_per_tick: float) -> "TimeScale":
+        shift = 0
+        while ns_per_tick >= 1.0:
+            ns_per_tick /= 2
+            shift += 1
+        while ns_per_tick < 0.5 and shift > -31:
+            ns_per_tick *= 2
+            shift -= 1
+        return cls(min(int(ns_per_tick * 2**32), 2**32 - 1), shift)
+
+    def ns(self, ticks: int) -> int:
+        shifted = ticks << self.shift if self.shift >= 0 else ticks >> -self.shift
+        return (shifted * self.mul) >> 32
+
+    def ticks_until(self, ns: int) -> int:
+        """The smallest tick count whose conversion reaches `ns` (ns >= 0)."""
+        low, high = 0, 1
+        while self.ns(high) < ns:
+            high *= 2
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if self.ns(middle) < ns else (low, middle)
+        return low
+
+
+ONE_NS_PER_TICK = TimeScale(1 << 31, 1)
+
+
+@dataclass(frozen=True)
+class TimeBase:
+    """What one TIME/TIMER input publishes: system time (ns) at the injection's icount, and the scale."""
+    system_time: int
+    scale: TimeScale = ONE_NS_PER_TICK
+
+    def to_bytes(self) -> bytes:
+        return _BASE.pack(self.system_time, self.scale.mul, self.scale.shift)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TimeBase":
+        system_time, mul, shift = _BASE.unpack(data)
+        return cls(system_time, TimeScale(mul, shift))
 
 
 @dataclass
@@ -34,26 +84,28 @@ class GuestTime:
         self._address = time_info_address
         self.base_ns = 0
         self.base_icount = 0
+        self.scale = ONE_NS_PER_TICK
         self.timers = TimerState()
 
     def now(self) -> int:
         """Guest system time (ns) at the vCPU's current instruction count."""
-        return self.base_ns + (self._vcpu.icount - self.base_icount) * NS_PER_TICK
+        return self.base_ns + self.scale.ns(self._vcpu.icount - self.base_icount)
 
     def icount_at(self, guest_ns: int) -> int:
         """The instruction count at which a running vCPU reaches `guest_ns` (never before now)."""
-        return self.base_icount + max(0, guest_ns - self.base_ns) // NS_PER_TICK
+        return self.base_icount + self.scale.ticks_until(max(0, guest_ns - self.base_ns))
 
-    def publish(self, system_time: int) -> None:
+    def publish(self, base: TimeBase) -> None:
         """Write a new time base into vcpu_time_info, with Xen's odd/even version protocol."""
         fields = abi.VcpuTimeInfo
         version_address = self._address + fields.version.offset
         version = int.from_bytes(self._vcpu.read(version_address, 4), "little")
         self._vcpu.write(version_address, ((version + 1) | 1).to_bytes(4, "little"))
-        self.base_ns = system_time
+        self.base_ns = base.system_time
         self.base_icount = self._vcpu.icount
-        info = fields(version=(version + 1) | 1, tsc_timestamp=self.base_icount, system_time=system_time,
-                      tsc_to_system_mul=TSC_TO_SYSTEM_MUL, tsc_shift=TSC_SHIFT)
+        self.scale = base.scale
+        info = fields(version=(version + 1) | 1, tsc_timestamp=self.base_icount, system_time=base.system_time,
+                      tsc_to_system_mul=base.scale.mul, tsc_shift=base.scale.shift)
         self._vcpu.write(self._address, bytes(info))
         self._vcpu.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
 

@@ -228,9 +228,9 @@ _FAULT_TEXT = {
     "ReadUnmapped": "read from unmapped address",
     "WriteUnmapped": "write to unmapped address",
     "ExecViolation": "execute from non-executable or unmapped address",
-    "ReadPerm": "read from protected address",
-    "WritePerm": "write to read-only address",
-    "SelfModifyingCode": "store to the guest's own code (self-modifying code is not supported)",
+    "ReadPerm": "read from protected memory at",
+    "WritePerm": "write to read-only memory at",
+    "SelfModifyingCode": "store to the guest's own code (self-modifying code is not supported) at",
     "ReadUnaligned": "unaligned read",
     "WriteUnaligned": "unaligned write",
     "AddressOverflow": "address overflow",
@@ -305,6 +305,7 @@ class VCpu:
         self._mapped_pages = self._map_memory(memory_base, memory_size, set(unmapped_pages))
         self._breakpoints: set[int] = set()
         self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
+        self._read_only_pages: set[int] = set()
         self._trapped_pages: dict[int, MemoryProtection] = {}
         self._pending_random: tuple[_Decoded, int] | None = None
         self._reset_registers()
@@ -349,6 +350,18 @@ class VCpu:
             self._vm.mem_write(address, bytes(data))
         except icicle.MemoryException as error:
             raise EngineError(f"write of {len(data)} bytes at {address:#x} refused by the engine: {error}") from error
+
+    def set_read_only(self, page_addresses: tuple[int, ...]) -> None:
+        """Map these pages read-only (still executable): guest stores to them fault."""
+        for page in page_addresses:
+            if not self.is_mapped(page, PAGE_SIZE):
+                raise GuestMemoryError(page, PAGE_SIZE)
+            self._read_only_pages.add(page)
+            if page not in self._trapped_pages:
+                self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_WRITE_TRAP)
+
+    def _base_protection(self, page: int) -> MemoryProtection:
+        return _PROTECTION_WRITE_TRAP if page in self._read_only_pages else _PROTECTION_FULL
 
     def read_u64(self, address: int) -> int:
         return int.from_bytes(self.read(address, 8), "little")
@@ -487,7 +500,7 @@ class VCpu:
                 if wanted.get(page) != _PROTECTION_ACCESS_TRAP:
                     wanted[page] = protection
         for page in set(self._trapped_pages) - set(wanted):
-            self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_FULL)
+            self._vm.mem_protect(page, PAGE_SIZE, self._base_protection(page))
         for page, protection in wanted.items():
             if self._trapped_pages.get(page) != protection:
                 self._vm.mem_protect(page, PAGE_SIZE, protection)
@@ -578,9 +591,11 @@ class VCpu:
                 return Exit(ExitReason.HYPERCALL, vm.icount, vm.pc)
             vector = vm.exception_value
             return self._fault(f"software interrupt int {vector:#x} (no trap table)", None)
-        if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm) and \
-                (vm.exception_value & PAGE_MASK) in self._trapped_pages:
-            return self._trapped_access(vm.exception_value, "w" if code == ExceptionCode.WritePerm else "r")
+        if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
+            page = vm.exception_value & PAGE_MASK
+            is_write = code == ExceptionCode.WritePerm
+            if page in self._trapped_pages and not (is_write and page in self._read_only_pages):
+                return self._trapped_access(vm.exception_value, "w" if is_write else "r")
         if code == ExceptionCode.UnimplementedOp:
             decoded = _decode_environment(bytes(vm.mem_read(pc, 16)) if self.is_mapped(pc, 16)
                                           else bytes(vm.mem_read(pc, 1)))
@@ -624,7 +639,7 @@ class VCpu:
         vm = self._vm
         vm.icount = vm.icount - 1
         for page in self._trapped_pages:
-            vm.mem_protect(page, PAGE_SIZE, _PROTECTION_FULL)
+            vm.mem_protect(page, PAGE_SIZE, self._base_protection(page))
         try:
             result = self._execute_one_unbroken()
         finally:

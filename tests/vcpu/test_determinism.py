@@ -15,7 +15,8 @@ import pytest
 
 from xen.builder import build_domain
 from xen.domain import Domain, RunState
-from xen.inject import Kind, time_payload
+from xen.inject import Kind
+from xen.timekeeping import TimeBase
 from xen.vcpu import GPR_NAMES, ExitReason
 
 SESSION = b"calc 12345*678-9\rhash determinism\rbench 20000\recho done\r"
@@ -35,7 +36,7 @@ def _schedule(seed: int = 7) -> list[tuple[int, Kind, bytes]]:
         icount += rng.randint(3_000, 9_000)
         inputs.append((icount, Kind.CONSOLE_INPUT, bytes([key])))
     for tick in range(1, icount // 40_000 + 40):
-        inputs.append((tick * 40_000, Kind.TIMER, time_payload(tick * 40_000)))
+        inputs.append((tick * 40_000, Kind.TIMER, TimeBase(tick * 40_000).to_bytes()))
     return sorted(inputs, key=lambda item: item[0])
 
 
