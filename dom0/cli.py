@@ -5,23 +5,30 @@ domains (xen/), wires host input and output to them, and reports how they ended.
 user error or bad input file never shows a traceback: it prints `xenrr: error: ...` on stderr
 and exits with status 2.
 
-Exit statuses: 0 the guest powered off (or you detached), 1 the domain crashed, 2 usage or input
-error, 3 the run stopped before the guest shut down (instruction limit, input exhausted, deadlock).
+Exit statuses: 0 the guest powered off (or you detached), 1 the domain crashed (replay: diverged),
+2 usage or input error, 3 the run stopped before the guest shut down (instruction limit, input
+exhausted, deadlock; replay: the log is incomplete), 4 the log could not be written.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
+from dom0.logfile import LogFormatError, LogReader
+from dom0.record import RecordingFailed, record
+from dom0.replay import ReplaySession, ReplaySetupError
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
+from xen.inject import ReplayDivergence
+from xen.logrecord import FIRST_INPUT_KIND, kind_name
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
 from xen.vcpu import EngineError
 
-EXIT_OK, EXIT_CRASHED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_CRASHED, EXIT_USAGE, EXIT_STOPPED, EXIT_LOG_FAILED = 0, 1, 2, 3, 4
 DEFAULT_MEMORY_MIB = 16
 
 
@@ -80,6 +87,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "stdout; the hypervisor's messages and the guest's CONSOLEIO_write text go to stderr.")
     run.add_argument("guest", metavar="GUEST", type=Path, help="the guest kernel (ELF with Xen notes)")
     _add_input_options(run)
+
+    record = commands.add_parser(
+        "record", help="run a guest like `run` and record every input into one log file",
+        description="Run GUEST exactly as `xenrr run` does (same console, same options) and record every "
+                    "nondeterministic input - console keys, timer interrupts, time values, random numbers - with the "
+                    "instruction count at which it arrived, into the log SESSION. `xenrr replay SESSION` then "
+                    "reproduces the run instruction for instruction. Exit status as for run, or 4 if the log "
+                    "could not be written (it stays valid up to the last complete block).")
+    record.add_argument("guest", metavar="GUEST", type=Path, help="the guest kernel (ELF with Xen notes)")
+    record.add_argument("-o", "--output", metavar="SESSION", type=Path, required=True,
+                        help="the log file to write (e.g. session.xrr)")
+    _add_input_options(record)
+
+    replay = commands.add_parser(
+        "replay", help="replay a recording and verify it",
+        description="Rebuild the recorded domain from SESSION's header, feed it the logged inputs at their exact "
+                    "instruction counts, reproduce its console output byte for byte, and check every state "
+                    "digest. Exit status: 0 replayed and verified to the end, 1 replay diverged (the message names "
+                    "the instruction count and what differed), 2 unusable log or wrong guest image, 3 the log is "
+                    "damaged or incomplete (its valid part replayed and verified).")
+    replay.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+    replay.add_argument("--image", metavar="GUEST", type=Path,
+                        help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
+    replay.add_argument("--quiet", action="store_true", help="do not print the guest's console output")
+    replay.add_argument("--until-event", metavar="N", type=int,
+                        help="stop just before input event N is injected (events are numbered from 1; "
+                             "see `xenrr dump`)")
+    replay.add_argument("--json", action="store_true",
+                        help="print a JSON summary on stdout instead of the console output")
+
+    dump = commands.add_parser(
+        "dump", help="print a recording's header and records",
+        description="Print SESSION's header and every record (sequence number, instruction count, rip, kind, "
+                    "payload; input events with their event number), and any damage found.")
+    dump.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+    dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
     return parser
 
 
@@ -137,11 +180,10 @@ def _describe(outcome: Outcome) -> str:
 def command_run(args: argparse.Namespace) -> int:
     _check_numbers(args)
     console_input = _console_input(args)
-    domain = load_domain(args.guest, args.memory)
-    scheduler = Scheduler(domain, console_input, clock=args.clock, max_instructions=args.max_instructions,
-                          linger_ns=int(args.linger * NS_PER_SECOND))
     try:
-        outcome = scheduler.run()
+        domain = load_domain(args.guest, args.memory)
+        outcome = Scheduler(domain, console_input, clock=args.clock, max_instructions=args.max_instructions,
+                            linger_ns=int(args.linger * NS_PER_SECOND)).run()
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
@@ -149,7 +191,105 @@ def command_run(args: argparse.Namespace) -> int:
     return _exit_status(outcome)
 
 
-COMMANDS = {"run": command_run}
+def command_record(args: argparse.Namespace) -> int:
+    _check_numbers(args)
+    console_input = _console_input(args)
+    try:
+        domain = load_domain(args.guest, args.memory)
+        result = record(domain, args.guest, console_input, args.output, clock=args.clock,
+                        max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND))
+    except RecordingFailed as error:
+        print(f"xenrr: error: recording stopped: {error}", file=sys.stderr)
+        return EXIT_LOG_FAILED
+    finally:
+        if isinstance(console_input, TerminalInput):
+            console_input.restore()
+    size = result.path.stat().st_size
+    print(f"xenrr: {_describe(result.outcome)}; {result.records} records logged to {result.path} ({size} bytes)",
+          file=sys.stderr)
+    return _exit_status(result.outcome)
+
+
+def _open_session(path: Path, image: Path | None, console_output) -> ReplaySession:
+    try:
+        return ReplaySession(path, image, console_output=console_output)
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+
+
+def command_replay(args: argparse.Namespace) -> int:
+    show_console = not (args.quiet or args.json)
+    session = _open_session(args.session, args.image, _write_stdout if show_console else lambda data: None)
+    until_seq = None
+    if args.until_event is not None:
+        try:
+            until_seq = session.event(args.until_event).seq
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    replayer = session.replayer
+    divergence = None
+    try:
+        replayer.run(until_seq=until_seq)
+    except ReplayDivergence as error:
+        divergence = str(error)
+    damage = session.damage
+    complete = replayer.recorded_outcome is not None
+    summary = {"session": str(args.session), "events": replayer.inputs_applied,
+               "instructions": session.domain.vcpu.icount, "digests_checked": replayer.digests_checked,
+               "verified": divergence is None, "divergence": divergence, "complete": complete,
+               "recorded_outcome": replayer.recorded_outcome, "damage": str(damage) if damage else None,
+               "stopped_before_event": args.until_event}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    if divergence is not None:
+        print(f"xenrr: replay diverged: {divergence}", file=sys.stderr)
+        return EXIT_CRASHED
+    if args.until_event is not None:
+        verdict = f"stopped before event {args.until_event}"
+    elif complete:
+        verdict = "replayed to the end of the recording"
+    else:
+        verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
+    print(f"xenrr: {verdict}: {replayer.inputs_applied} events, {session.domain.vcpu.icount} instructions, "
+          f"{replayer.digests_checked} state digests verified", file=sys.stderr)
+    session.close()
+    return EXIT_OK if complete or args.until_event is not None else EXIT_STOPPED
+
+
+def command_dump(args: argparse.Namespace) -> int:
+    try:
+        reader = LogReader(args.session)
+    except OSError as error:
+        raise UsageError(f"cannot read {args.session}: {error.strerror}") from None
+    with reader:
+        header = reader.header
+        records = []
+        event = 0
+        for record in reader.records():
+            if record.kind >= FIRST_INPUT_KIND:
+                event += 1
+            records.append({"seq": record.seq, "event": event if record.kind >= FIRST_INPUT_KIND else None,
+                            "icount": record.icount, "rip": record.rip, "vcpu": record.vcpu,
+                            "kind": kind_name(record.kind), "payload": bytes(record.payload).hex()})
+        damage = str(reader.damage) if reader.damage else None
+    if args.json:
+        print(json.dumps({"image_sha256": header.image_sha256.hex(), "config": header.config,
+                          "initial_state": header.initial_state, "records": records, "damage": damage}, indent=1))
+        return EXIT_OK
+    print(f"image sha256  {header.image_sha256.hex()}")
+    for key, value in sorted(header.config.items()):
+        print(f"{key:13} {value}")
+    print(f"{'seq':>8} {'event':>7} {'icount':>14} {'rip':>18}  kind           payload")
+    for entry in records:
+        event_text = str(entry["event"]) if entry["event"] is not None else "-"
+        payload = entry["payload"]
+        print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14} {entry['rip']:#18x}  {entry['kind']:<14} "
+              f"{payload[:64]}{'...' if len(payload) > 64 else ''}")
+    print(f"{len(records)} records, {event} input events" + (f"; damage: {damage}" if damage else ""))
+    return EXIT_OK
+
+
+COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, KeyScriptError, BuildError, EngineError) as error:
+    except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -57,3 +57,14 @@ def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
     memory_hash = (hashlib.blake2b(vcpu.memory_image(), digest_size=_MEMORY_HASH_BYTES).digest()
                    if with_memory else None)
     return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash)
+
+
+def end_payload(digest: Digest, outcome: str) -> bytes:
+    """The END record's payload: the final digest, then how the recorded run ended (UTF-8)."""
+    body = digest.to_bytes()
+    return len(body).to_bytes(2, "little") + body + outcome.encode()
+
+
+def parse_end_payload(payload: bytes) -> tuple[Digest, str]:
+    size = int.from_bytes(payload[:2], "little")
+    return Digest.from_bytes(payload[2:2 + size]), bytes(payload[2 + size:]).decode(errors="replace")

@@ -8,9 +8,10 @@ funnel injection (recorded); nothing here reads the host clock or host input.
 """
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from xen import abi, hypercalls
 from xen.builder import DomainImage
@@ -54,6 +55,15 @@ class CrashReport:
         return f"domain crashed: {self.reason} ({where})"
 
 
+@dataclass(frozen=True)
+class DomainState:
+    """Everything about a domain that is not in its vCPU registers or guest memory (for checkpoints)."""
+    fields: dict[str, Any]
+
+
+_SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded")
+
+
 class Domain:
     """One guest domain built from a DomainImage, with a single vCPU."""
 
@@ -90,6 +100,20 @@ class Domain:
         self.vcpu.pc = image.entry
 
     # ---------------------------------------------------------------- state
+    def save_state(self) -> DomainState:
+        """The hypervisor-side state; with vCPU registers and memory it is the whole domain."""
+        fields = {name: getattr(self, name) for name in _SAVED_FIELDS}
+        fields["events"] = self.events.save_state()
+        fields["time"] = self.time.save_state()
+        return DomainState(copy.deepcopy(fields))
+
+    def load_state(self, state: DomainState) -> None:
+        fields = copy.deepcopy(state.fields)
+        self.events.load_state(fields.pop("events"))
+        self.time.load_state(fields.pop("time"))
+        for name, value in fields.items():
+            setattr(self, name, value)
+
     @property
     def alive(self) -> bool:
         return self.state in (RunState.RUNNING, RunState.BLOCKED)

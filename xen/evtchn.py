@@ -59,6 +59,12 @@ class EventChannels:
         if binding.kind == "virq":
             del self._virq_ports[int(binding.target)]
 
+    def save_state(self) -> tuple[dict[int, Binding], dict[int, int]]:
+        return dict(self._ports), dict(self._virq_ports)
+
+    def load_state(self, state: tuple[dict[int, Binding], dict[int, int]]) -> None:
+        self._ports, self._virq_ports = dict(state[0]), dict(state[1])
+
     # ---------------------------------------------------------------- bits in shared_info
     def _word_address(self, array_field: str, port: int) -> int:
         return self._shared + getattr(abi.SharedInfo, array_field).offset + (port // BITS_PER_WORD) * 8

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
+from xen.digest import end_payload, take_digest
+from xen.logrecord import KIND_DIGEST, KIND_END, register_kind
 from xen.timekeeping import TimeBase
 
 if TYPE_CHECKING:
@@ -28,6 +30,10 @@ class Kind(enum.IntEnum):
     TIMER = 17           # payload: a TimeBase; publishes time, expires due timers, raises VIRQ_TIMER
     TIME = 18            # payload: a TimeBase; publishes time only (e.g. on waking from idle)
     RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
+
+
+for _kind in Kind:
+    register_kind(_kind, _kind.name)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,20 @@ class Funnel:
             self.sink.append(injection)
         self._apply(injection)
         return injection
+
+    def log_digest(self, with_memory: bool) -> None:
+        """Record mode: log a state digest at the current point (never applied; replay compares it)."""
+        if self.sink is not None:
+            vcpu = self._domain.vcpu
+            digest = take_digest(vcpu, with_memory)
+            self.sink.append(Injection(KIND_DIGEST, 0, vcpu.icount, vcpu.pc, digest.to_bytes()))
+
+    def log_end(self, outcome: str) -> None:
+        """Record mode: the last record - the final full digest and how the run ended."""
+        if self.sink is not None:
+            vcpu = self._domain.vcpu
+            payload = end_payload(take_digest(vcpu, with_memory=True), outcome)
+            self.sink.append(Injection(KIND_END, 0, vcpu.icount, vcpu.pc, payload))
 
     def replay(self, injection: Injection) -> None:
         """Replay: apply a logged input; the vCPU must have been run to exactly its icount."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from xen.digest import Digest, take_digest
+from xen.digest import Digest, parse_end_payload, take_digest
 from xen.domain import Domain, RunState
 from xen.inject import Injection, Kind, ReplayDivergence
 from xen.logrecord import KIND_DIGEST, KIND_END, Record
@@ -27,17 +27,6 @@ class ReplayStop:
     reason: str                 # "target" (icount reached), "end" (the log is done), "debug" (breakpoint/watchpoint)
     icount: int
     exit: Exit | None = None
-
-
-def end_payload(digest: Digest, outcome: str) -> bytes:
-    """The END record's payload: the final digest, then how the recorded run ended (UTF-8)."""
-    body = digest.to_bytes()
-    return len(body).to_bytes(2, "little") + body + outcome.encode()
-
-
-def parse_end_payload(payload: bytes) -> tuple[Digest, str]:
-    size = int.from_bytes(payload[:2], "little")
-    return Digest.from_bytes(payload[2:2 + size]), bytes(payload[2 + size:]).decode(errors="replace")
 
 
 class Replayer:

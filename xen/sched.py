@@ -37,6 +37,10 @@ INITIAL_NS_PER_INSTRUCTION = 0.5
 MIN_NS_PER_INSTRUCTION = 1 / 64
 MAX_NS_PER_INSTRUCTION = 64.0
 CATCH_UP_NS = 20_000_000
+# Record mode: a register digest every DIGEST_INTERVAL instructions; every FULL_DIGEST_EVERY-th one also
+# hashes all guest memory (tens of ms for 16 MiB, so rarely; the END record always has a full digest).
+DIGEST_INTERVAL = 1 << 24
+FULL_DIGEST_EVERY = 256
 # After Ctrl-], the guest may run this much longer to take in the keys typed before it.
 DETACH_GRACE_INSTRUCTIONS = 50_000_000
 
@@ -92,6 +96,8 @@ class Scheduler:
         self._ns_per_instruction = INITIAL_NS_PER_INSTRUCTION
         self._scale = ONE_NS_PER_TICK
         self._rate_origin: tuple[int, int] | None = None
+        self._next_digest = DIGEST_INTERVAL
+        self._digests = 0
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -174,6 +180,10 @@ class Scheduler:
     def _slice_boundary(self) -> None:
         """The vCPU is running and stopped between two instructions: inject what is due."""
         domain = self.domain
+        if domain.funnel.sink is not None and domain.vcpu.icount >= self._next_digest:
+            self._digests += 1
+            domain.funnel.log_digest(with_memory=self._digests % FULL_DIGEST_EVERY == 0)
+            self._next_digest = domain.vcpu.icount + DIGEST_INTERVAL
         deadline = domain.time.next_deadline()
         if self.virtual:
             if deadline is not None and domain.time.now() >= deadline:

@@ -109,6 +109,13 @@ class GuestTime:
         self._vcpu.write(self._address, bytes(info))
         self._vcpu.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
 
+    def save_state(self) -> tuple:
+        return self.base_ns, self.base_icount, self.scale, TimerState(**vars(self.timers))
+
+    def load_state(self, state: tuple) -> None:
+        self.base_ns, self.base_icount, self.scale, timers = state
+        self.timers = TimerState(**vars(timers))
+
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> int | None:
         armed = [d for d in (self.timers.singleshot, self.timers.periodic_next) if d is not None]

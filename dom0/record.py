@@ -1,0 +1,97 @@
+"""Recording: connect a live domain's input funnel to the log daemon through the shared-memory ring.
+
+Owns the record session: the log header (image hash, domain config, initial state), the sink that
+encodes each injection into the ring, and shutting the stream down so the log ends with an END
+record and an index. Invariant: every injection is handed to the ring before it is applied to the
+guest (the funnel's order), so a record that reached the guest is in the log or the recording
+stops with an error; records already in the ring always reach the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dom0.logd import start_log_daemon
+from dom0.logfile import LogHeader
+from dom0.logring import LogDaemonError, RingProducer
+from xen.digest import take_digest
+from xen.domain import Domain
+from xen.inject import Injection
+from xen.logrecord import Encoder
+from xen.sched import ConsoleInput, Outcome, Scheduler
+
+RING_BYTES = 1 << 20
+
+
+class RecordingFailed(Exception):
+    """The log could not be written; the file is valid up to the last complete block."""
+
+
+class RingSink:
+    """Encodes injections straight into the log ring (the funnel's InjectionSink)."""
+
+    def __init__(self, ring: RingProducer):
+        self._ring = ring
+        self._encoder = Encoder()
+        self._buffer = bytearray()
+        self.records = 0
+
+    def append(self, injection: Injection) -> None:
+        self._buffer.clear()
+        self._encoder.encode(self._buffer, injection.kind, injection.vcpu, injection.icount, injection.rip,
+                             injection.payload)
+        try:
+            self._ring.put(self._buffer)
+        except LogDaemonError as error:
+            raise RecordingFailed(str(error)) from None
+        self.records += 1
+
+
+def make_header(domain: Domain, guest: Path, clock: str) -> LogHeader:
+    image = domain.image
+    initial = take_digest(domain.vcpu, with_memory=True)
+    return LogHeader(
+        image_sha256=bytes.fromhex(image.image_sha256),
+        config={"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
+                "clock": clock, "vcpus": 1},
+        initial_state={"entry": image.entry, "rsp": image.initial_rsp, "rsi": image.initial_rsi,
+                       "digest": initial.to_bytes().hex()})
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    outcome: Outcome
+    records: int
+    path: Path
+
+
+def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
+           max_instructions: int | None, linger_ns: int) -> RecordResult:
+    """Run `domain` live under the scheduler, logging every input into `path`."""
+    ring = RingProducer(RING_BYTES)
+    try:
+        daemon = start_log_daemon(ring, path, make_header(domain, guest, clock))
+    except LogDaemonError as error:
+        ring.detach()
+        raise RecordingFailed(f"cannot start the log daemon: {error}") from None
+    sink = RingSink(ring)
+    domain.funnel.sink = sink
+    failure: str | None = None
+    try:
+        outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
+                            linger_ns=linger_ns).run()
+        domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
+    except RecordingFailed as error:
+        failure = str(error)
+    finally:
+        domain.funnel.sink = None
+        ring.close()
+        try:
+            daemon.wait()
+        except LogDaemonError as error:
+            failure = failure or str(error)
+        ring.detach()
+    if failure is not None:
+        raise RecordingFailed(f"{failure}; {sink.records} records were logged, the log is valid up to its "
+                              "last complete block")
+    return RecordResult(outcome, sink.records, path)

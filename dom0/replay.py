@@ -1,0 +1,105 @@
+"""A replay session: a domain rebuilt from a log's header and fed from the log's records.
+
+Owns opening a recording for replay: checking the guest image against the recorded SHA-256,
+rebuilding the domain with the recorded configuration, checking the initial state, numbering the
+input events, and reporting damage. The log is parsed in place (mmap); the hypervisor's replayer
+only sees records. Invariant: a session never replays a record from beyond the first damaged byte,
+and never replays a different guest image than the one recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dom0.logfile import LogReader
+from xen.builder import build_domain
+from xen.digest import Digest, take_digest
+from xen.domain import Domain
+from xen.inject import Kind
+from xen.logrecord import FIRST_INPUT_KIND, kind_name
+from xen.replay import Replayer
+from xen.timekeeping import TimeBase
+
+
+class ReplaySetupError(Exception):
+    """The recording cannot be replayed at all (wrong image, unreadable log): one line."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An input event of the recording, numbered from 1 in log order."""
+    number: int
+    seq: int
+    icount: int
+    rip: int
+    kind: int
+    payload: bytes
+
+    @property
+    def kind_name(self) -> str:
+        return kind_name(self.kind).lower().replace("_", "-")
+
+    def describe(self) -> str:
+        """The payload in words: the key typed, the time published, ..."""
+        if self.kind == Kind.CONSOLE_INPUT:
+            return "keys " + repr(self.payload.decode("latin-1"))
+        if self.kind in (Kind.TIMER, Kind.TIME):
+            return f"guest time {TimeBase.from_bytes(self.payload).system_time / 1e9:.6f} s"
+        if self.kind == Kind.RANDOM:
+            return f"value {int.from_bytes(self.payload, 'little'):#018x}"
+        return self.payload.hex()
+
+
+class ReplaySession:
+    """One replay of one log file."""
+
+    def __init__(self, log_path: Path, image: Path | None = None,
+                 console_output: Callable[[bytes], None] = lambda data: None, jit: bool = True):
+        self.log_path = log_path
+        self.log = LogReader(log_path)          # LogFormatError / OSError propagate: the CLI reports them
+        header = self.log.header
+        config = header.config
+        self.image_path = Path(image) if image is not None else Path(config["guest"])
+        try:
+            image_bytes = self.image_path.read_bytes()
+        except OSError as error:
+            raise ReplaySetupError(f"cannot read the recorded guest image {self.image_path}: {error.strerror} "
+                                   "(give it with --image)") from None
+        if hashlib.sha256(image_bytes).digest() != header.image_sha256:
+            raise ReplaySetupError(
+                f"guest image {self.image_path} is not the one recorded (sha256 "
+                f"{hashlib.sha256(image_bytes).hexdigest()[:16]}..., recorded {header.image_sha256.hex()[:16]}...)")
+        self.domain = Domain(build_domain(image_bytes, config["memory_bytes"], config.get("cmdline", "")),
+                             jit=jit, console_output=console_output)
+        recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
+        differences = recorded.differences(take_digest(self.domain.vcpu, with_memory=True))
+        if differences:
+            raise ReplaySetupError("the rebuilt domain does not start in the recorded state: " + "; ".join(differences))
+        self.replayer = Replayer(self.domain, self.log.records())
+        self._events: list[Event] | None = None
+
+    @property
+    def damage(self):
+        return self.log.damage
+
+    def events(self) -> list[Event]:
+        """Every input event in the log, numbered from 1 (built on first use, then kept)."""
+        if self._events is None:
+            events = []
+            for record in self.log.records():
+                if record.kind >= FIRST_INPUT_KIND:
+                    events.append(Event(len(events) + 1, record.seq, record.icount, record.rip, record.kind,
+                                        bytes(record.payload)))
+            self._events = events
+        return self._events
+
+    def event(self, number: int) -> Event:
+        events = self.events()
+        if not 1 <= number <= len(events):
+            raise ValueError(f"event {number} does not exist: the recording has events 1 to {len(events)}")
+        return events[number - 1]
+
+    def close(self) -> None:
+        self.log.close()
