@@ -25,6 +25,7 @@ from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence
 from xen.logrecord import FIRST_INPUT_KIND, kind_name
+from xen.replay import Mark
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
 from xen.vcpu import EngineError
 
@@ -220,16 +221,17 @@ def _open_session(path: Path, image: Path | None, console_output) -> ReplaySessi
 def command_replay(args: argparse.Namespace) -> int:
     show_console = not (args.quiet or args.json)
     session = _open_session(args.session, args.image, _write_stdout if show_console else lambda data: None)
-    until_seq = None
+    until = None
     if args.until_event is not None:
         try:
-            until_seq = session.event(args.until_event).seq
+            event = session.event(args.until_event)
         except ValueError as error:
             raise UsageError(str(error)) from None
+        until = Mark(event.icount, event.seq)
     replayer = session.replayer
     divergence = None
     try:
-        replayer.run(until_seq=until_seq)
+        replayer.run(until)
     except ReplayDivergence as error:
         divergence = str(error)
     damage = session.damage

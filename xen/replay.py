@@ -11,7 +11,7 @@ same instruction count with the same inputs applied; a point in the replay is na
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from xen.digest import Digest, parse_end_payload, take_digest
@@ -21,12 +21,39 @@ from xen.logrecord import KIND_DIGEST, KIND_END, Record
 from xen.vcpu import Exit, ExitReason
 
 
+@dataclass(frozen=True, order=True)
+class Mark:
+    """A point in a replay: `icount` instructions retired and records before `seq` applied.
+
+    Marks are totally ordered in execution order. A *canonical* mark has every record logged at its
+    instruction count applied (the state just before the next instruction executes).
+    """
+    icount: int
+    seq: int
+
+
+ALL_RECORDS = 2**63   # a seq beyond any log: Mark(i, ALL_RECORDS) targets the canonical mark at icount i
+
+
 @dataclass(frozen=True)
 class ReplayStop:
     """Why `Replayer.run` returned."""
-    reason: str                 # "target" (icount reached), "end" (the log is done), "debug" (breakpoint/watchpoint)
-    icount: int
+    reason: str                 # "target" (mark reached), "end" (the log is done), "debug" (breakpoint/watchpoint),
+                                # "interrupted"
+    mark: Mark
     exit: Exit | None = None
+
+
+@dataclass(frozen=True)
+class ReplayerState:
+    next_seq: int
+    finished: bool
+    digests_checked: int
+    inputs_applied: int
+    recorded_outcome: str | None
+
+
+DEBUG_CHUNK = 20_000_000      # while debugging, look for an interrupt request this often (instructions)
 
 
 class Replayer:
@@ -34,40 +61,61 @@ class Replayer:
 
     def __init__(self, domain: Domain, records: Iterable[Record], first_seq: int = 0):
         self.domain = domain
-        self._records: Iterator[Record] = iter(records)
-        self._next: Record | None = next(self._records, None)
-        self.next_seq = first_seq
         self.digests_checked = 0
         self.inputs_applied = 0
         self.finished = False
         self.recorded_outcome: str | None = None
+        self._reposition(records, first_seq)
+
+    def _reposition(self, records: Iterable[Record], first_seq: int) -> None:
+        self._records: Iterator[Record] = iter(records)
+        self._next: Record | None = next(self._records, None)
+        self.next_seq = first_seq
+
+    @property
+    def mark(self) -> Mark:
+        return Mark(self.domain.vcpu.icount, self.next_seq)
 
     @property
     def next_record(self) -> Record | None:
         return self._next
 
+    def save_state(self) -> ReplayerState:
+        return ReplayerState(self.next_seq, self.finished, self.digests_checked, self.inputs_applied,
+                             self.recorded_outcome)
+
+    def load_state(self, state: ReplayerState, records_from_seq: Iterable[Record]) -> None:
+        """Continue from a saved state; `records_from_seq` yields the log's records from state.next_seq on."""
+        self._reposition(records_from_seq, state.next_seq)
+        self.finished = state.finished
+        self.digests_checked = state.digests_checked
+        self.inputs_applied = state.inputs_applied
+        self.recorded_outcome = state.recorded_outcome
+
     def _advance(self) -> None:
         self._next = next(self._records, None)
         self.next_seq += 1
 
-    def run(self, until_icount: int | None = None, until_seq: int | None = None,
-            stop_for_debug: bool = False) -> ReplayStop:
-        """Replay forward until the vCPU reaches `until_icount` (records logged at that count are not
-        applied yet), until record `until_seq` is next, the end of the log, or - with
-        `stop_for_debug` - a breakpoint or watchpoint."""
+    def run(self, until: Mark | None = None, stop_for_debug: bool = False,
+            interrupted: Callable[[], bool] | None = None) -> ReplayStop:
+        """Replay forward until the mark `until`, the end of the log, or - with `stop_for_debug` - a
+        breakpoint (reported at a canonical mark, never at the mark this call started from) or a
+        watchpoint (reported right after the access). `interrupted` is polled between chunks."""
         domain, vcpu = self.domain, self.domain.vcpu
+        start = self.mark
         while True:
             record = self._next
-            if until_seq is not None and self.next_seq >= until_seq:
-                return ReplayStop("target", vcpu.icount)
-            if until_icount is not None and vcpu.icount >= until_icount:
-                return ReplayStop("target", vcpu.icount)
-            if self.finished or record is None:
-                self.finished = True
-                return ReplayStop("end", vcpu.icount)
-            if vcpu.icount == record.icount:
+            at_target = until is not None and vcpu.icount == until.icount and self.next_seq >= until.seq
+            if at_target:
+                return ReplayStop("target", self.mark)
+            if record is not None and not self.finished and record.icount == vcpu.icount:
                 self._apply(record)
                 continue
+            if until is not None and vcpu.icount >= until.icount:
+                return ReplayStop("target", self.mark)
+            if self.finished or record is None:
+                self.finished = True
+                return ReplayStop("end", self.mark)
             if vcpu.icount > record.icount:
                 raise ReplayDivergence(f"replay passed icount {record.icount} of logged "
                                        f"{self._kind_text(record.kind)} (now at {vcpu.icount})")
@@ -75,12 +123,19 @@ class Replayer:
                 raise ReplayDivergence(
                     f"domain {domain.state.value} at icount {vcpu.icount} but the log has "
                     f"{self._kind_text(record.kind)} at icount {record.icount}")
-            exit = vcpu.run(record.icount if until_icount is None else min(record.icount, until_icount))
-            if exit.reason == ExitReason.LIMIT:
-                continue
-            if exit.reason in (ExitReason.BREAKPOINT, ExitReason.WATCHPOINT):
+            target = record.icount if until is None else min(record.icount, until.icount)
+            if stop_for_debug:
+                if vcpu.pc in vcpu.breakpoints and self.mark != start:
+                    return ReplayStop("debug", self.mark, Exit(ExitReason.BREAKPOINT, vcpu.icount, vcpu.pc))
+                if interrupted is not None and interrupted():
+                    return ReplayStop("interrupted", self.mark)
+                target = min(target, vcpu.icount + DEBUG_CHUNK)
+            exit = vcpu.run(target)
+            if exit.reason in (ExitReason.LIMIT, ExitReason.BREAKPOINT):
+                continue          # a breakpoint is judged at the top, once this count's inputs are in
+            if exit.reason == ExitReason.WATCHPOINT:
                 if stop_for_debug:
-                    return ReplayStop("debug", vcpu.icount, exit)
+                    return ReplayStop("debug", self.mark, exit)
                 continue
             if exit.reason == ExitReason.RANDOM:
                 # The rdrand has retired: its logged value is applied at once, whatever the target.

@@ -1,0 +1,259 @@
+"""The replay timeline: checkpoints keyed by position, and exact reverse execution.
+
+Model: rr's ReplayTimeline. A position is a `Mark` (instructions retired, records applied).
+Checkpoints are taken as the replay moves forward; each holds the registers, the domain's
+hypervisor-side state, the replayer's place in the log, and guest memory as a tuple of pages in
+which pages unchanged since the previous checkpoint are the *same* bytes objects (so memory held is
+one copy of each distinct page). They are thinned out with distance so their number stays bounded.
+
+Reverse execution is always exact, never approximate: reverse-continue restores the checkpoint
+before the current position, replays forward to it noting every breakpoint and watchpoint hit, and
+goes to the last hit (or searches the previous interval); reverse-step goes to icount-1 exactly.
+Invariant: whatever sequence of commands moved it there, the state at a mark is the state a fresh
+replay from the start has at that mark.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable
+
+from dom0.replay import Event, ReplaySession
+from xen.domain import DomainState
+from xen.replay import ALL_RECORDS, Mark, ReplayerState, ReplayStop
+from xen.vcpu import PAGE_SIZE, CpuState, ExitReason, VCpu
+
+CHECKPOINT_INTERVAL = 20_000_000      # instructions between checkpoints as the replay moves forward
+MAX_CHECKPOINTS = 48
+START = Mark(0, 0)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where a timeline command stopped, and why."""
+    reason: str        # "breakpoint", "watchpoint", "step", "interrupt", "history-end", "history-start", "target"
+    mark: Mark
+    pc: int
+    watch_address: int | None = None
+    watch_access: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    mark: Mark
+    cpu: CpuState
+    pages: tuple[bytes, ...]
+    domain: DomainState
+    replayer: ReplayerState
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """A breakpoint or watchpoint hit seen while scanning forward, as reverse execution reports it."""
+    mark: Mark
+    reason: str
+    address: int | None = None
+    access: str | None = None
+
+
+class Timeline:
+    """Forward and reverse execution over one replay session."""
+
+    def __init__(self, session: ReplaySession, checkpoint_interval: int = CHECKPOINT_INTERVAL,
+                 max_checkpoints: int = MAX_CHECKPOINTS):
+        self.session = session
+        self.replayer = session.replayer
+        self.checkpoint_interval = checkpoint_interval
+        self.max_checkpoints = max_checkpoints
+        self._watches: list[tuple[int, int, str]] = []
+        self._checkpoints: list[Checkpoint] = []
+        self._take_checkpoint()
+
+    # ---------------------------------------------------------------- state access
+    @property
+    def vcpu(self) -> VCpu:
+        return self.session.domain.vcpu
+
+    @property
+    def position(self) -> Mark:
+        return self.replayer.mark
+
+    @property
+    def at_end(self) -> bool:
+        return self.replayer.finished or self.replayer.next_record is None
+
+    def events(self) -> list[Event]:
+        return self.session.events()
+
+    def current_event(self) -> int:
+        """The number of the last input event applied at this position (0 before the first)."""
+        seqs = [event.seq for event in self.events()]
+        return bisect.bisect_left(seqs, self.replayer.next_seq)
+
+    @property
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        return tuple(self._checkpoints)
+
+    def checkpoint_bytes(self) -> int:
+        """Guest memory held by checkpoints: each distinct page once."""
+        return len({id(page) for checkpoint in self._checkpoints for page in checkpoint.pages}) * PAGE_SIZE
+
+    # ---------------------------------------------------------------- breakpoints and watchpoints
+    def add_breakpoint(self, address: int) -> None:
+        self.vcpu.add_breakpoint(address)
+
+    def remove_breakpoint(self, address: int) -> None:
+        self.vcpu.remove_breakpoint(address)
+
+    def add_watchpoint(self, address: int, length: int, access: str) -> None:
+        self.vcpu.add_watch(address, length, access)
+        self._watches.append((address, length, access))
+
+    def remove_watchpoint(self, address: int, length: int, access: str) -> None:
+        if (address, length, access) in self._watches:
+            self._watches.remove((address, length, access))
+            self.vcpu.remove_watch(address, length, access)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _take_checkpoint(self) -> None:
+        mark = self.position
+        if self._checkpoints and self._checkpoints[-1].mark >= mark:
+            return
+        image = self.vcpu.memory_image()
+        previous = self._checkpoints[-1].pages if self._checkpoints else None
+        pages = []
+        for number, offset in enumerate(range(0, len(image), PAGE_SIZE)):
+            page = image[offset:offset + PAGE_SIZE]
+            pages.append(previous[number] if previous is not None and previous[number] == page else page)
+        checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(pages), self.session.domain.save_state(),
+                                self.replayer.save_state())
+        index = bisect.bisect([c.mark for c in self._checkpoints], mark)
+        self._checkpoints.insert(index, checkpoint)
+        self._thin()
+
+    def _thin(self) -> None:
+        """Keep the first checkpoint and the newest ones dense; drop every other one further back."""
+        while len(self._checkpoints) > self.max_checkpoints:
+            del self._checkpoints[1:len(self._checkpoints) // 2:2]
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        vcpu = self.vcpu
+        image = vcpu.memory_image()
+        vcpu.write_pages({number: page for number, page in enumerate(checkpoint.pages)
+                          if image[number * PAGE_SIZE:(number + 1) * PAGE_SIZE] != page})
+        vcpu.load_cpu(checkpoint.cpu)
+        self.session.domain.load_state(checkpoint.domain)
+        self.replayer.load_state(checkpoint.replayer, self.session.log.records_from(checkpoint.replayer.next_seq))
+
+    def _checkpoint_before(self, mark: Mark, strictly: bool) -> Checkpoint | None:
+        marks = [c.mark for c in self._checkpoints]
+        index = (bisect.bisect_left(marks, mark) if strictly else bisect.bisect_right(marks, mark)) - 1
+        return self._checkpoints[index] if index >= 0 else None
+
+    def _is_canonical(self) -> bool:
+        record = self.replayer.next_record
+        return record is None or record.icount != self.vcpu.icount
+
+    # ---------------------------------------------------------------- forward
+    def _forward(self, until: Mark | None, debug: bool,
+                 interrupted: Callable[[], bool] | None = None) -> ReplayStop:
+        """Run forward, taking checkpoints on the way, until `until`, the end, or a debug stop."""
+        while True:
+            last = self._checkpoints[-1].mark
+            checkpoint_at = Mark(last.icount + self.checkpoint_interval, ALL_RECORDS) \
+                if self.position >= last else None
+            if checkpoint_at is None or (until is not None and until <= checkpoint_at):
+                return self.replayer.run(until, stop_for_debug=debug, interrupted=interrupted)
+            stop = self.replayer.run(checkpoint_at, stop_for_debug=debug, interrupted=interrupted)
+            if stop.reason != "target":
+                return stop
+            self._take_checkpoint()
+
+    def _stop_from(self, replay_stop: ReplayStop, default: str) -> Stop:
+        pc = self.vcpu.pc
+        if replay_stop.reason == "end":
+            return Stop("history-end", replay_stop.mark, pc)
+        if replay_stop.reason == "interrupted":
+            return Stop("interrupt", replay_stop.mark, pc)
+        if replay_stop.reason == "debug":
+            exit = replay_stop.exit
+            if exit.reason == ExitReason.WATCHPOINT:
+                return Stop("watchpoint", replay_stop.mark, pc, exit.address, exit.access)
+            return Stop("breakpoint", replay_stop.mark, pc)
+        return Stop(default, replay_stop.mark, pc)
+
+    def cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
+        """Continue forward to the next breakpoint or watchpoint hit, or the end of history."""
+        return self._stop_from(self._forward(None, debug=True, interrupted=interrupted), "target")
+
+    def step(self) -> Stop:
+        """Execute one instruction (then apply the inputs logged at the new count)."""
+        if self.at_end:
+            return Stop("history-end", self.position, self.vcpu.pc)
+        target = Mark(self.vcpu.icount + 1, ALL_RECORDS)
+        return self._stop_from(self._forward(target, debug=True), "step")
+
+    def goto(self, mark: Mark) -> Stop:
+        """Go to exactly `mark`, forwards or backwards."""
+        if mark < self.position:
+            self._restore(self._checkpoint_before(mark, strictly=False))
+        stop = self._forward(mark, debug=False)
+        return self._stop_from(stop, "target")
+
+    def goto_icount(self, icount: int) -> Stop:
+        return self.goto(Mark(icount, ALL_RECORDS))
+
+    def goto_event(self, number: int) -> Stop:
+        """Go to just before input event `number` (1-based) is injected."""
+        event = self.session.event(number)
+        return self.goto(Mark(event.icount, event.seq))
+
+    # ---------------------------------------------------------------- reverse
+    def reverse_step(self) -> Stop:
+        """Go back exactly one instruction (to the state before the current one retired)."""
+        icount = self.vcpu.icount
+        if self.position <= START or icount == 0:
+            self.goto(START)
+            return Stop("history-start", self.position, self.vcpu.pc)
+        stop = self.goto(Mark(icount - 1, ALL_RECORDS))
+        return Stop("step", stop.mark, stop.pc)
+
+    def reverse_cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
+        """Go back to the last breakpoint or watchpoint hit before the current position, or the start."""
+        origin = self.position
+        upper = origin
+        while True:
+            checkpoint = self._checkpoint_before(upper, strictly=True)
+            if checkpoint is None:
+                self.goto(START)
+                return Stop("history-start", self.position, self.vcpu.pc)
+            self._restore(checkpoint)
+            hits = self._scan(upper, origin, interrupted)
+            if hits is None:
+                return Stop("interrupt", self.position, self.vcpu.pc)
+            if hits:
+                hit = hits[-1]
+                self.goto(hit.mark)
+                return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access)
+            upper = checkpoint.mark
+
+    def _scan(self, upper: Mark, origin: Mark, interrupted: Callable[[], bool] | None) -> list[_Hit] | None:
+        """Replay forward from the current position to `upper`, collecting hits before `origin`."""
+        hits: list[_Hit] = []
+        if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < origin:
+            hits.append(_Hit(self.position, "breakpoint"))      # replayer.run never stops where it starts
+        while self.position < upper:
+            stop = self.replayer.run(upper, stop_for_debug=True, interrupted=interrupted)
+            if stop.reason == "interrupted":
+                return None
+            if stop.reason != "debug":
+                break
+            if stop.exit.reason == ExitReason.WATCHPOINT:
+                # Reverse execution stops before the access: the canonical mark one instruction back.
+                hit = _Hit(Mark(stop.mark.icount - 1, stop.mark.seq), "watchpoint", stop.exit.address,
+                           stop.exit.access)
+            else:
+                hit = _Hit(stop.mark, "breakpoint")
+            if hit.mark < origin:
+                hits.append(hit)
+        return hits
