@@ -305,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenrr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # e.g. `xenrr dump S | head`: the reader has gone, nothing to report
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

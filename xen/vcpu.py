@@ -35,6 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import icicle
 from icicle import ExceptionCode, Icicle, MemoryProtection, RunStatus
@@ -142,9 +143,8 @@ class ExitReason(enum.Enum):
     FAULT = "fault"            # the guest faulted; pc is on the faulting instruction, not retired
 
 
-@dataclass(frozen=True)
-class Exit:
-    """Why `run`/`step` returned, and where."""
+class Exit(NamedTuple):
+    """Why `run`/`step` returned, and where (a NamedTuple: built on every exit, it must be cheap)."""
     reason: ExitReason
     icount: int
     pc: int
