@@ -67,6 +67,11 @@ class Timeline:
         self.max_checkpoints = max_checkpoints
         self._watches: list[tuple[int, int, str]] = []
         self._checkpoints: list[Checkpoint] = []
+        # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
+        # notes which pages are written after that, so neither needs a full read of memory.
+        image = self.vcpu.memory_image()
+        self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
+        self.vcpu.track_dirty_pages()
         self._take_checkpoint()
 
     # ---------------------------------------------------------------- state access
@@ -119,13 +124,8 @@ class Timeline:
         mark = self.position
         if self._checkpoints and self._checkpoints[-1].mark >= mark:
             return
-        image = self.vcpu.memory_image()
-        previous = self._checkpoints[-1].pages if self._checkpoints else None
-        pages = []
-        for number, offset in enumerate(range(0, len(image), PAGE_SIZE)):
-            page = image[offset:offset + PAGE_SIZE]
-            pages.append(previous[number] if previous is not None and previous[number] == page else page)
-        checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(pages), self.session.domain.save_state(),
+        self._sync_memory()
+        checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
                                 self.replayer.save_state())
         index = bisect.bisect([c.mark for c in self._checkpoints], mark)
         self._checkpoints.insert(index, checkpoint)
@@ -136,11 +136,22 @@ class Timeline:
         while len(self._checkpoints) > self.max_checkpoints:
             del self._checkpoints[1:len(self._checkpoints) // 2:2]
 
+    def _sync_memory(self) -> None:
+        """Bring the page list up to date with the pages written since the last synchronisation."""
+        vcpu = self.vcpu
+        for number in vcpu.take_dirty_pages():
+            page = vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE)
+            if page != self._memory[number]:
+                self._memory[number] = page
+
     def _restore(self, checkpoint: Checkpoint) -> None:
         vcpu = self.vcpu
-        image = vcpu.memory_image()
-        vcpu.write_pages({number: page for number, page in enumerate(checkpoint.pages)
-                          if image[number * PAGE_SIZE:(number + 1) * PAGE_SIZE] != page})
+        dirty = vcpu.take_dirty_pages()
+        for number, page in enumerate(checkpoint.pages):
+            if page is not self._memory[number] or number in dirty:
+                vcpu.write(vcpu.memory_base + number * PAGE_SIZE, page)
+        vcpu.take_dirty_pages()           # the writes above only brought memory to the checkpoint
+        self._memory = list(checkpoint.pages)
         vcpu.load_cpu(checkpoint.cpu)
         self.session.domain.load_state(checkpoint.domain)
         self.replayer.load_state(checkpoint.replayer, self.session.log.records_from(checkpoint.replayer.next_seq))

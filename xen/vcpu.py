@@ -305,8 +305,13 @@ class VCpu:
         self._mapped_pages = self._map_memory(memory_base, memory_size, set(unmapped_pages))
         self._breakpoints: set[int] = set()
         self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
+        # Page protection is computed per page from three facts (see _protection): read-only code,
+        # watched (write or read traps), and clean under dirty tracking (write traps).
         self._read_only_pages: set[int] = set()
-        self._trapped_pages: dict[int, MemoryProtection] = {}
+        self._watched_pages: dict[int, str] = {}     # page -> "w" (writes trap) or "r" (all accesses trap)
+        self._tracking_dirty = False
+        self._clean_pages: set[int] = set()
+        self._dirty_pages: set[int] = set()
         self._pending_random: tuple[_Decoded, int] | None = None
         self._reset_registers()
 
@@ -346,6 +351,9 @@ class VCpu:
             raise GuestMemoryError(address, len(data))
         if not data:
             return
+        if self._tracking_dirty:
+            for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE):
+                self._mark_dirty(page)
         try:
             self._vm.mem_write(address, bytes(data))
         except icicle.MemoryException as error:
@@ -357,11 +365,48 @@ class VCpu:
             if not self.is_mapped(page, PAGE_SIZE):
                 raise GuestMemoryError(page, PAGE_SIZE)
             self._read_only_pages.add(page)
-            if page not in self._trapped_pages:
-                self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_WRITE_TRAP)
+            self._protect(page)
 
-    def _base_protection(self, page: int) -> MemoryProtection:
+    def _protection(self, page: int, lifted: bool = False) -> MemoryProtection:
+        """A page's protection; `lifted` leaves out watch and dirty-tracking traps (read-only stays)."""
+        if not lifted:
+            if self._watched_pages.get(page) == "r":
+                return _PROTECTION_ACCESS_TRAP
+            if page in self._watched_pages or page in self._clean_pages:
+                return _PROTECTION_WRITE_TRAP
         return _PROTECTION_WRITE_TRAP if page in self._read_only_pages else _PROTECTION_FULL
+
+    def _protect(self, page: int, lifted: bool = False) -> None:
+        self._vm.mem_protect(page, PAGE_SIZE, self._protection(page, lifted))
+
+    # ---------------------------------------------------------------- dirty page tracking
+    def track_dirty_pages(self) -> None:
+        """From now on, note every page written (by the guest or the hypervisor): take_dirty_pages()."""
+        if self._tracking_dirty:
+            return
+        self._tracking_dirty = True
+        self._dirty_pages = set()
+        self._clean_pages = {page for start, size in self._mapped_pages
+                             for page in range(start, start + size, PAGE_SIZE)} - self._read_only_pages
+        for start, size in self._mapped_pages:
+            for page in range(start, start + size, PAGE_SIZE):
+                if page in self._clean_pages and page not in self._watched_pages:
+                    self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_WRITE_TRAP)
+
+    def take_dirty_pages(self) -> set[int]:
+        """Page numbers (relative to memory_base) written since the last call; they count as clean again."""
+        dirty = self._dirty_pages
+        self._dirty_pages = set()
+        for page in dirty:
+            self._clean_pages.add(page)
+            self._protect(page)
+        return {(page - self.memory_base) // PAGE_SIZE for page in dirty}
+
+    def _mark_dirty(self, page: int) -> None:
+        if page in self._clean_pages:
+            self._clean_pages.discard(page)
+            self._dirty_pages.add(page)
+            self._protect(page)
 
     def read_u64(self, address: int) -> int:
         return int.from_bytes(self.read(address, 8), "little")
@@ -493,18 +538,15 @@ class VCpu:
             self._apply_watch_protection()
 
     def _apply_watch_protection(self) -> None:
-        wanted: dict[int, MemoryProtection] = {}
+        wanted: dict[int, str] = {}
         for address, length, access in self._watches:
-            protection = _PROTECTION_WRITE_TRAP if access == "w" else _PROTECTION_ACCESS_TRAP
             for page in range(address & PAGE_MASK, address + length, PAGE_SIZE):
-                if wanted.get(page) != _PROTECTION_ACCESS_TRAP:
-                    wanted[page] = protection
-        for page in set(self._trapped_pages) - set(wanted):
-            self._vm.mem_protect(page, PAGE_SIZE, self._base_protection(page))
-        for page, protection in wanted.items():
-            if self._trapped_pages.get(page) != protection:
-                self._vm.mem_protect(page, PAGE_SIZE, protection)
-        self._trapped_pages = wanted
+                wanted[page] = "r" if access != "w" or wanted.get(page) == "r" else "w"
+        changed = {page for page in set(wanted) | set(self._watched_pages)
+                   if wanted.get(page) != self._watched_pages.get(page)}
+        self._watched_pages = wanted
+        for page in changed:
+            self._protect(page)
 
     def _watch_hit(self, address: int, access: str) -> bool:
         return any(start <= address < start + length and (kind == "a" or kind == access)
@@ -547,18 +589,21 @@ class VCpu:
         lifted = pc in self._breakpoints
         if lifted:
             vm.remove_breakpoint(pc)
+        start = vm.icount
         try:
-            start = vm.icount
-            vm.icount_limit = start + 1
-            status = vm.run()
+            while True:       # again after a write to a clean page was noted (the instruction did not retire)
+                vm.icount_limit = start + 1
+                status = vm.run()
+                if status in (RunStatus.InstructionLimit, RunStatus.Breakpoint) and vm.icount == start + 1:
+                    return None
+                if status == RunStatus.Breakpoint:
+                    return Exit(ExitReason.BREAKPOINT, vm.icount, vm.pc)
+                result = self._handle_exception()
+                if result is not None or vm.icount == start + 1:
+                    return result
         finally:
             if lifted:
                 vm.add_breakpoint(pc)
-        if status in (RunStatus.InstructionLimit, RunStatus.Breakpoint) and vm.icount == start + 1:
-            return None
-        if status == RunStatus.Breakpoint:
-            return Exit(ExitReason.BREAKPOINT, vm.icount, vm.pc)
-        return self._handle_exception()
 
     def finish_random(self, value: int) -> None:
         """Complete a RANDOM exit: write `value` to the destination register, CF=1, pc past the insn."""
@@ -594,8 +639,14 @@ class VCpu:
         if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
             page = vm.exception_value & PAGE_MASK
             is_write = code == ExceptionCode.WritePerm
-            if page in self._trapped_pages and not (is_write and page in self._read_only_pages):
-                return self._trapped_access(vm.exception_value, "w" if is_write else "r")
+            if not (is_write and page in self._read_only_pages):
+                if is_write and page in self._clean_pages:
+                    self._mark_dirty(page)
+                    if page not in self._watched_pages:
+                        vm.icount = vm.icount - 1     # not retired: it runs again on the now writable page
+                        return None
+                if page in self._watched_pages:
+                    return self._trapped_access(vm.exception_value, "w" if is_write else "r")
         if code == ExceptionCode.UnimplementedOp:
             decoded = _decode_environment(bytes(vm.mem_read(pc, 16)) if self.is_mapped(pc, 16)
                                           else bytes(vm.mem_read(pc, 1)))
@@ -638,13 +689,16 @@ class VCpu:
         """Re-execute a trapped access once on unprotected pages; report it if it hits a watch."""
         vm = self._vm
         vm.icount = vm.icount - 1
-        for page in self._trapped_pages:
-            vm.mem_protect(page, PAGE_SIZE, self._base_protection(page))
+        watched = list(self._watched_pages)
+        for page in watched:
+            if self._tracking_dirty:
+                self._mark_dirty(page)      # it may be written while its traps are lifted
+            self._protect(page, lifted=True)
         try:
             result = self._execute_one_unbroken()
         finally:
-            for page, protection in self._trapped_pages.items():
-                vm.mem_protect(page, PAGE_SIZE, protection)
+            for page in watched:
+                self._protect(page)
         if result is not None:
             return result
         if self._watch_hit(address, access):

@@ -48,6 +48,9 @@ def run_session(pattern: str, seed: int = 1) -> dict:
     trace: list[tuple] = []
     inputs = _schedule()
     hot_breakpoints: list[int] = []
+    if pattern == "dirty-tracking":
+        vcpu.track_dirty_pages()
+        image = vcpu.memory_image()
     while domain.alive and (inputs or vcpu.icount < 3_000_000):
         next_input = inputs[0][0] if inputs else 3_000_000
         if inputs and (vcpu.icount >= next_input or domain.state == RunState.BLOCKED):
@@ -59,6 +62,11 @@ def run_session(pattern: str, seed: int = 1) -> dict:
             break
         if pattern == "big":
             exit = vcpu.run(next_input)
+        elif pattern == "dirty-tracking":
+            exit = vcpu.run(min(next_input, vcpu.icount + rng.randint(1, 20_000)))
+            dirty, new_image = vcpu.take_dirty_pages(), vcpu.memory_image()
+            assert set(vcpu.changed_pages(image)) <= dirty, "a written page was not noted as dirty"
+            image = new_image
         elif pattern == "small":
             exit = vcpu.run(min(next_input, vcpu.icount + rng.randint(1, 5_000)))
         elif pattern == "slices":
@@ -92,7 +100,8 @@ def test_reference_session_really_ran(reference):
     assert sum(1 for entry in reference["trace"] if entry[0] == "hypercall") > 100
 
 
-@pytest.mark.parametrize("pattern,seed", [("small", 1), ("small", 2), ("slices", 1), ("breakpoints", 1)])
+@pytest.mark.parametrize("pattern,seed", [("small", 1), ("small", 2), ("slices", 1), ("breakpoints", 1),
+                                          ("dirty-tracking", 1)])
 def test_stop_pattern_gives_identical_run(reference, pattern, seed):
     assert run_session(pattern, seed) == reference
 
