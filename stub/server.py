@@ -1,0 +1,508 @@
+"""The gdbstub: GDB remote protocol commands served from one replay `Timeline`.
+
+Model: rr's GdbServer. `stub/rsp.py` frames the bytes; this module decides what each packet means:
+registers and memory of the replayed domain (read only: a replay cannot be written), break- and
+watchpoints, forward and reverse execution, vCPUs as threads (thread id = vCPU number + 1), the
+target description, and `monitor` commands (events, goto, goto-icount, when, image, help).
+
+Invariants:
+  - Every packet gets exactly the reply the protocol requires (an empty reply for packets it does
+    not know, `E..` for ones it cannot carry out); no input from a client can end the server,
+    only `k`, `vKill` or `D` end the session.
+  - The server listens on the loopback address only.
+  - Breakpoints and watchpoints belong to the connection that set them: when a client goes away
+    (for any reason) they are removed, and the next client finds the timeline where the last one
+    left it, with none of its breakpoints.
+  - While the target runs, the client's interrupt (Ctrl-C) and its disconnection are noticed
+    between slices of execution (the timeline polls `RspConnection.poll_interrupt`).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from stub.rsp import (
+    PACKET_SIZE,
+    BadArgument,
+    ConnectionClosed,
+    Interrupt,
+    RspConnection,
+    hex_decode,
+    hex_encode,
+    parse_addr_length,
+    parse_hex_number,
+)
+from stub.target_xml import REGISTER_NUMBERS, REGISTERS, TARGET_XML, all_registers, register_bytes
+from stub.timeline import Stop, Timeline
+from xen.vcpu import PAGE_SIZE, GuestMemoryError, VCpu
+
+LOOPBACK = "127.0.0.1"
+SIGINT, SIGTRAP = 2, 5
+READ_ONLY_REPLY = b"E.a replay is read-only: registers and memory cannot be changed"
+BAD_REQUEST = b"E01"
+NO_SUCH_THREAD = b"E02"
+NOT_POSSIBLE = b"E03"
+MAX_MEMORY_READ = (PACKET_SIZE - 4) // 2
+MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
+EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
+SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;ReverseStep+;ReverseContinue+;"
+             b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE)
+MONITOR_HELP = """\
+monitor commands of the xenrr replay stub:
+  events [FROM [TO]]  list input events (number, instruction count, kind, payload)
+  goto EVENT          go to just before input event EVENT is injected (forwards or backwards)
+  goto-icount N       go to instruction count N
+  when                the current event number and instruction count
+  image               the guest image the replay runs (for its symbols)
+  help                this text
+After `goto`, plain GDB must re-read the target: `maintenance flush register-cache` then `frame`
+(gdbext's rr-goto does it).
+"""
+
+_log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    """The server cannot start (address refused, port taken): one line."""
+
+
+class _SessionOver(Exception):
+    """The client killed or detached: the session ends after the reply (if any) is sent."""
+
+    def __init__(self, reply: bytes | None):
+        super().__init__()
+        self.reply = reply
+
+
+class _MonitorError(Exception):
+    """A monitor command failed; the message is shown to the user as `error: ...`."""
+
+
+def listen(port: int = 0, host: str = LOOPBACK) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1:`port` (0: any free port). Other addresses are refused."""
+    if host != LOOPBACK:
+        raise ServerError(f"the gdbstub listens on {LOOPBACK} only, not on {host!r}")
+    if not 0 <= port <= 65535:
+        raise ServerError(f"port {port} is not between 0 and 65535")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(1)
+    except OSError as error:
+        listener.close()
+        raise ServerError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return listener
+
+
+@dataclass
+class _ClientState:
+    """What one connection has asked for; undone when the connection ends."""
+    breakpoints: dict[int, set[str]] = field(default_factory=dict)    # address -> {"sw", "hw"}
+    watchpoints: list[tuple[int, int, str]] = field(default_factory=list)
+    swbreak: bool = False            # the client understands `swbreak:` / `hwbreak:` stop reasons
+    register_thread: int = 1         # Hg: whose registers g/p read
+
+
+class GdbServer:
+    """Serves GDB clients, one at a time, on one replay timeline."""
+
+    def __init__(self, timeline: Timeline):
+        self.timeline = timeline
+        self._last_stop = b"T%02xthread:1;" % SIGTRAP
+        self._conn: RspConnection | None = None
+        self._client = _ClientState()
+
+    # ---------------------------------------------------------------- connections
+    def serve(self, listener: socket.socket) -> None:
+        """Accept clients one after the other until one of them kills or detaches."""
+        while True:
+            sock, _ = listener.accept()
+            with sock:
+                if self.serve_connection(sock):
+                    return
+
+    def serve_connection(self, sock: socket.socket) -> bool:
+        """Serve one client to its end: True if it ended the session (k, vKill, D), False if it went away."""
+        self._conn = RspConnection(sock)
+        self._client = _ClientState()
+        try:
+            while True:
+                event = self._conn.receive()
+                if isinstance(event, Interrupt):
+                    continue                      # the target is stopped already
+                try:
+                    reply = self._reply(event.payload)
+                except _SessionOver as over:
+                    if over.reply is not None:
+                        self._conn.send_packet(over.reply)
+                    return True
+                if reply is not None:
+                    self._conn.send_packet(reply)
+        except ConnectionClosed as closed:
+            _log.info("client went away: %s", closed)
+            return False
+        finally:
+            self._forget_client()
+
+    def _forget_client(self) -> None:
+        for address in self._client.breakpoints:
+            self.timeline.remove_breakpoint(address)
+        for watch in self._client.watchpoints:
+            self.timeline.remove_watchpoint(*watch)
+        self._client = _ClientState()
+        self._conn = None
+
+    def _interrupted(self) -> bool:
+        """Polled by the timeline while it runs: Ctrl-C from the client, or the client gone."""
+        try:
+            return self._conn.poll_interrupt()
+        except ConnectionClosed:
+            return True        # stop now; sending the stop reply then ends the connection
+
+    # ---------------------------------------------------------------- dispatch
+    def _reply(self, payload: bytes) -> bytes | None:
+        """The reply to one packet (None: the packet has none)."""
+        try:
+            return self._dispatch(payload)
+        except BadArgument as error:
+            _log.info("bad packet %r: %s", payload[:64], error)
+            return BAD_REQUEST
+        except _SessionOver:
+            raise
+        except Exception as error:     # a request the replay cannot serve must not end the server
+            _log.exception("packet %r failed", payload[:64])
+            return b"E." + f"{type(error).__name__}: {error}".encode("ascii", "replace")
+
+    def _dispatch(self, payload: bytes) -> bytes | None:
+        if not payload:
+            return b""
+        command, args = payload[:1], payload[1:]
+        simple = {b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
+                  b"m": self._read_memory, b"H": self._set_thread, b"T": self._thread_alive,
+                  b"Z": self._insert_point, b"z": self._remove_point, b"c": self._continue,
+                  b"C": self._continue_with_signal, b"s": self._step, b"S": self._step_with_signal}
+        if command in (b"G", b"P", b"M", b"X"):
+            return READ_ONLY_REPLY
+        if payload in (b"bc", b"bs"):
+            return self._reverse(payload == b"bs")
+        if command == b"k":
+            raise _SessionOver(None)            # `k` has no reply
+        if command == b"D":
+            raise _SessionOver(b"OK")
+        if command in simple:
+            return simple[command](args)
+        if command == b"q" or command == b"Q":
+            return self._query(payload)
+        if command == b"v":
+            return self._v_packet(payload)
+        return b""
+
+    def _query(self, payload: bytes) -> bytes | None:
+        name, _, args = payload.partition(b":")
+        if name == b"qSupported":
+            features = args.split(b";")
+            self._client.swbreak = b"swbreak+" in features
+            return SUPPORTED
+        if payload == b"QStartNoAckMode":
+            self._conn.start_no_ack_mode()
+            return None
+        if payload == b"qAttached":
+            return b"1"                          # the replay exists without GDB: quitting detaches
+        if payload == b"qC":
+            return b"QC%x" % self._client.register_thread
+        if payload == b"qfThreadInfo":
+            return b"m" + b",".join(b"%x" % thread for thread in self._thread_ids())
+        if payload == b"qsThreadInfo":
+            return b"l"
+        if name.startswith(b"qThreadExtraInfo,"):
+            thread = self._thread_number(name[len(b"qThreadExtraInfo,"):])
+            return hex_encode(f"vCPU {thread - 1}".encode()) if thread in self._thread_ids() else NO_SUCH_THREAD
+        if name == b"qXfer" and args.startswith(b"features:read:"):
+            return self._target_description(args[len(b"features:read:"):])
+        if name.startswith(b"qRcmd,"):
+            return self._monitor(hex_decode(name[len(b"qRcmd,"):], "monitor command").decode("latin-1"))
+        if payload == b"qSymbol::":
+            return b"OK"
+        return b""
+
+    def _v_packet(self, payload: bytes) -> bytes:
+        if payload == b"vCont?":
+            return b"vCont;c;C;s;S"
+        if payload.startswith(b"vCont;"):
+            return self._v_cont(payload[len(b"vCont;"):])
+        if payload.startswith(b"vKill"):
+            raise _SessionOver(b"OK")
+        return b""                               # vMustReplyEmpty, vFile, vRun, ...
+
+    # ---------------------------------------------------------------- threads
+    def _vcpus(self) -> list[VCpu]:
+        """The replayed domain's vCPUs, in vCPU-number order (thread id = index + 1)."""
+        return [self.timeline.vcpu]
+
+    def _thread_ids(self) -> range:
+        return range(1, len(self._vcpus()) + 1)
+
+    @staticmethod
+    def _thread_number(text: bytes) -> int:
+        """A thread id as GDB writes it: hex, or -1 for all threads (0 for any is also accepted)."""
+        if text == b"-1":
+            return -1
+        return parse_hex_number(text, "thread id")
+
+    def _set_thread(self, args: bytes) -> bytes:
+        operation, thread = args[:1], self._thread_number(args[1:])
+        if operation not in (b"g", b"c"):
+            return b""
+        if thread in (0, -1):
+            thread = 1
+        if thread not in self._thread_ids():
+            return NO_SUCH_THREAD
+        if operation == b"g":
+            self._client.register_thread = thread
+        return b"OK"
+
+    def _thread_alive(self, args: bytes) -> bytes:
+        return b"OK" if self._thread_number(args) in self._thread_ids() else NO_SUCH_THREAD
+
+    def _register_vcpu(self) -> VCpu:
+        return self._vcpus()[self._client.register_thread - 1]
+
+    # ---------------------------------------------------------------- registers, memory, description
+    def _read_registers(self, args: bytes) -> bytes:
+        return hex_encode(all_registers(self._register_vcpu()))
+
+    def _read_register(self, args: bytes) -> bytes:
+        number = parse_hex_number(args, "register number")
+        if number >= len(REGISTERS):
+            return BAD_REQUEST
+        return hex_encode(register_bytes(self._register_vcpu(), number))
+
+    def _read_memory(self, args: bytes) -> bytes:
+        address, length = parse_addr_length(args)
+        data = _readable_prefix(self._register_vcpu(), address, min(length, MAX_MEMORY_READ))
+        if length and not data:
+            return BAD_REQUEST
+        return hex_encode(data)
+
+    def _target_description(self, args: bytes) -> bytes:
+        annex, _, window = args.partition(b":")
+        if annex != b"target.xml":
+            return b"E00"
+        offset, length = parse_addr_length(window)
+        chunk = TARGET_XML[offset:offset + length]
+        return (b"m" if offset + length < len(TARGET_XML) else b"l") + chunk
+
+    # ---------------------------------------------------------------- break- and watchpoints
+    def _point_args(self, args: bytes) -> tuple[int, int, int]:
+        kind_text, _, rest = args.partition(b",")
+        kind = parse_hex_number(kind_text, "breakpoint type")
+        address, length = parse_addr_length(rest.split(b";")[0])
+        return kind, address, length
+
+    def _insert_point(self, args: bytes) -> bytes:
+        kind, address, length = self._point_args(args)
+        if kind in (0, 1):
+            kinds = self._client.breakpoints.setdefault(address, set())
+            if not kinds:
+                self.timeline.add_breakpoint(address)
+            kinds.add("sw" if kind == 0 else "hw")
+            return b"OK"
+        if kind in (2, 3, 4):
+            access = {2: "w", 3: "r", 4: "a"}[kind]
+            try:
+                self.timeline.add_watchpoint(address, length, access)
+            except (GuestMemoryError, ValueError) as error:
+                _log.info("watchpoint refused: %s", error)
+                return NOT_POSSIBLE
+            self._client.watchpoints.append((address, length, access))
+            return b"OK"
+        return b""
+
+    def _remove_point(self, args: bytes) -> bytes:
+        kind, address, length = self._point_args(args)
+        if kind in (0, 1):
+            kinds = self._client.breakpoints.get(address, set())
+            kinds.discard("sw" if kind == 0 else "hw")
+            if not kinds and address in self._client.breakpoints:
+                del self._client.breakpoints[address]
+                self.timeline.remove_breakpoint(address)
+            return b"OK"
+        if kind in (2, 3, 4):
+            watch = (address, length, {2: "w", 3: "r", 4: "a"}[kind])
+            if watch in self._client.watchpoints:
+                self._client.watchpoints.remove(watch)
+                self.timeline.remove_watchpoint(*watch)
+            return b"OK"
+        return b""
+
+    # ---------------------------------------------------------------- execution
+    def _continue(self, args: bytes) -> bytes:
+        """`c`; `c ADDR` is refused: a replay cannot resume anywhere but where it is."""
+        if args:
+            return NOT_POSSIBLE
+        return self._stop_reply(self.timeline.cont(interrupted=self._interrupted))
+
+    def _continue_with_signal(self, args: bytes) -> bytes:
+        """`C sig`: the signal is dropped, as nothing can be delivered to a replay."""
+        return self._continue(self._drop_signal(args))
+
+    def _step(self, args: bytes) -> bytes:
+        if args:
+            return NOT_POSSIBLE
+        return self._stop_reply(self.timeline.step())
+
+    def _step_with_signal(self, args: bytes) -> bytes:
+        return self._step(self._drop_signal(args))
+
+    @staticmethod
+    def _drop_signal(args: bytes) -> bytes:
+        signal, _, address = args.partition(b";")
+        parse_hex_number(signal, "signal number")
+        return address
+
+    def _reverse(self, step: bool) -> bytes:
+        if step:
+            return self._stop_reply(self.timeline.reverse_step())
+        return self._stop_reply(self.timeline.reverse_cont(interrupted=self._interrupted))
+
+    def _v_cont(self, args: bytes) -> bytes:
+        """All-stop vCont: the replay moves as a whole, so a step for any thread makes it a step."""
+        actions = []
+        for action in args.split(b";"):
+            verb, _, thread = action.partition(b":")
+            if verb[:1] not in (b"c", b"C", b"s", b"S") or len(verb) not in (1, 3):
+                raise BadArgument(f"unsupported vCont action {action[:20]!r}")
+            if thread:
+                self._thread_number(thread)
+            actions.append(verb[:1].lower())
+        if not actions:
+            raise BadArgument("vCont without an action")
+        if b"s" in actions:
+            return self._stop_reply(self.timeline.step())
+        return self._stop_reply(self.timeline.cont(interrupted=self._interrupted))
+
+    def _stop_reason(self, args: bytes) -> bytes:
+        return self._last_stop
+
+    def _stop_reply(self, stop: Stop) -> bytes:
+        """`T` stop reply for a timeline stop, remembered for `?`."""
+        signal = SIGINT if stop.reason == "interrupt" else SIGTRAP
+        parts = [b"T%02x" % signal]
+        vcpu = self._vcpus()[0]
+        for name in EXPEDITED:
+            number = REGISTER_NUMBERS[name]
+            parts.append(b"%02x:%s;" % (number, hex_encode(register_bytes(vcpu, number))))
+        parts.append(b"thread:%x;" % 1)
+        parts.append(self._stop_detail(stop))
+        self._last_stop = b"".join(parts)
+        return self._last_stop
+
+    def _stop_detail(self, stop: Stop) -> bytes:
+        if stop.reason == "history-end":
+            return b"replaylog:end;"
+        if stop.reason == "history-start":
+            return b"replaylog:begin;"
+        if stop.reason == "breakpoint" and self._client.swbreak:
+            kinds = self._client.breakpoints.get(stop.pc, set())
+            return b"hwbreak:;" if kinds == {"hw"} else b"swbreak:;"
+        if stop.reason == "watchpoint":
+            return b"%s:%x;" % (self._watch_key(stop.watch_address, stop.watch_access), stop.watch_address)
+        return b""
+
+    def _watch_key(self, address: int, access: str | None) -> bytes:
+        """The stop-reply key for a watchpoint hit: that of the client's watchpoint it matches best."""
+        covering = {kind for start, length, kind in self._client.watchpoints if start <= address < start + length}
+        if access == "w" and "w" in covering:
+            return b"watch"
+        if access == "r" and "r" in covering:
+            return b"rwatch"
+        return b"awatch"
+
+    # ---------------------------------------------------------------- monitor commands
+    def _monitor(self, command_line: str) -> bytes:
+        """Run a `monitor` command: its output goes out as `O` packets, errors as `error: ...` text."""
+        words = command_line.split()
+        commands = {"events": self._monitor_events, "goto": self._monitor_goto,
+                    "goto-icount": self._monitor_goto_icount, "when": self._monitor_when,
+                    "image": self._monitor_image, "help": lambda args: MONITOR_HELP}
+        try:
+            if not words or words[0] not in commands:
+                raise _MonitorError(f"unknown monitor command {command_line.strip()!r}; try 'monitor help'")
+            text = commands[words[0]](words[1:])
+        except _MonitorError as error:
+            text = f"error: {error}\n"
+        for start in range(0, len(text), MONITOR_OUTPUT_CHUNK):
+            self._conn.send_packet(b"O" + hex_encode(text[start:start + MONITOR_OUTPUT_CHUNK].encode()))
+        return b"OK"
+
+    @staticmethod
+    def _numbers(args: list[str], names: tuple[str, ...], required: int) -> list[int]:
+        if not required <= len(args) <= len(names):
+            usage = " ".join(name if index < required else f"[{name}]" for index, name in enumerate(names))
+            raise _MonitorError(f"expected {usage}")
+        try:
+            return [int(arg, 0) for arg in args]
+        except ValueError:
+            raise _MonitorError(f"not a number: {' '.join(args)!r}") from None
+
+    def _monitor_events(self, args: list[str]) -> str:
+        events = self.timeline.events()
+        numbers = self._numbers(args, ("FROM", "TO"), 0)
+        first = numbers[0] if numbers else 1
+        last = numbers[1] if len(numbers) > 1 else len(events)
+        if first < 1 or last < first:
+            raise _MonitorError(f"no events in {first}..{last}: the recording has events 1 to {len(events)}")
+        current = self.timeline.current_event()
+        lines = [f"  {'event':>7} {'icount':>14}  {'kind':<14} payload"]
+        for event in events[first - 1:last]:
+            marker = "=>" if event.number == current + 1 else "  "
+            lines.append(f"{marker}{event.number:>7} {event.icount:>14}  {event.kind_name:<14} {event.describe()}")
+        lines.append(f"{len(events)} events; => marks the next one to be injected")
+        return "\n".join(lines) + "\n"
+
+    def _monitor_goto(self, args: list[str]) -> str:
+        (number,) = self._numbers(args, ("EVENT",), 1)
+        try:
+            stop = self.timeline.goto_event(number)
+        except ValueError as error:
+            raise _MonitorError(str(error)) from None
+        return self._arrived(stop)
+
+    def _monitor_goto_icount(self, args: list[str]) -> str:
+        (icount,) = self._numbers(args, ("N",), 1)
+        if icount < 0:
+            raise _MonitorError("an instruction count cannot be negative")
+        return self._arrived(self.timeline.goto_icount(icount))
+
+    def _arrived(self, stop: Stop) -> str:
+        self._stop_reply(stop)
+        where = "at the end of the recording; " if stop.reason == "history-end" else ""
+        return where + self._monitor_when([])
+
+    def _monitor_when(self, args: list[str]) -> str:
+        self._numbers(args, (), 0)
+        events = len(self.timeline.events())
+        return (f"event {self.timeline.current_event()} of {events}, icount {self.timeline.position.icount}, "
+                f"pc {self.timeline.vcpu.pc:#x}\n")
+
+    def _monitor_image(self, args: list[str]) -> str:
+        self._numbers(args, (), 0)
+        return f"{self.timeline.session.image_path.resolve()}\n"
+
+
+def _readable_prefix(vcpu: VCpu, address: int, length: int) -> bytes:
+    """The bytes of [address, address+length) up to the first unmapped page (all of them if mapped)."""
+    try:
+        return vcpu.read(address, length)
+    except GuestMemoryError:
+        pass
+    data = b""
+    while len(data) < length:
+        chunk = min(length - len(data), PAGE_SIZE - (address + len(data)) % PAGE_SIZE)
+        try:
+            data += vcpu.read(address + len(data), chunk)
+        except GuestMemoryError:
+            break
+    return data
