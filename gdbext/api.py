@@ -1,0 +1,515 @@
+"""The scripted debugging API: real GDB, connected to `xenrr serve`, driven from Python.
+
+Owns one debugging session of one recording: a `xenrr serve` process listening on a loopback port,
+a GDB process (`gdb --interpreter=mi3`, through pygdbmi) connected to it with the guest's symbols,
+and the translation of GDB/MI records into Python values. GDB's symbol and expression engine does
+all the work; the replay is reached only through the remote protocol, and its events and positions
+through the stub's `monitor` commands (`events`, `goto`, `goto-icount`, `when`).
+
+    with xenrr_debug("session.xrr") as d:
+        d.goto_event(70)
+        d.watch("ed.hist_count")
+        stop = d.reverse_continue()
+        assert stop.function == "line_insert"
+
+Every motion (cont, step, goto_event, ...) returns a `Stop`; every error GDB reports raises a
+`DebugError` carrying GDB's one-line message. Ctrl-C (SIGINT) during a motion interrupts it and the
+motion returns a Stop with reason "interrupt".
+
+Invariant: between calls GDB has no command in flight and the target is stopped, so each call starts
+from a quiet GDB and `last_stop` describes where the replay stands.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from pygdbmi.gdbcontroller import GdbController
+
+COMMAND_TIMEOUT = 60.0        # seconds GDB may take to answer a command that does not run the target
+SERVER_START_TIMEOUT = 60.0   # seconds `xenrr serve` may take to open its port
+REMOTE_TIMEOUT = 120          # GDB's `remotetimeout`: a `monitor goto` far away may take a while
+NO_HISTORY_TEXT = "No more reverse-execution history"
+
+# GDB/MI stop reasons -> the reasons a Stop reports.
+_REASONS = {
+    "breakpoint-hit": "breakpoint",
+    "watchpoint-trigger": "watchpoint",
+    "read-watchpoint-trigger": "watchpoint",
+    "access-watchpoint-trigger": "watchpoint",
+    "watchpoint-scope": "watchpoint-scope",
+    "end-stepping-range": "step",
+    "function-finished": "finish",
+    "location-reached": "location",
+    "signal-received": "signal",
+    "exited": "exited",
+    "exited-normally": "exited",
+    "exited-signalled": "exited",
+}
+
+
+class DebugError(Exception):
+    """GDB or the replay server refused or failed: the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An input event of the recording, as the stub's `monitor events` lists it (numbered from 1)."""
+    number: int
+    icount: int
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a backtrace (level 0 is the innermost)."""
+    level: int
+    function: str | None
+    file: str | None
+    line: int | None
+    pc: int
+
+    @property
+    def location(self) -> str:
+        """`file:line`, or the pc in hex when GDB knows no source line."""
+        return f"{Path(self.file).name}:{self.line}" if self.file and self.line else f"{self.pc:#x}"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where a motion left the replay, and why.
+
+    reason: "breakpoint", "watchpoint", "step" (a step/next/stepi ended), "finish", "goto",
+    "history-start"/"history-end" (no more history in that direction), "interrupt", "signal",
+    "here" (from `where()`), or another GDB/MI stop reason verbatim. `event` is the number of the
+    last input event applied (0 before the first), `icount` the guest instructions retired.
+    For a watchpoint, `old_value`/`new_value` are GDB's "Old value"/"New value": the value where
+    the motion started and the value now (so after a reverse motion, `new_value` is the value before
+    the write).
+    """
+    reason: str
+    function: str | None
+    file: str | None
+    line: int | None
+    pc: int
+    icount: int
+    event: int
+    fullname: str | None = None
+    old_value: str | None = None
+    new_value: str | None = None
+
+    @property
+    def location(self) -> str:
+        """`file:line`, or the pc in hex when GDB knows no source line."""
+        return f"{Path(self.file).name}:{self.line}" if self.file and self.line else f"{self.pc:#x}"
+
+    def describe(self) -> str:
+        """One line: why, where, and the position in the recording."""
+        where = f"{self.function or '??'} at {self.location}"
+        change = f" ({self.old_value} -> {self.new_value})" if self.new_value is not None else ""
+        return f"{self.reason}{change}: {where}, event {self.event}, instruction {self.icount}"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """The answer to one MI command: its result payload, the console text, and the stop it caused."""
+    payload: dict[str, Any]
+    console: str
+    stopped: dict[str, Any] | None
+
+
+def _mi_quote(text: str) -> str:
+    """An MI c-string argument."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _int(text: str | None) -> int | None:
+    return int(text, 0) if text is not None else None
+
+
+class _Gdb:
+    """One GDB process speaking MI3: numbered commands in, parsed records out, SIGINT forwarded."""
+
+    def __init__(self, argv: list[str]):
+        # setsid: GDB gets its own session, so a Ctrl-C typed at the terminal reaches only us, and we
+        # forward it to GDB only while the target runs (a SIGINT at any other moment would abort GDB's
+        # wait for the stub and drop the connection).
+        self._controller = GdbController(["setsid", *argv])
+        self._process = self._controller.gdb_process
+        self._token = 0
+        self._running = False
+
+    def command(self, mi_command: str, timeout: float | None = COMMAND_TIMEOUT) -> _Reply:
+        """Send one MI command; wait for its result and, if it ran the target, for the stop."""
+        self._token += 1
+        token = self._token
+        self._controller.write(f"{token}{mi_command}", read_response=False)
+        console: list[str] = []
+        payload: dict[str, Any] | None = None
+        with self._forward_interrupts():
+            while payload is None or self._running:
+                deadline = None if self._running or timeout is None else time.monotonic() + timeout
+                for record in self._read(deadline, mi_command):
+                    kind, message = record["type"], record["message"]
+                    if kind in ("console", "target") and record["payload"]:
+                        console.append(record["payload"])
+                    elif kind == "result" and record["token"] == token:
+                        if message == "error":
+                            raise DebugError(_one_line((record["payload"] or {}).get("msg", "GDB error")))
+                        payload = record["payload"] or {}
+                        self._running = message == "running"
+                    elif kind == "notify" and message == "stopped" and payload is not None:
+                        self._running = False
+                        return _Reply(payload, "".join(console), record["payload"] or {})
+        return _Reply(payload, "".join(console), None)
+
+    def _read(self, deadline: float | None, mi_command: str) -> list[dict]:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DebugError(f"GDB did not answer `{mi_command}` in {COMMAND_TIMEOUT:.0f} s")
+            try:
+                ready, _, _ = select.select([self._process.stdout], [], [], remaining)
+            except InterruptedError:
+                continue
+            records = self._controller.get_gdb_response(timeout_sec=0, raise_error_on_timeout=False)
+            if records:
+                return records
+            if ready and self._process.poll() is not None:
+                raise DebugError(f"GDB exited unexpectedly (status {self._process.returncode})")
+
+    @contextmanager
+    def _forward_interrupts(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, lambda number, frame: self.interrupt())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def interrupt(self) -> None:
+        """Stop a running target (as Ctrl-C in GDB does); ignored when nothing runs."""
+        if self._running and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGINT)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._controller.write("-gdb-exit", read_response=False)
+                self._process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+        self._controller.exit()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Server:
+    """A `xenrr serve SESSION` process on a free loopback port. Its output goes to a temporary file
+    (never a pipe nobody drains); the port is read from its `listening on 127.0.0.1:PORT` line."""
+
+    def __init__(self, session: Path, image: Path | None):
+        argv = [sys.executable, "-m", "dom0.cli", "serve", str(session), "--port", "0"]   # 0: any free port
+        if image is not None:
+            argv += ["--image", str(image)]
+        self._output = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._output,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.port = self._wait_listening()
+
+    def _wait_listening(self) -> int:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            found = re.search(rb"listening on 127\.0\.0\.1:(\d+)", self.output())
+            if found:
+                return int(found.group(1))
+            if self._process.poll() is not None:
+                lines = self.output().decode(errors="replace").strip().splitlines()
+                self.close()
+                raise DebugError(lines[-1].removeprefix("xenrr: error: ") if lines
+                                 else f"xenrr serve exited with status {self._process.returncode}")
+            time.sleep(0.02)
+        self.close()
+        raise DebugError(f"xenrr serve did not start listening in {SERVER_START_TIMEOUT:.0f} s")
+
+    def output(self) -> bytes:
+        self._output.seek(0)
+        return self._output.read()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._output.close()
+
+
+class Debugger:
+    """A GDB connected to a replay. Use `xenrr_debug()` to make one; close it (or use `with`) when done."""
+
+    def __init__(self, gdb: _Gdb, server: _Server):
+        self._gdb = gdb
+        self._server = server
+        self._events: list[Event] | None = None
+        self._register_names: list[str] | None = None
+        self.last_stop: Stop | None = None
+        self.event_count = 0          # input events in the recording (known after the first stop)
+        self.image: Path | None = None  # the guest ELF whose symbols GDB has
+
+    # ------------------------------------------------------------------ life cycle
+    def __enter__(self) -> Debugger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop GDB and the server."""
+        self._gdb.close()
+        self._server.close()
+
+    def reset(self) -> None:
+        """Delete every breakpoint and watchpoint and go back to the start of the recording."""
+        self.delete()
+        self.goto_icount(0)
+
+    # ------------------------------------------------------------------ the recording
+    def events(self, first: int | None = None, last: int | None = None) -> list[Event]:
+        """Input events `first`..`last` (inclusive, numbered from 1; all by default)."""
+        if self._events is None:
+            self._events = _parse_events(self._monitor("events"))
+        return [event for event in self._events
+                if (first is None or event.number >= first) and (last is None or event.number <= last)]
+
+    def event(self, number: int) -> Event:
+        """Input event `number`; DebugError if the recording has no such event."""
+        events = self.events()
+        if not 1 <= number <= len(events):
+            raise DebugError(f"event {number} does not exist: the recording has events 1 to {len(events)}")
+        return events[number - 1]
+
+    def when(self) -> tuple[int, int]:
+        """(event number, instruction count) of the current position: the last input event applied
+        (0 before the first) and the guest instructions retired."""
+        stop = self._position("here", {})
+        return stop.event, stop.icount
+
+    def where(self) -> Stop:
+        """The current position as a Stop with reason "here"."""
+        return self._here("here")
+
+    # ------------------------------------------------------------------ motion
+    def goto_event(self, number: int) -> Stop:
+        """Go to just before input event `number` is injected (forwards or backwards): the Stop's
+        `event` is then number - 1."""
+        return self._goto(f"goto {int(number)}")
+
+    def goto_icount(self, icount: int) -> Stop:
+        """Go to the point where exactly `icount` guest instructions have retired."""
+        return self._goto(f"goto-icount {int(icount)}")
+
+    def cont(self) -> Stop:
+        return self._motion("-exec-continue")
+
+    def reverse_continue(self) -> Stop:
+        return self._motion("-exec-continue --reverse")
+
+    def step(self) -> Stop:
+        return self._motion("-exec-step")
+
+    def reverse_step(self) -> Stop:
+        return self._motion("-exec-step --reverse")
+
+    def next(self) -> Stop:
+        return self._motion("-exec-next")
+
+    def reverse_next(self) -> Stop:
+        return self._motion("-exec-next --reverse")
+
+    def finish(self) -> Stop:
+        return self._motion("-exec-finish")
+
+    def reverse_finish(self) -> Stop:
+        return self._motion("-exec-finish --reverse")
+
+    def stepi(self) -> Stop:
+        return self._motion("-exec-step-instruction")
+
+    def reverse_stepi(self) -> Stop:
+        return self._motion("-exec-step-instruction --reverse")
+
+    # ------------------------------------------------------------------ breakpoints
+    def break_at(self, location: str) -> int:
+        """Set a breakpoint at a GDB location (`handle_key`, `editor.c:35`, `*0x100123`); its number."""
+        reply = self._gdb.command(f"-break-insert {_mi_quote(location)}")
+        return int(reply.payload["bkpt"]["number"])
+
+    def watch(self, expression: str, access: str = "write") -> int:
+        """Set a watchpoint on a GDB expression; access is "write", "read" or "access". Its number."""
+        flags = {"write": "", "read": "-r ", "access": "-a "}
+        if access not in flags:
+            raise DebugError(f"watch access must be write, read or access, not {access!r}")
+        reply = self._gdb.command(f"-break-watch {flags[access]}{_mi_quote(expression)}")
+        watchpoint = next(value for key, value in reply.payload.items() if key.endswith("wpt"))
+        return int(watchpoint["number"])
+
+    def delete(self, number: int | None = None) -> None:
+        """Delete breakpoint/watchpoint `number`, or all of them."""
+        if number is None:
+            self._gdb.command('-interpreter-exec console "delete"')
+        else:
+            self._gdb.command(f"-break-delete {int(number)}")
+
+    # ------------------------------------------------------------------ state
+    def eval(self, expression: str) -> str:
+        """GDB's value of an expression, as GDB prints it (`65 'A'`, `0x44434241`, `{...}`)."""
+        return self._gdb.command(f"-data-evaluate-expression {_mi_quote(expression)}").payload["value"]
+
+    def read_memory(self, address: int | str, length: int) -> bytes:
+        """`length` bytes of guest memory at an address (or an address expression such as `&ed`)."""
+        where = _mi_quote(address if isinstance(address, str) else hex(address))
+        reply = self._gdb.command(f"-data-read-memory-bytes {where} {int(length)}")
+        return b"".join(bytes.fromhex(block["contents"]) for block in reply.payload["memory"])
+
+    def registers(self) -> dict[str, int]:
+        """The vCPU's integer registers by GDB's names (rax, rip, eflags, ...)."""
+        if self._register_names is None:
+            self._register_names = self._gdb.command("-data-list-register-names").payload["register-names"]
+        values = self._gdb.command("-data-list-register-values --skip-unavailable x").payload["register-values"]
+        registers = {}
+        for entry in values:
+            name = self._register_names[int(entry["number"])]
+            if name and re.fullmatch(r"-?0x[0-9a-fA-F]+|-?\d+", entry["value"]):
+                registers[name] = int(entry["value"], 0)
+        return registers
+
+    def backtrace(self) -> list[Frame]:
+        """The call stack, innermost frame first."""
+        frames = self._gdb.command("-stack-list-frames").payload["stack"]
+        return [Frame(int(frame["level"]), frame.get("func"), frame.get("file"), _int(frame.get("line")),
+                      int(frame["addr"], 16)) for frame in frames]
+
+    def gdb(self, command: str) -> str:
+        """Run any GDB command, as typed at GDB's prompt; its output. A command that runs the target
+        (`reverse-continue`, `until 40`, ...) waits for the stop and updates `last_stop`."""
+        reply = self._gdb.command(f"-interpreter-exec console {_mi_quote(command)}", timeout=None)
+        if reply.stopped is not None:
+            self.last_stop = self._stop_from(reply)
+        return reply.console
+
+    def complete(self, text: str) -> list[str]:
+        """GDB's completions of a command line (e.g. `print ed.hi` -> [`print ed.hist_count`])."""
+        return self._gdb.command(f"-complete {_mi_quote(text)}").payload.get("matches", [])
+
+    def interrupt(self) -> None:
+        """Interrupt a running motion from another thread (a SIGINT does the same in the main thread)."""
+        self._gdb.interrupt()
+
+    # ------------------------------------------------------------------ internals
+    def _monitor(self, command: str) -> str:
+        """A stub `monitor` command's output; the stub reports failures as text `error: ...`."""
+        output = self._gdb.command(f"-interpreter-exec console {_mi_quote('monitor ' + command)}").console
+        if output.startswith("error: "):
+            raise DebugError(_one_line(output.removeprefix("error: ")))
+        return output
+
+    def _goto(self, monitor_command: str) -> Stop:
+        output = self._monitor(monitor_command)     # `[at the end of the recording; ]event K of N, icount I`
+        reason = "history-end" if output.startswith("at the end") else "goto"
+        self.last_stop = self._here(reason, output)
+        return self.last_stop
+
+    def _motion(self, mi_command: str) -> Stop:
+        reply = self._gdb.command(mi_command, timeout=None)
+        self.last_stop = self._stop_from(reply)
+        return self.last_stop
+
+    def _stop_from(self, reply: _Reply) -> Stop:
+        stopped = reply.stopped or {}
+        reason = stopped.get("reason")
+        if reason == "signal-received" and stopped.get("signal-name") == "SIGINT":
+            reason = "interrupt"
+        value = stopped.get("value") or {}
+        stop = self._position(_REASONS.get(reason, reason or "signal"), stopped.get("frame") or {},
+                              value.get("old"), value.get("new"))
+        if reason == "no-history" or (reason is None and NO_HISTORY_TEXT in reply.console):
+            # GDB 13 leaves the reason out of *stopped for `replaylog`; the position tells which end.
+            stop = replace(stop, reason="history-start" if stop.icount == 0 else "history-end")
+        return stop
+
+    def _here(self, reason: str, when_text: str | None = None) -> Stop:
+        # A monitor command may have moved the target behind GDB's back: make GDB re-read registers.
+        self._gdb.command('-interpreter-exec console "maintenance flush register-cache"')
+        return self._position(reason, self._gdb.command("-stack-info-frame").payload["frame"], when_text=when_text)
+
+    def _position(self, reason: str, frame: dict[str, Any], old: str | None = None, new: str | None = None,
+                  when_text: str | None = None) -> Stop:
+        event, self.event_count, icount = _parse_when(when_text if when_text is not None else self._monitor("when"))
+        return Stop(reason, frame.get("func"), frame.get("file"), _int(frame.get("line")),
+                    int(frame.get("addr", "0"), 16), icount, event, frame.get("fullname"), old, new)
+
+
+def _parse_events(text: str) -> list[Event]:
+    """`monitor events` output: one event per line, `[=>] NUMBER ICOUNT KIND DETAIL...`."""
+    events = []
+    for line in text.splitlines():
+        found = re.match(r"(?:=>|\s)\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$", line)
+        if found:
+            events.append(Event(int(found.group(1)), int(found.group(2)), found.group(3), found.group(4).strip()))
+    return events
+
+
+def _parse_when(text: str) -> tuple[int, int, int]:
+    """`monitor when` output, `event K of N, icount I, ...`: (K, N, I)."""
+    found = re.search(r"event (\d+) of (\d+), icount (\d+)", text)
+    if not found:
+        raise DebugError(f"unexpected answer to `monitor when`: {_one_line(text)!r}")
+    return int(found.group(1)), int(found.group(2)), int(found.group(3))
+
+
+def xenrr_debug(session: str | os.PathLike, image: str | os.PathLike | None = None) -> Debugger:
+    """Start `xenrr serve SESSION` and a GDB connected to it; returns a Debugger (a context manager).
+
+    `image` is the guest ELF when it is no longer where it was recorded (by default the stub names
+    the image it replays, and GDB loads its symbols). GDB starts at the first instruction."""
+    session = Path(session)
+    if not session.is_file():
+        raise DebugError(f"cannot read {session}: no such file")
+    server = _Server(session, Path(image) if image is not None else None)
+    try:
+        gdb = _Gdb(["gdb", "--interpreter=mi3", "-nx", "-q"] + ([str(image)] if image is not None else []))
+    except BaseException:
+        server.close()
+        raise
+    debugger = Debugger(gdb, server)
+    try:
+        for setting in ("pagination off", "confirm off", "width 0", "height 0", f"remotetimeout {REMOTE_TIMEOUT}"):
+            gdb.command(f"-gdb-set {setting}")
+        gdb.command(f"-target-select remote 127.0.0.1:{server.port}")
+        debugger.image = Path(image) if image is not None else Path(debugger._monitor("image").strip())
+        if image is None:
+            gdb.command(f"-file-exec-and-symbols {_mi_quote(str(debugger.image))}")
+        debugger.last_stop = debugger.where()
+    except BaseException:
+        debugger.close()
+        raise
+    return debugger
