@@ -1,5 +1,5 @@
-"""Shared fixtures: the project's guest kernels, built on demand with the guests Makefile, and the
-`xenrr` CLI run as a real process."""
+"""Shared fixtures: the project's guest kernels, built on demand with the guests Makefile, the
+`xenrr` CLI run as a real process, and logs recorded with it."""
 from __future__ import annotations
 
 import re
@@ -63,3 +63,28 @@ def run_xenrr(*args: str | Path, stdin: bytes = b"", timeout: float = 120) -> Xe
 def xenrr():
     """`run_xenrr` for tests: xenrr("run", elf, "--keys", ...) -> XenrrRun."""
     return run_xenrr
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A log written by a finished `xenrr record` process (read-only for tests: copy it to change it)."""
+    path: Path
+    record: XenrrRun
+
+
+@pytest.fixture(scope="session")
+def recorder(tmp_path_factory):
+    """recorder(guest, *options) -> Recording: a successful `xenrr record` into a fresh log file."""
+    def record(guest: Path, *options: str) -> Recording:
+        path = tmp_path_factory.mktemp("recording") / "session.xrr"
+        run = run_xenrr("record", guest, "-o", path, *options)
+        assert run.status == 0, run.stderr
+        return Recording(path, run)
+    return record
+
+
+@pytest.fixture(scope="session")
+def virtual_recording(recorder, kbdshell_elf) -> Recording:
+    """kbdshell recorded with `--clock virtual` typing `echo abc`, `halt`: one key per input event, and the
+    same instruction counts on every run."""
+    return recorder(kbdshell_elf, "--clock", "virtual", "--keys", r"echo abc\rhalt\r")
