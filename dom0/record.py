@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dom0.logd import start_log_daemon
-from dom0.logfile import LogHeader
+from dom0.logfile import LogFormatError, LogHeader, LogReader
 from dom0.logring import LogDaemonError, RingProducer
 from xen.digest import take_digest
 from xen.domain import Domain
@@ -92,6 +92,14 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
             failure = failure or str(error)
         ring.detach()
     if failure is not None:
-        raise RecordingFailed(f"{failure}; {sink.records} records were logged, the log is valid up to its "
-                              "last complete block")
+        raise RecordingFailed(f"{failure}; {sink.records} records were logged, {_records_in_file(path)}")
     return RecordResult(outcome, sink.records, path)
+
+
+def _records_in_file(path: Path) -> str:
+    """What a failed recording left: the valid prefix of the log, in words."""
+    try:
+        with LogReader(path) as reader:
+            return f"{reader.record_count} reached the log file (valid up to its last complete block)"
+    except (OSError, LogFormatError) as error:
+        return f"the log is unreadable ({error})"
