@@ -288,9 +288,11 @@ class Debugger:
         self._server.close()
 
     def reset(self) -> None:
-        """Delete every breakpoint and watchpoint and go back to the start of the recording."""
+        """Delete every breakpoint and watchpoint and go back to the start of the recording: the first
+        instruction, before any input event (as a new Debugger starts)."""
         self.delete()
-        self.goto_icount(0)
+        if self.goto_icount(0).event > 0:      # inputs logged at instruction 0 were applied: undo them
+            self.goto_event(1)
 
     # ------------------------------------------------------------------ the recording
     def events(self, first: int | None = None, last: int | None = None) -> list[Event]:

@@ -1,0 +1,161 @@
+"""The scripted debugging API (gdbext.api) on a real recording, through real GDB and `xenrr serve`.
+
+The recording types kbdshell's long-line bug (examples/long_line.keys): `echo ` + 59 x `x` + `ABCD`,
+Enter, `hist`, Enter, `halt`, Enter. Event 1 is the boot time; the n-th key typed is event n + 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gdbext.api import DebugError, Debugger, xenrr_debug
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = "echo " + "x" * 59 + "ABCD"
+ENTER_AFTER_LINE = len(LINE) + 2          # the event of the Enter that ends the long line
+ABCD = int.from_bytes(b"ABCD", "little")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
+    path = tmp_path_factory.mktemp("api") / "long_line.xrr"
+    run = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys-file",
+                ROOT / "examples" / "long_line.keys")
+    assert run.status == 0, run.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def debugger(session) -> Debugger:
+    with xenrr_debug(session) as debugger:
+        yield debugger
+
+
+@pytest.fixture
+def d(debugger) -> Debugger:
+    debugger.reset()
+    return debugger
+
+
+def test_a_new_debugger_stands_at_the_first_instruction_with_the_guest_symbols(d):
+    stop = d.last_stop
+    assert (stop.icount, stop.event, stop.function) == (0, 0, "_start")
+    assert d.image.name == "kbdshell.elf"
+    assert d.eval("sizeof(ed.line)") == "64"
+
+
+def test_events_list_every_key_with_its_instruction_count(d):
+    events = d.events()
+    assert events[0].number == 1 and events[0].kind == "time"
+    keys = [event for event in events if event.kind == "console-input"]
+    assert [event.detail for event in keys[64:68]] == ["keys 'A'", "keys 'B'", "keys 'C'", "keys 'D'"]
+    assert [event.number for event in d.events(66, 69)] == [66, 67, 68, 69]
+    assert all(earlier.icount <= later.icount for earlier, later in zip(events, events[1:]))
+    assert d.event_count == len(events)
+
+
+def test_goto_event_stops_just_before_the_event(d):
+    event = d.event(ENTER_AFTER_LINE)
+    stop = d.goto_event(event.number)
+    assert stop.reason == "goto"
+    assert (stop.event, stop.icount) == (event.number - 1, event.icount)
+    assert d.when() == (event.number - 1, event.icount)
+    assert int(d.eval("ed.hist_count")) == ABCD
+    assert d.registers()["rip"] == stop.pc
+
+
+def test_reverse_continue_to_the_write_names_the_writer_and_the_key(d):
+    d.goto_event(ENTER_AFTER_LINE)
+    number = d.watch("ed.hist_count")
+    stop = d.reverse_continue()
+    assert stop.reason == "watchpoint"
+    assert (stop.function, Path(stop.file).name) == ("line_insert", "editor.c")
+    assert stop.fullname and Path(stop.fullname).is_file()
+    assert (int(stop.old_value), int(stop.new_value)) == (ABCD, int.from_bytes(b"ABC", "little"))
+    assert [frame.function for frame in d.backtrace()] == ["line_insert", "handle_key", "guest_main",
+                                                           "start_kernel", "_start"]
+    assert d.event(stop.event).detail == "keys 'D'"
+    assert d.eval("c") == "68 'D'"
+    d.delete(number)
+    assert d.reverse_continue().reason == "history-start"
+
+
+def test_forward_and_reverse_instruction_steps_are_exact(d):
+    d.break_at("line_insert")
+    start = d.cont()
+    registers = d.registers()
+    d.delete()
+    assert d.reverse_stepi().icount == start.icount - 1
+    assert d.stepi().icount == start.icount
+    assert d.registers() == registers
+
+
+def test_finish_and_reverse_finish_return_to_the_same_call(d):
+    d.break_at("line_insert")
+    entry = d.cont()
+    assert (entry.reason, entry.function) == ("breakpoint", "line_insert")
+    d.delete()
+    after = d.finish()
+    assert after.reason == "finish" and after.function == "handle_key"
+    assert d.eval("ed.len") == "1"
+    assert d.reverse_step().function == "line_insert"
+    before = d.reverse_finish()
+    assert before.function == "handle_key" and before.icount < entry.icount
+    assert d.eval("ed.len") == "0"
+
+
+def test_next_and_reverse_next_move_by_source_lines(d):
+    d.break_at("line_insert")
+    first = d.cont()
+    d.delete()
+    second = d.next()
+    assert second.function == "line_insert" and second.line > first.line
+    assert d.reverse_next().line == first.line
+    assert d.step().line == second.line
+
+
+def test_read_memory_agrees_with_gdb_values(d):
+    d.goto_event(ENTER_AFTER_LINE)
+    assert d.read_memory("&ed.hist_count", 4) == b"ABCD"
+    address = int(d.eval("(unsigned long) &ed"), 0)
+    assert d.read_memory(address, 64) == LINE[:64].encode()
+
+
+def test_the_ends_of_history_are_reported(d):
+    assert d.reverse_stepi().reason == "history-start"
+    end = d.cont()
+    assert end.reason == "history-end" and end.event == d.event_count
+    assert d.goto_event(2).icount == d.event(2).icount
+
+
+def test_any_gdb_command_runs_and_motions_through_it_update_the_position(d):
+    assert "No breakpoints or watchpoints." in d.gdb("info breakpoints")
+    d.gdb("break handle_key")
+    d.gdb("continue")
+    assert (d.last_stop.reason, d.last_stop.function) == ("breakpoint", "handle_key")
+
+
+@pytest.mark.parametrize("action, message", [
+    (lambda d: d.eval("no_such_symbol"), 'No symbol "no_such_symbol" in current context.'),
+    (lambda d: d.goto_event(10_000), "event 10000 does not exist: the recording has events 1 to 80"),
+    (lambda d: d.break_at("no_such_function"), 'Function "no_such_function" not defined.'),
+    (lambda d: d.watch("ed.len", access="sometimes"), "watch access must be write, read or access"),
+    (lambda d: d.event(0), "event 0 does not exist: the recording has events 1 to 80"),
+])
+def test_errors_are_one_readable_line(d, action, message):
+    with pytest.raises(DebugError) as error:
+        action(d)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert d.eval("1 + 1") == "2"          # the debugger is still usable
+
+
+def test_sessions_that_cannot_be_debugged_raise_debug_error(tmp_path):
+    with pytest.raises(DebugError, match="no such file"):
+        xenrr_debug(tmp_path / "missing.xrr")
+    not_a_log = tmp_path / "not_a_log.xrr"
+    not_a_log.write_bytes(b"hello")
+    with pytest.raises(DebugError) as error:
+        xenrr_debug(not_a_log)
+    assert "\n" not in str(error.value) and not str(error.value).startswith("xenrr:")

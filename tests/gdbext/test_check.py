@@ -1,0 +1,106 @@
+"""`xenrr check SESSION SCRIPT` and the example regression suite (examples/), run as a user would.
+
+The examples record their own sessions under pytest (examples/conftest.py); `xenrr check` is given
+recordings of the same key scripts made here.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory, kbdshell_elf, xenrr) -> dict[str, Path]:
+    """examples/NAME.keys recorded as NAME.xrr, for each example."""
+    directory = tmp_path_factory.mktemp("check")
+    sessions = {}
+    for keys in sorted(EXAMPLES.glob("*.keys")):
+        sessions[keys.stem] = directory / f"{keys.stem}.xrr"
+        run = xenrr("record", kbdshell_elf, "-o", sessions[keys.stem], "--clock", "virtual", "--keys-file", keys)
+        assert run.status == 0, run.stderr
+    return sessions
+
+
+def write_script(directory: Path, body: str) -> Path:
+    script = directory / "check_script.py"
+    script.write_text(textwrap.dedent(body))
+    return script
+
+
+def test_every_example_passes_under_xenrr_check(recordings, xenrr):
+    scripts = sorted(EXAMPLES.glob("test_*.py"))
+    assert {script.stem.removeprefix("test_") for script in scripts} == set(recordings)
+    for script in scripts:
+        run = xenrr("check", recordings[script.stem.removeprefix("test_")], script)
+        assert run.status == 0, run.stdout + run.stderr
+        lines = run.stdout.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"PASS {script}"), run.stdout
+
+
+def test_the_examples_pass_as_plain_pytest_tests():
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout.splitlines()[-1]
+
+
+def test_a_failed_assertion_exits_1_naming_file_line_and_text(recordings, xenrr, tmp_path):
+    script = write_script(tmp_path, '''\
+        def test_holds(d):
+            assert d.eval("sizeof(ed.line)") == "64"
+
+
+        def test_wrong_writer(d):
+            d.watch("ed.hist_count")
+            stop = d.cont()
+            assert stop.function == "submit_line", f"written by {stop.function}"
+        ''')
+    run = xenrr("check", recordings["long_line"], script)
+    assert run.status == 1, run.stdout + run.stderr
+    assert run.stdout.splitlines() == [
+        f'FAIL {script}:8 in test_wrong_writer: assert stop.function == "submit_line", f"written by '
+        '{stop.function}" (written by line_insert)',
+        f"FAIL {script}: 1 of 2 checks failed on {recordings['long_line']}",
+    ]
+
+
+def test_an_error_in_a_check_fails_it_with_the_error_line(recordings, xenrr, tmp_path):
+    script = write_script(tmp_path, '''\
+        def test_unknown_symbol(d):
+            d.eval("no_such_symbol")
+        ''')
+    run = xenrr("check", recordings["long_line"], script)
+    assert run.status == 1
+    assert run.stdout.splitlines()[0] == (f"FAIL {script}:2 in test_unknown_symbol: "
+                                          'DebugError: No symbol "no_such_symbol" in current context.')
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def test_x(d):\n    assert (\n", "check_script.py:2: SyntaxError"),
+    ("def helper(d):\n    pass\n", "has no checks"),
+    ("def test_x(debugger):\n    pass\n", "test_x must take exactly one argument, `d`"),
+    ("import no_such_module\n", "check_script.py:1: ModuleNotFoundError"),
+])
+def test_unusable_scripts_are_usage_errors(recordings, xenrr, tmp_path, body, message):
+    script = tmp_path / "check_script.py"
+    script.write_text(body)
+    run = xenrr("check", recordings["long_line"], script)
+    assert run.status == 2
+    assert message in run.stderr and run.stderr.startswith("xenrr: error: ")
+    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_missing_files_are_usage_errors(recordings, xenrr, tmp_path):
+    missing_script = xenrr("check", recordings["long_line"], tmp_path / "nothing.py")
+    assert missing_script.status == 2 and "cannot read check script" in missing_script.stderr
+    script = EXAMPLES / "test_long_line.py"
+    missing_session = xenrr("check", tmp_path / "nothing.xrr", script)
+    assert missing_session.status == 2 and "nothing.xrr" in missing_session.stderr
+    assert "Traceback" not in missing_script.stderr + missing_session.stderr
