@@ -1,19 +1,23 @@
 """The xenrr demo (`make demo`): a guided tour for a newcomer, one numbered step at a time.
 
 Owns the story told by `make demo`. Each step is a function that runs the real `xenrr` CLI on the real
-guest kernels (as a user would type it), prints what happened in a few readable lines, and raises
+guest kernels (as a user would type it), or the scripted debugging API (gdbext.api, real GDB against
+`xenrr serve`) as a user's script would, prints what happened in a few readable lines, and raises
 DemoError when something did not behave as the step says. Invariant: the demo only uses public
-commands and prints nothing it did not observe; it exits 0 only when every step held.
-Steps for recording, replay and reverse debugging join STEPS as those features land.
+commands and APIs and prints nothing it did not observe; it exits 0 only when every step held.
+The recording it debugs is left in build/demo/ for the reader to explore with `xenrr shell`.
 """
 from __future__ import annotations
 
+import linecache
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from gdbext.api import DebugError, Debugger, Stop, xenrr_debug
 
 ROOT = Path(__file__).resolve().parent.parent
 KBDSHELL = Path("guests/kbdshell/kbdshell.elf")
@@ -36,6 +40,8 @@ SESSION = [
     ("halt: power the guest off", "halt"),
 ]
 LONG_LINE = "echo " + "x" * 59 + "ABCD"     # 68 characters: 65-68 overwrite ed.hist_count
+BUG_SESSION = Path("build/demo/long-line.xrr")
+BUG_CHECKS = Path("examples/test_long_line.py")
 
 
 class DemoError(Exception):
@@ -134,6 +140,102 @@ def hostile_guest() -> None:
     print(f"    {run.stderr.strip()}")
 
 
+def record_the_bug() -> None:
+    print("  `xenrr record` runs the guest exactly like `run` and logs every input - each key, each timer\n"
+          "  tick, each time value - with the instruction count at which it arrived, into one file.\n")
+    (ROOT / BUG_SESSION).parent.mkdir(parents=True, exist_ok=True)
+    run = xenrr("record", str(KBDSHELL), "-o", str(BUG_SESSION), "--clock", "virtual",
+                "--keys", LONG_LINE + r"\rhist\rhalt\r")
+    expect_status(run, 0)
+    print(f"    {run.stderr.strip()}")
+    dump = xenrr("dump", str(BUG_SESSION), show=False)
+    expect_status(dump, 0)
+    print(f"\n  `xenrr dump` lists them: {dump.stdout.strip().splitlines()[-1]} (one per key typed, after the\n"
+          "  boot time). We will ask which of them broke the history counter.")
+
+
+def replay_the_bug() -> None:
+    print("  Replay rebuilds the domain from the log, feeds it the same inputs at the same instruction\n"
+          "  counts and checks the state digests recorded along the way.\n")
+    run = xenrr("replay", str(BUG_SESSION), "--quiet")
+    expect_status(run, 0)
+    print(f"    {run.stderr.strip()}")
+
+
+def say(call: str, result: str = "", note: str = "") -> None:
+    """One line of the debugging transcript: the API call, what it returned, a comment."""
+    print(f"  >>> {call}")
+    for line in result.splitlines():
+        print(f"      {line}")
+    if note:
+        print(f"      # {note}")
+
+
+def stop_text(stop: Stop) -> str:
+    """A stop in one line, then its source line."""
+    source = linecache.getline(stop.fullname, stop.line).strip() if stop.fullname and stop.line else ""
+    return stop.describe() + (f"\n  {stop.location}:  {source}" if source else "")
+
+
+def hunt(d: Debugger) -> None:
+    keys = [event for event in d.events() if event.kind == "console-input"]
+    enter = keys[len(LONG_LINE)]                              # the Enter that ends the long line
+    shown = d.events(enter.number - 4, enter.number)
+    say(f"d.events({shown[0].number}, {shown[-1].number})",
+        "\n".join(f"{event.number:3}  instruction {event.icount:6}  {event.kind}  {event.detail}" for event in shown),
+        "the last four keys of the long line, then Enter")
+    say(f"d.goto_event({enter.number})", stop_text(d.goto_event(enter.number)),
+        "just before the Enter arrives (the guest waits for input in a hypercall)")
+    corrupted = int(d.eval("ed.hist_count"))
+    if corrupted != int.from_bytes(b"ABCD", "little"):
+        raise DemoError(f"ed.hist_count is {corrupted} before the Enter, not the bytes of ABCD")
+    say('d.eval("ed.hist_count")', str(corrupted),
+        f"= {corrupted:#x}, the bytes 'ABCD': wrong before the line even runs (no line was entered yet)")
+    say('d.watch("ed.hist_count")', f"watchpoint {d.watch('ed.hist_count')}")
+    stop = d.reverse_continue()
+    if stop.function != "line_insert":
+        raise DemoError(f"reverse-continue stopped in {stop.function}, not in line_insert")
+    say("d.reverse_continue()", stop_text(stop),
+        "back to the last write to ed.hist_count (values: where we came from -> before the write)")
+    say("d.backtrace()", "\n".join(f"#{frame.level} {frame.function} at {frame.location}" for frame in d.backtrace()))
+    event = d.event(stop.event)
+    say(f"d.event({stop.event})", f"{event.kind}  {event.detail}", "the keystroke being handled")
+    say('d.eval("c"), d.eval("ed.len")', f"{d.eval('c')}, {d.eval('ed.len')}",
+        "line_insert stores the key at ed.line[ed.len]: index 67 of a 64-byte array")
+    writes = []
+    for _ in range(3):
+        stop = d.reverse_continue()
+        writes.append(f"{stop.function} storing {d.eval('c')} at ed.line[{d.eval('ed.len')}], event {stop.event}")
+    say("d.reverse_continue()  # three more times", "\n".join(writes), "every key from the 65th on")
+    say('d.eval("ed.len >= sizeof(ed.line)"), d.eval("ed.len >= sizeof(ed.line) + 4")',
+        f"{d.eval('ed.len >= sizeof(ed.line)')}, {d.eval('ed.len >= sizeof(ed.line) + 4')}",
+        "the line is full, yet line_insert's check (+ 4) lets the key in: that is the bug")
+    stop = d.reverse_continue()
+    if stop.reason != "history-start":
+        raise DemoError(f"something else wrote ed.hist_count earlier: {stop.describe()}")
+    say("d.reverse_continue()", stop.describe(), "nothing wrote ed.hist_count before: the 65th key was the first")
+
+
+def debug_backwards() -> None:
+    print("  A Python script (gdbext.api) drives real GDB against `xenrr serve`, a GDB remote-protocol\n"
+          "  server on the replay that can also run backwards. Each call below is GDB doing the work.\n")
+    say(f'd = xenrr_debug("{BUG_SESSION}")')
+    try:
+        with xenrr_debug(ROOT / BUG_SESSION) as d:
+            hunt(d)
+    except DebugError as error:
+        raise DemoError(f"debugging failed: {error}") from None
+
+
+def regression_check() -> None:
+    print(f"  The same hunt, written as assertions in {BUG_CHECKS}, is a regression check:\n"
+          "  `xenrr check` runs it on a recording and exits 0 only if every assertion holds (the file\n"
+          "  also runs under pytest).\n")
+    run = xenrr("check", str(BUG_SESSION), str(BUG_CHECKS))
+    expect_status(run, 0)
+    print(f"    {run.stdout.strip()}")
+
+
 @dataclass(frozen=True)
 class Step:
     title: str
@@ -145,6 +247,10 @@ STEPS = [
     Step("Same keys, same instruction count", reproducible),
     Step("The bug we will hunt", long_line_bug),
     Step("A crashing guest does not crash the hypervisor", hostile_guest),
+    Step("Record the bug", record_the_bug),
+    Step("Replay the recording and verify it", replay_the_bug),
+    Step("Debug it backwards: who wrote the history counter?", debug_backwards),
+    Step("Keep it found: a regression check", regression_check),
 ]
 
 
@@ -161,7 +267,11 @@ def main() -> int:
         except (DemoError, subprocess.TimeoutExpired) as error:
             print(f"demo: error in step {number}: {error}", file=sys.stderr)
             return 1
-    print(f"\n{'=' * WIDTH}\nTry it yourself: .venv/bin/xenrr run {KBDSHELL}    (Ctrl-] leaves)")
+    print(f"\n{'=' * WIDTH}\nTry it yourself:\n"
+          f"  .venv/bin/xenrr run {KBDSHELL}         talk to the guest (Ctrl-] leaves)\n"
+          f"  .venv/bin/xenrr shell {BUG_SESSION}     the hunt above, interactively:\n"
+          f"      goto {len(LONG_LINE) + 2}, watch ed.hist_count, rc, bt (Tab completes, F5/F6/F10/F11 move)\n"
+          f"  .venv/bin/xenrr debug {BUG_SESSION}     the same in plain GDB (rr-goto, reverse-continue)")
     return 0
 
 
