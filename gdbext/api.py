@@ -84,7 +84,7 @@ class Frame:
     @property
     def location(self) -> str:
         """`file:line`, or the pc in hex when GDB knows no source line."""
-        return f"{Path(self.file).name}:{self.line}" if self.file and self.line else f"{self.pc:#x}"
+        return _location(self.file, self.line, self.pc)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Stop:
     @property
     def location(self) -> str:
         """`file:line`, or the pc in hex when GDB knows no source line."""
-        return f"{Path(self.file).name}:{self.line}" if self.file and self.line else f"{self.pc:#x}"
+        return _location(self.file, self.line, self.pc)
 
     def describe(self) -> str:
         """One line: why, where, and the position in the recording."""
@@ -128,6 +128,10 @@ class _Reply:
     payload: dict[str, Any]
     console: str
     stopped: dict[str, Any] | None
+
+
+def _location(file: str | None, line: int | None, pc: int) -> str:
+    return f"{Path(file).name}:{line}" if file and line else f"{pc:#x}"
 
 
 def _mi_quote(text: str) -> str:
@@ -161,7 +165,7 @@ class _Gdb:
         with self._forward_interrupts():
             while payload is None or self._running:
                 deadline = None if self._running or timeout is None else time.monotonic() + timeout
-                for record in self._read(deadline, mi_command):
+                for record in self._read(deadline, f"`{mi_command}` in {timeout} s"):
                     kind, message = record["type"], record["message"]
                     if kind in ("console", "target") and record["payload"]:
                         console.append(record["payload"])
@@ -175,11 +179,12 @@ class _Gdb:
                         return _Reply(payload, "".join(console), record["payload"] or {})
         return _Reply(payload, "".join(console), None)
 
-    def _read(self, deadline: float | None, mi_command: str) -> list[dict]:
+    def _read(self, deadline: float | None, awaited: str) -> list[dict]:
+        """The next records GDB writes, waiting at most until `deadline` (None: as long as it takes)."""
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise DebugError(f"GDB did not answer `{mi_command}` in {COMMAND_TIMEOUT:.0f} s")
+                raise DebugError(f"GDB did not answer {awaited}")
             try:
                 ready, _, _ = select.select([self._process.stdout], [], [], remaining)
             except InterruptedError:
@@ -312,8 +317,7 @@ class Debugger:
     def when(self) -> tuple[int, int]:
         """(event number, instruction count) of the current position: the last input event applied
         (0 before the first) and the guest instructions retired."""
-        stop = self._position("here", {})
-        return stop.event, stop.icount
+        return self._when()
 
     def where(self) -> Stop:
         """The current position as a Stop with reason "here"."""
@@ -458,6 +462,11 @@ class Debugger:
             stop = replace(stop, reason="history-start" if stop.icount == 0 else "history-end")
         return stop
 
+    def _when(self, when_text: str | None = None) -> tuple[int, int]:
+        """Parse the stub's `monitor when` answer (asking for it unless one is at hand)."""
+        event, self.event_count, icount = _parse_when(when_text or self._monitor("when"))
+        return event, icount
+
     def _here(self, reason: str, when_text: str | None = None) -> Stop:
         # A monitor command may have moved the target behind GDB's back: make GDB re-read registers.
         self._gdb.command('-interpreter-exec console "maintenance flush register-cache"')
@@ -465,7 +474,7 @@ class Debugger:
 
     def _position(self, reason: str, frame: dict[str, Any], old: str | None = None, new: str | None = None,
                   when_text: str | None = None) -> Stop:
-        event, self.event_count, icount = _parse_when(when_text if when_text is not None else self._monitor("when"))
+        event, icount = self._when(when_text)
         return Stop(reason, frame.get("func"), frame.get("file"), _int(frame.get("line")),
                     int(frame.get("addr", "0"), 16), icount, event, frame.get("fullname"), old, new)
 

@@ -171,7 +171,7 @@ class DebugShell:
             return
         reasons = {"history-start": "no more history: the start of the recording",
                    "history-end": "no more history: the end of the recording",
-                   "interrupt": "interrupted"}
+                   "interrupt": "interrupted", "breakpoint": "breakpoint"}
         if stop.reason in reasons:
             print(reasons[stop.reason])
         elif stop.reason == "watchpoint":
