@@ -19,6 +19,7 @@ failed (each failure named by file:line and the assertion's text or message); 2 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -86,14 +87,18 @@ class CheckFailure:
 
 def load_checks(script: Path) -> list[Callable]:
     """The script's test_* functions in file order; CheckScriptError if it does not load or has none."""
-    spec = importlib.util.spec_from_file_location(f"xenrr_check_{script.stem}", script)
-    module: ModuleType = importlib.util.module_from_spec(spec)
+    loader = importlib.machinery.SourceFileLoader(f"xenrr_check_{script.stem}", str(script))   # any file name
+    module: ModuleType = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except Exception as error:
-        where = next((f":{frame.lineno}" for frame in reversed(traceback.extract_tb(error.__traceback__))
-                      if Path(frame.filename) == script), f":{getattr(error, 'lineno', '?')}")
-        raise CheckScriptError(f"cannot load {script}{where}: {type(error).__name__}: {error}") from None
+        if isinstance(error, SyntaxError):
+            line, message = error.lineno, error.msg
+        else:
+            line = next((frame.lineno for frame in reversed(traceback.extract_tb(error.__traceback__))
+                         if Path(frame.filename) == script), "?")
+            message = str(error)
+        raise CheckScriptError(f"cannot load {script}:{line}: {type(error).__name__}: {message}") from None
     checks = [function for name, function in vars(module).items()
               if name.startswith("test_") and inspect.isfunction(function) and function.__module__ == module.__name__]
     if not checks:
@@ -104,8 +109,8 @@ def load_checks(script: Path) -> list[Callable]:
     return sorted(checks, key=lambda function: function.__code__.co_firstlineno)
 
 
-def run_check(check: Callable, debugger, script: Path, shown_as: Path) -> CheckFailure | None:
-    """Run one check on a reset debugger; its failure (located in the script, shown as `shown_as`), or None."""
+def run_check(check: Callable, debugger, script: Path) -> CheckFailure | None:
+    """Run one check on a reset debugger; its failure (located in the script where possible), or None."""
     try:
         debugger.reset()
         check(debugger)
@@ -113,7 +118,7 @@ def run_check(check: Callable, debugger, script: Path, shown_as: Path) -> CheckF
         frames = traceback.extract_tb(error.__traceback__)
         in_script = [frame for frame in frames if Path(frame.filename) == script]
         frame = in_script[-1] if in_script else frames[-1]
-        location = f"{shown_as if in_script else frame.filename}:{frame.lineno}"
+        location = f"{frame.filename}:{frame.lineno}"
         if isinstance(error, AssertionError):
             text = frame.line or "assert"
             if str(error) and str(error) not in text:        # a message the source line does not show
@@ -130,14 +135,13 @@ def command_check(args: argparse.Namespace) -> int:
     try:
         if not args.script.is_file():
             raise CheckScriptError(f"cannot read check script {args.script}: no such file")
-        script = args.script.resolve()
-        checks = load_checks(script)
+        checks = load_checks(args.script)
         debugger = xenrr_debug(args.session, args.image)
     except (CheckScriptError, DebugError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     with debugger:
-        failures = [failure for check in checks if (failure := run_check(check, debugger, script, args.script))]
+        failures = [failure for check in checks if (failure := run_check(check, debugger, args.script))]
     for failure in failures:
         print(failure.describe())
     if failures:
