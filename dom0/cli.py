@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
+from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.logfile import LogFormatError, LogReader
 from dom0.record import RecordingFailed, record
 from dom0.replay import ReplaySession, ReplaySetupError
+from dom0.usercli import USER_COMMANDS, CheckScriptError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "payload; input events with their event number), and any damage found.")
     dump.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
     dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
+    add_debug_commands(commands)
+    add_user_commands(commands)
     return parser
 
 
@@ -291,7 +295,8 @@ def command_dump(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump}
+COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,
+            **DEBUG_COMMANDS, **USER_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError) as error:
+    except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
+            DebugCommandError, CheckScriptError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
