@@ -1,0 +1,438 @@
+"""The gdbstub's answers on the wire: a raw TCP client against a GdbServer serving a real recording.
+
+Every byte of every reply is asserted here, including what happens on bad input: bad checksums,
+malformed, oversized and unknown packets, interrupts, and clients that vanish mid-command. The
+server runs in a thread of this process (the replay is built in that thread: the engine is bound to
+the thread that made it), so its log records are captured; everything else is seen on the wire.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import socket
+import threading
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dom0.cli import DEFAULT_MEMORY_MIB
+from dom0.replay import ReplaySession
+from stub.rsp import PACKET_SIZE, encode_packet
+from stub.server import GdbServer, ServerError, listen
+from stub.target_xml import REGISTERS
+from stub.timeline import Timeline
+
+KEYS = r"echo hi\rcalc 6*7\rhalt\r"
+G_PACKET_BYTES = 552          # the amd64 description: GPRs, rip, eflags, segments, x87, SSE, fs/gs_base
+READ_ONLY = b"E.a replay is read-only: registers and memory cannot be changed"
+
+
+def checksum(data: bytes) -> bytes:
+    return b"%02x" % (sum(data) % 256)
+
+
+class Client:
+    """A GDB stand-in speaking raw RSP (ack mode) over TCP."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)     # as GDB does
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _byte(self) -> bytes:
+        if not self.buffer:
+            self.buffer = self.sock.recv(65536)
+            assert self.buffer, "the server closed the connection"
+        byte, self.buffer = self.buffer[:1], self.buffer[1:]
+        return byte
+
+    def read_packet(self, acknowledge: bool = True) -> bytes:
+        """The next packet from the server (acks before it skipped), checked and acknowledged."""
+        while (byte := self._byte()) != b"$":
+            assert byte == b"+", f"unexpected {byte!r} between packets"
+        raw = b""
+        while (byte := self._byte()) != b"#":
+            raw += byte
+        assert self._byte() + self._byte() == checksum(raw)
+        if acknowledge:
+            self.send(b"+")
+        payload, escaped = b"", False
+        for value in raw:
+            payload += bytes((value ^ 0x20,)) if escaped else (b"" if value == 0x7D else bytes((value,)))
+            escaped = value == 0x7D and not escaped
+        return payload
+
+    def ask(self, payload: bytes) -> bytes:
+        self.send(encode_packet(payload))
+        return self.read_packet()
+
+    def monitor(self, command: str) -> str:
+        """A qRcmd's output (its `O` packets), once its final OK has come."""
+        output, final = self.monitor_packets(b"qRcmd," + command.encode().hex().encode())
+        assert final == b"OK", final
+        return output.decode()
+
+    def monitor_packets(self, payload: bytes) -> tuple[bytes, bytes]:
+        """Send a qRcmd packet: the output its `O` packets carry, and the final reply."""
+        self.send(encode_packet(payload))
+        output = b""
+        while (reply := self.read_packet()).startswith(b"O") and reply != b"OK":
+            output += bytes.fromhex(reply[1:].decode())
+        return output, reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Served:
+    """A GdbServer on a fresh replay of the recording, serving in a thread until a client kills it."""
+
+    def __init__(self, recording: Path):
+        self.listener = listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, args=(recording,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, recording: Path) -> None:
+        with self.listener:
+            GdbServer(Timeline(ReplaySession(recording))).serve(self.listener)
+        gc.collect()              # the engine must be freed by the thread that made it
+
+    def ended(self) -> bool:
+        self.thread.join(timeout=20)
+        return not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    path = tmp_path_factory.mktemp("protocol") / "session.xrr"
+    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys", KEYS)
+    assert done.status == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def symbols(kbdshell_elf) -> dict[str, int]:
+    with kbdshell_elf.open("rb") as file:
+        return {symbol.name: symbol["st_value"] for symbol in ELFFile(file).get_section_by_name(".symtab").iter_symbols()}
+
+
+@pytest.fixture(scope="module")
+def served(recording):
+    server = Served(recording)
+    yield server
+    killer = Client(server.port)
+    killer.send(encode_packet(b"k"))
+    assert server.ended()
+    killer.close()
+
+
+@pytest.fixture
+def client(served):
+    """A connected client, the replay at its first instruction; the server must survive the test."""
+    connection = Client(served.port)
+    try:
+        assert connection.monitor("goto 1").startswith("event 0 of ")
+        yield connection
+    finally:
+        connection.close()
+    assert served.thread.is_alive()
+
+
+def stop_fields(reply: bytes) -> dict[str, str]:
+    assert reply[:1] == b"T", reply
+    fields = {}
+    for part in reply[3:].decode().split(";"):
+        if part:
+            key, _, value = part.partition(":")
+            fields[key] = value
+    return fields
+
+
+def rip_of(reply: bytes) -> int:
+    return int.from_bytes(bytes.fromhex(stop_fields(reply)["10"]), "little")
+
+
+def test_listens_on_loopback_only():
+    with pytest.raises(ServerError, match="127.0.0.1 only"):
+        listen(0, "0.0.0.0")
+    with pytest.raises(ServerError, match="between 0 and 65535"):
+        listen(70000)
+
+
+def test_qsupported_advertises_what_the_stub_does(client):
+    reply = client.ask(b"qSupported:multiprocess+;swbreak+;hwbreak+;xmlRegisters=i386")
+    features = reply.split(b";")
+    assert b"PacketSize=%x" % PACKET_SIZE in features
+    for feature in (b"QStartNoAckMode+", b"qXfer:features:read+", b"ReverseStep+", b"ReverseContinue+",
+                    b"swbreak+", b"hwbreak+", b"vContSupported+"):
+        assert feature in features
+    assert client.ask(b"vCont?") == b"vCont;c;C;s;S"
+    assert client.ask(b"qAttached") == b"1"
+
+
+def test_stop_reason_at_the_start(client, symbols):
+    reply = client.ask(b"?")
+    assert reply.startswith(b"T05") and stop_fields(reply)["thread"] == "1"
+    assert rip_of(reply) == symbols["_start"]
+
+
+def test_registers_read_whole_and_one_by_one_agree(client, symbols):
+    whole = bytes.fromhex(client.ask(b"g").decode())
+    assert len(whole) == G_PACKET_BYTES
+    offset = 0
+    for number, register in enumerate(REGISTERS):
+        size = register.bits // 8
+        assert bytes.fromhex(client.ask(b"p%x" % number).decode()) == whole[offset:offset + size], register.name
+        offset += size
+    rip = 16 * 8
+    assert int.from_bytes(whole[rip:rip + 8], "little") == symbols["_start"]
+    assert client.ask(b"p%x" % len(REGISTERS)) == b"E01"
+
+
+def test_target_description_read_in_small_pieces_matches_the_g_packet(client):
+    document, offset = b"", 0
+    while True:
+        reply = client.ask(b"qXfer:features:read:target.xml:%x,%x" % (offset, 200))
+        assert reply[:1] in (b"m", b"l")
+        document += reply[1:]
+        offset += len(reply) - 1
+        if reply[:1] == b"l":
+            break
+    registers = ElementTree.fromstring(document).iter("reg")
+    sizes = [(reg.get("name"), int(reg.get("bitsize"))) for reg in registers]
+    assert [name for name, _ in sizes][:18] == ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
+                                                "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"]
+    assert {"cs", "ss", "ds", "es", "fs", "gs", "fs_base", "gs_base", "xmm15", "mxcsr"} <= {n for n, _ in sizes}
+    assert sum(bits for _, bits in sizes) == G_PACKET_BYTES * 8
+    assert client.ask(b"qXfer:features:read:other.xml:0,100") == b"E00"
+
+
+def test_memory_reads(client, kbdshell_elf, symbols):
+    start = symbols["_start"]
+    with kbdshell_elf.open("rb") as file:
+        text = ELFFile(file).get_section_by_name(".text")
+        code = text.data()[start - text["sh_addr"]:][:16]
+    assert bytes.fromhex(client.ask(b"m%x,10" % start).decode()) == code
+    end = DEFAULT_MEMORY_MIB << 20
+    across_the_end = bytes.fromhex(client.ask(b"m%x,200" % (end - 0x100)).decode())
+    assert len(across_the_end) == 0x100                  # the readable part, as GDB allows
+    assert client.ask(b"m%x,4" % end) == b"E01"
+    assert client.ask(b"m0,4") == b"E01"                  # page 0 is not guest memory
+    big = client.ask(b"m%x,100000" % start)
+    assert 0 < len(big) <= PACKET_SIZE and len(big) % 2 == 0
+    assert client.ask(b"m%x,0" % start) == b""
+
+
+def test_writes_are_refused_and_change_nothing(client, symbols):
+    address = symbols["ed"]
+    before_memory = client.ask(b"m%x,8" % address)
+    before_registers = client.ask(b"g")
+    assert client.ask(b"P0=0100000000000000") == READ_ONLY
+    assert client.ask(b"G" + b"00" * G_PACKET_BYTES) == READ_ONLY
+    assert client.ask(b"M%x,4:01020304" % address) == READ_ONLY
+    assert client.ask(b"X%x,4:abcd" % address) == READ_ONLY
+    assert client.ask(b"g") == before_registers
+    assert client.ask(b"m%x,8" % address) == before_memory
+
+
+def test_vcpus_are_threads_numbered_from_one(client):
+    assert client.ask(b"qfThreadInfo") == b"m1"
+    assert client.ask(b"qsThreadInfo") == b"l"
+    assert client.ask(b"qC") == b"QC1"
+    assert client.ask(b"Hg1") == b"OK" and client.ask(b"Hc-1") == b"OK" and client.ask(b"Hg0") == b"OK"
+    assert client.ask(b"Hg2") == b"E02"
+    assert client.ask(b"T1") == b"OK" and client.ask(b"T2") == b"E02"
+    assert bytes.fromhex(client.ask(b"qThreadExtraInfo,1").decode()) == b"vCPU 0"
+
+
+def test_breakpoints_forward_and_reverse(client, symbols):
+    client.ask(b"qSupported:swbreak+;hwbreak+")
+    line_insert = symbols["line_insert"]
+    assert client.ask(b"Z0,%x,1" % line_insert) == b"OK"
+    first = client.ask(b"vCont;c")
+    assert rip_of(first) == line_insert and "swbreak" in stop_fields(first)
+    second = client.ask(b"c")
+    assert rip_of(second) == line_insert
+    back = client.ask(b"bc")
+    assert rip_of(back) == line_insert and "swbreak" in stop_fields(back)
+    assert stop_fields(client.ask(b"bc"))["replaylog"] == "begin"
+    assert stop_fields(client.ask(b"bc"))["replaylog"] == "begin"
+    assert client.ask(b"z0,%x,1" % line_insert) == b"OK"
+    assert client.ask(b"Z1,%x,1" % line_insert) == b"OK"
+    assert "hwbreak" in stop_fields(client.ask(b"c"))
+    assert client.ask(b"z1,%x,1" % line_insert) == b"OK"
+    assert stop_fields(client.ask(b"c"))["replaylog"] == "end"
+    assert stop_fields(client.ask(b"vCont;s:1;c"))["replaylog"] == "end"
+
+
+def test_steps_forward_and_back_by_one_instruction(client, symbols):
+    start = client.ask(b"?")
+    step = client.ask(b"s")
+    assert step.startswith(b"T05") and rip_of(step) != rip_of(start)
+    assert rip_of(client.ask(b"vCont;s:1")) != rip_of(step)
+    assert client.monitor("when").startswith("event 1 of ") and ", icount 2," in client.monitor("when")
+    assert rip_of(client.ask(b"bs")) == rip_of(step)
+    assert rip_of(client.ask(b"bs")) == rip_of(start)
+    assert stop_fields(client.ask(b"bs"))["replaylog"] == "begin"
+    assert client.ask(b"c 1234") == b"E03" and client.ask(b"s 1234") == b"E03"   # cannot resume elsewhere
+    assert client.ask(b"C05;1234") == b"E03"
+    assert client.ask(b"S05").startswith(b"T05")           # the signal is dropped
+
+
+def test_watchpoints_report_their_kind_and_address(client, symbols):
+    hist_count = symbols["ed"] + 64
+    assert client.ask(b"Z2,%x,4" % hist_count) == b"OK"
+    stop = stop_fields(client.ask(b"c"))
+    assert int(stop["watch"], 16) == hist_count               # submit_line's ed.hist_count++
+    assert client.ask(b"z2,%x,4" % hist_count) == b"OK"
+    assert client.ask(b"Z3,%x,4" % hist_count) == b"OK"
+    assert int(stop_fields(client.ask(b"c"))["rwatch"], 16) == hist_count
+    assert client.ask(b"z3,%x,4" % hist_count) == b"OK"
+    assert client.ask(b"Z4,%x,4" % hist_count) == b"OK"
+    back = stop_fields(client.ask(b"bc"))
+    assert int(back["awatch"], 16) == hist_count
+    assert client.ask(b"z4,%x,4" % hist_count) == b"OK"
+    assert client.ask(b"Z2,0,4") == b"E03"                    # not guest memory
+    assert client.ask(b"Z9,0,4") == b""                        # unknown kind
+
+
+def test_monitor_commands(client):
+    assert "goto-icount N" in client.monitor("help")
+    listing = client.monitor("events")
+    events = [(int(number), int(icount)) for number, icount in re.findall(r"^(?:=>|  )\s*(\d+)\s+(\d+)\s", listing,
+                                                                         re.MULTILINE)]
+    assert listing.splitlines()[1].startswith("=>") and f"\n{len(events)} events;" in listing
+    assert [number for number, _ in events] == list(range(1, len(events) + 1))
+    assert len(client.monitor("events 2 3").splitlines()) == 4
+    assert client.monitor("goto 3").startswith("event 2 of ")
+    when = client.monitor("when")
+    assert f"icount {events[2][1]}," in when
+    assert rip_of(client.ask(b"?")) == int(re.search(r"pc (0x[0-9a-f]+)", when).group(1), 16)
+    assert client.monitor("goto 1").startswith("event 0 of ")
+    assert client.monitor("goto-icount 500").startswith("event ")
+    assert ", icount 500," in client.monitor("when")
+    assert client.monitor("goto-icount 99999999999").startswith("at the end of the recording; ")
+    for bad, message in (("goto", "expected EVENT"), ("goto x", "not a number"), ("goto 0", "does not exist"),
+                         ("goto 1 2", "expected EVENT"), ("events 3 2", "no events in 3..2"),
+                         ("goto-icount -1", "cannot be negative"), ("when 1", "expected"),
+                         ("", "unknown monitor command"), ("jump 3", "unknown monitor command")):
+        output = client.monitor(bad)
+        assert output.startswith("error: ") and message in output and output.count("\n") == 1, (bad, output)
+    assert client.monitor("image").strip().endswith("kbdshell.elf")
+
+
+def test_interrupt_stops_a_continue_and_is_ignored_while_stopped(client):
+    client.send(b"\x03")                                        # stopped: nothing happens
+    assert client.ask(b"?").startswith(b"T05")
+    client.send(encode_packet(b"vCont;c") + b"\x03")            # Ctrl-C right behind the continue
+    reply = client.read_packet()
+    assert reply.startswith(b"T02") and "replaylog" not in stop_fields(reply)
+
+
+def test_bad_checksum_is_nacked_and_the_retransmission_answered(client):
+    client.send(b"$qC#00")
+    assert client._byte() == b"-"
+    assert client.ask(b"qC") == b"QC1"
+
+
+@pytest.mark.parametrize("payload", [b"m zz,4", b"mzz", b"m1000", b"p", b"pzz", b"Z0,zz,1", b"Z0", b"z2,1",
+                                     b"vCont;x", b"vCont;", b"vCont;c:zz", b"Hgzz", b"Tzz", b"qRcmd,zzz",
+                                     b"qXfer:features:read:target.xml:zz", b"C", b"Sxx", b"qThreadExtraInfo,q"])
+def test_malformed_packets_get_an_error_reply(client, payload):
+    assert client.ask(payload) == b"E01"
+    assert client.ask(b"qC") == b"QC1"
+
+
+@pytest.mark.parametrize("payload", [b"qFooBar", b"vMustReplyEmpty", b"vFile:open:6a", b"!", b"R00", b"i",
+                                     b"_", b"QNonStop:1", b"qTStatus", b"bx", b"Hx1", b""])
+def test_unknown_packets_get_an_empty_reply(client, payload):
+    assert client.ask(payload) == b""
+
+
+def test_oversized_and_undecodable_packets_are_refused_and_the_connection_goes_on(client):
+    body = b"m" + b"1" * (PACKET_SIZE + 10)
+    client.send(b"$" + body + b"#" + checksum(body))
+    assert client.read_packet() == b"E01"
+    client.send(b"$m1*#" + checksum(b"m1*"))                    # run-length marker without a count
+    assert client.read_packet() == b"E01"
+    assert client.ask(b"qC") == b"QC1"
+
+
+def test_no_ack_mode(client):
+    client.ask(b"qSupported")
+    assert client.ask(b"QStartNoAckMode") == b"OK"
+    client.ask(b"qC")
+    client.send(encode_packet(b"qC"))
+    assert client.sock.recv(100) == b"$QC1#" + checksum(b"QC1")      # no '+' before it
+
+
+@pytest.mark.xfail(strict=True, reason="stub/rsp.py acknowledges a packet that arrives in the same read as "
+                                       "the peer's ack of QStartNoAckMode's OK")
+def test_no_ack_mode_starts_as_soon_as_the_ok_is_acknowledged(client):
+    client.ask(b"qSupported")
+    client.send(encode_packet(b"QStartNoAckMode"))
+    assert client.read_packet(acknowledge=False) == b"OK"
+    client.send(b"+" + encode_packet(b"qC"))                         # the ack and the next packet together
+    assert client.sock.recv(100) == b"$QC1#" + checksum(b"QC1")
+
+
+def test_a_client_vanishing_mid_command_leaves_the_server_ready_for_the_next(served, symbols):
+    first = Client(served.port)
+    first.monitor("goto 1")
+    assert first.ask(b"Z0,%x,1" % symbols["line_insert"]) == b"OK"
+    assert first.ask(b"Z2,%x,4" % (symbols["ed"] + 64)) == b"OK"
+    first.send(encode_packet(b"vCont;c"))                       # and leaves before the stop reply
+    first.close()
+    half = Client(served.port)
+    half.send(b"$qSupp")                                        # leaves in the middle of a packet
+    half.close()
+    second = Client(served.port)
+    assert second.ask(b"qC") == b"QC1"
+    second.monitor("goto 1")
+    assert stop_fields(second.ask(b"c"))["replaylog"] == "end"  # the first client's points are gone
+    second.close()
+    assert served.thread.is_alive()
+
+
+@pytest.mark.parametrize("ending, reply", [(b"D", b"OK"), (b"vKill;1", b"OK"), (b"k", None)])
+def test_kill_or_detach_ends_the_session(recording, ending, reply):
+    served = Served(recording)
+    client = Client(served.port)
+    client.send(encode_packet(ending))
+    if reply is not None:
+        assert client.read_packet() == reply
+    assert served.ended()
+    client.close()
+
+
+_FUZZ_PREFIXES = [b"m", b"p", b"g", b"Z0,", b"z0,", b"Z2,", b"H", b"T", b"q", b"qXfer:features:read:", b"qRcmd,",
+                  b"v", b"vCont;", b"b", b"?", b"s", b"c", b"C", b"S", b"P", b"G", b"M", b"X", b"Q"]
+_SESSION_ENDING = (b"k", b"D", b"vKill", b"QStartNoAckMode")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from(_FUZZ_PREFIXES + [b""]), tail=st.binary(max_size=40))
+def test_any_packet_gets_one_reply_and_no_internal_error(served, caplog, prefix, tail):
+    payload = prefix + tail
+    if payload.startswith(_SESSION_ENDING):
+        return
+    client = Client(served.port)
+    try:
+        with caplog.at_level(logging.ERROR, logger="stub.server"):
+            if payload.startswith(b"qRcmd,"):
+                client.monitor_packets(payload)
+            else:
+                client.ask(payload)
+            assert client.ask(b"qC") == b"QC1"
+        assert not caplog.records, caplog.records[0].getMessage()
+    finally:
+        client.close()
