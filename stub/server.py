@@ -45,6 +45,7 @@ NO_SUCH_THREAD = b"E02"
 NOT_POSSIBLE = b"E03"
 MAX_MEMORY_READ = (PACKET_SIZE - 4) // 2
 MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
+WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchpoints
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
 SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;ReverseStep+;ReverseContinue+;"
              b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE)
@@ -113,6 +114,10 @@ class GdbServer:
         self._last_stop = b"T%02xthread:1;" % SIGTRAP
         self._conn: RspConnection | None = None
         self._client = _ClientState()
+        self._handlers = {b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
+                          b"m": self._read_memory, b"H": self._set_thread, b"T": self._thread_alive,
+                          b"Z": self._insert_point, b"z": self._remove_point, b"c": self._continue,
+                          b"C": self._continue_with_signal, b"s": self._step, b"S": self._step_with_signal}
 
     # ---------------------------------------------------------------- connections
     def serve(self, listener: socket.socket) -> None:
@@ -179,10 +184,6 @@ class GdbServer:
         if not payload:
             return b""
         command, args = payload[:1], payload[1:]
-        simple = {b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
-                  b"m": self._read_memory, b"H": self._set_thread, b"T": self._thread_alive,
-                  b"Z": self._insert_point, b"z": self._remove_point, b"c": self._continue,
-                  b"C": self._continue_with_signal, b"s": self._step, b"S": self._step_with_signal}
         if command in (b"G", b"P", b"M", b"X"):
             return READ_ONLY_REPLY
         if payload in (b"bc", b"bs"):
@@ -191,8 +192,8 @@ class GdbServer:
             raise _SessionOver(None)            # `k` has no reply
         if command == b"D":
             raise _SessionOver(b"OK")
-        if command in simple:
-            return simple[command](args)
+        if command in self._handlers:
+            return self._handlers[command](args)
         if command == b"q" or command == b"Q":
             return self._query(payload)
         if command == b"v":
@@ -261,7 +262,7 @@ class GdbServer:
             return NO_SUCH_THREAD
         if operation == b"g":
             self._client.register_thread = thread
-        return b"OK"
+        return b"OK"                             # Hc: all-stop, the replay resumes as a whole
 
     def _thread_alive(self, args: bytes) -> bytes:
         return b"OK" if self._thread_number(args) in self._thread_ids() else NO_SUCH_THREAD
@@ -309,8 +310,8 @@ class GdbServer:
                 self.timeline.add_breakpoint(address)
             kinds.add("sw" if kind == 0 else "hw")
             return b"OK"
-        if kind in (2, 3, 4):
-            access = {2: "w", 3: "r", 4: "a"}[kind]
+        if kind in WATCH_ACCESS:
+            access = WATCH_ACCESS[kind]
             try:
                 self.timeline.add_watchpoint(address, length, access)
             except (GuestMemoryError, ValueError) as error:
@@ -329,8 +330,8 @@ class GdbServer:
                 del self._client.breakpoints[address]
                 self.timeline.remove_breakpoint(address)
             return b"OK"
-        if kind in (2, 3, 4):
-            watch = (address, length, {2: "w", 3: "r", 4: "a"}[kind])
+        if kind in WATCH_ACCESS:
+            watch = (address, length, WATCH_ACCESS[kind])
             if watch in self._client.watchpoints:
                 self._client.watchpoints.remove(watch)
                 self.timeline.remove_watchpoint(*watch)

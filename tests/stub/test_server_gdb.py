@@ -7,7 +7,6 @@ on it and reverse-continue from the end find the write in `line_insert`, called 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
@@ -192,8 +191,7 @@ def test_connects_at_the_first_instruction_with_symbols_and_registers(gdb):
     assert re.search(r"^eflags\s+0x[0-9a-f]+\s+\[.*IF.*\]", registers, re.MULTILINE)
     assert gdb.value("$pc") == gdb.value("&_start")
     assert "mxcsr" in gdb.run("info registers mxcsr").text
-    threads = gdb.run("info threads").text
-    assert "Thread 1" in threads or "process" in threads
+    assert re.search(r"^\* 1\s+Thread 1 \(vCPU 0\) _start ", gdb.run("info threads").text, re.MULTILINE)
 
 
 def test_break_continue_backtrace_and_globals(gdb):
@@ -293,6 +291,19 @@ def test_watch_and_reverse_continue_from_the_end_find_the_corrupting_keystroke(g
     event, _ = gdb.when()
     listed = gdb.run(f"monitor events {event} {event}").text
     assert re.search(rf"^\s+{event}\s+\d+\s+console-input\s+keys 'D'$", listed, re.MULTILINE), listed
+
+
+def test_read_and_access_watchpoints_forwards_and_backwards(gdb):
+    gdb.run("rwatch ed.hist_count")
+    stop = gdb.run("continue").stopped                    # the long line is copied out with its 68 bytes
+    assert stop["reason"] == "read-watchpoint-trigger" and stop["value"]["value"] == str(CORRUPTED)
+    assert gdb.backtrace()[:2] == ["memcpy", "submit_line"] and gdb.value("n") == 3
+    gdb.run("delete")
+    gdb.run("awatch ed.hist_count")
+    assert gdb.run("continue").stopped["reason"] == "access-watchpoint-trigger" and gdb.value("n") == 2
+    back = gdb.run("reverse-continue").stopped            # back to just before that same read
+    assert back["reason"] == "access-watchpoint-trigger" and gdb.value("n") == 2
+    assert gdb.run("reverse-continue").stopped["reason"] == "access-watchpoint-trigger" and gdb.value("n") == 3
 
 
 def test_ends_of_history_are_reported(gdb):
