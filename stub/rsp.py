@@ -378,6 +378,7 @@ class RspConnection:
         self._decoder = PacketDecoder(max_packet_size)
         self._events: collections.deque[Packet | Interrupt | RejectedPacket] = collections.deque()
         self._no_ack = False
+        self._entering_no_ack = False     # QStartNoAckMode's OK is out: no-ack mode starts at its `+`
         self._awaiting_ack = False
         # While a send waits: b"+" / b"-" as they arrive, b"$" when a packet came instead.
         self._ack_queue: collections.deque[bytes] = collections.deque()
@@ -446,7 +447,11 @@ class RspConnection:
     def start_no_ack_mode(self, reply: bytes = b"OK") -> None:
         """Answer the peer's QStartNoAckMode with `reply`; once the peer has acknowledged that
         reply, stop sending and expecting acknowledgments (GDB's final `+` is then ignored)."""
-        self.send_packet(reply)
+        self._entering_no_ack = True
+        try:
+            self.send_packet(reply)
+        finally:
+            self._entering_no_ack = False
         self._no_ack = True
 
     def _refuse(self) -> None:
@@ -501,6 +506,8 @@ class RspConnection:
                 ack = b"+" if isinstance(item, Ack) else b"-"
                 if self._awaiting_ack:
                     self._ack_queue.append(ack)
+                    if ack == b"+" and self._entering_no_ack:
+                        self._no_ack = True      # packets later in this same read get no `+`
                 else:
                     self._discard_stray_ack(ack)
             elif isinstance(item, CorruptPacket):

@@ -104,6 +104,13 @@ class _ClientState:
     watchpoints: list[tuple[int, int, str]] = field(default_factory=list)
     swbreak: bool = False            # the client understands `swbreak:` / `hwbreak:` stop reasons
     register_thread: int = 1         # Hg: whose registers g/p read
+    interrupt_pending: bool = False  # Ctrl-C arrived while stopped: the next resume stops at once
+
+
+def _is_resume(payload: bytes) -> bool:
+    """Packets that set the target running: c, C, s, S, bc, bs, and vCont with an action."""
+    return payload[:1] in (b"c", b"C", b"s", b"S") or payload in (b"bc", b"bs") or \
+        (payload.startswith(b"vCont;"))
 
 
 class GdbServer:
@@ -136,7 +143,10 @@ class GdbServer:
             while True:
                 event = self._conn.receive()
                 if isinstance(event, Interrupt):
-                    continue                      # the target is stopped already
+                    # GDB sends Ctrl-C between a stop and its next resume when it is stepping or
+                    # evaluating a breakpoint condition: keep it for that resume.
+                    self._client.interrupt_pending = True
+                    continue
                 try:
                     reply = self._reply(event.payload)
                 except _SessionOver as over:
@@ -169,6 +179,9 @@ class GdbServer:
     # ---------------------------------------------------------------- dispatch
     def _reply(self, payload: bytes) -> bytes | None:
         """The reply to one packet (None: the packet has none)."""
+        if self._client.interrupt_pending and _is_resume(payload):
+            self._client.interrupt_pending = False
+            return self._stop_reply(Stop("interrupt", self.timeline.position, self.timeline.vcpu.pc))
         try:
             return self._dispatch(payload)
         except BadArgument as error:
