@@ -25,7 +25,7 @@ from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.usercli import USER_COMMANDS, CheckScriptError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
-from xen.inject import ReplayDivergence
+from xen.inject import ReplayDivergence, UnknownInputKind
 from xen.logrecord import FIRST_INPUT_KIND, kind_name
 from xen.replay import Mark
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            DebugCommandError, CheckScriptError) as error:
+            UnknownInputKind, DebugCommandError, CheckScriptError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

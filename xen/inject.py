@@ -55,6 +55,10 @@ class ReplayDivergence(Exception):
     """The replayed vCPU is not where the log says an input arrived."""
 
 
+class UnknownInputKind(Exception):
+    """A logged input of a kind this hypervisor has no handler for (a log from a newer xenrr)."""
+
+
 class Funnel:
     """Stamps, hands to the sink, and applies every input of one domain."""
 
@@ -104,7 +108,8 @@ class Funnel:
     def _apply(self, injection: Injection) -> None:
         handler = self._handlers.get(injection.kind)
         if handler is None:
-            raise ReplayDivergence(f"unknown input kind {injection.kind} at icount {injection.icount}")
+            raise UnknownInputKind(f"the log has an input of kind {injection.kind} (at icount {injection.icount}) "
+                                   "that this xenrr does not know: it was written by a newer version")
         handler(injection.payload)
         self._domain.return_to_guest()
 
