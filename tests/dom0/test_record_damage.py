@@ -25,8 +25,8 @@ import pytest
 from dom0.logfile import LogFormatError, LogReader, LogWriter
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, Encoder
 
-# About two seconds of idling between keys: the log daemon flushes a block every half second.
-SLOW_KEYS = r"echo one\r\p600echo two\r\p600echo three\r\p600halt\r"
+# Over a second of idling between keys: the log daemon flushes a block every half second, so several blocks.
+SLOW_KEYS = r"echo one\r\p400echo two\r\p400echo three\r\p400halt\r"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,7 +53,7 @@ def assert_prefix_replays(xenrr, log: Path, recorded_console: str, must_show: st
 
 @pytest.fixture(scope="module")
 def slow_recording(recorder, kbdshell_elf):
-    """A real-clock recording of about two seconds: several blocks."""
+    """A real-clock recording of over a second: several blocks."""
     recording = recorder(kbdshell_elf, "--keys", SLOW_KEYS)
     with LogReader(recording.path) as reader:
         assert len(reader.blocks) >= 3, "the recording should span several blocks"
