@@ -159,3 +159,14 @@ def test_dump_lists_the_header_and_every_record(xenrr, virtual_recording, kbdshe
     table = next(index for index, line in enumerate(lines) if line.split()[:2] == ["seq", "event"]) + 1
     assert [line.split()[:5] for line in lines[table:-1]] == [[str(entry["seq"]), str(entry["event"] or "-"), str(entry["icount"]), hex(entry["rip"]),
                      entry["kind"]] for entry in records]
+
+
+@pytest.mark.xfail(strict=True, reason="`xenrr record G -o G` truncates the guest image G and writes the log over it "
+                                       "(the log daemon opens -o with O_TRUNC), so the recording cannot be replayed")
+def test_recording_over_the_guest_image_is_refused_and_leaves_it_intact(xenrr, kbdshell_elf, tmp_path):
+    guest = tmp_path / "guest.elf"
+    guest.write_bytes(kbdshell_elf.read_bytes())
+    refused = xenrr("record", guest, "-o", guest, "--keys", r"halt\r")
+    assert guest.read_bytes() == kbdshell_elf.read_bytes()
+    assert (refused.status, refused.stdout) == (2, "")
+    assert refused.stderr.startswith("xenrr: error: ") and refused.stderr.count("\n") == 1
