@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.logfile import LogFormatError, LogReader
-from dom0.record import RecordingFailed, record
+from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.usercli import USER_COMMANDS, CheckScriptError, add_user_commands
 from xen.builder import BuildError, build_domain
@@ -60,7 +60,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--keys", metavar="TEXT",
                       help="type TEXT into the guest console instead of reading the terminal; C escapes "
-                           r"\r \n \t \\ \xNN, and \pN pauses N ms before the next key")
+                           r"\r \n \t \\ \xNN, and \pN pauses N ms before the next key (end N with ; "
+                           r"if a digit follows: \p20;0)")
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
                       help="like --keys, with the script read from FILE (escapes as in --keys)")
     parser.add_argument("--memory", metavar="MiB", type=int, default=DEFAULT_MEMORY_MIB,
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnknownInputKind, DebugCommandError, CheckScriptError) as error:
+            UnknownInputKind, RecordingRefused, DebugCommandError, CheckScriptError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -6,7 +6,8 @@ backend is handed to the hypervisor exactly once, in order (nothing is dropped w
 full: the rest simply stays due).
 
 Key script syntax: text with C escapes \\r \\n \\t \\\\ \\xNN, and \\pN = pause N milliseconds before
-the next key (on the guest's clock with --clock virtual, on the host's with --clock real).
+the next key (on the guest's clock with --clock virtual, on the host's with --clock real); a `;` may end
+the number, so that a digit can follow (`\\p20;0`).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def parse_key_script(text: str) -> list[tuple[int, int]]:
             if end == index + 2:
                 raise KeyScriptError(f"\\p needs a number of milliseconds (offset {index})")
             pause += int(text[index + 2:end]) * NS_PER_MS
-            index = end
+            index = end + 1 if text[end:end + 1] == ";" else end     # `\p20;0`: pause 20 ms, then the key 0
         else:
             raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\xNN \\pN")
     return keys

@@ -18,13 +18,20 @@ from xen.digest import take_digest
 from xen.domain import Domain
 from xen.inject import Injection
 from xen.logrecord import Encoder
-from xen.sched import ConsoleInput, Outcome, Scheduler
+from xen.sched import SLICE_INSTRUCTIONS, ConsoleInput, Outcome, Scheduler
 
 RING_BYTES = 1 << 20
+# The ring takes chunks of at most half its size; the largest record is a console input that fills the
+# guest's 1 KiB input ring, plus its framing.
+MIN_RING_BYTES = 4096
 
 
 class RecordingFailed(Exception):
     """The log could not be written; the file is valid up to the last complete block."""
+
+
+class RecordingRefused(Exception):
+    """Recording cannot start with these arguments (nothing was written): one line."""
 
 
 class RingSink:
@@ -41,6 +48,7 @@ class RingSink:
         self._encoder.encode(self._buffer, injection.kind, injection.vcpu, injection.icount, injection.rip,
                              injection.payload)
         try:
+            self._ring.check_consumer()        # a dead daemon stops the recording now, not when the ring fills
             self._ring.put(self._buffer)
         except LogDaemonError as error:
             raise RecordingFailed(str(error)) from None
@@ -66,9 +74,14 @@ class RecordResult:
 
 
 def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
-           max_instructions: int | None, linger_ns: int) -> RecordResult:
+           max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
+           slice_instructions: int = SLICE_INSTRUCTIONS) -> RecordResult:
     """Run `domain` live under the scheduler, logging every input into `path`."""
-    ring = RingProducer(RING_BYTES)
+    if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
+        raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
+    if path.exists() and path.samefile(guest):
+        raise RecordingRefused(f"the log {path} would overwrite the guest image")
+    ring = RingProducer(ring_bytes)
     try:
         daemon = start_log_daemon(ring, path, make_header(domain, guest, clock))
     except LogDaemonError as error:
@@ -79,7 +92,7 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
     failure: str | None = None
     try:
         outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
-                            linger_ns=linger_ns).run()
+                            linger_ns=linger_ns, slice_instructions=slice_instructions).run()
         domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
     except RecordingFailed as error:
         failure = str(error)
@@ -89,7 +102,7 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
         try:
             daemon.wait()
         except LogDaemonError as error:
-            failure = failure or str(error)
+            failure = str(error)           # the daemon's own account (how it died, what it could not write)
         ring.detach()
     if failure is not None:
         raise RecordingFailed(f"{failure}; {sink.records} records were logged, {_records_in_file(path)}")

@@ -2,17 +2,19 @@
 
 Owns the digest payload: the general registers, rip and rflags in the clear (so a divergence can
 say which register differs and how), a hash of the complete 87-register state, and optionally a
-hash of all guest memory (reading all of memory costs tens of ms, so record takes a full digest
-rarely and a register digest often). Invariant: a digest is a pure function of vCPU state; two
-equal states give byte-identical digests.
+hash of all guest memory: a hash of per-page hashes, where only the pages written since the previous
+memory digest are rehashed (the vCPU's dirty-page tracking), so a memory digest costs in proportion to
+what the guest wrote. Invariant: a digest is a pure function of vCPU state; two equal states give
+byte-identical digests.
 """
 from __future__ import annotations
 
 import hashlib
 import struct
+import weakref
 from dataclasses import dataclass
 
-from xen.vcpu import GPR_NAMES, VCpu
+from xen.vcpu import GPR_NAMES, PAGE_SIZE, VCpu
 
 _REGISTERS = GPR_NAMES + ("rip", "rflags")
 _CLEAR = struct.Struct(f"<B{len(_REGISTERS)}Q8s")
@@ -51,11 +53,39 @@ class Digest:
         return found
 
 
+class _MemoryHasher:
+    """The memory hash of one vCPU, kept up to date incrementally: a hash per page, rehashed only for
+    pages written since the last digest (the vCPU's dirty tracking), combined into one hash."""
+
+    def __init__(self, vcpu: VCpu):
+        self._generation = vcpu.track_dirty_pages()
+        image = vcpu.memory_image()
+        self._pages = [self._page_hash(image[offset:offset + PAGE_SIZE]) for offset in range(0, len(image), PAGE_SIZE)]
+
+    @staticmethod
+    def _page_hash(page: bytes) -> bytes:
+        return hashlib.blake2b(page, digest_size=_MEMORY_HASH_BYTES).digest()
+
+    def hash(self, vcpu: VCpu) -> bytes:
+        written = vcpu.pages_written_since(self._generation)
+        self._generation = vcpu.new_generation()
+        for number in written:
+            self._pages[number] = self._page_hash(vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE))
+        return hashlib.blake2b(b"".join(self._pages), digest_size=_MEMORY_HASH_BYTES).digest()
+
+
+# One hasher per vCPU, dropped with it (a hasher holds no reference to its vCPU).
+_hashers: "weakref.WeakKeyDictionary[VCpu, _MemoryHasher]" = weakref.WeakKeyDictionary()
+
+
 def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
     cpu = vcpu.save_cpu()
     state_hash = hashlib.blake2b(repr((cpu.registers, cpu.pc, cpu.icount)).encode(), digest_size=8).digest()
-    memory_hash = (hashlib.blake2b(vcpu.memory_image(), digest_size=_MEMORY_HASH_BYTES).digest()
-                   if with_memory else None)
+    memory_hash = None
+    if with_memory:
+        if vcpu not in _hashers:
+            _hashers[vcpu] = _MemoryHasher(vcpu)
+        memory_hash = _hashers[vcpu].hash(vcpu)
     return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash)
 
 

@@ -38,9 +38,9 @@ MIN_NS_PER_INSTRUCTION = 1 / 64
 MAX_NS_PER_INSTRUCTION = 64.0
 CATCH_UP_NS = 20_000_000
 # Record mode: a register digest every DIGEST_INTERVAL instructions; every FULL_DIGEST_EVERY-th one also
-# hashes all guest memory (tens of ms for 16 MiB, so rarely; the END record always has a full digest).
+# hashes guest memory (incrementally: only pages written since the last one); the END record always does.
 DIGEST_INTERVAL = 1 << 24
-FULL_DIGEST_EVERY = 256
+FULL_DIGEST_EVERY = 16
 # After Ctrl-], the guest may run this much longer to take in the keys typed before it.
 DETACH_GRACE_INSTRUCTIONS = 50_000_000
 

@@ -311,7 +311,8 @@ class VCpu:
         self._watched_pages: dict[int, str] = {}     # page -> "w" (writes trap) or "r" (all accesses trap)
         self._tracking_dirty = False
         self._clean_pages: set[int] = set()
-        self._dirty_pages: set[int] = set()
+        self._generation = 0                          # dirty tracking: writes are noted per generation
+        self._last_written: dict[int, int] = {}       # page -> generation of its latest noted write
         self._pending_random: tuple[_Decoded, int] | None = None
         self._reset_registers()
 
@@ -380,32 +381,37 @@ class VCpu:
         self._vm.mem_protect(page, PAGE_SIZE, self._protection(page, lifted))
 
     # ---------------------------------------------------------------- dirty page tracking
-    def track_dirty_pages(self) -> None:
-        """From now on, note every page written (by the guest or the hypervisor): take_dirty_pages()."""
-        if self._tracking_dirty:
-            return
-        self._tracking_dirty = True
-        self._dirty_pages = set()
-        self._clean_pages = {page for start, size in self._mapped_pages
-                             for page in range(start, start + size, PAGE_SIZE)} - self._read_only_pages
-        for start, size in self._mapped_pages:
-            for page in range(start, start + size, PAGE_SIZE):
-                if page in self._clean_pages and page not in self._watched_pages:
-                    self._vm.mem_protect(page, PAGE_SIZE, _PROTECTION_WRITE_TRAP)
+    def track_dirty_pages(self) -> int:
+        """From now on, note every page written (by the guest or the hypervisor). Returns the current
+        generation; `pages_written_since(generation)` then tells what was written. Several users
+        (the timeline, the state digests) can each keep their own generation."""
+        if not self._tracking_dirty:
+            self._tracking_dirty = True
+            self._clean_pages = {page for start, size in self._mapped_pages
+                                 for page in range(start, start + size, PAGE_SIZE)} - self._read_only_pages
+            for page in self._clean_pages:
+                self._protect(page)
+        return self.new_generation()
 
-    def take_dirty_pages(self) -> set[int]:
-        """Page numbers (relative to memory_base) written since the last call; they count as clean again."""
-        dirty = self._dirty_pages
-        self._dirty_pages = set()
-        for page in dirty:
-            self._clean_pages.add(page)
-            self._protect(page)
-        return {(page - self.memory_base) // PAGE_SIZE for page in dirty}
+    def new_generation(self) -> int:
+        """Start a new generation: pages written before it are write-trapped again, so the next write to
+        each is noted in the new one. Returns the new generation's number."""
+        for page, generation in self._last_written.items():
+            if generation == self._generation and page not in self._clean_pages:
+                self._clean_pages.add(page)
+                self._protect(page)
+        self._generation += 1
+        return self._generation
+
+    def pages_written_since(self, generation: int) -> set[int]:
+        """Page numbers (relative to memory_base) written in `generation` or later."""
+        return {(page - self.memory_base) // PAGE_SIZE
+                for page, written in self._last_written.items() if written >= generation}
 
     def _mark_dirty(self, page: int) -> None:
         if page in self._clean_pages:
             self._clean_pages.discard(page)
-            self._dirty_pages.add(page)
+            self._last_written[page] = self._generation
             self._protect(page)
 
     def read_u64(self, address: int) -> int:

@@ -11,7 +11,6 @@ the CLI tests (test_record_replay.py) cover the JIT.
 """
 from __future__ import annotations
 
-import functools
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dom0.record
 from dom0.consoleinput import KeyScript, parse_key_script
 from dom0.logfile import LogReader
 from dom0.record import record
@@ -29,7 +27,6 @@ from xen.builder import build_domain
 from xen.digest import parse_end_payload, take_digest
 from xen.domain import Domain
 from xen.logrecord import KIND_END
-from xen.sched import Scheduler
 
 MEMORY_BYTES = 2 * 1024 * 1024
 SAFETY_LIMIT = 50_000_000           # random text cannot make the run endless
@@ -77,11 +74,8 @@ def test_replay_reproduces_console_and_final_digest(tmp_path_factory, kbdshell_e
     if busy_host:
         cpu_hog.send_signal(signal.SIGCONT)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            # record() has no slice parameter (yet): give it a Scheduler with this example's slice size.
-            patch.setattr(dom0.record, "Scheduler", functools.partial(Scheduler, slice_instructions=slice_instructions))
-            result = record(domain, kbdshell_elf, KeyScript(parse_key_script(script)), path, clock="real",
-                            max_instructions=SAFETY_LIMIT, linger_ns=10**9)
+        result = record(domain, kbdshell_elf, KeyScript(parse_key_script(script)), path, clock="real",
+                        max_instructions=SAFETY_LIMIT, linger_ns=10**9, slice_instructions=slice_instructions)
     finally:
         cpu_hog.send_signal(signal.SIGSTOP)
     assert result.outcome.reason in ("shutdown", "instruction-limit"), result.outcome

@@ -49,7 +49,7 @@ def run_session(pattern: str, seed: int = 1) -> dict:
     inputs = _schedule()
     hot_breakpoints: list[int] = []
     if pattern == "dirty-tracking":
-        vcpu.track_dirty_pages()
+        generation = vcpu.track_dirty_pages()
         image = vcpu.memory_image()
     while domain.alive and (inputs or vcpu.icount < 3_000_000):
         next_input = inputs[0][0] if inputs else 3_000_000
@@ -64,7 +64,8 @@ def run_session(pattern: str, seed: int = 1) -> dict:
             exit = vcpu.run(next_input)
         elif pattern == "dirty-tracking":
             exit = vcpu.run(min(next_input, vcpu.icount + rng.randint(1, 20_000)))
-            dirty, new_image = vcpu.take_dirty_pages(), vcpu.memory_image()
+            dirty, new_image = vcpu.pages_written_since(generation), vcpu.memory_image()
+            generation = vcpu.new_generation()
             assert set(vcpu.changed_pages(image)) <= dirty, "a written page was not noted as dirty"
             image = new_image
         elif pattern == "small":
