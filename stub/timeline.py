@@ -71,7 +71,7 @@ class Timeline:
         # notes which pages are written after that, so neither needs a full read of memory.
         image = self.vcpu.memory_image()
         self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
-        self.vcpu.track_dirty_pages()
+        self._generation = self.vcpu.track_dirty_pages()
         self._take_checkpoint()
 
     # ---------------------------------------------------------------- state access
@@ -139,18 +139,20 @@ class Timeline:
     def _sync_memory(self) -> None:
         """Bring the page list up to date with the pages written since the last synchronisation."""
         vcpu = self.vcpu
-        for number in vcpu.take_dirty_pages():
+        written = vcpu.pages_written_since(self._generation)
+        self._generation = vcpu.new_generation()
+        for number in written:
             page = vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE)
             if page != self._memory[number]:
                 self._memory[number] = page
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         vcpu = self.vcpu
-        dirty = vcpu.take_dirty_pages()
+        written = vcpu.pages_written_since(self._generation)
         for number, page in enumerate(checkpoint.pages):
-            if page is not self._memory[number] or number in dirty:
+            if page is not self._memory[number] or number in written:
                 vcpu.write(vcpu.memory_base + number * PAGE_SIZE, page)
-        vcpu.take_dirty_pages()           # the writes above only brought memory to the checkpoint
+        self._generation = vcpu.new_generation()   # the writes above only brought memory to the checkpoint
         self._memory = list(checkpoint.pages)
         vcpu.load_cpu(checkpoint.cpu)
         self.session.domain.load_state(checkpoint.domain)
