@@ -57,10 +57,14 @@ class _MemoryHasher:
     """The memory hash of one vCPU, kept up to date incrementally: a hash per page, rehashed only for
     pages written since the last digest (the vCPU's dirty tracking), combined into one hash."""
 
-    def __init__(self, vcpu: VCpu):
+    def __init__(self, vcpu: VCpu, all_zero: bool):
         self._generation = vcpu.track_dirty_pages()
-        image = vcpu.memory_image()
-        self._pages = [self._page_hash(image[offset:offset + PAGE_SIZE]) for offset in range(0, len(image), PAGE_SIZE)]
+        if all_zero:
+            self._pages = [_ZERO_PAGE_HASH] * (vcpu.memory_size // PAGE_SIZE)
+        else:
+            image = vcpu.memory_image()
+            self._pages = [self._page_hash(image[offset:offset + PAGE_SIZE])
+                           for offset in range(0, len(image), PAGE_SIZE)]
 
     @staticmethod
     def _page_hash(page: bytes) -> bytes:
@@ -74,8 +78,15 @@ class _MemoryHasher:
         return hashlib.blake2b(b"".join(self._pages), digest_size=_MEMORY_HASH_BYTES).digest()
 
 
+_ZERO_PAGE_HASH = hashlib.blake2b(bytes(PAGE_SIZE), digest_size=_MEMORY_HASH_BYTES).digest()
 # One hasher per vCPU, dropped with it (a hasher holds no reference to its vCPU).
 _hashers: "weakref.WeakKeyDictionary[VCpu, _MemoryHasher]" = weakref.WeakKeyDictionary()
+
+
+def start_memory_digests(fresh_vcpu: VCpu) -> None:
+    """Set up memory digests for a vCPU whose memory is still all zeros (nothing written yet): from
+    then on every write is noted, and no memory digest ever needs to read all of memory."""
+    _hashers[fresh_vcpu] = _MemoryHasher(fresh_vcpu, all_zero=True)
 
 
 def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
@@ -84,7 +95,7 @@ def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
     memory_hash = None
     if with_memory:
         if vcpu not in _hashers:
-            _hashers[vcpu] = _MemoryHasher(vcpu)
+            _hashers[vcpu] = _MemoryHasher(vcpu, all_zero=False)
         memory_hash = _hashers[vcpu].hash(vcpu)
     return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from xen import abi, hypercalls
 from xen.builder import DomainImage
 from xen.console import ConsoleRing
+from xen.digest import start_memory_digests
 from xen.evtchn import Binding, EventChannels
 from xen.inject import Funnel
 from xen.timekeeping import GuestTime
@@ -74,6 +75,7 @@ class Domain:
         layout = image.layout
         self.vcpu = VCpu(image.memory_bytes, memory_base=layout.virt_base,
                          unmapped_pages=image.unmapped_pages, jit=jit)
+        start_memory_digests(self.vcpu)
         for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
             self.vcpu.write(address, data)
         self.vcpu.set_read_only(image.read_only_pages())
