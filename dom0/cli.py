@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from dom0.cliargs import add_image_option, add_session_argument
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.logfile import LogFormatError, LogReader
@@ -111,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "digest. Exit status: 0 replayed and verified to the end, 1 replay diverged (the message names "
                     "the instruction count and what differed), 2 unusable log or wrong guest image, 3 the log is "
                     "damaged or incomplete (its valid part replayed and verified).")
-    replay.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
-    replay.add_argument("--image", metavar="GUEST", type=Path,
-                        help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
+    add_session_argument(replay)
+    add_image_option(replay)
     replay.add_argument("--quiet", action="store_true", help="do not print the guest's console output")
     replay.add_argument("--until-event", metavar="N", type=int,
                         help="stop just before input event N is injected (events are numbered from 1; "
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dump", help="print a recording's header and records",
         description="Print SESSION's header and every record (sequence number, instruction count, rip, kind, "
                     "payload; input events with their event number), and any damage found.")
-    dump.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+    add_session_argument(dump)
     dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
     add_debug_commands(commands)
     add_user_commands(commands)
@@ -272,12 +272,12 @@ def command_dump(args: argparse.Namespace) -> int:
         header = reader.header
         records = []
         event = 0
-        for record in reader.records():
-            if record.kind >= FIRST_INPUT_KIND:
+        for logged in reader.records():
+            if logged.kind >= FIRST_INPUT_KIND:
                 event += 1
-            records.append({"seq": record.seq, "event": event if record.kind >= FIRST_INPUT_KIND else None,
-                            "icount": record.icount, "rip": record.rip, "vcpu": record.vcpu,
-                            "kind": kind_name(record.kind), "payload": bytes(record.payload).hex()})
+            records.append({"seq": logged.seq, "event": event if logged.kind >= FIRST_INPUT_KIND else None,
+                            "icount": logged.icount, "rip": logged.rip, "vcpu": logged.vcpu,
+                            "kind": kind_name(logged.kind), "payload": bytes(logged.payload).hex()})
         damage = str(reader.damage) if reader.damage else None
     if args.json:
         print(json.dumps({"image_sha256": header.image_sha256.hex(), "config": header.config,

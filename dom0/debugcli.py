@@ -18,6 +18,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from dom0.cliargs import add_image_option, add_session_argument
 from dom0.replay import ReplaySession
 from stub.server import GdbServer, ServerError, listen
 from stub.timeline import Timeline
@@ -38,11 +39,10 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
                     "disconnects can be followed by another). Prints `listening on 127.0.0.1:PORT` once ready. "
                     "Connect with `target remote :PORT` in GDB, the guest ELF loaded; `monitor help` lists the "
                     "replay's own commands (events, goto, when).")
-    serve.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+    add_session_argument(serve)
     serve.add_argument("--port", metavar="N", type=int, default=0,
                        help="TCP port to listen on (default: any free port, printed)")
-    serve.add_argument("--image", metavar="GUEST", type=Path,
-                       help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
+    add_image_option(serve)
 
     debug = subparsers.add_parser(
         "debug", help="debug a recording in GDB, forwards and backwards",
@@ -50,9 +50,8 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
                     "SESSION stopped at its first instruction. Besides GDB's own commands (including "
                     "reverse-continue, reverse-step, ...) there are rr-goto, rr-events, rr-when "
                     "(`help rr-goto`, ...).")
-    debug.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
-    debug.add_argument("--image", metavar="GUEST", type=Path,
-                       help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
+    add_session_argument(debug)
+    add_image_option(debug)
 
 
 def _open_session(path: Path, image: Path | None) -> ReplaySession:

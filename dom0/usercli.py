@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from dom0.cliargs import add_image_option, add_session_argument
+
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -44,9 +46,8 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
                     "continue/rc (reverse-continue), step/rs, next/rn, finish, stepi/rsi, print, x, bt, regs, "
                     "list, `gdb CMD` for any GDB command; `help` inside explains each. Tab completes commands "
                     "and guest symbols; F5 continue, Shift-F5/F6 reverse-continue, F10 next, F11 step.")
-    shell.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
-    shell.add_argument("--image", metavar="GUEST", type=Path,
-                       help="the guest kernel, when it is no longer where it was recorded")
+    add_session_argument(shell)
+    add_image_option(shell)
 
     check = commands.add_parser(
         "check", help="run a regression-debugging script against a recording",
@@ -55,10 +56,9 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
                     "Prints `PASS ...` and exits 0 when all hold; prints each failed assertion (file:line and "
                     "its text) and exits 1 otherwise; exits 2 on usage errors. The same script runs under "
                     "pytest with a fixture `d` (see examples/).")
-    check.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+    add_session_argument(check)
     check.add_argument("script", metavar="SCRIPT", type=Path, help="a Python file of test_*(d) functions")
-    check.add_argument("--image", metavar="GUEST", type=Path,
-                       help="the guest kernel, when it is no longer where it was recorded")
+    add_image_option(check)
 
 
 def command_shell(args: argparse.Namespace) -> int:

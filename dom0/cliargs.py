@@ -1,0 +1,17 @@
+"""Arguments that several xenrr subcommands share (the recording to open, the guest image it needs).
+
+Owns their names and help texts, so every subcommand spells and explains them the same way.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_session_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
+
+
+def add_image_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", metavar="GUEST", type=Path,
+                        help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
