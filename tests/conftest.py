@@ -88,3 +88,13 @@ def virtual_recording(recorder, kbdshell_elf) -> Recording:
     """kbdshell recorded with `--clock virtual` typing `echo abc`, `halt`: one key per input event, and the
     same instruction counts on every run."""
     return recorder(kbdshell_elf, "--clock", "virtual", "--keys", r"echo abc\rhalt\r")
+
+
+@pytest.fixture(scope="session")
+def long_line_recording(tmp_path_factory, kbdshell_elf) -> Path:
+    """kbdshell typing the long-line bug (examples/long_line.keys), recorded with the virtual clock."""
+    path = tmp_path_factory.mktemp("long-line") / "long_line.xrr"
+    run = run_xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys-file",
+                    ROOT / "examples" / "long_line.keys")
+    assert run.status == 0, run.stderr
+    return path

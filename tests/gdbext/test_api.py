@@ -18,12 +18,8 @@ ABCD = int.from_bytes(b"ABCD", "little")
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
-    path = tmp_path_factory.mktemp("api") / "long_line.xrr"
-    run = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys-file",
-                ROOT / "examples" / "long_line.keys")
-    assert run.status == 0, run.stderr
-    return path
+def session(long_line_recording) -> Path:
+    return long_line_recording
 
 
 @pytest.fixture(scope="module")

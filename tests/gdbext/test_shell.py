@@ -76,12 +76,8 @@ class TmuxShell:
 
 
 @pytest.fixture(scope="module")
-def long_line(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
-    path = tmp_path_factory.mktemp("shell") / "long_line.xrr"
-    run = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys-file",
-                ROOT / "examples" / "long_line.keys")
-    assert run.status == 0, run.stderr
-    return path
+def long_line(long_line_recording) -> Path:
+    return long_line_recording
 
 
 @pytest.fixture
