@@ -11,7 +11,6 @@ import pytest
 
 from gdbext.api import DebugError, Debugger, xenrr_debug
 
-ROOT = Path(__file__).resolve().parents[2]
 LINE = "echo " + "x" * 59 + "ABCD"
 ENTER_AFTER_LINE = len(LINE) + 2          # the event of the Enter that ends the long line
 ABCD = int.from_bytes(b"ABCD", "little")
