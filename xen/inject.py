@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
 from xen.digest import end_payload, take_digest
-from xen.logrecord import KIND_DIGEST, KIND_END, register_kind
+from xen.logrecord import KIND_DIGEST, KIND_END, kind_name, register_kind
 from xen.timekeeping import TimeBase
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Funnel:
         vcpu = self._domain.vcpu
         if vcpu.icount != injection.icount or vcpu.pc != injection.rip:
             raise ReplayDivergence(
-                f"input {Kind(injection.kind).name if injection.kind in Kind._value2member_map_ else injection.kind}"
+                f"input {kind_name(injection.kind)}"
                 f" logged at icount {injection.icount} rip {injection.rip:#x}, "
                 f"but replay is at icount {vcpu.icount} rip {vcpu.pc:#x}")
         self._apply(injection)

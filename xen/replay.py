@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from xen.digest import Digest, parse_end_payload, take_digest
 from xen.domain import Domain, RunState
 from xen.inject import Injection, Kind, ReplayDivergence
-from xen.logrecord import KIND_DIGEST, KIND_END, Record
+from xen.logrecord import KIND_DIGEST, KIND_END, Record, kind_name
 from xen.vcpu import Exit, ExitReason
 
 
@@ -176,4 +176,4 @@ class Replayer:
         names = {KIND_DIGEST: "state digest", KIND_END: "end of recording"}
         if kind in names:
             return names[kind]
-        return Kind(kind).name if kind in Kind._value2member_map_ else f"input kind {kind}"
+        return kind_name(kind)
