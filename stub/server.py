@@ -156,7 +156,7 @@ class GdbServer:
                 if reply is not None:
                     self._conn.send_packet(reply)
         except ConnectionClosed as closed:
-            _log.info("client went away: %s", closed)
+            _log.info("client went away: %s", str(closed))   # strings only: a record must not keep frames alive
             return False
         finally:
             self._forget_client()
@@ -185,7 +185,7 @@ class GdbServer:
         try:
             return self._dispatch(payload)
         except BadArgument as error:
-            _log.info("bad packet %r: %s", payload[:64], error)
+            _log.info("bad packet %r: %s", payload[:64], str(error))
             return BAD_REQUEST
         except _SessionOver:
             raise
@@ -328,7 +328,7 @@ class GdbServer:
             try:
                 self.timeline.add_watchpoint(address, length, access)
             except (GuestMemoryError, ValueError) as error:
-                _log.info("watchpoint refused: %s", error)
+                _log.info("watchpoint refused: %s", str(error))
                 return NOT_POSSIBLE
             self._client.watchpoints.append((address, length, access))
             return b"OK"

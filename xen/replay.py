@@ -53,7 +53,7 @@ class ReplayerState:
     recorded_outcome: str | None
 
 
-DEBUG_CHUNK = 20_000_000      # while debugging, look for an interrupt request this often (instructions)
+DEBUG_CHUNK = 5_000_000       # while debugging, look for an interrupt request this often (instructions)
 
 
 class Replayer:
@@ -109,6 +109,10 @@ class Replayer:
             if at_target:
                 return ReplayStop("target", self.mark)
             if record is not None and not self.finished and record.icount == vcpu.icount:
+                # An interrupt is taken before an input is applied (or when a run slice ends): it then
+                # stops in the guest's own code, not at the entry of the upcall the input delivers.
+                if stop_for_debug and interrupted is not None and interrupted():
+                    return ReplayStop("interrupted", self.mark)
                 self._apply(record)
                 continue
             if until is not None and vcpu.icount >= until.icount:
@@ -127,10 +131,11 @@ class Replayer:
             if stop_for_debug:
                 if vcpu.pc in vcpu.breakpoints and self.mark != start:
                     return ReplayStop("debug", self.mark, Exit(ExitReason.BREAKPOINT, vcpu.icount, vcpu.pc))
-                if interrupted is not None and interrupted():
-                    return ReplayStop("interrupted", self.mark)
                 target = min(target, vcpu.icount + DEBUG_CHUNK)
             exit = vcpu.run(target)
+            if exit.reason == ExitReason.LIMIT and vcpu.icount < record.icount and interrupted is not None \
+                    and interrupted():
+                return ReplayStop("interrupted", self.mark)
             if exit.reason in (ExitReason.LIMIT, ExitReason.BREAKPOINT):
                 continue          # a breakpoint is judged at the top, once this count's inputs are in
             if exit.reason == ExitReason.WATCHPOINT:
