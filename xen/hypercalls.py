@@ -201,7 +201,9 @@ def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int
         request = _read(domain, argument, abi.VcpuSetSingleshotTimer)
         if request.flags & abi.VCPU_SSHOTTMR_future and request.timeout_abs_ns < domain.time.now():
             raise HypercallError(abi.XEN_ETIME)
-        return set_timer_op(domain, request.timeout_abs_ns or 1)
+        domain.time.set_singleshot(request.timeout_abs_ns)
+        domain.expire_timers()
+        return 0
     if command == abi.VCPUOP_stop_singleshot_timer:
         domain.time.set_singleshot(None)
         return 0

@@ -185,15 +185,11 @@ class Scheduler:
             domain.funnel.log_digest(with_memory=self._digests % FULL_DIGEST_EVERY == 0)
             self._next_digest = domain.vcpu.icount + DIGEST_INTERVAL
         deadline = domain.time.next_deadline()
-        if self.virtual:
-            if deadline is not None and domain.time.now() >= deadline:
-                self._publish(Kind.TIMER, domain.time.now())
-            if self.input.fileno() is not None:
-                self._inject_input(limit=domain.console.input_space())
-            return
-        if deadline is not None and self._publishable_time() >= deadline:
-            self._publish(Kind.TIMER, self._publishable_time())
-        self._inject_input(limit=domain.console.input_space())
+        now = domain.time.now() if self.virtual else self._publishable_time()
+        if deadline is not None and now >= deadline:
+            self._publish(Kind.TIMER, now)
+        if not self.virtual or self.input.fileno() is not None:
+            self._inject_input(limit=domain.console.input_space())
 
     def _yield_point(self) -> None:
         """SCHEDOP_yield: the guest says it is waiting; scripted keys may arrive as when idle."""
@@ -226,7 +222,7 @@ class Scheduler:
             deadline = linger_end if deadline is None else min(deadline, linger_end)
         if deadline is None and due is None and self.input.fileno() is None:
             return Outcome("deadlock", domain.vcpu.icount, "the domain is blocked with no timer armed and no input")
-        wake = min(t for t in (deadline, due) if t is not None) if (deadline, due) != (None, None) else None
+        wake = min((t for t in (deadline, due) if t is not None), default=None)
         if self.virtual and self.input.fileno() is None:
             self._skip_to(wake)
         else:
