@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from dom0.cliargs import add_image_option, add_session_argument
 from dom0.replay import ReplaySession
+from gdbext.locate import GdbNotFound, find_gdb
 from stub.server import GdbServer, ServerError, listen
 from stub.timeline import Timeline
 
@@ -82,9 +82,10 @@ def command_serve(args: argparse.Namespace) -> int:
 
 def command_debug(args: argparse.Namespace) -> int:
     """`xenrr debug`: runs GDB in this terminal and returns its exit status."""
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        raise DebugCommandError("gdb is not installed (Debian: apt-get install gdb)")
+    try:
+        gdb = find_gdb()
+    except GdbNotFound as error:
+        raise DebugCommandError(str(error)) from None
     session = _open_session(args.session, args.image)      # check the recording before GDB starts
     image = session.image_path
     session.close()

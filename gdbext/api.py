@@ -37,10 +37,13 @@ from typing import Any, Iterator
 
 from pygdbmi.gdbcontroller import GdbController
 
+from gdbext.locate import GdbNotFound, find_gdb
+
 COMMAND_TIMEOUT = 60.0        # seconds GDB may take to answer a command that does not run the target
 SERVER_START_TIMEOUT = 60.0   # seconds `xenrr serve` may take to open its port
 REMOTE_TIMEOUT = 120          # GDB's `remotetimeout`: a `monitor goto` far away may take a while
 NO_HISTORY_TEXT = "No more reverse-execution history"
+_EXEC_IN_NEW_SESSION = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
 
 # GDB/MI stop reasons -> the reasons a Stop reports.
 _REASONS = {
@@ -147,10 +150,11 @@ class _Gdb:
     """One GDB process speaking MI3: numbered commands in, parsed records out, SIGINT forwarded."""
 
     def __init__(self, argv: list[str]):
-        # setsid: GDB gets its own session, so a Ctrl-C typed at the terminal reaches only us, and we
-        # forward it to GDB only while the target runs (a SIGINT at any other moment would abort GDB's
-        # wait for the stub and drop the connection).
-        self._controller = GdbController(["setsid", *argv])
+        # A session of its own (os.setsid before exec, done by this interpreter: no `setsid` program
+        # needed): a Ctrl-C typed at the terminal reaches only us, and we forward it to GDB only while
+        # the target runs (a SIGINT at any other moment would abort GDB's wait for the stub and drop
+        # the connection).
+        self._controller = GdbController([sys.executable, "-c", _EXEC_IN_NEW_SESSION, *argv])
         self._process = self._controller.gdb_process
         self._token = 0
         self._running = False
@@ -505,9 +509,13 @@ def xenrr_debug(session: str | os.PathLike, image: str | os.PathLike | None = No
     session = Path(session)
     if not session.is_file():
         raise DebugError(f"cannot read {session}: no such file")
+    try:
+        gdb_path = find_gdb()
+    except GdbNotFound as error:
+        raise DebugError(str(error)) from None
     server = _Server(session, Path(image) if image is not None else None)
     try:
-        gdb = _Gdb(["gdb", "--interpreter=mi3", "-nx", "-q"] + ([str(image)] if image is not None else []))
+        gdb = _Gdb([gdb_path, "--interpreter=mi3", "-nx", "-q"] + ([str(image)] if image is not None else []))
     except BaseException:
         server.close()
         raise

@@ -5,6 +5,8 @@ recordings of the same key scripts made here.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -104,3 +106,26 @@ def test_missing_files_are_usage_errors(recordings, xenrr, tmp_path):
     missing_session = xenrr("check", tmp_path / "nothing.xrr", script)
     assert missing_session.status == 2 and "nothing.xrr" in missing_session.stderr
     assert "Traceback" not in missing_script.stderr + missing_session.stderr
+
+
+def _xenrr_with_path(path: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dom0.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PATH=path))
+
+
+def test_check_needs_only_gdb_on_path(recordings, tmp_path):
+    """No `setsid` program (nor anything else but gdb) on PATH: the check still runs."""
+    bin_directory = tmp_path / "bin"
+    bin_directory.mkdir()
+    (bin_directory / "gdb").symlink_to(shutil.which("gdb"))
+    run = _xenrr_with_path(str(bin_directory), "check", recordings["long_line"], EXAMPLES / "test_long_line.py")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("PASS ")
+
+
+@pytest.mark.parametrize("command", ["check", "shell", "debug"])
+def test_without_gdb_every_command_says_how_to_install_it(recordings, tmp_path, command):
+    arguments = [recordings["long_line"]] + ([EXAMPLES / "test_long_line.py"] if command == "check" else [])
+    run = _xenrr_with_path(str(tmp_path), command, *arguments)
+    assert run.returncode == 2
+    assert run.stderr == "xenrr: error: gdb is not installed (Debian: apt-get install gdb)\n"
