@@ -5,9 +5,9 @@ domains (xen/), wires host input and output to them, and reports how they ended.
 user error or bad input file never shows a traceback: it prints `xenrr: error: ...` on stderr
 and exits with status 2.
 
-Exit statuses: 0 the guest powered off (or you detached), 1 the domain crashed (replay: diverged),
-2 usage or input error, 3 the run stopped before the guest shut down (instruction limit, input
-exhausted, deadlock; replay: the log is incomplete), 4 the log could not be written.
+Exit statuses: 0 the guest powered off, 1 the domain crashed (replay: diverged), 2 usage or input
+error, 3 the run stopped before the guest shut down (instruction limit, input exhausted, deadlock,
+detached with Ctrl-]; replay: the log is incomplete), 4 the log could not be written, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                            r"\r \n \t \\ \xNN, and \pN pauses N ms before the next key (end N with ; "
                            r"if a digit follows: \p20;0)")
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
-                      help="like --keys, with the script read from FILE (escapes as in --keys)")
+                      help="like --keys, with the script read from FILE: its bytes are the keys as they are (a carriage "
+                           "return stays a carriage return, a line feed a line feed), escapes as in --keys")
     parser.add_argument("--memory", metavar="MiB", type=int, default=DEFAULT_MEMORY_MIB,
                         help=f"guest memory in MiB (default {DEFAULT_MEMORY_MIB})")
     parser.add_argument("--max-instructions", metavar="N", type=int,
@@ -82,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xenrr",
         description="Record/replay and reverse debugging for paravirtualized (Xen PV ABI) guest domains.",
-        epilog="Exit status: 0 guest powered off, 1 domain crashed, 2 usage or input error, "
-               "3 stopped before the guest shut down. `xenrr COMMAND --help` explains each command.")
+        epilog="Exit status: 0 the guest powered off (replay: verified to the end), 1 the domain crashed "
+               "(replay: diverged), 2 usage or input error, 3 stopped before the guest shut down (instruction "
+               "limit, key script done, detached with Ctrl-]; replay: the log is incomplete), 4 the log could "
+               "not be written, 130 interrupted (Ctrl-C). `xenrr COMMAND --help` explains each command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run", help="boot a PV guest kernel and attach its console",
@@ -102,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "could not be written (it stays valid up to the last complete block).")
     record.add_argument("guest", metavar="GUEST", type=Path, help="the guest kernel (ELF with Xen notes)")
     record.add_argument("-o", "--output", metavar="SESSION", type=Path, required=True,
-                        help="the log file to write (e.g. session.xrr)")
+                        help="the log file to write (e.g. session.xrr); an existing file is never replaced "
+                             "unless --force is given")
+    record.add_argument("--force", action="store_true", help="replace SESSION if it exists")
     _add_input_options(record)
 
     replay = commands.add_parser(
@@ -137,10 +142,10 @@ def _console_input(args: argparse.Namespace):
         return KeyScript(parse_key_script(args.keys))
     if args.keys_file is not None:
         try:
-            text = args.keys_file.read_text()
+            script = args.keys_file.read_bytes()
         except OSError as error:
             raise UsageError(f"cannot read key script {args.keys_file}: {error.strerror}") from None
-        return KeyScript(parse_key_script(text))
+        return KeyScript(parse_key_script(script))
     return TerminalInput(sys.stdin.fileno())
 
 
@@ -166,7 +171,7 @@ def load_domain(guest: Path, memory_mib: int) -> Domain:
 def _exit_status(outcome: Outcome) -> int:
     if outcome.reason == "crashed" or (outcome.reason == "shutdown" and outcome.detail == "crash"):
         return EXIT_CRASHED
-    if outcome.reason in ("shutdown", "detached"):
+    if outcome.reason == "shutdown":
         return EXIT_OK
     return EXIT_STOPPED
 
@@ -203,7 +208,8 @@ def command_record(args: argparse.Namespace) -> int:
     try:
         domain = load_domain(args.guest, args.memory)
         result = record(domain, args.guest, console_input, args.output, clock=args.clock,
-                        max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND))
+                        max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
+                        overwrite=args.force)
     except RecordingFailed as error:
         print(f"xenrr: error: recording stopped: {error}", file=sys.stderr)
         return EXIT_LOG_FAILED

@@ -26,17 +26,19 @@ class KeyScriptError(ValueError):
     """A key script that cannot be parsed (message says where)."""
 
 
-def parse_key_script(text: str) -> list[tuple[int, int]]:
-    """Parse a key script into (pause_before_ns, byte) pairs."""
+def parse_key_script(script: str | bytes) -> list[tuple[int, int]]:
+    """Parse a key script into (pause_before_ns, byte) pairs. A key file is given as its bytes; a str
+    (a --keys argument) stands for the bytes it came from (os.fsencode). Every byte outside an escape
+    is a key as it is: a carriage return stays a carriage return."""
+    text = os.fsencode(script).decode("latin-1")    # one character per byte: no byte changed or merged
     keys: list[tuple[int, int]] = []
     pause = 0
     index = 0
     while index < len(text):
         char = text[index]
         if char != "\\":
-            for byte in char.encode():
-                keys.append((pause, byte))
-                pause = 0
+            keys.append((pause, ord(char)))
+            pause = 0
             index += 1
             continue
         if index + 1 >= len(text):

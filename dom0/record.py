@@ -75,12 +75,16 @@ class RecordResult:
 
 def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
-           slice_instructions: int = SLICE_INSTRUCTIONS) -> RecordResult:
-    """Run `domain` live under the scheduler, logging every input into `path`."""
+           slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False) -> RecordResult:
+    """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
+    replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest."""
     if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
         raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
     if path.exists() and path.samefile(guest):
         raise RecordingRefused(f"the log {path} would overwrite the guest image")
+    if path.exists() and not overwrite:
+        raise RecordingRefused(f"{path} already exists (a recording is never replaced: give another -o "
+                               f"or add --force)")
     ring = RingProducer(ring_bytes)
     try:
         daemon = start_log_daemon(ring, path, make_header(domain, guest, clock))

@@ -144,7 +144,7 @@ def record_the_bug() -> None:
     print("  `xenrr record` runs the guest exactly like `run` and logs every input - each key, each timer\n"
           "  tick, each time value - with the instruction count at which it arrived, into one file.\n")
     (ROOT / BUG_SESSION).parent.mkdir(parents=True, exist_ok=True)
-    run = xenrr("record", str(KBDSHELL), "-o", str(BUG_SESSION), "--clock", "virtual",
+    run = xenrr("record", str(KBDSHELL), "-o", str(BUG_SESSION), "--force", "--clock", "virtual",
                 "--keys", LONG_LINE + r"\rhist\rhalt\r")
     expect_status(run, 0)
     print(f"    {run.stderr.strip()}")

@@ -1,9 +1,9 @@
 """`xenrr run` as a user meets it: help texts, exit statuses, one-line errors, the input options.
 
 Every test runs the real CLI as a process on the real gcc-built guests. Exit statuses (dom0/cli.py):
-0 the guest powered off (or the user detached), 1 the domain crashed, 2 a usage or input error -
-reported as exactly one line `xenrr: error: ...`, never a traceback - and 3 the run stopped before
-the guest shut down.
+0 the guest powered off, 1 the domain crashed, 2 a usage or input error - reported as exactly one
+line `xenrr: error: ...`, never a traceback - and 3 the run stopped before the guest shut down
+(instruction limit, key script done, Ctrl-] detach).
 """
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def test_xenrr_help_explains_the_tool(xenrr):
     assert run.status == 0
     for text in ("usage: xenrr", "run", "Record/replay", "Exit status", "--help"):
         assert text in run.stdout
+
+
+def test_xenrr_help_lists_every_exit_status(xenrr):
+    epilog = " ".join(xenrr("--help").stdout.split()).split("Exit status:", 1)[1]
+    for status in ("0 the guest powered off", "1 the domain crashed", "2 usage", "3 stopped", "detached",
+                   "4 the log could not be written", "130 interrupted"):
+        assert status in epilog, status
 
 
 def test_run_help_explains_every_option(xenrr):
@@ -146,13 +153,14 @@ def test_console_reads_standard_input_without_a_script(xenrr, kbdshell_elf):
     assert run.stdout == "kbdshell ready\r\n> echo piped\r\npiped\r\n> halt\r\n"
 
 
-def test_ctrl_close_bracket_detaches_with_status_0(xenrr, kbdshell_elf):
+def test_ctrl_close_bracket_detaches_with_status_3(xenrr, kbdshell_elf):
+    """0 means the guest powered off; a detach leaves it running (destroyed): stopped before shutdown."""
     run = xenrr("run", kbdshell_elf, stdin=b"\x1d")
-    assert run.status == 0, run.stderr
+    assert run.status == 3, run.stderr
     assert "detached" in run.stderr
 
 
 def test_keys_before_ctrl_close_bracket_reach_the_guest(xenrr, kbdshell_elf):
     run = xenrr("run", kbdshell_elf, stdin=b"echo typed before leaving\r\x1d")
-    assert run.status == 0, run.stderr
+    assert run.status == 3, run.stderr
     assert "typed before leaving\r\n" in run.stdout

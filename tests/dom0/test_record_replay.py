@@ -165,3 +165,32 @@ def test_recording_over_the_guest_image_is_refused_and_leaves_it_intact(xenrr, k
     assert guest.read_bytes() == kbdshell_elf.read_bytes()
     assert (refused.status, refused.stdout) == (2, "")
     assert refused.stderr.startswith("xenrr: error: ") and refused.stderr.count("\n") == 1
+
+
+def test_recording_onto_an_existing_log_is_refused_unless_forced(xenrr, kbdshell_elf, tmp_path, virtual_recording):
+    """rr never overwrites a trace: neither does `record -o`, unless --force says so."""
+    log = tmp_path / "kept.xrr"
+    kept = virtual_recording.path.read_bytes()
+    log.write_bytes(kept)
+    refused = xenrr("record", kbdshell_elf, "-o", log, "--clock", "virtual", "--keys", r"echo other\rhalt\r")
+    assert (refused.status, refused.stdout) == (2, "")
+    assert refused.stderr.count("\n") == 1 and "already exists" in refused.stderr and "--force" in refused.stderr
+    assert log.read_bytes() == kept
+
+    forced = xenrr("record", kbdshell_elf, "-o", log, "--clock", "virtual", "--force", "--keys", r"echo other\rhalt\r")
+    assert forced.status == 0, forced.stderr
+    replayed = xenrr("replay", log)
+    assert replayed.status == 0 and "echo other\r\nother\r\n" in replayed.stdout
+
+
+def test_a_key_file_is_bytes_a_carriage_return_stays_one(xenrr, kbdshell_elf, tmp_path):
+    """Universal newlines would turn \\r and \\r\\n into \\n: the guest must get the file's bytes."""
+    keys = b"echo a\recho b\r\nhalt\r"
+    script = tmp_path / "keys.bin"
+    script.write_bytes(keys)
+    log = tmp_path / "bytes.xrr"
+    recorded = xenrr("record", kbdshell_elf, "-o", log, "--clock", "virtual", "--keys-file", script)
+    assert recorded.status == 0, recorded.stderr
+    typed = [bytes.fromhex(entry["payload"]) for entry in dump_json(xenrr, log)["records"]
+             if entry["kind"] == "CONSOLE_INPUT"]
+    assert b"".join(typed) == keys
