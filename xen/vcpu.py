@@ -19,7 +19,8 @@ Engine quirks handled here (see docs/engine.md):
 - environment instructions (CPUID, RDTSC, RDTSCP, RDRAND, RDSEED, HLT) and privileged ones surface as
   UnimplementedOp with the instruction counted and pc on it; they are decoded and emulated here;
 - `syscall` and `int n` both surface as a Syscall exception; the bytes at pc tell them apart;
-- faults leave the faulting instruction counted: the count is corrected here;
+- most faults leave the faulting instruction counted, but an execute violation and undecodable
+  bytes count nothing: each fault kind has its own measured rule here (_UNCOUNTED_FAULTS);
 - write/read watch traps come from page protection: the trapping access is re-executed on an
   unprotected page, exactly once, then protection is restored;
 - `rflags`/`eflags` engine registers are computed by handlers: state is saved flag by flag instead.
@@ -224,6 +225,7 @@ _PROTECTION_ACCESS_TRAP = MemoryProtection.ExecuteOnly
 # Engine exception codes are not hashable: these tables are keyed by the code's name.
 _FAULT_TEXT = {
     "InvalidInstruction": "invalid instruction",
+    "Undecodable": "undecodable instruction bytes",
     "DivisionException": "divide error",
     "ReadUnmapped": "read from unmapped address",
     "WriteUnmapped": "write to unmapped address",
@@ -237,6 +239,15 @@ _FAULT_TEXT = {
     "UnimplementedOp": "instruction not supported by the vCPU",
     "UnknownCpuID": "unsupported CPUID leaf",
 }
+# How the engine counts a faulting instruction, measured per fault kind (tests/vcpu/test_fault_rules.py):
+# - counted (pc on the instruction, icount includes it): ud0/ud1/ud2 (InvalidInstruction, value 0),
+#   DivisionException, ReadUnmapped, WriteUnmapped, ReadPerm, WritePerm, SelfModifyingCode,
+#   UnimplementedOp (privileged or unknown instructions), `int n` (Syscall);
+# - not counted: ExecViolation (pc is the target of the jump/call/ret/iret that retired, or the start
+#   of an instruction whose bytes run into unmapped memory: it never started) and undecodable bytes
+#   (InvalidInstruction with the value = pc: decoding failed before the instruction began).
+_UNCOUNTED_FAULTS = frozenset({"ExecViolation", "Undecodable"})
+_UD_OPCODES = frozenset({b"\x0f\x0b", b"\x0f\xb9", b"\x0f\xff"})
 _MEMORY_FAULTS = frozenset({"ReadUnmapped", "WriteUnmapped", "ExecViolation", "ReadPerm", "WritePerm",
                             "SelfModifyingCode", "ReadUnaligned", "WriteUnaligned", "AddressOverflow"})
 
@@ -641,7 +652,7 @@ class VCpu:
                 vm.pc = pc + 2
                 return Exit(ExitReason.HYPERCALL, vm.icount, vm.pc)
             vector = vm.exception_value
-            return self._fault(f"software interrupt int {vector:#x} (no trap table)", None)
+            return self._fault(f"software interrupt int {vector:#x} (no trap table)", None, counted=True)
         if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
             page = vm.exception_value & PAGE_MASK
             is_write = code == ExceptionCode.WritePerm
@@ -660,11 +671,30 @@ class VCpu:
                 return self._emulate(decoded)
         name = _code_name(code)
         address = vm.exception_value if name in _MEMORY_FAULTS else None
-        return self._fault(_FAULT_TEXT.get(name, f"engine exception {name}"), address)
+        if name == "InvalidInstruction" and self._undecodable_at_pc():
+            name, address = "Undecodable", None
+        return self._fault(_FAULT_TEXT.get(name, f"engine exception {name}"), address,
+                           counted=name not in _UNCOUNTED_FAULTS)
 
-    def _fault(self, text: str, address: int | None) -> Exit:
+    def _undecodable_at_pc(self) -> bool:
+        """An InvalidInstruction is a decode failure (nothing counted, the value is pc) unless the
+        bytes are one of the defined undefined-opcode instructions ud0/ud1/ud2 (counted, value 0)."""
         vm = self._vm
-        vm.icount = vm.icount - 1   # the engine counted the faulting instruction; it did not retire
+        pc = vm.pc
+        if vm.exception_value != pc:
+            return False
+        code = bytes(vm.mem_read(pc, 3)) if self.is_mapped(pc, 3) else b""
+        index = 0
+        while index < len(code) and (code[index] in _PREFIX_BYTES or 0x40 <= code[index] <= 0x4F):
+            index += 1
+        return code[index:index + 2] not in _UD_OPCODES
+
+    def _fault(self, text: str, address: int | None, counted: bool) -> Exit:
+        """A guest fault: pc on the instruction that did not retire. `counted`: the engine counted it
+        (see _UNCOUNTED_FAULTS for the kinds it does not), so the count is taken back."""
+        vm = self._vm
+        if counted:
+            vm.icount = vm.icount - 1
         if address is not None:
             text = f"{text} {address:#x}"
         return Exit(ExitReason.FAULT, vm.icount, vm.pc, address=address, detail=text)
