@@ -2,6 +2,7 @@
 `xenrr` CLI run as a real process, and logs recorded with it."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -98,3 +99,9 @@ def long_line_recording(tmp_path_factory, kbdshell_elf) -> Path:
                     ROOT / "examples" / "long_line.keys")
     assert run.status == 0, run.stderr
     return path
+
+
+def campaign_size(bounded: int, soak: int) -> int:
+    """How many cases a randomized campaign runs: `bounded` in `make test`, `soak` under `make soak`
+    (which sets XENRR_SOAK=1)."""
+    return soak if os.environ.get("XENRR_SOAK") == "1" else bounded

@@ -5,6 +5,7 @@
  * faults in one specific way. README.md lists the commands and the expected
  * output; every expected hypercall result is what real Xen returns.
  */
+#include "clock.h"
 #include "console.h"
 #include "events.h"
 #include "hypercall.h"
@@ -264,6 +265,151 @@ static void bad_shutdown_reason(void)
     report("sched_shutdown_bad_reason", HYPERVISOR_sched_op(SCHEDOP_shutdown, &request));
 }
 
+
+/* ---- fuzz (`f<seed>`): random hypercalls, then a random fault ---- */
+
+#define FUZZ_HYPERCALLS 300
+#define FUZZ_NUMBER_LIMIT 64
+
+extern void hypervisor_callback(void);
+extern void failsafe_callback(void);
+extern char fuzz_undecodable[], fuzz_ud2[];
+
+/* Code the fuzzer may jump to or name as a callback: an undecodable byte (push %es does not
+ * exist in 64-bit mode) and ud2. Never called directly. */
+asm(".pushsection .text\n"
+    "fuzz_undecodable: .byte 0x06\n"
+    "fuzz_ud2: ud2\n"
+    ".popsection");
+
+static uint64_t fuzz_state;
+static unsigned char fuzz_scratch[8192] __attribute__((aligned(4096)));
+
+static uint64_t fuzz_next(void)
+{
+    /* xorshift64*: the same seed gives the same campaign on every run */
+    fuzz_state ^= fuzz_state >> 12;
+    fuzz_state ^= fuzz_state << 25;
+    fuzz_state ^= fuzz_state >> 27;
+    return fuzz_state * 0x2545F4914F6CDD1Dull;
+}
+
+static unsigned long fuzz_pick(unsigned long n)
+{
+    return (unsigned long)(fuzz_next() % n);
+}
+
+/* An argument: small numbers, Xen-looking values, and pointers to memory of every kind - the
+ * guest's writable scratch page, its read+execute code and hypercall page, the last bytes of
+ * memory, unmapped and non-canonical addresses. */
+static unsigned long fuzz_argument(void)
+{
+    unsigned long memory_end = end_of_guest_memory();
+
+    switch (fuzz_pick(12)) {
+    case 0: return 0;
+    case 1: return fuzz_pick(8);
+    case 2: return fuzz_pick(64);
+    case 3: return (unsigned long)fuzz_scratch + fuzz_pick(sizeof(fuzz_scratch));
+    case 4: return (unsigned long)fuzz_scratch;
+    case 5: return (unsigned long)hypercall_page + fuzz_pick(4096);
+    case 6: return (unsigned long)code_store_target;
+    case 7: return memory_end - 1 - fuzz_pick(64);
+    case 8: return UNMAPPED_ARG_ADDR + fuzz_pick(4096);
+    case 9: return NONCANONICAL_ADDR;
+    case 10: return fuzz_next();
+    default: return 1000000ul * fuzz_pick(100);
+    }
+}
+
+static unsigned long fuzz_callback(void)
+{
+    switch (fuzz_pick(8)) {
+    case 0: return UNMAPPED_WRITE_ADDR;
+    case 1: return (unsigned long)fuzz_undecodable;
+    case 2: return (unsigned long)fuzz_ud2;
+    case 3: return 0;
+    default: return (unsigned long)hypervisor_callback;
+    }
+}
+
+static const unsigned int fuzz_numbers[] = {
+    __HYPERVISOR_console_io, __HYPERVISOR_sched_op, __HYPERVISOR_event_channel_op,
+    __HYPERVISOR_set_callbacks, __HYPERVISOR_callback_op, __HYPERVISOR_set_timer_op,
+    __HYPERVISOR_vcpu_op, __HYPERVISOR_xen_version,
+};
+
+static long fuzz_hypercall(void)
+{
+    unsigned long a1 = fuzz_argument(), a2 = fuzz_argument(), a3 = fuzz_argument();
+    unsigned int nr;
+
+    if (fuzz_pick(16) == 0)
+        nr = (unsigned int)fuzz_pick(FUZZ_NUMBER_LIMIT);
+    else
+        nr = fuzz_numbers[fuzz_pick(sizeof(fuzz_numbers) / sizeof(fuzz_numbers[0]))];
+    if (nr == __HYPERVISOR_iret || nr == __HYPERVISOR_stack_switch)
+        nr = __HYPERVISOR_xen_version;         /* those move the stack: one fault per campaign */
+    if (nr == __HYPERVISOR_set_callbacks)
+        a1 = fuzz_callback();
+    if (nr == __HYPERVISOR_sched_op && a1 == SCHEDOP_block)
+        HYPERVISOR_set_timer_op(system_time_ns() + 1000000);   /* something to wake up for */
+    if (nr == __HYPERVISOR_console_io && a2 > 256)
+        a2 = fuzz_pick(256);                   /* keep the console readable */
+    return hypercall_entry(nr, a1, a2, a3);
+}
+
+static void fuzz_final_fault(void)
+{
+    void (*volatile target)(void);
+
+    switch (fuzz_pick(9)) {
+    case 0: target = (void (*)(void))fuzz_undecodable; target(); break;
+    case 1: target = (void (*)(void))UNMAPPED_WRITE_ADDR; target(); break;
+    case 2: target = (void (*)(void))NONCANONICAL_ADDR; target(); break;
+    case 3: ud2(); break;
+    case 4: divide_by_zero(); break;
+    case 5: write_unmapped(); break;
+    case 6: store_to_code(); break;
+    case 7: asm volatile("int $0x80"); break;
+    default:
+        /* the event callback at an unmapped address, then wait for the timer */
+        HYPERVISOR_set_callbacks((void (*)(void))UNMAPPED_WRITE_ADDR, failsafe_callback, 0);
+        HYPERVISOR_set_timer_op(system_time_ns() + 1000000);
+        events_unmask();
+        events_block();
+        break;
+    }
+}
+
+static void fuzz(void)
+{
+    char digit;
+    unsigned int i;
+
+    fuzz_state = 0x9E3779B97F4A7C15ull;
+    for (;;) {
+        console_read_wait(&digit, 1);
+        if (digit < '0' || digit > '9')
+            break;
+        fuzz_state = fuzz_state * 10 + (uint64_t)(digit - '0') + 1;
+    }
+    for (i = 0; i < FUZZ_HYPERCALLS; i++) {
+        long rc = fuzz_hypercall();
+
+        if (i % 32 == 0) {
+            console_puts("fuzz ");
+            console_put_u64(i);
+            console_puts(" rc=");
+            console_put_i64(rc);
+            console_puts("\r\n");
+        }
+    }
+    console_puts("fuzz: final fault\r\n");
+    console_flush();
+    fuzz_final_fault();
+}
+
 static const struct command commands[] = {
     { 'a', "hypercall battery", run_battery },
     { 'u', "ud2", ud2 },
@@ -274,6 +420,7 @@ static const struct command commands[] = {
     { 'd', "divide by zero", divide_by_zero },
     { 'z', "jump to address 0", jump_to_zero },
     { 's', "shutdown with an unknown reason", bad_shutdown_reason },
+    { 'f', "fuzz", fuzz },
 };
 
 static void run_command(char letter)
