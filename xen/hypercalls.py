@@ -41,8 +41,9 @@ def _read(domain: "Domain", address: int, struct_type: type[_StructT]) -> _Struc
 
 
 def _write(domain: "Domain", address: int, data: bytes) -> None:
+    """copy_to_guest: -EFAULT unless the guest itself may write every byte."""
     try:
-        domain.vcpu.write(address, data)
+        domain.vcpu.write_for_guest(address, data)
     except GuestMemoryError:
         raise HypercallError(abi.XEN_EFAULT) from None
 

@@ -38,9 +38,9 @@ def deliver_if_pending(vcpu: VCpu, events: EventChannels, callback: int | None) 
     frame = _FRAME.pack(vcpu.reg("rcx"), vcpu.reg("r11"), vcpu.pc, abi.BOUNCE_FRAME_CS,
                         vcpu.rflags() | RFLAGS_IF, rsp, abi.FLAT_KERNEL_SS)
     try:
-        vcpu.write(new_rsp, frame)
+        vcpu.write_for_guest(new_rsp, frame)
     except GuestMemoryError as error:
-        raise GuestFault(f"cannot push the event bounce frame at {new_rsp:#x}: stack not mapped") from error
+        raise GuestFault(f"cannot push the event bounce frame at {new_rsp:#x}: stack not writable") from error
     events.set_upcall_mask(True)
     vcpu.set_reg("rsp", new_rsp)
     vcpu.pc = callback

@@ -58,10 +58,10 @@ class EngineError(RuntimeError):
 
 
 class GuestMemoryError(Exception):
-    """A hypervisor access to guest memory outside what the guest has mapped."""
+    """A hypervisor access to guest memory outside what the guest has mapped (or may write)."""
 
-    def __init__(self, address: int, length: int):
-        super().__init__(f"guest address range {address:#x}+{length:#x} is not mapped")
+    def __init__(self, address: int, length: int, problem: str = "is not mapped"):
+        super().__init__(f"guest address range {address:#x}+{length:#x} {problem}")
         self.address = address
         self.length = length
 
@@ -370,6 +370,16 @@ class VCpu:
             self._vm.mem_write(address, bytes(data))
         except icicle.MemoryException as error:
             raise EngineError(f"write of {len(data)} bytes at {address:#x} refused by the engine: {error}") from error
+
+    def write_for_guest(self, address: int, data: bytes) -> None:
+        """Write guest memory on the guest's behalf (a hypercall's output, a bounce frame) with the
+        guest's own permissions, as Xen's copy_to_guest does: GuestMemoryError unless every byte is
+        mapped and writable by the guest. The same check in every mode: dirty tracking and watch
+        traps, which also write-protect pages, do not change what the guest may write."""
+        if not self.is_mapped(address, len(data)) or any(
+                page in self._read_only_pages for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE)):
+            raise GuestMemoryError(address, len(data), "is not writable by the guest")
+        self.write(address, data)
 
     def set_read_only(self, page_addresses: tuple[int, ...]) -> None:
         """Map these pages read-only (still executable): guest stores to them fault."""

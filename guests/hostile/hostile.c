@@ -178,11 +178,17 @@ static void battery_timers(void)
     report("set_timer_op_cancel", HYPERVISOR_set_timer_op(0));
 }
 
+void code_store_target(void);
+
 static void battery_other(void)
 {
     report("xen_version_bad_cmd", HYPERVISOR_xen_version(BAD_COMMAND, NULL));
     report("xen_version_extraversion_unmapped",
            HYPERVISOR_xen_version(XENVER_extraversion, addr(UNMAPPED_ARG_ADDR)));
+    report("xen_version_extraversion_hypercall_page",
+           HYPERVISOR_xen_version(XENVER_extraversion, hypercall_page));
+    report("xen_version_extraversion_own_code",
+           HYPERVISOR_xen_version(XENVER_extraversion, (void *)code_store_target));
     report("hypercall_unused_60", hypercall_entry(UNUSED_HYPERCALL, 0, 0, 0));
     report("hypercall_page_last_127", hypercall_entry(LAST_PAGE_HYPERCALL, 0, 0, 0));
     report("hypercall_raw_number_above_32_bits",

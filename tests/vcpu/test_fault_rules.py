@@ -107,3 +107,22 @@ def test_instruction_running_into_unmapped_memory_is_not_counted(code, retired, 
     exit = _vcpu(b"\x90\x90" + code, jit, at=start).run(1000)
     assert exit.reason == ExitReason.FAULT
     assert (exit.icount, exit.pc) == (retired, start + 2)
+
+
+@pytest.mark.parametrize("mode", ["plain", "dirty tracking", "watched"])
+def test_hypervisor_writes_for_the_guest_honour_its_page_permissions(mode):
+    """copy_to_guest semantics: a read-only (code) page refuses the write in every mode, unchanged."""
+    from xen.vcpu import GuestMemoryError
+    vcpu = _vcpu(b"\x90", jit=True)
+    if mode == "dirty tracking":
+        vcpu.track_dirty_pages()
+    elif mode == "watched":
+        vcpu.add_watch(READ_ONLY_PAGE, 8, "w")
+    before = vcpu.read(READ_ONLY_PAGE - 8, 16)
+    with pytest.raises(GuestMemoryError):
+        vcpu.write_for_guest(READ_ONLY_PAGE - 8, b"\xff" * 16)     # straddles into the read-only page
+    with pytest.raises(GuestMemoryError):
+        vcpu.write_for_guest(BASE + MEMORY - 4, b"\xff" * 8)        # runs past the end of memory
+    assert vcpu.read(READ_ONLY_PAGE - 8, 16) == before
+    vcpu.write_for_guest(BASE + 0x5000, b"ok")
+    assert vcpu.read(BASE + 0x5000, 2) == b"ok"

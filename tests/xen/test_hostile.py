@@ -134,3 +134,14 @@ def test_divide_error_is_reported_on_the_idiv(hostile_elf, xenrr):
     rip = int(CRASH_REPORT.fullmatch(run.stderr.strip())["rip"], 16)
     rex, opcode, modrm = _code_bytes(hostile_elf, rip, 3)
     assert rex & 0xF8 == 0x48 and opcode == 0xF7 and (modrm >> 3) & 7 == 7, "RIP is not on an idiv r/m64"
+
+
+def test_battery_is_the_same_in_run_record_and_replay(hostile_elf, xenrr, battery_run, tmp_path):
+    """A hypercall writing into a read-only guest page answers -EFAULT in every mode: `record` used to
+    write into the code page (dirty tracking had relaxed the protection) while `run` failed with a
+    usage error; now both print the same battery and the replay verifies it."""
+    log = tmp_path / "battery.xrr"
+    record = xenrr("record", hostile_elf, "-o", log, "--clock", "virtual", "--keys", "a")
+    assert (record.status, record.stdout) == (battery_run.status, battery_run.stdout) == (0, battery_run.stdout)
+    replay = xenrr("replay", log)
+    assert replay.status == 0, replay.stderr
