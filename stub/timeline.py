@@ -9,6 +9,8 @@ one copy of each distinct page). They are thinned out with distance so their num
 Reverse execution is always exact, never approximate: reverse-continue restores the checkpoint
 before the current position, replays forward to it noting every breakpoint and watchpoint hit, and
 goes to the last hit (or searches the previous interval); reverse-step goes to icount-1 exactly.
+A breakpoint may carry a condition (a predicate on the vCPU at the hit, e.g. GDB's bytecode run by
+the stub): forwards and backwards alike, a hit counts only where its condition holds.
 Invariant: whatever sequence of commands moved it there, the state at a mark is the state a fresh
 replay from the start has at that mark.
 """
@@ -66,6 +68,7 @@ class Timeline:
         self.checkpoint_interval = checkpoint_interval
         self.max_checkpoints = max_checkpoints
         self._watches: list[tuple[int, int, str]] = []
+        self._conditions: dict[int, Callable[[VCpu], bool]] = {}
         self._checkpoints: list[Checkpoint] = []
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
         # notes which pages are written after that, so neither needs a full read of memory.
@@ -104,11 +107,22 @@ class Timeline:
         return len({id(page) for checkpoint in self._checkpoints for page in checkpoint.pages}) * PAGE_SIZE
 
     # ---------------------------------------------------------------- breakpoints and watchpoints
-    def add_breakpoint(self, address: int) -> None:
+    def add_breakpoint(self, address: int, condition: Callable[[VCpu], bool] | None = None) -> None:
+        """Break at `address`; with a `condition`, only where it holds (again: replaces the condition)."""
         self.vcpu.add_breakpoint(address)
+        if condition is None:
+            self._conditions.pop(address, None)
+        else:
+            self._conditions[address] = condition
 
     def remove_breakpoint(self, address: int) -> None:
         self.vcpu.remove_breakpoint(address)
+        self._conditions.pop(address, None)
+
+    def _hit_counts(self) -> bool:
+        """Whether the breakpoint at the current pc stops here: unconditional, or its condition holds."""
+        condition = self._conditions.get(self.vcpu.pc)
+        return condition is None or condition(self.vcpu)
 
     def add_watchpoint(self, address: int, length: int, access: str) -> None:
         self.vcpu.add_watch(address, length, access)
@@ -197,7 +211,10 @@ class Timeline:
 
     def cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Continue forward to the next breakpoint or watchpoint hit, or the end of history."""
-        return self._stop_from(self._forward(None, debug=True, interrupted=interrupted), "target")
+        while True:
+            stop = self._stop_from(self._forward(None, debug=True, interrupted=interrupted), "target")
+            if stop.reason != "breakpoint" or self._hit_counts():
+                return stop
 
     def step(self) -> Stop:
         """Execute one instruction (then apply the inputs logged at the new count)."""
@@ -253,7 +270,8 @@ class Timeline:
     def _scan(self, upper: Mark, origin: Mark, interrupted: Callable[[], bool] | None) -> list[_Hit] | None:
         """Replay forward from the current position to `upper`, collecting hits before `origin`."""
         hits: list[_Hit] = []
-        if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < origin:
+        if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < origin \
+                and self._hit_counts():
             hits.append(_Hit(self.position, "breakpoint"))      # replayer.run never stops where it starts
         while self.position < upper:
             stop = self.replayer.run(upper, stop_for_debug=True, interrupted=interrupted)
@@ -267,6 +285,6 @@ class Timeline:
                            stop.exit.access)
             else:
                 hit = _Hit(stop.mark, "breakpoint")
-            if hit.mark < origin:
+            if hit.mark < origin and (hit.reason == "watchpoint" or self._hit_counts()):
                 hits.append(hit)
         return hits
