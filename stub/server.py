@@ -4,12 +4,19 @@ Model: rr's GdbServer. `stub/rsp.py` frames the bytes; this module decides what 
 registers and memory of the replayed domain (read only: a replay cannot be written), break- and
 watchpoints, forward and reverse execution, vCPUs as threads (thread id = vCPU number + 1), the
 target description, and `monitor` commands (events, goto, goto-icount, when, image, help).
+Breakpoint conditions that GDB sends as agent-expression bytecode in Z0/Z1 packets (offered as
+`ConditionalBreakpoints`, used with `set breakpoint condition-evaluation target`) are evaluated
+here (stub/agentexpr.py) at each hit, forwards and in reverse scans: a false hit costs no stop.
 
 Invariants:
   - Every packet gets exactly the reply the protocol requires (an empty reply for packets it does
     not know, `E..` for ones it cannot carry out); no input from a client can end the server,
     only `k`, `vKill` or `D` end the session.
   - The server listens on the loopback address only.
+  - A breakpoint location stops where any of its conditions holds (GDB's semantics), or always if
+    it has none. A condition that cannot be evaluated (unreadable memory, a bad stack, ...) counts
+    as true, as in gdbserver: the target stops there and GDB, which evaluates the condition again
+    itself, shows the user its own error. The stub's error goes to the console once (`O`).
   - Breakpoints and watchpoints belong to the connection that set them: when a client goes away
     (for any reason) they are removed, and the next client finds the timeline where the last one
     left it, with none of its breakpoints.
@@ -22,6 +29,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from stub.agentexpr import AgentExprError, evaluate, parse_condition
 from stub.rsp import (
     PACKET_SIZE,
     BadArgument,
@@ -43,12 +51,13 @@ READ_ONLY_REPLY = b"E.a replay is read-only: registers and memory cannot be chan
 BAD_REQUEST = b"E01"
 NO_SUCH_THREAD = b"E02"
 NOT_POSSIBLE = b"E03"
+NO_TARGET_COMMANDS = b"E.breakpoint commands cannot run in this stub (it does not offer BreakpointCommands)"
 MAX_MEMORY_READ = (PACKET_SIZE - 4) // 2
 MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
 WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchpoints
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
 SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;ReverseStep+;ReverseContinue+;"
-             b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE)
+             b"swbreak+;hwbreak+;vContSupported+;ConditionalBreakpoints+" % PACKET_SIZE)
 MONITOR_HELP = """\
 monitor commands of the xenrr replay stub:
   events [FROM [TO]]  list input events (number, instruction count, kind, payload)
@@ -100,7 +109,9 @@ def listen(port: int = 0, host: str = LOOPBACK) -> socket.socket:
 @dataclass
 class _ClientState:
     """What one connection has asked for; undone when the connection ends."""
-    breakpoints: dict[int, set[str]] = field(default_factory=dict)    # address -> {"sw", "hw"}
+    # address -> {"sw" or "hw": the conditions (agent-expression bytecode) of that kind; () for none}
+    breakpoints: dict[int, dict[str, tuple[bytes, ...]]] = field(default_factory=dict)
+    reported_errors: set[tuple[int, bytes]] = field(default_factory=set)   # (address, condition) told once
     watchpoints: list[tuple[int, int, str]] = field(default_factory=list)
     swbreak: bool = False            # the client understands `swbreak:` / `hwbreak:` stop reasons
     register_thread: int = 1         # Hg: whose registers g/p read
@@ -309,19 +320,23 @@ class GdbServer:
         return (b"m" if offset + length < len(TARGET_XML) else b"l") + chunk
 
     # ---------------------------------------------------------------- break- and watchpoints
-    def _point_args(self, args: bytes) -> tuple[int, int, int]:
+    def _point_args(self, args: bytes) -> tuple[int, int, int, bytes]:
+        """A Z/z packet's type, address and kind (or length), and the options after `;` (if any)."""
         kind_text, _, rest = args.partition(b",")
         kind = parse_hex_number(kind_text, "breakpoint type")
-        address, length = parse_addr_length(rest.split(b";")[0])
-        return kind, address, length
+        location, _, options = rest.partition(b";")
+        address, length = parse_addr_length(location)
+        return kind, address, length, options
 
     def _insert_point(self, args: bytes) -> bytes:
-        kind, address, length = self._point_args(args)
+        kind, address, length, options = self._point_args(args)
         if kind in (0, 1):
-            kinds = self._client.breakpoints.setdefault(address, set())
-            if not kinds:
-                self.timeline.add_breakpoint(address)
-            kinds.add("sw" if kind == 0 else "hw")
+            if b"cmds:" in options:
+                return NO_TARGET_COMMANDS
+            # Z0 again at an inserted location replaces its conditions (GDB re-sends it when they change).
+            self._client.breakpoints.setdefault(address, {})["sw" if kind == 0 else "hw"] = \
+                _condition_list(options)
+            self._set_breakpoint(address)
             return b"OK"
         if kind in WATCH_ACCESS:
             access = WATCH_ACCESS[kind]
@@ -335,13 +350,15 @@ class GdbServer:
         return b""
 
     def _remove_point(self, args: bytes) -> bytes:
-        kind, address, length = self._point_args(args)
+        kind, address, length, _ = self._point_args(args)
         if kind in (0, 1):
-            kinds = self._client.breakpoints.get(address, set())
-            kinds.discard("sw" if kind == 0 else "hw")
-            if not kinds and address in self._client.breakpoints:
-                del self._client.breakpoints[address]
-                self.timeline.remove_breakpoint(address)
+            kinds = self._client.breakpoints.get(address)
+            if kinds is not None and kinds.pop("sw" if kind == 0 else "hw", None) is not None:
+                if kinds:
+                    self._set_breakpoint(address)
+                else:
+                    del self._client.breakpoints[address]
+                    self.timeline.remove_breakpoint(address)
             return b"OK"
         if kind in WATCH_ACCESS:
             watch = (address, length, WATCH_ACCESS[kind])
@@ -350,6 +367,45 @@ class GdbServer:
                 self.timeline.remove_watchpoint(*watch)
             return b"OK"
         return b""
+
+    def _set_breakpoint(self, address: int) -> None:
+        """(Re)place the timeline's breakpoint at `address`: conditional only if every kind there is."""
+        conditional = all(self._client.breakpoints[address].values())
+        self.timeline.add_breakpoint(
+            address, (lambda vcpu: self._judge_conditions(address, vcpu)[0]) if conditional else None)
+
+    def _judge_conditions(self, address: int, vcpu: VCpu) -> tuple[bool, tuple[bytes, str] | None]:
+        """Whether the conditions of the breakpoint at `address` let it stop, `vcpu` being at the hit;
+        and the first condition that could not be evaluated (it counts as true), with its error."""
+        def read_register(number: int) -> int | None:
+            return int.from_bytes(register_bytes(vcpu, number), "little") if number < len(REGISTERS) else None
+
+        def read_memory(start: int, length: int) -> bytes | None:
+            try:
+                return vcpu.read(start, length)
+            except GuestMemoryError:
+                return None
+
+        for conditions in self._client.breakpoints.get(address, {}).values():
+            for bytecode in conditions:
+                try:
+                    if evaluate(bytecode, read_register, read_memory):
+                        return True, None
+                except AgentExprError as error:
+                    return True, (bytecode, str(error))
+        return False, None
+
+    def _report_condition_error(self, stop: Stop) -> None:
+        """Tell the user, once per condition, that the one of the breakpoint just hit could not be evaluated."""
+        kinds = self._client.breakpoints.get(stop.pc, {})
+        if stop.reason != "breakpoint" or not kinds or not all(kinds.values()):
+            return
+        _, failure = self._judge_conditions(stop.pc, self.timeline.vcpu)
+        if failure is None or (stop.pc, failure[0]) in self._client.reported_errors:
+            return
+        self._client.reported_errors.add((stop.pc, failure[0]))
+        text = f"xenrr: the stub cannot evaluate the condition of the breakpoint at {stop.pc:#x}: {failure[1]}\n"
+        self._conn.send_packet(b"O" + hex_encode(text.encode()))
 
     # ---------------------------------------------------------------- execution
     def _continue(self, args: bytes) -> bytes:
@@ -401,7 +457,10 @@ class GdbServer:
         return self._last_stop
 
     def _stop_reply(self, stop: Stop) -> bytes:
-        """`T` stop reply for a timeline stop, remembered for `?`."""
+        """`T` stop reply for a timeline stop, remembered for `?` (after the console message of a
+        breakpoint condition that could not be evaluated, if that is why it stopped)."""
+        if self._conn is not None:
+            self._report_condition_error(stop)
         signal = SIGINT if stop.reason == "interrupt" else SIGTRAP
         parts = [b"T%02x" % signal]
         vcpu = self._vcpus()[0]
@@ -419,8 +478,8 @@ class GdbServer:
         if stop.reason == "history-start":
             return b"replaylog:begin;"
         if stop.reason == "breakpoint" and self._client.swbreak:
-            kinds = self._client.breakpoints.get(stop.pc, set())
-            return b"hwbreak:;" if kinds == {"hw"} else b"swbreak:;"
+            kinds = self._client.breakpoints.get(stop.pc, {})
+            return b"hwbreak:;" if set(kinds) == {"hw"} else b"swbreak:;"
         if stop.reason == "watchpoint":
             return b"%s:%x;" % (self._watch_key(stop.watch_address, stop.watch_access), stop.watch_address)
         return b""
@@ -504,6 +563,22 @@ class GdbServer:
     def _monitor_image(self, args: list[str]) -> str:
         self._numbers(args, (), 0)
         return f"{self.timeline.session.image_path.resolve()}\n"
+
+
+def _condition_list(options: bytes) -> tuple[bytes, ...]:
+    """The conditions in a Z0/Z1 packet's options: `X len,bytecode` each, `;` between them optional
+    (GDB writes them back to back, gdbserver accepts both)."""
+    conditions = []
+    while options:
+        if options.startswith(b";"):
+            options = options[1:]
+            continue
+        try:
+            bytecode, options = parse_condition(options)
+        except AgentExprError as error:
+            raise BadArgument(str(error)) from None
+        conditions.append(bytecode)
+    return tuple(conditions)
 
 
 def _readable_prefix(vcpu: VCpu, address: int, length: int) -> bytes:

@@ -24,7 +24,8 @@ from dom0.cli import DEFAULT_MEMORY_MIB
 from dom0.replay import ReplaySession
 from stub.rsp import PACKET_SIZE, encode_packet
 from stub.server import GdbServer, ServerError, listen
-from stub.target_xml import REGISTERS
+from stub.agentexpr import OPCODES
+from stub.target_xml import REGISTER_NUMBERS, REGISTERS
 from stub.timeline import Timeline
 
 KEYS = r"echo hi\rcalc 6*7\rhalt\r"
@@ -173,7 +174,7 @@ def test_qsupported_advertises_what_the_stub_does(client):
     features = reply.split(b";")
     assert b"PacketSize=%x" % PACKET_SIZE in features
     for feature in (b"QStartNoAckMode+", b"qXfer:features:read+", b"ReverseStep+", b"ReverseContinue+",
-                    b"swbreak+", b"hwbreak+", b"vContSupported+"):
+                    b"swbreak+", b"hwbreak+", b"vContSupported+", b"ConditionalBreakpoints+"):
         assert feature in features
     assert client.ask(b"vCont?") == b"vCont;c;C;s;S"
     assert client.ask(b"qAttached") == b"1"
@@ -272,6 +273,113 @@ def test_breakpoints_forward_and_reverse(client, symbols):
     assert client.ask(b"z1,%x,1" % line_insert) == b"OK"
     assert stop_fields(client.ask(b"c"))["replaylog"] == "end"
     assert stop_fields(client.ask(b"vCont;s:1;c"))["replaylog"] == "end"
+
+
+def key_is(*keys: str) -> bytes:
+    """Z0 options: one condition per key, `(char) $rdi == key` (handle_key's argument) as GDB compiles it."""
+    conditions = [bytes((OPCODES["reg"], 0, REGISTER_NUMBERS["rdi"], OPCODES["ext"], 8, OPCODES["const8"], ord(key),
+                         OPCODES["equal"], OPCODES["end"])) for key in keys]
+    return b"".join(b"X%x,%s" % (len(code), code.hex().encode()) for code in conditions)
+
+
+def walk(client: Client, resume: bytes) -> list[tuple[str, str]]:
+    """(the key in rdi, `monitor when`) at every stop of `resume` repeated up to an end of history."""
+    stops = []
+    while "replaylog" not in stop_fields(client.ask(resume)):
+        rdi = int.from_bytes(bytes.fromhex(client.ask(b"p%x" % REGISTER_NUMBERS["rdi"]).decode()), "little")
+        stops.append((chr(rdi & 0xFF), client.monitor("when")))
+    return stops
+
+
+@pytest.fixture(scope="module")
+def every_key(served, symbols) -> list[tuple[str, str]]:
+    """Every handle_key hit of the recording, from an unconditional breakpoint."""
+    client = Client(served.port)
+    client.monitor("goto 1")
+    assert client.ask(b"Z0,%x,1" % symbols["handle_key"]) == b"OK"
+    hits = walk(client, b"c")
+    client.close()
+    assert "".join(key for key, _ in hits) == "echo hi\rcalc 6*7\rhalt\r"
+    return hits
+
+
+def test_a_conditional_breakpoint_stops_only_where_its_condition_holds(client, symbols, every_key):
+    # GDB manual, Packets: `Z0,addr,kind;cond_list`, each condition `X len,expr` in agent-expression bytecode
+    assert client.ask(b"Z0,%x,1;%s" % (symbols["handle_key"], key_is("c"))) == b"OK"
+    expected = [hit for hit in every_key if hit[0] == "c"]
+    assert len(expected) == 3
+    assert walk(client, b"c") == expected
+    assert walk(client, b"bc") == expected[::-1]
+
+
+def test_any_of_several_conditions_stops_the_breakpoint(client, symbols, every_key):
+    expected = [hit for hit in every_key if hit[0] in "h7"]
+    handle_key = symbols["handle_key"]
+    assert client.ask(b"Z0,%x,1;%s" % (handle_key, key_is("h", "7"))) == b"OK"          # as GDB writes them
+    assert walk(client, b"c") == expected
+    assert client.ask(b"Z0,%x,1;%s;%s" % (handle_key, key_is("7"), key_is("h"))) == b"OK"  # `;` between
+    assert walk(client, b"bc") == expected[::-1]
+
+
+def test_conditions_are_replaced_by_a_new_z0_and_an_unconditional_kind_always_stops(client, symbols, every_key):
+    handle_key = symbols["handle_key"]
+    assert client.ask(b"Z0,%x,1;%s" % (handle_key, key_is("c"))) == b"OK"
+    assert client.ask(b"Z0,%x,1;%s" % (handle_key, key_is("7"))) == b"OK"     # GDB re-sends Z0 on a change
+    assert walk(client, b"c") == [hit for hit in every_key if hit[0] == "7"]
+    assert client.ask(b"Z1,%x,1" % handle_key) == b"OK"                        # an unconditional kind as well
+    assert walk(client, b"bc") == every_key[::-1]
+    assert client.ask(b"z1,%x,1" % handle_key) == b"OK"
+    assert walk(client, b"c") == [hit for hit in every_key if hit[0] == "7"]
+    assert client.ask(b"Z0,%x,1" % handle_key) == b"OK"                        # no conditions: unconditional
+    assert walk(client, b"bc") == every_key[::-1]
+    assert client.ask(b"z0,%x,1" % handle_key) == b"OK"
+    assert walk(client, b"c") == []
+
+
+def test_a_condition_that_cannot_be_evaluated_stops_and_is_reported_once(client, symbols, every_key):
+    unreadable = bytes((OPCODES["const64"],)) + (0xFFFF_8000_0000_0000).to_bytes(8, "big") + \
+        bytes((OPCODES["ref32"], OPCODES["end"]))
+    handle_key = symbols["handle_key"]
+    assert client.ask(b"Z0,%x,1;X%x,%s" % (handle_key, len(unreadable), unreadable.hex().encode())) == b"OK"
+    console, stop = client.monitor_packets(b"c")
+    assert rip_of(stop) == handle_key and client.monitor("when") == every_key[0][1]
+    assert console.decode() == (f"xenrr: the stub cannot evaluate the condition of the breakpoint at {handle_key:#x}: "
+                                f"cannot read 4 bytes of memory at 0xffff800000000000 (ref32 at offset 9)\n")
+    console, stop = client.monitor_packets(b"c")                 # stops again (as gdbserver), says nothing
+    assert console == b"" and client.monitor("when") == every_key[1][1]
+    console, stop = client.monitor_packets(b"bc")
+    assert console == b"" and client.monitor("when") == every_key[0][1]
+
+
+@pytest.mark.parametrize("options", [b"X", b"X2,27", b"X1,2", b"Xzz,27", b"X1,27Y", b"X1,27;garbage"])
+def test_a_malformed_condition_list_is_refused_and_sets_nothing(client, symbols, options):
+    assert client.ask(b"Z0,%x,1;%s" % (symbols["handle_key"], options)) == b"E01"
+    assert stop_fields(client.ask(b"c"))["replaylog"] == "end"
+
+
+def test_breakpoint_commands_are_refused(client, symbols):
+    # The stub does not offer BreakpointCommands, so a `cmds:` list cannot be carried out.
+    reply = client.ask(b"Z0,%x,1;%s;cmds:0,X1,27" % (symbols["handle_key"], key_is("c")))
+    assert reply.startswith(b"E.breakpoint commands cannot run")
+    assert stop_fields(client.ask(b"c"))["replaylog"] == "end"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bytecode=st.binary(max_size=48) | st.lists(st.sampled_from(sorted(OPCODES.values())), max_size=24).map(bytes))
+def test_random_condition_bytecode_never_breaks_the_stub(served, symbols, caplog, bytecode):
+    client = Client(served.port)
+    try:
+        client.monitor("goto 1")
+        with caplog.at_level(logging.ERROR, logger="stub.server"):
+            assert client.ask(b"Z0,%x,1;X%x,%s" % (symbols["handle_key"], len(bytecode), bytecode.hex().encode())) \
+                == b"OK"
+            for resume in (b"c", b"bc"):
+                _, stop = client.monitor_packets(resume)
+                assert stop.startswith(b"T05"), stop
+            assert client.ask(b"qC") == b"QC1"
+        assert not caplog.records, caplog.records[0].getMessage()
+    finally:
+        client.close()
 
 
 def test_steps_forward_and_back_by_one_instruction(client, symbols):
