@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from dom0.cliargs import add_image_option, add_session_argument
+from dom0.cliargs import add_image_option, add_kind_option, add_session_argument
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.logfile import LogFormatError, LogReader
@@ -26,8 +26,8 @@ from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.usercli import USER_COMMANDS, CheckScriptError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
-from xen.inject import ReplayDivergence, UnknownInputKind
-from xen.logrecord import FIRST_INPUT_KIND, kind_name
+from xen.inject import ReplayDivergence, UnknownInputKind, describe_payload
+from xen.logrecord import FIRST_INPUT_KIND, kind_name, kinds_named
 from xen.replay import Mark
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
 from xen.vcpu import EngineError
@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump = commands.add_parser(
         "dump", help="print a recording's header and records",
         description="Print SESSION's header and every record (sequence number, instruction count, rip, kind, "
-                    "payload; input events with their event number), and any damage found.")
+                    "payload in words: the keys typed, the guest time published, ...; input events with their "
+                    "event number), and any damage found.")
     add_session_argument(dump)
+    add_kind_option(dump)
     dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
     add_debug_commands(commands)
     add_user_commands(commands)
@@ -269,7 +271,18 @@ def command_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if complete or args.until_event is not None else EXIT_STOPPED
 
 
+def _kind_filter(names: str | None) -> set[int] | None:
+    """The kinds a `--kind` option selects (None: all)."""
+    if names is None:
+        return None
+    try:
+        return kinds_named(names)
+    except ValueError as error:
+        raise UsageError(f"--kind: {error}") from None
+
+
 def command_dump(args: argparse.Namespace) -> int:
+    kinds = _kind_filter(args.kind)
     try:
         reader = LogReader(args.session)
     except OSError as error:
@@ -277,13 +290,18 @@ def command_dump(args: argparse.Namespace) -> int:
     with reader:
         header = reader.header
         records = []
-        event = 0
+        total = event = 0
         for logged in reader.records():
+            total += 1
             if logged.kind >= FIRST_INPUT_KIND:
                 event += 1
+            if kinds is not None and logged.kind not in kinds:
+                continue
+            payload = bytes(logged.payload)
             records.append({"seq": logged.seq, "event": event if logged.kind >= FIRST_INPUT_KIND else None,
                             "icount": logged.icount, "rip": logged.rip, "vcpu": logged.vcpu,
-                            "kind": kind_name(logged.kind), "payload": bytes(logged.payload).hex()})
+                            "kind": kind_name(logged.kind), "detail": describe_payload(logged.kind, payload),
+                            "payload": payload.hex()})
         damage = str(reader.damage) if reader.damage else None
     if args.json:
         print(json.dumps({"image_sha256": header.image_sha256.hex(), "config": header.config,
@@ -292,13 +310,13 @@ def command_dump(args: argparse.Namespace) -> int:
     print(f"image sha256  {header.image_sha256.hex()}")
     for key, value in sorted(header.config.items()):
         print(f"{key:13} {value}")
-    print(f"{'seq':>8} {'event':>7} {'icount':>14} {'rip':>18}  kind           payload")
+    print(f"{'seq':>8} {'event':>7} {'icount':>14} {'rip':>18}  {'kind':<14} payload")
     for entry in records:
         event_text = str(entry["event"]) if entry["event"] is not None else "-"
-        payload = entry["payload"]
         print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14} {entry['rip']:#18x}  {entry['kind']:<14} "
-              f"{payload[:64]}{'...' if len(payload) > 64 else ''}")
-    print(f"{len(records)} records, {event} input events" + (f"; damage: {damage}" if damage else ""))
+              f"{entry['detail']}")
+    shown = f"{len(records)} of {total} records ({args.kind})" if kinds is not None else f"{total} records"
+    print(f"{shown}, {event} input events" + (f"; damage: {damage}" if damage else ""))
     return EXIT_OK
 
 

@@ -15,3 +15,9 @@ def add_session_argument(parser: argparse.ArgumentParser) -> None:
 def add_image_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", metavar="GUEST", type=Path,
                         help="the guest kernel, when it is no longer where it was recorded (must be the same file)")
+
+
+def add_kind_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", metavar="KIND[,KIND...]",
+                        help="only records of these kinds: console-input, timer, time, random (input events), "
+                             "digest, end")

@@ -17,10 +17,9 @@ from dom0.logfile import LogReader
 from xen.builder import build_domain
 from xen.digest import Digest, take_digest
 from xen.domain import Domain
-from xen.inject import Kind
+from xen.inject import describe_payload
 from xen.logrecord import FIRST_INPUT_KIND, kind_name
 from xen.replay import Replayer
-from xen.timekeeping import TimeBase
 
 
 class ReplaySetupError(Exception):
@@ -39,17 +38,11 @@ class Event:
 
     @property
     def kind_name(self) -> str:
-        return kind_name(self.kind).lower().replace("_", "-")
+        return kind_name(self.kind)
 
     def describe(self) -> str:
         """The payload in words: the key typed, the time published, ..."""
-        if self.kind == Kind.CONSOLE_INPUT:
-            return "keys " + repr(self.payload.decode("latin-1"))
-        if self.kind in (Kind.TIMER, Kind.TIME):
-            return f"guest time {TimeBase.from_bytes(self.payload).system_time / 1e9:.6f} s"
-        if self.kind == Kind.RANDOM:
-            return f"value {int.from_bytes(self.payload, 'little'):#018x}"
-        return self.payload.hex()
+        return describe_payload(self.kind, self.payload)
 
 
 class ReplaySession:

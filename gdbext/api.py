@@ -21,6 +21,7 @@ from a quiet GDB and `last_stop` describes where the replay stands.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -43,6 +44,7 @@ COMMAND_TIMEOUT = 60.0        # seconds GDB may take to answer a command that do
 SERVER_START_TIMEOUT = 60.0   # seconds `xenrr serve` may take to open its port
 REMOTE_TIMEOUT = 120          # GDB's `remotetimeout`: a `monitor goto` far away may take a while
 NO_HISTORY_TEXT = "No more reverse-execution history"
+GDB_VALUES = Path(__file__).with_name("gdbvalues.py")    # sourced into GDB: C values as JSON, for eval()
 _EXEC_IN_NEW_SESSION = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
 
 # GDB/MI stop reasons -> the reasons a Stop reports.
@@ -304,11 +306,15 @@ class Debugger:
             self.goto_event(1)
 
     # ------------------------------------------------------------------ the recording
-    def events(self, first: int | None = None, last: int | None = None) -> list[Event]:
-        """Input events `first`..`last` (inclusive, numbered from 1; all by default)."""
+    def events(self, first: int | None = None, last: int | None = None, kind: str | None = None) -> list[Event]:
+        """Input events `first`..`last` (inclusive, numbered from 1; all by default); with `kind` only
+        those of that kind ("console-input", "timer", "time", "random"; several: comma-separated)."""
         if self._events is None:
             self._events = _parse_events(self._monitor("events"))
-        return [event for event in self._events
+        events = self._events
+        if kind is not None:
+            events = _parse_events(self._monitor(f"events --kind {''.join(kind.split())}"))
+        return [event for event in events
                 if (first is None or event.number >= first) and (last is None or event.number <= last)]
 
     def event(self, number: int) -> Event:
@@ -327,6 +333,16 @@ class Debugger:
         """The current position as a Stop with reason "here"."""
         return self._here("here")
 
+    def bookmark(self, name: str) -> None:
+        """Name the current position; `goto_bookmark(name)` comes back to it (as long as this Debugger lives)."""
+        self._monitor(f"bookmark {_bookmark_name(name)}")
+
+    def bookmarks(self) -> dict[str, int]:
+        """The bookmarks: name -> instruction count."""
+        output = self._monitor("bookmarks")
+        return {found.group(1): int(found.group(2))
+                for found in re.finditer(r"^(\S+)\s+icount (\d+)$", output, re.MULTILINE)}
+
     # ------------------------------------------------------------------ motion
     def goto_event(self, number: int) -> Stop:
         """Go to just before input event `number` is injected (forwards or backwards): the Stop's
@@ -336,6 +352,10 @@ class Debugger:
     def goto_icount(self, icount: int) -> Stop:
         """Go to the point where exactly `icount` guest instructions have retired."""
         return self._goto(f"goto-icount {int(icount)}")
+
+    def goto_bookmark(self, name: str) -> Stop:
+        """Go to the position `bookmark(name)` named, forwards or backwards (reason "goto")."""
+        return self._goto(f"goto-bookmark {_bookmark_name(name)}")
 
     def cont(self) -> Stop:
         return self._motion("-exec-continue")
@@ -390,8 +410,23 @@ class Debugger:
             self._gdb.command(f"-break-delete {int(number)}")
 
     # ------------------------------------------------------------------ state
-    def eval(self, expression: str) -> str:
-        """GDB's value of an expression, as GDB prints it (`65 'A'`, `0x44434241`, `{...}`)."""
+    def eval(self, expression: str) -> Any:
+        """The value of a C expression as a Python value: int (integers, pointers), bool, float, str (a
+        plain char, a char array or char pointer up to its NUL, an enumerator's name), list (arrays),
+        dict (structs and unions); the rule is gdbext/gdbvalues.py's (see the README)."""
+        command = f"python xenrr_value({json.dumps(expression)})"
+        reply = self._gdb.command(f"-interpreter-exec console {_mi_quote(command)}")
+        lines = reply.console.strip().splitlines()
+        try:
+            answer = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise DebugError(f"GDB did not evaluate {expression!r}: {_one_line(reply.console)!r}") from None
+        if "error" in answer:
+            raise DebugError(answer["error"])
+        return answer["value"]
+
+    def eval_text(self, expression: str) -> str:
+        """GDB's text for the value of an expression, as `print` shows it (`65 'A'`, `0x44434241`, `{...}`)."""
         return self._gdb.command(f"-data-evaluate-expression {_mi_quote(expression)}").payload["value"]
 
     def read_memory(self, address: int | str, length: int) -> bytes:
@@ -493,6 +528,12 @@ def _parse_events(text: str) -> list[Event]:
     return events
 
 
+def _bookmark_name(name: str) -> str:
+    if not name or len(name.split()) != 1:
+        raise DebugError(f"a bookmark name is one word, not {name!r}")
+    return name
+
+
 def _parse_when(text: str) -> tuple[int, int, int]:
     """`monitor when` output, `event K of N, icount I, ...`: (K, N, I)."""
     found = re.search(r"event (\d+) of (\d+), icount (\d+)", text)
@@ -523,6 +564,7 @@ def xenrr_debug(session: str | os.PathLike, image: str | os.PathLike | None = No
     try:
         for setting in ("pagination off", "confirm off", "width 0", "height 0", f"remotetimeout {REMOTE_TIMEOUT}"):
             gdb.command(f"-gdb-set {setting}")
+        gdb.command(f"-interpreter-exec console {_mi_quote('source ' + str(GDB_VALUES))}")
         gdb.command(f"-target-select remote 127.0.0.1:{server.port}")
         debugger.image = Path(image) if image is not None else Path(debugger._monitor("image").strip())
         if image is None:

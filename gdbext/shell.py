@@ -191,24 +191,63 @@ class DebugShell:
         self.show_stop(run())
 
     def do_events(self, argument: str) -> None:
-        numbers = _numbers(argument, "events [FROM [TO]]", most=2)
+        usage = "events [--kind KIND[,KIND...]] [FROM [TO]]"
+        words = shlex.split(argument)
+        kind = None
+        if words and words[0].startswith("--kind"):
+            kind = words[0].removeprefix("--kind").removeprefix("=") or (words[1] if len(words) > 1 else "")
+            words = words[1:] if "=" in words[0] else words[2:]
+            if not kind:
+                raise UsageError(usage)
+        numbers = _numbers(shlex.join(words), usage, most=2)
         current = self.debugger.last_stop.event if self.debugger.last_stop else 0
         if numbers:
             first, last = numbers[0], numbers[1] if len(numbers) > 1 else numbers[0] + 2 * EVENT_WINDOW
+        elif kind is not None:
+            first, last = 1, None            # every event of that kind
         else:
             first, last = max(1, current - EVENT_WINDOW), current + EVENT_WINDOW
-        events = self.debugger.events(first, last)
+        events = self.debugger.events(first, last, kind=kind)
         if not events:
-            raise UsageError(f"no events in {first}..{last}: the recording has events 1 to "
-                             f"{len(self.debugger.events())}")
+            of_kind = f" of kind {kind}" if kind else ""
+            raise UsageError(f"no events{of_kind} in {first}..{last or len(self.debugger.events())}: the recording "
+                             f"has events 1 to {len(self.debugger.events())}")
         for event in events:
             marker = "=>" if event.number == current + 1 else "  "
             print(f"{marker}{event.number:>7}  instruction {event.icount:>12}  {event.kind:<14} {event.detail}")
         print(f"(=> marks the next event to be injected; {len(self.debugger.events())} events in all)")
 
     def do_goto(self, argument: str) -> None:
-        (number,) = _numbers(argument, "goto EVENT", least=1, most=1)
+        words = shlex.split(argument)
+        if len(words) == 1 and not re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", words[0]):
+            self.show_stop(self.debugger.goto_bookmark(words[0]))
+            return
+        (number,) = _numbers(argument, "goto EVENT|BOOKMARK", least=1, most=1)
         self.show_stop(self.debugger.goto_event(number))
+
+    def do_goto_icount(self, argument: str) -> None:
+        (icount,) = _numbers(argument, "goto-icount N", least=1, most=1)
+        self.show_stop(self.debugger.goto_icount(icount))
+
+    def do_when(self, argument: str) -> None:
+        _numbers(argument, "when", most=0)
+        event, icount = self.debugger.when()
+        print(f"event {event}/{self.debugger.event_count} applied, instruction {icount}")
+
+    def do_bookmark(self, argument: str) -> None:
+        words = shlex.split(argument)
+        if len(words) > 1:
+            raise UsageError("bookmark [NAME] (one word)")
+        if words:
+            self.debugger.bookmark(words[0])
+            event, icount = self.debugger.when()
+            print(f"bookmark {words[0]}: event {event}/{self.debugger.event_count}, instruction {icount}")
+            return
+        bookmarks = self.debugger.bookmarks()
+        if not bookmarks:
+            print("no bookmarks; `bookmark NAME` names the current position")
+        for name, icount in bookmarks.items():
+            print(f"  {name:<16} instruction {icount}")
 
     def do_break(self, argument: str) -> None:
         if not argument:
@@ -231,7 +270,7 @@ class DebugShell:
         if argument.startswith("/"):
             self.do_gdb_command(f"print{argument}")
         else:
-            print(f"{argument} = {self.debugger.eval(argument)}")
+            print(f"{argument} = {self.debugger.eval_text(argument)}")
 
     def do_backtrace(self, argument: str) -> None:
         for frame in self.debugger.backtrace():
@@ -261,7 +300,7 @@ class DebugShell:
             print(f"{command.usage}{aliases}\n    {command.summary}")
             return
         for command in COMMANDS:
-            print(f"  {command.usage:<24} {command.summary}")
+            print(f"  {command.usage:<30} {command.summary}")
         print("Keys: F5 continue, Shift-F5 or F6 reverse-continue, F10 next, F11 step; Ctrl-C stops a running "
               "command; Tab completes commands and guest symbols.")
 
@@ -299,9 +338,17 @@ def _gdb(prefix: str) -> Callable[[DebugShell, str], None]:
 
 
 COMMANDS = [
-    Command(("events",), "events [FROM [TO]]", "list input events (keys, timer ticks, ...) by number",
+    Command(("events",), "events [--kind K] [FROM [TO]]",
+            "list input events by number; --kind console-input, timer, time or random",
             DebugShell.do_events),
-    Command(("goto",), "goto EVENT", "go to just before input event EVENT is injected", DebugShell.do_goto),
+    Command(("goto",), "goto EVENT|BOOKMARK", "go to just before input event EVENT is injected, or to a bookmark",
+            DebugShell.do_goto),
+    Command(("goto-icount",), "goto-icount N", "go to where exactly N instructions have retired",
+            DebugShell.do_goto_icount),
+    Command(("when",), "when", "the current position: last event applied, instructions retired",
+            DebugShell.do_when),
+    Command(("bookmark",), "bookmark [NAME]", "name the current position (`goto NAME` returns); alone: list them",
+            DebugShell.do_bookmark),
     Command(("break", "b"), "break LOCATION", "set a breakpoint (function, FILE:LINE or *ADDRESS)",
             DebugShell.do_break, takes_symbol=True),
     Command(("watch",), "watch EXPRESSION", "stop when the value of EXPRESSION is written",

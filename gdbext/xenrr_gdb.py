@@ -6,7 +6,9 @@ reaches a replay only through the remote protocol: `rr-replay` starts `xenrr ser
 to it; the other commands are the stub's `monitor` commands, with GDB's view refreshed after a
 jump.
 
-Commands: rr-replay SESSION.xrr [--image ELF], rr-goto EVENT, rr-events [FROM [TO]], rr-when.
+Commands: rr-replay SESSION.xrr [--image ELF], rr-goto EVENT|BOOKMARK, rr-events [--kind KIND] [FROM [TO]],
+rr-when, rr-bookmark [NAME]. (GDB's own `checkpoint` needs a native process; on a replay, bookmarks
+take its place: they are positions in the recording, so going back to one restores everything.)
 Invariant: every failure reaches the user as one line (gdb.GdbError), and a `xenrr serve`
 started here never outlives this GDB.
 
@@ -165,32 +167,60 @@ rr-goto, rr-events, rr-when move through and describe the recording."""
 
 
 class GotoCommand(gdb.Command):
-    """Go to an input event of the recording: rr-goto EVENT
+    """Go to an input event or a bookmark of the recording: rr-goto EVENT | rr-goto BOOKMARK
 
 Moves the replay, forwards or backwards, to exactly the point where input event EVENT (numbered
-from 1, see rr-events) is about to be injected, and shows the new position ($pc and frame)."""
+from 1, see rr-events) is about to be injected, or to the position named BOOKMARK (see rr-bookmark),
+and shows the new position ($pc and frame)."""
 
     def __init__(self) -> None:
         super().__init__("rr-goto", gdb.COMMAND_RUNNING)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        (number,) = _numbers("rr-goto", argument, ("EVENT",), 1)
-        gdb.write(_monitor(f"goto {number}"))
+        words = gdb.string_to_argv(argument)
+        if len(words) == 1 and not re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", words[0]):
+            gdb.write(_monitor(f"goto-bookmark {words[0]}"))
+        else:
+            (number,) = _numbers("rr-goto", argument, ("EVENT",), 1)
+            gdb.write(_monitor(f"goto {number}"))
         _refresh_view()
 
 
+class BookmarkCommand(gdb.Command):
+    """Name the current position of the replay: rr-bookmark NAME (rr-bookmark alone lists them)
+
+`rr-goto NAME` comes back to it, from anywhere before or after, with every register and byte of
+memory as it was. Bookmarks last as long as the replay server (this rr-replay)."""
+
+    def __init__(self) -> None:
+        super().__init__("rr-bookmark", gdb.COMMAND_RUNNING)
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        words = gdb.string_to_argv(argument)
+        if len(words) > 1:
+            raise gdb.GdbError("usage: rr-bookmark [NAME] (one word)")
+        gdb.write(_monitor(f"bookmark {words[0]}" if words else "bookmarks"))
+
+
 class EventsCommand(gdb.Command):
-    """List the recording's input events: rr-events [FROM [TO]]
+    """List the recording's input events: rr-events [--kind KIND[,KIND...]] [FROM [TO]]
 
 Shows events FROM to TO (all by default): number, instruction count, kind and payload (the key
-typed, the time published, ...). `=>` marks the next event to be injected."""
+typed, the time published, ...); with --kind only those of the kinds named (console-input, timer,
+time, random). `=>` marks the next event to be injected."""
 
     def __init__(self) -> None:
         super().__init__("rr-events", gdb.COMMAND_STATUS)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        numbers = _numbers("rr-events", argument, ("FROM", "TO"), 0)
-        gdb.write(_monitor(" ".join(["events"] + [str(number) for number in numbers])))
+        words = gdb.string_to_argv(argument)
+        kind = []
+        if words and words[0] == "--kind":
+            if len(words) < 2:
+                raise gdb.GdbError("usage: rr-events [--kind KIND[,KIND...]] [FROM [TO]]")
+            kind, words = ["--kind", words[1]], words[2:]
+        numbers = _numbers("rr-events", " ".join(words), ("FROM", "TO"), 0)
+        gdb.write(_monitor(" ".join(["events"] + kind + [str(number) for number in numbers])))
 
 
 class WhenCommand(gdb.Command):
@@ -210,5 +240,6 @@ the instruction count and the pc."""
 
 ReplayCommand()
 GotoCommand()
+BookmarkCommand()
 EventsCommand()
 WhenCommand()

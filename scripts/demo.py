@@ -186,7 +186,7 @@ def hunt(d: Debugger) -> None:
         "the last four keys of the long line, then Enter")
     say(f"d.goto_event({enter.number})", stop_text(d.goto_event(enter.number)),
         "just before the Enter arrives (the guest waits for input in a hypercall)")
-    corrupted = int(d.eval("ed.hist_count"))
+    corrupted = d.eval("ed.hist_count")
     if corrupted != int.from_bytes(b"ABCD", "little"):
         raise DemoError(f"ed.hist_count is {corrupted} before the Enter, not the bytes of ABCD")
     say('d.eval("ed.hist_count")', str(corrupted),
@@ -200,12 +200,12 @@ def hunt(d: Debugger) -> None:
     say("d.backtrace()", "\n".join(f"#{frame.level} {frame.function} at {frame.location}" for frame in d.backtrace()))
     event = d.event(stop.event)
     say(f"d.event({stop.event})", f"{event.kind}  {event.detail}", "the keystroke being handled")
-    say('d.eval("c"), d.eval("ed.len")', f"{d.eval('c')}, {d.eval('ed.len')}",
+    say('d.eval("c"), d.eval("ed.len")', f"{d.eval('c')!r}, {d.eval('ed.len')}",
         "line_insert stores the key at ed.line[ed.len]: index 67 of a 64-byte array")
     writes = []
     for _ in range(3):
         stop = d.reverse_continue()
-        writes.append(f"{stop.function} storing {d.eval('c')} at ed.line[{d.eval('ed.len')}], event {stop.event}")
+        writes.append(f"{stop.function} storing {d.eval('c')!r} at ed.line[{d.eval('ed.len')}], event {stop.event}")
     say("d.reverse_continue()  # three more times", "\n".join(writes), "every key from the 65th on")
     say('d.eval("ed.len >= sizeof(ed.line)"), d.eval("ed.len >= sizeof(ed.line) + 4")',
         f"{d.eval('ed.len >= sizeof(ed.line)')}, {d.eval('ed.len >= sizeof(ed.line) + 4')}",

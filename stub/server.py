@@ -43,6 +43,8 @@ from stub.rsp import (
 )
 from stub.target_xml import REGISTER_NUMBERS, REGISTERS, TARGET_XML, all_registers, register_bytes
 from stub.timeline import Stop, Timeline
+from xen.logrecord import kinds_named
+from xen.replay import Mark
 from xen.vcpu import PAGE_SIZE, GuestMemoryError, VCpu
 
 LOOPBACK = "127.0.0.1"
@@ -60,10 +62,15 @@ SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;ReverseStep+;
              b"swbreak+;hwbreak+;vContSupported+;ConditionalBreakpoints+" % PACKET_SIZE)
 MONITOR_HELP = """\
 monitor commands of the xenrr replay stub:
-  events [FROM [TO]]  list input events (number, instruction count, kind, payload)
+  events [--kind KIND[,KIND...]] [FROM [TO]]
+                      list input events (number, instruction count, kind, payload); KIND is
+                      console-input, timer, time or random
   goto EVENT          go to just before input event EVENT is injected (forwards or backwards)
   goto-icount N       go to instruction count N
   when                the current event number and instruction count
+  bookmark NAME       name the current position (a bookmark lasts as long as this server)
+  bookmarks           list the bookmarks
+  goto-bookmark NAME  go back (or forward) to a bookmark
   image               the guest image the replay runs (for its symbols)
   help                this text
 After `goto`, plain GDB must re-read the target: `maintenance flush register-cache` then `frame`
@@ -132,6 +139,7 @@ class GdbServer:
         self._last_stop = b"T%02xthread:1;" % SIGTRAP
         self._conn: RspConnection | None = None
         self._client = _ClientState()
+        self._bookmarks: dict[str, Mark] = {}
         self._handlers = {b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
                           b"m": self._read_memory, b"H": self._set_thread, b"T": self._thread_alive,
                           b"Z": self._insert_point, b"z": self._remove_point, b"c": self._continue,
@@ -499,7 +507,9 @@ class GdbServer:
         words = command_line.split()
         commands = {"events": self._monitor_events, "goto": self._monitor_goto,
                     "goto-icount": self._monitor_goto_icount, "when": self._monitor_when,
-                    "image": self._monitor_image, "help": lambda args: MONITOR_HELP}
+                    "image": self._monitor_image, "bookmark": self._monitor_bookmark,
+                    "bookmarks": self._monitor_bookmarks, "goto-bookmark": self._monitor_goto_bookmark,
+                    "help": lambda args: MONITOR_HELP}
         try:
             if not words or words[0] not in commands:
                 raise _MonitorError(f"unknown monitor command {command_line.strip()!r}; try 'monitor help'")
@@ -522,6 +532,7 @@ class GdbServer:
 
     def _monitor_events(self, args: list[str]) -> str:
         events = self.timeline.events()
+        kinds, args = _kind_option(args)
         numbers = self._numbers(args, ("FROM", "TO"), 0)
         first = numbers[0] if numbers else 1
         last = numbers[1] if len(numbers) > 1 else len(events)
@@ -530,10 +541,37 @@ class GdbServer:
         current = self.timeline.current_event()
         lines = [f"  {'event':>7} {'icount':>14}  {'kind':<14} payload"]
         for event in events[first - 1:last]:
-            marker = "=>" if event.number == current + 1 else "  "
-            lines.append(f"{marker}{event.number:>7} {event.icount:>14}  {event.kind_name:<14} {event.describe()}")
-        lines.append(f"{len(events)} events; => marks the next one to be injected")
+            if kinds is None or event.kind in kinds:
+                marker = "=>" if event.number == current + 1 else "  "
+                lines.append(f"{marker}{event.number:>7} {event.icount:>14}  {event.kind_name:<14} "
+                             f"{event.describe()}")
+        shown = f"{len(lines) - 1} shown of " if kinds is not None else ""
+        lines.append(f"{shown}{len(events)} events; => marks the next one to be injected")
         return "\n".join(lines) + "\n"
+
+    def _monitor_bookmark(self, args: list[str]) -> str:
+        name = self._bookmark_name(args)
+        self._bookmarks[name] = self.timeline.position
+        return f"bookmark {name}: " + self._monitor_when([])
+
+    def _monitor_bookmarks(self, args: list[str]) -> str:
+        self._numbers(args, (), 0)
+        if not self._bookmarks:
+            return "no bookmarks; `monitor bookmark NAME` names the current position\n"
+        return "".join(f"{name:<16} icount {mark.icount}\n" for name, mark in self._bookmarks.items())
+
+    def _monitor_goto_bookmark(self, args: list[str]) -> str:
+        name = self._bookmark_name(args)
+        if name not in self._bookmarks:
+            known = ", ".join(self._bookmarks) or "none yet"
+            raise _MonitorError(f"no bookmark named {name!r} (bookmarks: {known})")
+        return self._arrived(self.timeline.goto(self._bookmarks[name]))
+
+    @staticmethod
+    def _bookmark_name(args: list[str]) -> str:
+        if len(args) != 1:
+            raise _MonitorError("expected one NAME (no spaces)")
+        return args[0]
 
     def _monitor_goto(self, args: list[str]) -> str:
         (number,) = self._numbers(args, ("EVENT",), 1)
@@ -579,6 +617,26 @@ def _condition_list(options: bytes) -> tuple[bytes, ...]:
             raise BadArgument(str(error)) from None
         conditions.append(bytecode)
     return tuple(conditions)
+
+
+def _kind_option(args: list[str]) -> tuple[set[int] | None, list[str]]:
+    """Split `--kind KINDS` (or `--kind=KINDS`) off a monitor command's arguments: (kinds or None, the rest)."""
+    rest: list[str] = []
+    names = None
+    words = iter(args)
+    for word in words:
+        if word == "--kind":
+            names = next(words, "")
+        elif word.startswith("--kind="):
+            names = word.removeprefix("--kind=")
+        else:
+            rest.append(word)
+    if names is None:
+        return None, rest
+    try:
+        return kinds_named(names), rest
+    except ValueError as error:
+        raise _MonitorError(str(error)) from None
 
 
 def _readable_prefix(vcpu: VCpu, address: int, length: int) -> bytes:

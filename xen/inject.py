@@ -12,11 +12,12 @@ injection at the same count and first checks that the vCPU is where the record s
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
-from xen.digest import end_payload, take_digest
+from xen.digest import Digest, end_payload, parse_end_payload, take_digest
 from xen.logrecord import KIND_DIGEST, KIND_END, kind_name, register_kind
 from xen.timekeeping import TimeBase
 
@@ -33,7 +34,31 @@ class Kind(enum.IntEnum):
 
 
 for _kind in Kind:
-    register_kind(_kind, _kind.name)
+    register_kind(_kind, _kind.name.lower().replace("_", "-"))     # console-input, timer, time, random
+
+
+def describe_payload(kind: int, payload: bytes) -> str:
+    """A record's payload in words (the key typed, the time published, ...): how `xenrr dump`, the
+    stub's `monitor events` and the debuggers show every record. Hex for a kind or payload it cannot read."""
+    try:
+        if kind == Kind.CONSOLE_INPUT:
+            return "keys " + repr(payload.decode("latin-1"))
+        if kind in (Kind.TIMER, Kind.TIME):
+            return f"guest time {TimeBase.from_bytes(payload).system_time / 1e9:.9f} s"
+        if kind == Kind.RANDOM and len(payload) == 8:
+            return f"value {int.from_bytes(payload, 'little'):#018x}"
+        if kind == KIND_DIGEST:
+            return _describe_digest(Digest.from_bytes(payload))
+        if kind == KIND_END:
+            digest, outcome = parse_end_payload(payload)
+            return f"recording ended: {outcome}; final {_describe_digest(digest)}"
+    except (ValueError, struct.error):
+        pass
+    return payload.hex()
+
+
+def _describe_digest(digest: Digest) -> str:
+    return f"state digest {digest.state_hash.hex()}" + (" with memory" if digest.memory_hash is not None else "")
 
 
 @dataclass(frozen=True)

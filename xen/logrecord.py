@@ -26,11 +26,12 @@ MAX_PAYLOAD = 1 << 16
 _U64 = (1 << 64) - 1
 _VCPU_INLINE = 3  # vCPUs 0..2 live in the tag; 3 in the tag means "a varint vCPU - 3 follows"
 
-_kind_names: dict[int, str] = {KIND_END: "END", KIND_DIGEST: "DIGEST"}
+# The one vocabulary of kinds users see (dump, events, --kind filters): lower case, words joined by '-'.
+_kind_names: dict[int, str] = {KIND_END: "end", KIND_DIGEST: "digest"}
 
 
 def register_kind(kind: int, name: str) -> int:
-    """Name an input kind (>= FIRST_INPUT_KIND) so dumps can show it; returns `kind`."""
+    """Name an input kind (>= FIRST_INPUT_KIND) so dumps, event lists and --kind filters use it; returns `kind`."""
     if not FIRST_INPUT_KIND <= kind <= MAX_KIND:
         raise ValueError(f"input record kinds are {FIRST_INPUT_KIND}..{MAX_KIND}, not {kind}")
     known = _kind_names.get(kind)
@@ -43,6 +44,18 @@ def register_kind(kind: int, name: str) -> int:
 def kind_name(kind: int) -> str:
     """The registered name of a kind, or 'kind-N' for one nobody registered."""
     return _kind_names.get(kind, f"kind-{kind}")
+
+
+def kinds_named(names: str) -> set[int]:
+    """The kinds of a `--kind` filter: registered names separated by commas. ValueError naming the known
+    kinds for a name nobody registered."""
+    numbers = {name: kind for kind, name in _kind_names.items()}
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in numbers]
+    if unknown or not wanted:
+        raise ValueError(f"unknown record kind {', '.join(unknown) or repr(names)}: the kinds are "
+                         f"{', '.join(sorted(numbers))}")
+    return {numbers[name] for name in wanted}
 
 
 class Record(NamedTuple):

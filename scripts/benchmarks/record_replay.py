@@ -182,9 +182,9 @@ def log_bytes(path: Path) -> dict:
         stats["records"] += 1
         stats["bytes"] += len(encoded) - before
         stats["payload_bytes"] += len(payload)
-        if entry["kind"] == "DIGEST" and Digest.from_bytes(payload).memory_hash is not None:
+        if entry["kind"] == "digest" and Digest.from_bytes(payload).memory_hash is not None:
             full_digests += 1
-        if entry["kind"] == "CONSOLE_INPUT" and len(payload) == 1:
+        if entry["kind"] == "console-input" and len(payload) == 1:
             single_keys.append(len(encoded) - before)
     with LogReader(path) as reader:
         if sum(block.payload_length for block in reader.blocks) != len(encoded):
@@ -233,7 +233,7 @@ def run(quick: bool) -> dict:
         floods = [flood(sides, FLOOD_KEYS[quick][clock], clock) for clock in ("real", "virtual")]
     plain, recorded, replayed = (_median(samples[side]) for side in ("plain", "record", "replay"))
     fixed_seconds = _median(fixed["record"]) - _median(fixed["plain"])
-    digests = log["by_kind"].get("DIGEST", {"records": 0})["records"]
+    digests = log["by_kind"].get("digest", {"records": 0})["records"]
     return {
         "iterations": iterations, "repeats": repeats, "keys": keys, "key_interval_ms": KEY_INTERVAL_MS,
         "timing": "in-process wall time (time.perf_counter) around Scheduler.run / record() / Replayer.run; "
@@ -245,7 +245,7 @@ def run(quick: bool) -> dict:
         "runs": {side: [run["seconds"] for run in runs] for side, runs in samples.items()},
         "fixed_runs": {side: [run["seconds"] for run in runs] for side, runs in fixed.items()},
         "costs": costs, "periodic_full_digests": log["full_digests"], "register_digests": digests - log["full_digests"],
-        "timer_events_per_second": log["by_kind"].get("TIMER", {"records": 0})["records"] / plain,
+        "timer_events_per_second": log["by_kind"].get("timer", {"records": 0})["records"] / plain,
         "log": log, "flood": floods,
     }
 

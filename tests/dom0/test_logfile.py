@@ -152,7 +152,7 @@ def test_encoder_refuses_what_it_cannot_encode_and_appends_nothing():
 
 
 def test_kind_names_for_dumps():
-    assert kind_name(KIND_END) == "END" and kind_name(KIND_DIGEST) == "DIGEST"
+    assert kind_name(KIND_END) == "end" and kind_name(KIND_DIGEST) == "digest"
     assert register_kind(FIRST_INPUT_KIND + 40, "test-kind") == FIRST_INPUT_KIND + 40
     assert kind_name(FIRST_INPUT_KIND + 40) == "test-kind"
     register_kind(FIRST_INPUT_KIND + 40, "test-kind")  # registering the same name again is fine

@@ -96,7 +96,7 @@ def test_a_flood_of_keys_through_a_tiny_log_ring_loses_no_record(xenrr, kbdshell
     dumped = dump_json(xenrr, log)
     assert dumped["damage"] is None
     assert len(dumped["records"]) == result.records
-    typed = [bytes.fromhex(entry["payload"]) for entry in dumped["records"] if entry["kind"] == "CONSOLE_INPUT"]
+    typed = [bytes.fromhex(entry["payload"]) for entry in dumped["records"] if entry["kind"] == "console-input"]
     assert b"".join(typed) == keys and len(typed) == len(keys)
     assert [entry["seq"] for entry in dumped["records"]] == list(range(result.records))
 
@@ -108,7 +108,7 @@ def test_a_flood_of_keys_through_a_tiny_log_ring_loses_no_record(xenrr, kbdshell
 def test_until_event_stops_just_before_that_event(xenrr, virtual_recording):
     dumped = dump_json(xenrr, virtual_recording.path)
     events = [entry for entry in dumped["records"] if entry["event"] is not None]
-    key_b = next(entry for entry in events if entry["kind"] == "CONSOLE_INPUT" and entry["payload"] == b"b".hex())
+    key_b = next(entry for entry in events if entry["kind"] == "console-input" and entry["payload"] == b"b".hex())
     number = key_b["event"]
 
     stopped = xenrr("replay", virtual_recording.path, "--until-event", number)
@@ -142,9 +142,9 @@ def test_dump_lists_the_header_and_every_record(xenrr, virtual_recording, kbdshe
     assert len(records) == logged
     assert [entry["seq"] for entry in records] == list(range(len(records)))
     assert [entry["event"] for entry in records] == list(range(1, len(records))) + [None]
-    assert records[0]["kind"] == "TIME" and records[0]["icount"] == 0
-    assert records[-1]["kind"] == "END" and records[-1]["icount"] == virtual_recording.record.instructions
-    keys = [entry for entry in records if entry["kind"] == "CONSOLE_INPUT"]
+    assert records[0]["kind"] == "time" and records[0]["icount"] == 0
+    assert records[-1]["kind"] == "end" and records[-1]["icount"] == virtual_recording.record.instructions
+    keys = [entry for entry in records if entry["kind"] == "console-input"]
     assert b"".join(bytes.fromhex(entry["payload"]) for entry in keys) == b"echo abc\rhalt\r"
     icounts = [entry["icount"] for entry in records]
     assert icounts == sorted(icounts) and all(entry["vcpu"] == 0 for entry in records)

@@ -56,7 +56,7 @@ def test_the_examples_pass_as_plain_pytest_tests():
 def test_a_failed_assertion_exits_1_naming_file_line_and_text(recordings, xenrr, tmp_path):
     script = write_script(tmp_path, '''\
         def test_holds(d):
-            assert d.eval("sizeof(ed.line)") == "64"
+            assert d.eval("sizeof(ed.line)") == 64
 
 
         def test_wrong_writer(d):

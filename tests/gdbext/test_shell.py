@@ -139,6 +139,20 @@ def test_errors_are_one_line_and_the_shell_goes_on(shell):
     assert "sizeof(ed.line) = 64" in shell.run("p sizeof(ed.line)")
 
 
+def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
+    keys = shell.run("events --kind console-input 66 69")
+    assert [line.split()[-1] for line in keys.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
+    assert "guest time 0.000000000 s" in shell.run("events --kind time")
+    output = shell.run("goto-icount 23110")
+    assert "instruction 23110" in output and "instruction 23110" in shell.toolbar()
+    assert "event 69/80 applied, instruction 23110" in shell.run("when")
+    assert "bookmark here: event 69/80, instruction 23110" in shell.run("bookmark here")
+    shell.run("goto 2")
+    assert "here             instruction 23110" in shell.run("bookmark")
+    assert "[event 69/80, instruction 23110" in shell.run("goto here")
+    assert "error: no bookmark named 'there'" in shell.run("goto there")
+
+
 def test_history_persists_across_shells(long_line, tmp_path):
     first = TmuxShell(long_line, tmp_path / "state")
     try:

@@ -343,6 +343,33 @@ def test_monitor_goto_and_events(gdb):
     assert "goto-icount" in gdb.run("monitor help").text
 
 
+def test_monitor_events_filter_by_kind_in_the_log_vocabulary(gdb):
+    keys = gdb.run("monitor events --kind console-input 1 5").text.splitlines()      # event 1 is the boot time
+    assert [line.split()[0] for line in keys[1:-1]] == ["2", "3", "4", "5"]
+    assert all(" console-input " in line for line in keys[1:-1])
+    assert keys[-1] == "4 shown of 80 events; => marks the next one to be injected"
+    times = gdb.run("monitor events --kind=time,timer").text.splitlines()
+    assert re.fullmatch(r"=>\s+1\s+0\s+time\s+guest time 0\.000000000 s", times[1]), times
+    error = gdb.run("monitor events --kind tick").text
+    assert error == ("error: unknown record kind tick: the kinds are console-input, digest, end, random, time, "
+                     "timer\n")
+
+
+def test_monitor_bookmarks_return_to_a_named_position(gdb):
+    gdb.run("break line_insert")
+    gdb.run("continue")
+    here = gdb.when()
+    assert gdb.run("monitor bookmark first-key").text.startswith(f"bookmark first-key: event {here[0]} of 80")
+    gdb.run("continue")
+    gdb.run("continue")
+    assert gdb.run("monitor bookmarks").text == f"first-key        icount {here[1]}\n"
+    assert gdb.run("monitor goto-bookmark first-key").text.startswith(f"event {here[0]} of 80, icount {here[1]}")
+    gdb.run("maintenance flush register-cache")
+    assert gdb.when() == here and gdb.function() == "line_insert" and gdb.value("ed.len") == 0
+    error = gdb.run("monitor goto-bookmark nowhere").text
+    assert error == "error: no bookmark named 'nowhere' (bookmarks: first-key)\n"
+
+
 @pytest.fixture
 def xenrr_command(monkeypatch):
     """rr-replay starts `xenrr serve` as $XENRR says: this interpreter and project."""
@@ -372,6 +399,27 @@ def test_the_gdb_extension_connects_and_moves_through_events(recording, xenrr_co
         with pytest.raises(GdbCommandError, match=r"^usage: rr-events \[FROM\] \[TO\]"):
             debugger.run("rr-events x")
         assert "rr-goto EVENT" in debugger.run("help rr-goto").text
+        debugger.run("kill")
+    finally:
+        debugger.close()
+
+
+def test_the_gdb_extension_filters_events_and_keeps_bookmarks(recording, xenrr_command):
+    debugger = Gdb("-x", str(EXTENSION))
+    try:
+        debugger.run(f"rr-replay {recording}")
+        listing = debugger.run("rr-events --kind console-input 66 69").text
+        assert [line.split()[-1] for line in listing.splitlines()[1:-1]] == ["'A'", "'B'", "'C'", "'D'"]
+        assert "shown of 80 events" in debugger.run("rr-events --kind time").text
+        debugger.run("rr-goto 71")
+        assert "bookmark entered: event 70 of 80" in debugger.run("rr-bookmark entered").text
+        debugger.run("rr-goto 2")
+        assert "entered " in debugger.run("rr-bookmark").text
+        moved = debugger.run("rr-goto entered")                             # back to the bookmark, with the frame
+        assert "event 70 of 80" in moved.text and re.search(r"^#0\s+\S", moved.text, re.MULTILINE)
+        assert debugger.value("ed.hist_count") == CORRUPTED + 1
+        with pytest.raises(GdbCommandError, match=r"^no bookmark named 'elsewhere'"):
+            debugger.run("rr-goto elsewhere")
         debugger.run("kill")
     finally:
         debugger.close()

@@ -1,0 +1,45 @@
+"""`xenrr dump`: records in the same words as the debuggers' event lists, and filtered by kind."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def dumped(xenrr, virtual_recording):
+    run = xenrr("dump", virtual_recording.path)
+    assert run.status == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def test_dump_shows_keys_as_text_and_times_decoded(dumped):
+    keys = [line for line in dumped if " console-input " in line]
+    assert [line.split("console-input", 1)[1].strip() for line in keys[:2]] == ["keys 'e'", "keys 'c'"]
+    assert keys[8].endswith("keys '\\r'")                       # the Enter after `echo abc`, as Python writes it
+    assert dumped[dumped.index(next(line for line in dumped if line.split()[:1] == ["seq"])) + 1].endswith(
+        "time           guest time 0.000000000 s")
+    assert "recording ended: shutdown:poweroff" in dumped[-2]
+
+
+def test_dump_kind_names_are_the_events_kind_names(xenrr, virtual_recording):
+    records = json.loads(xenrr("dump", virtual_recording.path, "--json").stdout)["records"]
+    assert {entry["kind"] for entry in records} == {"time", "console-input", "end"}
+    assert records[1]["detail"] == "keys 'e'" and records[1]["payload"] == b"e".hex()
+
+
+def test_dump_kind_filters_records_and_keeps_their_numbers(xenrr, virtual_recording):
+    every = json.loads(xenrr("dump", virtual_recording.path, "--json").stdout)["records"]
+    run = xenrr("dump", virtual_recording.path, "--kind", "console-input,end", "--json")
+    assert run.status == 0, run.stderr
+    records = json.loads(run.stdout)["records"]
+    assert records == [entry for entry in every if entry["kind"] in ("console-input", "end")]
+    text = xenrr("dump", virtual_recording.path, "--kind", "time").stdout.splitlines()
+    assert text[-1] == f"1 of {len(every)} records (time), {len(every) - 1} input events"
+
+
+def test_an_unknown_kind_is_a_usage_error_naming_the_kinds(xenrr, virtual_recording):
+    run = xenrr("dump", virtual_recording.path, "--kind", "tick")
+    assert (run.status, run.stdout) == (2, "")
+    assert run.stderr == ("xenrr: error: --kind: unknown record kind tick: the kinds are console-input, digest, "
+                          "end, random, time, timer\n")
