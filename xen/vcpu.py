@@ -23,7 +23,12 @@ Engine quirks handled here (see docs/engine.md):
   bytes count nothing: each fault kind has its own measured rule here (_UNCOUNTED_FAULTS);
 - write/read watch traps come from page protection: the trapping access is re-executed on an
   unprotected page, exactly once, then protection is restored;
-- `rflags`/`eflags` engine registers are computed by handlers: state is saved flag by flag instead.
+- `rflags`/`eflags` engine registers are computed by handlers: state is saved flag by flag instead;
+- the JIT keeps a fast lookup table from block start to translated code, and adding a breakpoint
+  evicts only the entry *at* the breakpoint's address: a block that already ran and contains the
+  address further in would run past it. Adding a breakpoint that such a block may cover evicts every
+  entry that can start a block containing it (`_evict_translations_covering`). The engine's periodic
+  recompilation chains blocks past breakpoints altogether: it is turned off.
 """
 from __future__ import annotations
 
@@ -48,6 +53,10 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PATCH_DIR = Path(__file__).resolve().parent / "sleigh"
 SPEC_DIR = Path(os.environ.get("XENRR_ENGINE_SPEC", _PROJECT_ROOT / "build" / "engine-spec"))
 _SPEC_SUBDIR = Path("Ghidra") / "Processors" / "x86"
+
+# The longest span of code one translated block can cover: the engine ends a block after 128
+# instructions, and an x86 instruction is at most 15 bytes long.
+_MAX_BLOCK_BYTES = 128 * 15
 
 # The documented virtual TSC: one tick per retired instruction (docs/engine.md, "Time").
 TSC_PER_INSTRUCTION = 1
@@ -127,7 +136,9 @@ def new_engine(jit: bool = True, patched: bool = True) -> Icicle:
     """A raw engine instance using the patched spec (or the stock one, for regression tests only)."""
     os.environ["GHIDRA_SRC"] = str(prepare_spec() if patched else Path(icicle.__file__).resolve().parent)
     try:
-        return Icicle("x86_64", jit=jit)
+        # recompilation=False: the engine's periodic (wall-clock driven) recompilation chains translated
+        # blocks into direct jumps that no breakpoint check sees.
+        return Icicle("x86_64", jit=jit, recompilation=False)
     except Exception as error:  # the engine reports SLEIGH compile errors as plain exceptions
         raise EngineError(f"the engine could not load its x86 spec: {error}") from error
 
@@ -315,6 +326,9 @@ class VCpu:
         self.memory_size = memory_size
         self._mapped_pages = self._map_memory(memory_base, memory_size, set(unmapped_pages))
         self._breakpoints: set[int] = set()
+        # Addresses no translated block can cover unchecked: each has been a breakpoint through every
+        # execution since its translations were last evicted (None: nothing has executed yet).
+        self._translations_checked: set[int] | None = None
         self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
         # Page protection is computed per page from three facts (see _protection): read-only code,
         # watched (write or read traps), and clean under dirty tracking (write traps).
@@ -537,9 +551,34 @@ class VCpu:
 
     # ---------------------------------------------------------------- breakpoints and watches
     def add_breakpoint(self, address: int) -> None:
+        """Stop before the instruction at `address`, whatever ran before (its translations are evicted)."""
         if address not in self._breakpoints:
             self._breakpoints.add(address)
             self._vm.add_breakpoint(address)
+            if self._translations_checked is not None and address not in self._translations_checked:
+                self._evict_translations_covering(address)
+                self._translations_checked.add(address)
+
+    def _evict_translations_covering(self, address: int) -> None:
+        """Evict from the JIT's fast lookup every block that may contain `address`.
+
+        The engine looks a block up by its start, and its add_breakpoint(a) evicts the entry at `a`
+        only: a block that started before `a`, was translated while `a` had no breakpoint and contains
+        it would keep running past it. Adding and removing a breakpoint at each possible start evicts
+        them all; the next lookup of each block sees the breakpoint and runs it on the interpreter."""
+        vm = self._vm
+        for start in range(max(address - _MAX_BLOCK_BYTES, 0), address):
+            if start not in self._breakpoints:
+                vm.add_breakpoint(start)
+                vm.remove_breakpoint(start)
+
+    def _note_execution(self, single_instruction: bool) -> None:
+        """Before the engine executes: blocks it translates now may cover any address that is not a
+        breakpoint, except that one instruction from pc translates at most the block starting at pc,
+        which the engine's own add_breakpoint(pc) evicts."""
+        kept = self._breakpoints | {self._vm.pc} if single_instruction else self._breakpoints
+        checked = self._translations_checked
+        self._translations_checked = set(kept) if checked is None else checked & kept
 
     def remove_breakpoint(self, address: int) -> None:
         if address in self._breakpoints:
@@ -586,6 +625,8 @@ class VCpu:
         if self._pending_random is not None:
             raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
         vm = self._vm
+        if vm.icount < until_icount:
+            self._note_execution(single_instruction=until_icount == vm.icount + 1)
         if vm.icount < until_icount and vm.pc in self._breakpoints:
             result = self._execute_one_unbroken()
             if result is not None:
@@ -606,6 +647,7 @@ class VCpu:
         """Execute exactly one instruction (or stop at the exit it causes). Breakpoints do not stop it."""
         if self._pending_random is not None:
             raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
+        self._note_execution(single_instruction=True)
         result = self._execute_one_unbroken()
         return result if result is not None else Exit(ExitReason.LIMIT, self._vm.icount, self._vm.pc)
 

@@ -113,23 +113,25 @@ class Server:
                 self.process.wait()
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
-    path = tmp_path_factory.mktemp("gdb") / "bug.xrr"
+def record_kbdshell(directory: Path, xenrr, kbdshell_elf: Path, name: str, keys: str) -> Path:
+    """A virtual-clock recording of kbdshell typing `keys`."""
+    path = directory / name
     done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", str(MEMORY_MIB),
-                 "--keys", BUG_KEYS)
+                 "--keys", keys)
     assert done.status == 0, done.stderr
     return path
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "bug.xrr", BUG_KEYS)
 
 
 @pytest.fixture(scope="module")
 def long_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
     """Billions of instructions of `bench` (a few seconds of replay): time enough for a Ctrl-C."""
-    path = tmp_path_factory.mktemp("gdb") / "long.xrr"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", str(MEMORY_MIB),
-                 "--keys", r"bench 300000000\rhalt\r")
-    assert done.status == 0, done.stderr
-    return path
+    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "long.xrr",
+                           r"bench 300000000\rhalt\r")
 
 
 @contextmanager
@@ -304,6 +306,52 @@ def test_read_and_access_watchpoints_forwards_and_backwards(gdb):
     back = gdb.run("reverse-continue").stopped            # back to just before that same read
     assert back["reason"] == "access-watchpoint-trigger" and gdb.value("n") == 2
     assert gdb.run("reverse-continue").stopped["reason"] == "access-watchpoint-trigger" and gdb.value("n") == 3
+
+
+@pytest.fixture(scope="module")
+def echo_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    """Issue 9's recipe: two short lines typed, then halt."""
+    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "echo.xrr",
+                           r"echo a\recho b\rhalt\r")
+
+
+def test_a_line_breakpoint_set_after_its_code_ran_is_hit_both_ways(echo_recording, kbdshell_elf):
+    """Issue 9, section 1, exactly: `break editor.c:34` (mid-function, mid-block) once line_insert has
+    run for several keys; continue and reverse-continue must stop there, not at the ends of history."""
+    with debugging(echo_recording, kbdshell_elf) as gdb:
+        gdb.run("break handle_key")
+        gdb.run("continue")
+        gdb.run("continue")
+        assert gdb.value("c") == ord("c")                 # 'e' was inserted: line_insert has run
+        gdb.run("delete")
+        gdb.run("break editor.c:34")
+        stop = gdb.run("continue")
+        assert stop.stopped["reason"] == "breakpoint-hit", stop.text
+        assert stop.stopped["frame"]["line"] == "34" and gdb.value("c") == ord("c")
+        back = gdb.run("reverse-continue")
+        assert back.stopped["reason"] == "breakpoint-hit", back.text
+        assert back.stopped["frame"]["line"] == "34" and gdb.value("c") == ord("e")
+
+
+def test_a_breakpoint_at_a_watchpoint_stop_is_hit_by_reverse_continue(echo_recording, kbdshell_elf):
+    """The store's next instruction (where a watchpoint stops) is mid-block: `break *$pc` there, then
+    reverse-continue finds the previous key's pass through it."""
+    with debugging(echo_recording, kbdshell_elf) as gdb:
+        gdb.run("break handle_key")
+        for _ in range(3):
+            gdb.run("continue")
+        gdb.run("delete")
+        gdb.run("watch ed.len")
+        stop = gdb.run("continue")
+        assert stop.stopped["reason"] == "watchpoint-trigger" and gdb.function() == "line_insert"
+        length, pc = gdb.value("ed.len"), gdb.value("$pc")
+        gdb.run("delete")
+        gdb.run("break *$pc")
+        back = gdb.run("reverse-continue")
+        assert back.stopped["reason"] == "breakpoint-hit", back.text
+        assert gdb.value("$pc") == pc and gdb.value("ed.len") == length - 1
+        forward = gdb.run("continue")
+        assert forward.stopped["reason"] == "breakpoint-hit" and gdb.value("ed.len") == length
 
 
 def test_ends_of_history_are_reported(gdb):
