@@ -9,8 +9,9 @@ SYSDEPS  := build/.sysdeps
 # Debian packages: gdb (end-to-end tests, `xenrr debug`), libxen-dev (the real Xen public headers the
 # guests are built against), patch (applies the engine spec patch set), tmux (terminal tests of the shell),
 # grub-xen-host + grub-xen-bin (Debian's GRUB 2 Xen PV image and its kernel.img/modules: the first PV
-# kernel written by others that xenrr boots) and grub-common (grub-mkimage, to build other GRUB images).
-APT_PKGS := gdb libxen-dev patch tmux grub-xen-host grub-xen-bin grub-common
+# kernel written by others that xenrr boots), grub-xen-dbg (the modules' symbols and DWARF, for GDB) and
+# grub-common (grub-mkimage, to build other GRUB images).
+APT_PKGS := gdb libxen-dev patch tmux grub-xen-host grub-xen-bin grub-xen-dbg grub-common
 
 .PHONY: all test demo bench guests engine sysdeps clean
 all: $(SYSDEPS) $(STAMP) $(SPEC) guests
@@ -23,6 +24,7 @@ $(SYSDEPS):
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	test -f /usr/lib/grub-xen/grub-x86_64-xen.bin || missing="$$missing grub-xen-host"; \
 	test -f /usr/lib/grub/x86_64-xen/kernel.img || missing="$$missing grub-xen-bin"; \
+	test -f /usr/lib/grub/x86_64-xen/normal.module || missing="$$missing grub-xen-dbg"; \
 	command -v grub-mkimage >/dev/null || missing="$$missing grub-common"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
