@@ -38,6 +38,11 @@ def hostile_elf() -> Path:
     return guest_path("hostile")
 
 
+@pytest.fixture(scope="session")
+def abiprobe_elf() -> Path:
+    return guest_path("abiprobe")
+
+
 @dataclass(frozen=True)
 class XenrrRun:
     """A finished `xenrr` process: exit status and its output, line ends kept as written (\\r\\n)."""

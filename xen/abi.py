@@ -161,9 +161,31 @@ CALLBACKTYPE_event = 0
 CALLBACKTYPE_failsafe = 1
 CALLBACKTYPE_syscall = 2
 CALLBACKTYPE_nmi = 4
+CALLBACKTYPE_sysenter = 5
+CALLBACKTYPE_syscall32 = 7
 CALLBACKF_mask_events = 1
 CALLBACKOP_register = 0
 CALLBACKOP_unregister = 1
+
+# --- vm_assist (xen.h) ---
+VMASST_CMD_enable = 0
+VMASST_CMD_disable = 1
+VMASST_TYPE_4gb_segments = 0
+VMASST_TYPE_4gb_segments_notify = 1
+VMASST_TYPE_writable_pagetables = 2
+VMASST_TYPE_pae_extended_cr3 = 3
+VMASST_TYPE_architectural_iopl = 4
+VMASST_TYPE_runstate_update_flag = 5
+VMASST_TYPE_m2p_strict = 32
+
+# --- XENVER_get_features submap 0 (features.h) ---
+XENFEAT_pae_pgdir_above_4gb = 4
+XENFEAT_mmu_pt_update_preserve_ad = 5
+XENFEAT_highmem_assist = 6
+XENFEAT_gnttab_map_avail_bits = 7
+XENFEAT_memory_op_vnode_supported = 13
+XENFEAT_direct_mapped = 17
+XENFEAT_NR_SUBMAPS = 1
 
 # --- x86-64 PV segments and HYPERVISOR_iret flags (arch-x86/xen-x86_64.h) ---
 FLAT_KERNEL_CS = 0xE033
@@ -435,6 +457,19 @@ class XenPlatformParameters(_Struct):
     """struct xen_platform_parameters (XENVER_platform_parameters)."""
 
     _fields_ = [("virt_start", _u64)]
+
+
+class TrapInfo(_Struct):
+    """struct trap_info (HYPERVISOR_set_trap_table): one virtual IDT entry. flags bits 0-1 are the DPL,
+    bit 2 (TI_GET_IF) masks events on entry; a table ends at the first entry whose address is 0."""
+
+    _fields_ = [("vector", _u8), ("flags", _u8), ("cs", _u16), ("address", _u64)]
+
+
+class CallbackUnregister(_Struct):
+    """struct callback_unregister (CALLBACKOP_unregister)."""
+
+    _fields_ = [("type", _u16), ("_unused", _u16)]
 
 
 class CallbackRegister(_Struct):

@@ -20,6 +20,7 @@ from xen.digest import start_memory_digests
 from xen.evtchn import Binding, EventChannels
 from xen.inject import Funnel
 from xen.timekeeping import GuestTime
+from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
 from xen.upcall import GuestFault, deliver_if_pending
 from xen.vcpu import Exit, ExitReason, VCpu
 
@@ -62,7 +63,8 @@ class DomainState:
     fields: dict[str, Any]
 
 
-_SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded")
+_SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
+                 "vm_assist")
 
 
 class Domain:
@@ -93,6 +95,8 @@ class Domain:
         self.hypervisor_console = hypervisor_console
         self.event_callback = 0
         self.failsafe_callback = 0
+        self.traps = TrapTable()
+        self.vm_assist = 0                  # enabled VMASST_TYPE_* bits
         self.state = RunState.RUNNING
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
@@ -107,12 +111,14 @@ class Domain:
         fields = {name: getattr(self, name) for name in _SAVED_FIELDS}
         fields["events"] = self.events.save_state()
         fields["time"] = self.time.save_state()
+        fields["traps"] = self.traps.save_state()
         return DomainState(copy.deepcopy(fields))
 
     def load_state(self, state: DomainState) -> None:
         fields = copy.deepcopy(state.fields)
         self.events.load_state(fields.pop("events"))
         self.time.load_state(fields.pop("time"))
+        self.traps.load_state(fields.pop("traps"))
         for name, value in fields.items():
             setattr(self, name, value)
 
@@ -176,6 +182,26 @@ class Domain:
         except GuestFault as fault:
             self.crash(str(fault))
 
+    def guest_exception(self, exit: Exit) -> None:
+        """A guest fault: bounce it to the handler the guest registered for its vector, as Xen does;
+        without one (or for a fault no x86 exception describes) the domain crashes with the report."""
+        entry = self.traps.handler(exit.vector) if exit.vector is not None else None
+        if entry is None:
+            detail = exit.detail
+            if exit.vector is not None:
+                detail += f" ({describe(exit.vector)}, no handler in the trap table)"
+            self.crash(detail, exit.address)
+            return
+        if exit.length:
+            self.vcpu.retire_emulated(exit.length)     # `int n` is a trap: the handler returns past it
+        try:
+            bounce_exception(self.vcpu, self.events, entry, exit.error_code,
+                             exit.address if exit.vector == VECTOR_PAGE_FAULT else None)
+        except GuestFault as fault:
+            self.crash(str(fault))
+            return
+        self.return_to_guest()
+
     # ---------------------------------------------------------------- exits
     def handle_exit(self, exit: Exit) -> None:
         """React to a vCPU exit that is the guest's business: hypercalls, hlt, faults."""
@@ -194,6 +220,6 @@ class Domain:
         elif exit.reason == ExitReason.IDLE:
             self.block()
         elif exit.reason == ExitReason.FAULT:
-            self.crash(exit.detail, exit.address)
+            self.guest_exception(exit)
         else:
             raise ValueError(f"{exit.reason} is not a guest exit")

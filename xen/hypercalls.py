@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from xen import abi
 from xen.evtchn import Binding
+from xen.traps import VECTOR_NMI, TrapEntry
 from xen.upcall import do_iret
 from xen.vcpu import GuestMemoryError
 
@@ -122,7 +123,7 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
         return 0
     if command == abi.EVTCHNOP_unmask:
         port = _read(domain, argument, abi.EvtchnUnmask).port
-        if not 0 < port < events.max_ports:
+        if not 0 <= port < events.max_ports:       # port 0 is reserved but valid (evtchn_unmask)
             raise HypercallError(abi.XEN_EINVAL)
         events.unmask(port)
         return 0
@@ -162,17 +163,81 @@ def set_callbacks(domain: "Domain", event_address: int, failsafe_address: int, s
     return 0
 
 
+def _is_canonical(address: int) -> bool:
+    """x86-64 canonical: bits 63..47 all equal (Xen's is_canonical_address)."""
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
 def callback_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
-    if command != abi.CALLBACKOP_register:
+    """CALLBACKOP_register/unregister as xen/arch/x86/pv/callback.c: a non-canonical address -EINVAL,
+    an unknown type -ENOSYS; event, failsafe and NMI callbacks take effect (the syscall, syscall32 and
+    sysenter entries are kept by Xen for guest user mode, which xenrr does not run, and accepted)."""
+    if command == abi.CALLBACKOP_register:
+        request = _read(domain, argument, abi.CallbackRegister)
+        if not _is_canonical(request.address):
+            raise HypercallError(abi.XEN_EINVAL)
+        if request.type == abi.CALLBACKTYPE_event:
+            domain.event_callback = request.address
+        elif request.type == abi.CALLBACKTYPE_failsafe:
+            domain.failsafe_callback = request.address
+        elif request.type == abi.CALLBACKTYPE_nmi:
+            domain.traps.set(TrapEntry(VECTOR_NMI, 0, abi.FLAT_KERNEL_CS, request.address))
+        elif request.type not in (abi.CALLBACKTYPE_syscall, abi.CALLBACKTYPE_syscall32,
+                                  abi.CALLBACKTYPE_sysenter):
+            raise HypercallError(abi.XEN_ENOSYS)
+        return 0
+    if command == abi.CALLBACKOP_unregister:
+        kind = _read(domain, argument, abi.CallbackUnregister).type
+        if kind == abi.CALLBACKTYPE_nmi:
+            domain.traps.clear(VECTOR_NMI)
+            return 0
+        if kind in (abi.CALLBACKTYPE_event, abi.CALLBACKTYPE_failsafe, abi.CALLBACKTYPE_syscall,
+                    abi.CALLBACKTYPE_syscall32, abi.CALLBACKTYPE_sysenter):
+            raise HypercallError(abi.XEN_EINVAL)
         raise HypercallError(abi.XEN_ENOSYS)
-    request = _read(domain, argument, abi.CallbackRegister)
-    if request.type == abi.CALLBACKTYPE_event:
-        domain.event_callback = request.address
-    elif request.type == abi.CALLBACKTYPE_failsafe:
-        domain.failsafe_callback = request.address
-    elif request.type != abi.CALLBACKTYPE_syscall:
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def set_trap_table(domain: "Domain", table: int, *_: int) -> int:
+    """HYPERVISOR_set_trap_table as xen/arch/x86/pv/traps.c do_set_trap_table: NULL clears the virtual
+    IDT; otherwise entries are copied in until one with address 0. An unreadable entry ends the call with
+    -EFAULT and a non-canonical handler with -EINVAL; the entries before either stay set."""
+    if table == 0:
+        domain.traps.clear_all()
+        return 0
+    entry_size = ctypes.sizeof(abi.TrapInfo)
+    while True:
+        entry = _read(domain, table, abi.TrapInfo)
+        if entry.address == 0:
+            return 0
+        if not _is_canonical(entry.address):
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.traps.set(TrapEntry(entry.vector, entry.flags, entry.cs, entry.address))
+        table += entry_size
+
+
+# The vm_assist types Xen accepts from a 64-bit PV guest (PV64_VM_ASSIST_MASK, asm/domain.h).
+VM_ASSIST_VALID = ((1 << abi.VMASST_TYPE_4gb_segments) | (1 << abi.VMASST_TYPE_4gb_segments_notify)
+                   | (1 << abi.VMASST_TYPE_writable_pagetables) | (1 << abi.VMASST_TYPE_pae_extended_cr3)
+                   | (1 << abi.VMASST_TYPE_architectural_iopl) | (1 << abi.VMASST_TYPE_runstate_update_flag)
+                   | (1 << abi.VMASST_TYPE_m2p_strict))
+
+
+def vm_assist(domain: "Domain", command: int, kind: int, *_: int) -> int:
+    """HYPERVISOR_vm_assist as xen/common/domain.c do_vm_assist: the type is checked first (-EINVAL),
+    then the command (-ENOSYS). Enabled types are remembered (XENVER_get_features reports one)."""
+    command &= 0xFFFFFFFF
+    kind &= 0xFFFFFFFF
+    if kind >= 64 or not VM_ASSIST_VALID >> kind & 1:
         raise HypercallError(abi.XEN_EINVAL)
-    return 0
+    if command == abi.VMASST_CMD_enable:
+        domain.vm_assist |= 1 << kind
+        return 0
+    if command == abi.VMASST_CMD_disable:
+        domain.vm_assist &= ~(1 << kind)
+        return 0
+    raise HypercallError(abi.XEN_ENOSYS)
 
 
 def set_timer_op(domain: "Domain", deadline: int, *_: int) -> int:
@@ -227,13 +292,25 @@ def xen_version(domain: "Domain", command: int, argument: int, *_: int) -> int:
         return abi.PAGE_SIZE
     if command == abi.XENVER_get_features:
         request = _read(domain, argument, abi.XenFeatureInfo)
-        request.submap = 0
+        if request.submap_idx != 0:          # Xen 4.17 xen/common/kernel.c: only submap 0 exists
+            raise HypercallError(abi.XEN_EINVAL)
+        request.submap = _features(domain)
         _write(domain, argument, bytes(request))
         return 0
     if command == abi.XENVER_platform_parameters:
         _write(domain, argument, bytes(abi.XenPlatformParameters(virt_start=abi.HYPERVISOR_VIRT_START)))
         return 0
     raise HypercallError(abi.XEN_ENOSYS)
+
+
+def _features(domain: "Domain") -> int:
+    """XENVER_get_features submap 0 as Xen 4.17 gives a PV domU (not translated, direct-mapped)."""
+    features = ((1 << abi.XENFEAT_memory_op_vnode_supported) | (1 << abi.XENFEAT_mmu_pt_update_preserve_ad)
+                | (1 << abi.XENFEAT_highmem_assist) | (1 << abi.XENFEAT_gnttab_map_avail_bits)
+                | (1 << abi.XENFEAT_direct_mapped))
+    if domain.vm_assist >> abi.VMASST_TYPE_pae_extended_cr3 & 1:
+        features |= 1 << abi.XENFEAT_pae_pgdir_above_4gb
+    return features
 
 
 def iret(domain: "Domain", *_: int) -> int:
@@ -257,8 +334,8 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_xen_version: xen_version,
     abi.HYPERVISOR_iret: iret,
     abi.HYPERVISOR_fpu_taskswitch: _accept,
-    abi.HYPERVISOR_vm_assist: _accept,
-    abi.HYPERVISOR_set_trap_table: _accept,
+    abi.HYPERVISOR_vm_assist: vm_assist,
+    abi.HYPERVISOR_set_trap_table: set_trap_table,
     abi.HYPERVISOR_stack_switch: _accept,
 }
 

@@ -163,6 +163,9 @@ class Exit(NamedTuple):
     address: int | None = None   # data address of a watched access or a memory fault
     access: str | None = None    # watchpoint: "r" or "w"
     detail: str = ""             # fault: a one-line description
+    vector: int | None = None    # fault: the x86 exception vector it raises (None: none applies)
+    error_code: int | None = None  # fault: the exception's error code, for vectors that push one
+    length: int = 0              # fault from `int n`/`int3`: its length (a trap: the handler returns past it)
 
 
 # --------------------------------------------------------------------------- registers
@@ -259,6 +262,25 @@ _FAULT_TEXT = {
 #   (InvalidInstruction with the value = pc: decoding failed before the instruction began).
 _UNCOUNTED_FAULTS = frozenset({"ExecViolation", "Undecodable"})
 _UD_OPCODES = frozenset({b"\x0f\x0b", b"\x0f\xb9", b"\x0f\xff"})
+# The x86 exception each engine fault raises in a PV guest kernel: (vector, error code or None). Page
+# faults: bit 0 present (a protection fault), bit 1 write, bit 4 instruction fetch (never user mode: the
+# guest kernel is the only code that runs). Privileged instructions and misaligned or non-canonical
+# accesses are #GP(0), as on hardware.
+_FAULT_EXCEPTIONS = {
+    "InvalidInstruction": (6, None),
+    "Undecodable": (6, None),
+    "DivisionException": (0, None),
+    "ReadUnmapped": (14, 0x0),
+    "WriteUnmapped": (14, 0x2),
+    "ExecViolation": (14, 0x10),
+    "ReadPerm": (14, 0x1),
+    "WritePerm": (14, 0x3),
+    "SelfModifyingCode": (14, 0x3),
+    "ReadUnaligned": (13, 0),
+    "WriteUnaligned": (13, 0),
+    "AddressOverflow": (13, 0),
+    "UnimplementedOp": (13, 0),
+}
 _MEMORY_FAULTS = frozenset({"ReadUnmapped", "WriteUnmapped", "ExecViolation", "ReadPerm", "WritePerm",
                             "SelfModifyingCode", "ReadUnaligned", "WriteUnaligned", "AddressOverflow"})
 
@@ -722,7 +744,9 @@ class VCpu:
                 vm.pc = pc + 2
                 return Exit(ExitReason.HYPERCALL, vm.icount, vm.pc)
             vector = vm.exception_value
-            return self._fault(f"software interrupt int {vector:#x} (no trap table)", None, counted=True)
+            length = 1 if head[:1] == b"\xcc" else 2
+            return self._fault(f"software interrupt int {vector:#x}", None, counted=True,
+                               vector=(vector, None), length=length)
         if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
             page = vm.exception_value & PAGE_MASK
             is_write = code == ExceptionCode.WritePerm
@@ -744,7 +768,7 @@ class VCpu:
         if name == "InvalidInstruction" and self._undecodable_at_pc():
             name, address = "Undecodable", None
         return self._fault(_FAULT_TEXT.get(name, f"engine exception {name}"), address,
-                           counted=name not in _UNCOUNTED_FAULTS)
+                           counted=name not in _UNCOUNTED_FAULTS, vector=_FAULT_EXCEPTIONS.get(name))
 
     def _undecodable_at_pc(self) -> bool:
         """An InvalidInstruction is a decode failure (nothing counted, the value is pc) unless the
@@ -759,7 +783,8 @@ class VCpu:
             index += 1
         return code[index:index + 2] not in _UD_OPCODES
 
-    def _fault(self, text: str, address: int | None, counted: bool) -> Exit:
+    def _fault(self, text: str, address: int | None, counted: bool,
+               vector: tuple[int, int | None] | None = None, length: int = 0) -> Exit:
         """A guest fault: pc on the instruction that did not retire. `counted`: the engine counted it
         (see _UNCOUNTED_FAULTS for the kinds it does not), so the count is taken back."""
         vm = self._vm
@@ -767,7 +792,16 @@ class VCpu:
             vm.icount = vm.icount - 1
         if address is not None:
             text = f"{text} {address:#x}"
-        return Exit(ExitReason.FAULT, vm.icount, vm.pc, address=address, detail=text)
+        number, error_code = vector if vector is not None else (None, None)
+        return Exit(ExitReason.FAULT, vm.icount, vm.pc, address=address, detail=text, vector=number,
+                    error_code=error_code, length=length)
+
+    def retire_emulated(self, length: int) -> None:
+        """Retire the instruction at pc as executed by the hypervisor: pc moves past its `length` bytes
+        and it counts as one instruction (a trapping `int n` entering the guest's handler, an emulated
+        privileged instruction)."""
+        self._vm.icount = self._vm.icount + 1
+        self._vm.pc = self._vm.pc + length
 
     def _emulate(self, decoded: _Decoded) -> Exit | None:
         vm = self._vm

@@ -45,6 +45,8 @@ C_TYPES: dict[type, str] = {
     abi.XenFeatureInfo: "struct xen_feature_info",
     abi.XenPlatformParameters: "struct xen_platform_parameters",
     abi.CallbackRegister: "struct callback_register",
+    abi.CallbackUnregister: "struct callback_unregister",
+    abi.TrapInfo: "struct trap_info",
 }
 
 # Constants whose C spelling differs from the Python name (see xen/abi.py's docstring).
@@ -63,6 +65,7 @@ HEADERS = [
     "xen/vcpu.h",
     "xen/version.h",
     "xen/callback.h",
+    "xen/features.h",
     "xen/elfnote.h",
     "xen/io/console.h",
 ]

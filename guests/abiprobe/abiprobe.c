@@ -1,0 +1,197 @@
+/*
+ * abiprobe: calls the hypercalls and sub-operations xenrr implements beyond the
+ * basic console/event/timer set with valid and hostile arguments, and takes every
+ * kind of exception through its own trap table. Each result is printed as
+ * `name=<value>`; README.md lists the values real Xen gives, with the Xen source
+ * that decides each one. Then the guest powers off.
+ */
+#include "console.h"
+#include "events.h"
+#include "hypercall.h"
+#include "kernel.h"
+#include "notes.h"
+#include <xen/callback.h>
+
+XEN_GUEST_NOTES("abiprobe");
+
+#define UNMAPPED_ADDR     0x0000400000003000ull
+#define FAULT_READ_ADDR   0x0000400000004000ull
+#define FAULT_WRITE_ADDR  0x0000400000005000ull
+#define NONCANONICAL_ADDR 0x8000000000000000ull
+#define TI_MASK_EVENTS    4
+
+struct trap_frame {
+    unsigned long vector, error_code, rip, cs, rflags, rsp, ss;
+};
+
+void trap_divide_error(void);
+void trap_breakpoint(void);
+void trap_invalid_opcode(void);
+void trap_general_protection(void);
+void trap_page_fault(void);
+void trap_software_0x80(void);
+
+static volatile struct {
+    struct trap_frame frame;
+    unsigned long cr2;
+    unsigned int mask_in_handler;
+    unsigned int count;
+} last;
+static unsigned long resume_skip;
+
+void on_trap(struct trap_frame *frame);
+void on_trap(struct trap_frame *frame)
+{
+    last.frame = *frame;
+    last.cr2 = shared_info->vcpu_info[0].arch.cr2;
+    last.mask_in_handler = shared_info->vcpu_info[0].evtchn_upcall_mask;
+    last.count++;
+    frame->rip += resume_skip;
+}
+
+static long hypercall2(unsigned int nr, unsigned long a1, unsigned long a2)
+{
+    return HYPERCALL(nr, a1, a2, 0, 0, 0);
+}
+
+static void report(const char *name, long value)
+{
+    console_puts(name);
+    console_puts("=");
+    console_put_i64(value);
+    console_puts("\r\n");
+}
+
+static unsigned long a(unsigned long long address)
+{
+    return (unsigned long)address;
+}
+
+static void probe_trap_table(void)
+{
+    trap_info_t noncanonical[] = {
+        { 0x80, 0, FLAT_KERNEL_CS, (unsigned long)trap_software_0x80 },
+        { 6, 0, FLAT_KERNEL_CS, a(NONCANONICAL_ADDR) },
+        { 0, 0, 0, 0 },
+    };
+    trap_info_t table[] = {
+        { 0, 0, FLAT_KERNEL_CS, (unsigned long)trap_divide_error },
+        { 3, 3, FLAT_KERNEL_CS, (unsigned long)trap_breakpoint },
+        { 6, TI_MASK_EVENTS, FLAT_KERNEL_CS, (unsigned long)trap_invalid_opcode },
+        { 13, 0, FLAT_KERNEL_CS, (unsigned long)trap_general_protection },
+        { 14, 0, FLAT_KERNEL_CS, (unsigned long)trap_page_fault },
+        { 0, 0, 0, 0 },
+    };
+
+    report("set_trap_table_unmapped", hypercall2(__HYPERVISOR_set_trap_table, a(UNMAPPED_ADDR), 0));
+    report("set_trap_table_noncanonical", hypercall2(__HYPERVISOR_set_trap_table, (unsigned long)noncanonical, 0));
+    /* The entry before the bad one stayed set: int $0x80 reaches its handler. */
+    last.count = 0;
+    resume_skip = 0;
+    asm volatile("int $0x80" ::: "memory");
+    report("trap_kept_before_noncanonical", last.count == 1 && last.frame.vector == 0x80);
+    report("set_trap_table_null", hypercall2(__HYPERVISOR_set_trap_table, 0, 0));
+    report("set_trap_table", hypercall2(__HYPERVISOR_set_trap_table, (unsigned long)table, 0));
+}
+
+/* Run one faulting instruction at `site` (a label in the asm) and report the frame. */
+#define FAULT(name, skip, asm_text, ...) do {                                       \
+        unsigned long site;                                                         \
+        last.count = 0;                                                             \
+        resume_skip = (skip);                                                       \
+        asm volatile("lea 1f(%%rip), %[site]\n" asm_text                            \
+                     : [site] "=&r"(site) : __VA_ARGS__ : "memory", "rax", "rdx");  \
+        report(name "_taken", last.count);                                          \
+        report(name "_vector", (long)last.frame.vector);                            \
+        report(name "_error_code", (long)last.frame.error_code);                    \
+        report(name "_rip_offset", (long)(last.frame.rip - site));                  \
+    } while (0)
+
+static void probe_exceptions(void)
+{
+    unsigned long zero = 0, value = 1;
+
+    FAULT("trap_ud2", 2, "1: ud2\n");
+    report("trap_ud2_events_masked_in_handler", last.mask_in_handler);
+    report("trap_ud2_events_unmasked_after_iret", !shared_info->vcpu_info[0].evtchn_upcall_mask);
+    report("trap_frame_cs", (long)last.frame.cs);
+    report("trap_frame_rflags_if", (long)((last.frame.rflags >> 9) & 1));
+    report("trap_frame_ss", (long)last.frame.ss);
+
+    FAULT("trap_pf_read", 3, "1: movq (%[p]), %[v]\n", [p] "r"(a(FAULT_READ_ADDR)), [v] "r"(value));
+    report("trap_pf_read_cr2_is_address", last.cr2 == FAULT_READ_ADDR);
+    FAULT("trap_pf_write", 3, "1: movq %[v], (%[p])\n", [p] "r"(a(FAULT_WRITE_ADDR)), [v] "r"(value));
+    report("trap_pf_write_cr2_is_address", last.cr2 == FAULT_WRITE_ADDR);
+    FAULT("trap_gp_privileged", 4, "1: lgdt (%%rsp)\n");
+    FAULT("trap_de", 3, "1: divq %[z]\n", [z] "r"(zero));
+    FAULT("trap_int3", 0, "1: int3\n");
+}
+
+static void probe_vm_assist(void)
+{
+    report("vm_assist_unknown_type", hypercall2(__HYPERVISOR_vm_assist, VMASST_CMD_enable, 31));
+    report("vm_assist_type_past_long", hypercall2(__HYPERVISOR_vm_assist, VMASST_CMD_enable, 64));
+    report("vm_assist_bad_cmd", hypercall2(__HYPERVISOR_vm_assist, 7, VMASST_TYPE_writable_pagetables));
+    report("vm_assist_enable_m2p_strict", hypercall2(__HYPERVISOR_vm_assist, VMASST_CMD_enable,
+                                                     VMASST_TYPE_m2p_strict));
+}
+
+static void probe_features(void)
+{
+    xen_feature_info_t info = { .submap_idx = 0 };
+
+    report("get_features_submap_0", HYPERVISOR_xen_version(XENVER_get_features, &info));
+    report("get_features_submap_0_bits", info.submap);
+    report("vm_assist_enable_pae_extended_cr3",
+           hypercall2(__HYPERVISOR_vm_assist, VMASST_CMD_enable, VMASST_TYPE_pae_extended_cr3));
+    HYPERVISOR_xen_version(XENVER_get_features, &info);
+    report("get_features_submap_0_bits_with_pae_extended_cr3", info.submap);
+    info.submap_idx = 7;
+    report("get_features_submap_7", HYPERVISOR_xen_version(XENVER_get_features, &info));
+    report("get_features_unmapped", HYPERVISOR_xen_version(XENVER_get_features, (void *)a(UNMAPPED_ADDR)));
+}
+
+static void probe_events(void)
+{
+    struct evtchn_unmask unmask = { .port = 0 };
+
+    report("evtchn_unmask_port_0", HYPERVISOR_event_channel_op(EVTCHNOP_unmask, &unmask));
+}
+
+static void probe_callbacks(void)
+{
+    struct callback_register nmi = { .type = CALLBACKTYPE_nmi, .address = (unsigned long)trap_breakpoint };
+    struct callback_register bad_address = { .type = CALLBACKTYPE_event, .address = a(NONCANONICAL_ADDR) };
+    struct callback_register bad_type = { .type = 6, .address = (unsigned long)trap_breakpoint };
+    struct callback_unregister unregister_event = { .type = CALLBACKTYPE_event };
+    struct callback_unregister unregister_nmi = { .type = CALLBACKTYPE_nmi };
+    struct callback_unregister unregister_bad = { .type = 6 };
+
+    report("callback_register_nmi", hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_register, (unsigned long)&nmi));
+    report("callback_register_noncanonical",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_register, (unsigned long)&bad_address));
+    report("callback_register_unknown_type",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_register, (unsigned long)&bad_type));
+    report("callback_register_unmapped",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_register, a(UNMAPPED_ADDR)));
+    report("callback_unregister_event",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_unregister, (unsigned long)&unregister_event));
+    report("callback_unregister_nmi",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_unregister, (unsigned long)&unregister_nmi));
+    report("callback_unregister_unknown_type",
+           hypercall2(__HYPERVISOR_callback_op, CALLBACKOP_unregister, (unsigned long)&unregister_bad));
+    report("callback_op_bad_cmd", hypercall2(__HYPERVISOR_callback_op, 9, (unsigned long)&nmi));
+}
+
+void guest_main(void)
+{
+    console_puts("abiprobe\r\n");
+    probe_trap_table();
+    probe_exceptions();
+    probe_vm_assist();
+    probe_features();
+    probe_events();
+    probe_callbacks();
+    console_puts("abiprobe done\r\n");
+    poweroff();
+}
