@@ -20,6 +20,7 @@ from typing import NoReturn, Sequence
 from dom0.cliargs import add_image_option, add_kind_option, add_session_argument
 from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
+from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.logfile import LogFormatError, LogReader
 from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
     add_debug_commands(commands)
     add_user_commands(commands)
+    add_grub_commands(commands)
     return parser
 
 
@@ -321,7 +323,7 @@ def command_dump(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,
-            **DEBUG_COMMANDS, **USER_COMMANDS}
+            **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnknownInputKind, RecordingRefused, DebugCommandError, CheckScriptError) as error:
+            UnknownInputKind, RecordingRefused, DebugCommandError, CheckScriptError, GrubSymbolsError) as error:
         print(f"xenrr: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
