@@ -7,7 +7,7 @@ to it; the other commands are the stub's `monitor` commands, with GDB's view ref
 jump.
 
 Commands: rr-replay SESSION.xrr [--image ELF], rr-goto EVENT|BOOKMARK, rr-events [--kind KIND] [FROM [TO]],
-rr-when, rr-bookmark [NAME]. (GDB's own `checkpoint` needs a native process; on a replay, bookmarks
+rr-when, rr-bookmark [NAME], rr-grub-modules [DIR]. (GDB's own `checkpoint` needs a native process; on a replay, bookmarks
 take its place: they are positions in the recording, so going back to one restores everything.)
 Invariant: every failure reaches the user as one line (gdb.GdbError), and a `xenrr serve`
 started here never outlives this GDB.
@@ -23,6 +23,7 @@ import re
 import select
 import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -238,8 +239,92 @@ the instruction count and the pc."""
         gdb.write(_monitor("when"))
 
 
+# GRUB 2.06's module list (include/grub/dl.h, x86-64; tests/gdbext/test_grub_modules.py checks these
+# against the DWARF of the installed *.module files): struct grub_dl {name @0, segment @32, next @88},
+# struct grub_dl_segment {next @0, addr @8, section @24}.
+GRUB_DL_NAME, GRUB_DL_SEGMENT, GRUB_DL_NEXT = 0, 32, 88
+GRUB_SEGMENT_NEXT, GRUB_SEGMENT_ADDR, GRUB_SEGMENT_SECTION = 0, 8, 24
+GRUB_MODULE_DIR = "/usr/lib/grub/x86_64-xen"
+GRUB_MAX_MODULES = 1024
+
+
+def _read_u64(address: int) -> int:
+    return struct.unpack("<Q", bytes(gdb.selected_inferior().read_memory(address, 8)))[0]
+
+
+def _read_c_string(address: int, limit: int = 64) -> str:
+    raw = bytes(gdb.selected_inferior().read_memory(address, limit))
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def elf_section_names(path: Path) -> list[str]:
+    """The section names of an ELF64 file, by section index (stdlib only: this runs inside GDB)."""
+    data = path.read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + index * shentsize) for index in range(shnum)]
+    strings_offset = headers[shstrndx][4]
+    return [data[strings_offset + name:data.index(b"\0", strings_offset + name)].decode() for name, *_ in headers]
+
+
+def grub_loaded_modules() -> list[tuple[str, dict[int, int]]]:
+    """(name, {section index: load address}) of every module on GRUB's grub_dl_head list, read from the target."""
+    try:
+        module = _read_u64(int(gdb.parse_and_eval("(unsigned long) &grub_dl_head")))
+    except gdb.error:
+        raise gdb.GdbError("no symbol grub_dl_head: load GRUB's kernel symbols first "
+                           "(xenrr grub-symbols IMAGE -o grub.sym; symbol-file grub.sym)") from None
+    modules = []
+    while module and len(modules) < GRUB_MAX_MODULES:
+        sections = {}
+        segment = _read_u64(module + GRUB_DL_SEGMENT)
+        while segment and len(sections) < GRUB_MAX_MODULES:
+            index = struct.unpack("<I", bytes(gdb.selected_inferior().read_memory(segment + GRUB_SEGMENT_SECTION, 4)))[0]
+            sections[index] = _read_u64(segment + GRUB_SEGMENT_ADDR)
+            segment = _read_u64(segment + GRUB_SEGMENT_NEXT)
+        modules.append((_read_c_string(_read_u64(module + GRUB_DL_NAME)), sections))
+        module = _read_u64(module + GRUB_DL_NEXT)
+    return modules
+
+
+class GrubModulesCommand(gdb.Command):
+    """Load the symbols of the GRUB modules loaded at this point: rr-grub-modules [DIR]
+
+Walks GRUB's list of loaded modules (grub_dl_head; needs the kernel symbols from `xenrr grub-symbols`)
+and, for each, runs add-symbol-file on DIR/NAME.module (grub-xen-dbg: full symbols and DWARF) with
+every section at the address GRUB loaded it to (section numbers from DIR/NAME.mod, as GRUB's own
+gdb_grub script does). DIR defaults to /usr/lib/grub/x86_64-xen."""
+
+    def __init__(self) -> None:
+        super().__init__("rr-grub-modules", gdb.COMMAND_FILES, gdb.COMPLETE_FILENAME)
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        words = gdb.string_to_argv(argument)
+        if len(words) > 1:
+            raise gdb.GdbError("usage: rr-grub-modules [DIR]")
+        directory = Path(words[0] if words else GRUB_MODULE_DIR)
+        loaded, missing = [], []
+        for name, sections in grub_loaded_modules():
+            symbols, layout = directory / f"{name}.module", directory / f"{name}.mod"
+            if not symbols.is_file() or not layout.is_file():
+                missing.append(name)
+                continue
+            names = elf_section_names(layout)
+            placed = {names[index]: address for index, address in sections.items()
+                      if index < len(names) and address}
+            if ".text" not in placed:
+                missing.append(name)
+                continue
+            others = "".join(f" -s {section} {address:#x}" for section, address in placed.items() if section != ".text")
+            gdb.execute(f"add-symbol-file {symbols} {placed['.text']:#x}{others}", to_string=True)
+            loaded.append(name)
+        gdb.write(f"loaded symbols of {len(loaded)} GRUB modules" + (f": {' '.join(loaded)}" if loaded else "")
+                  + (f"; no symbol file for: {' '.join(missing)}" if missing else "") + "\n")
+
+
 ReplayCommand()
 GotoCommand()
 BookmarkCommand()
 EventsCommand()
 WhenCommand()
+GrubModulesCommand()
