@@ -6,30 +6,27 @@ gdbext's: the shell (`gdbext.shell`) and the scripted API (`gdbext.api`), both d
 against `xenrr serve`. They are imported when a command runs, so `xenrr run` does not pay for
 prompt_toolkit and pygdbmi.
 
-A check script is a Python file of functions named `test_*` that take one argument, `d`: a
-`gdbext.api.Debugger` already connected to the session. `xenrr check` runs them in file order on
-one debugger, resetting it (breakpoints deleted, back at the first instruction) before each; an
-`assert` that fails, or any exception, fails that check. The same file runs under pytest when a
-conftest.py provides the `d` fixture (examples/conftest.py does).
+A check script is a pytest file of functions named `test_*` that take `d`: a `gdbext.api.Debugger`
+already connected to the session. `xenrr check` runs them through pytest (gdbext/check.py) in file
+order on one debugger, reset (breakpoints deleted, back at the first instruction) before each; an
+`assert` that fails, or any exception, fails that check, explained as pytest explains it. The same
+file runs under plain pytest when a conftest.py provides the `d` fixture (examples/conftest.py does).
 
-Invariant: `check` exits 0 with one line `PASS ...` only when every check ran and held; 1 when one
-failed (each failure named by file:line and the assertion's text or message); 2 for usage errors
-(missing files, a script that does not load or has no checks, a session that cannot be debugged).
+Invariant: `check` exits 0 with one line `PASS ...` only when every selected check ran and held; 1
+when one failed (each failure named by file:line, its source line and pytest's explanation); 2 for
+usage errors (missing files, swapped arguments, a script that does not load or has no checks, a
+session that cannot be debugged).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
-import inspect
+import json
 import sys
-import traceback
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
-from typing import Callable
 
 from dom0.cliargs import add_image_option, add_session_argument
+from dom0.logfile import FILE_MAGIC
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -51,13 +48,20 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
 
     check = commands.add_parser(
         "check", help="run a regression-debugging script against a recording",
-        description="Replay SESSION under GDB and run SCRIPT's checks: every function named test_* taking one "
-                    "argument `d` (a gdbext.api.Debugger connected to the replay, reset before each check). "
-                    "Prints `PASS ...` and exits 0 when all hold; prints each failed assertion (file:line and "
-                    "its text) and exits 1 otherwise; exits 2 on usage errors. The same script runs under "
-                    "pytest with a fixture `d` (see examples/).")
+        description="Replay SESSION under GDB and run the checks of each SCRIPT (or of the test_*.py files in a "
+                    "directory) with pytest: every function named test_* taking `d` (a gdbext.api.Debugger "
+                    "connected to the replay, reset before each check). Prints `PASS ...` and exits 0 when all "
+                    "hold; prints each failure as pytest explains it (file:line, the line, the values of a "
+                    "failed assert) and exits 1 otherwise; exits 2 on usage errors. The same scripts run "
+                    "under plain pytest with a fixture `d` (see examples/).")
     add_session_argument(check)
-    check.add_argument("script", metavar="SCRIPT", type=Path, help="a Python file of test_*(d) functions")
+    check.add_argument("scripts", metavar="SCRIPT", type=Path, nargs="+",
+                       help="a Python file of test_*(d) functions, or a directory of test_*.py such files")
+    check.add_argument("-k", metavar="PATTERN",
+                       help="run only the checks whose names match PATTERN (pytest's -k: `hist and not long`)")
+    check.add_argument("--json", action="store_true",
+                       help="print the results as one JSON object (every check: name, file, outcome, line, "
+                            "source, message, output)")
     add_image_option(check)
 
 
@@ -74,81 +78,77 @@ def command_shell(args: argparse.Namespace) -> int:
         return DebugShell(debugger, guest_symbols(debugger.image), title=str(args.session)).run()
 
 
-@dataclass(frozen=True)
-class CheckFailure:
-    """One check that did not hold: where in the script, and what."""
-    check: str
-    location: str       # SCRIPT:LINE
-    text: str           # the assertion's source line and message, or the exception
-
-    def describe(self) -> str:
-        return f"FAIL {self.location} in {self.check}: {self.text}"
-
-
-def load_checks(script: Path) -> list[Callable]:
-    """The script's test_* functions in file order; CheckScriptError if it does not load or has none."""
-    loader = importlib.machinery.SourceFileLoader(f"xenrr_check_{script.stem}", str(script))   # any file name
-    module: ModuleType = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+def _looks_like_log(path: Path) -> bool:
     try:
-        loader.exec_module(module)
-    except Exception as error:
-        if isinstance(error, SyntaxError):
-            line, message = error.lineno, error.msg
-        else:
-            line = next((frame.lineno for frame in reversed(traceback.extract_tb(error.__traceback__))
-                         if Path(frame.filename) == script), "?")
-            message = str(error)
-        raise CheckScriptError(f"cannot load {script}:{line}: {type(error).__name__}: {message}") from None
-    checks = [function for name, function in vars(module).items()
-              if name.startswith("test_") and inspect.isfunction(function) and function.__module__ == module.__name__]
-    if not checks:
-        raise CheckScriptError(f"{script} has no checks: define functions named test_* that take `d`")
-    for function in checks:
-        if list(inspect.signature(function).parameters) != ["d"]:
-            raise CheckScriptError(f"{script}: {function.__name__} must take exactly one argument, `d`")
-    return sorted(checks, key=lambda function: function.__code__.co_firstlineno)
+        with open(path, "rb") as file:
+            return file.read(len(FILE_MAGIC)) == FILE_MAGIC
+    except OSError:
+        return False
 
 
-def run_check(check: Callable, debugger, script: Path) -> CheckFailure | None:
-    """Run one check on a reset debugger; its failure (located in the script where possible), or None."""
-    try:
-        debugger.reset()
-        check(debugger)
-    except Exception as error:
-        frames = traceback.extract_tb(error.__traceback__)
-        in_script = [frame for frame in frames if Path(frame.filename) == script]
-        frame = in_script[-1] if in_script else frames[-1]
-        location = f"{frame.filename}:{frame.lineno}"
-        if isinstance(error, AssertionError):
-            text = frame.line or "assert"
-            if str(error) and str(error) not in text:        # a message the source line does not show
-                text += f" ({error})"
-        else:
-            text = f"{type(error).__name__}: {error}"
-        return CheckFailure(check.__name__, location, text)
-    return None
+def _check_arguments(session: Path, scripts: list[Path]) -> None:
+    """CheckScriptError for arguments that cannot work: missing files, swapped arguments, an ELF or a
+    log given as a script, a script that is not Python."""
+    swapped = "the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first"
+    if any(_looks_like_log(script) for script in scripts) and not _looks_like_log(session):
+        raise CheckScriptError(swapped)
+    if not session.exists():
+        raise CheckScriptError(f"cannot read {session}: no such file")
+    if session.is_dir() or session.suffix == ".py":
+        raise CheckScriptError(f"{session} is not a recording" + ("; " + swapped if any(
+            _looks_like_log(script) for script in scripts) else " (made by `xenrr record`)"))
+    for script in scripts:
+        if not script.exists():
+            raise CheckScriptError(f"cannot read check script {script}: no such file")
+        if script.is_dir():
+            continue
+        data = script.read_bytes()
+        if data.startswith(b"\x7fELF"):
+            raise CheckScriptError(f"{script} is an ELF file, not a Python check script")
+        try:
+            compile(data, str(script), "exec")
+        except SyntaxError as error:
+            if error.lineno is None:        # e.g. null bytes: not source text at all
+                raise CheckScriptError(f"{script} is not a Python check script ({error.msg})") from None
+            raise CheckScriptError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
+
+
+def _describe_failure(result) -> list[str]:
+    """A failed check as pytest explains it: where, the failing line, then each line of the explanation."""
+    if result.outcome == "error":             # it never ran: its setup failed (an unknown fixture, ...)
+        return [f"ERROR {result.location} in {result.name}: {result.message}"]
+    lines = [f"FAIL {result.location} in {result.name}: {result.source}"]
+    lines += [f"    E  {line}" for line in result.message.splitlines() if line.strip()]
+    lines += [f"    |  {line}" for line in result.output.splitlines()]
+    return lines
 
 
 def command_check(args: argparse.Namespace) -> int:
-    from gdbext.api import DebugError, xenrr_debug
+    _check_arguments(args.session, args.scripts)
+    from gdbext.check import CheckLoadError, run_checks
 
     try:
-        if not args.script.is_file():
-            raise CheckScriptError(f"cannot read check script {args.script}: no such file")
-        checks = load_checks(args.script)
-        debugger = xenrr_debug(args.session, args.image)
-    except (CheckScriptError, DebugError) as error:
-        print(f"xenrr: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    with debugger:
-        failures = [failure for check in checks if (failure := run_check(check, debugger, args.script))]
+        results = run_checks(args.session, args.scripts, args.image, args.k)
+    except CheckLoadError as error:
+        raise CheckScriptError(str(error)) from None
+    failures = [result for result in results if result.outcome in ("failed", "error")]
+    held = sum(result.outcome == "passed" for result in results)
+    status = EXIT_FAIL if failures else EXIT_PASS
+    scripts = " ".join(map(str, args.scripts))
+    if args.json:
+        print(json.dumps({"session": str(args.session), "scripts": [str(script) for script in args.scripts],
+                          "status": status, "passed": held, "failed": len(failures),
+                          "skipped": sum(result.outcome == "skipped" for result in results),
+                          "checks": [asdict(result) for result in results]}, indent=1))
+        return status
     for failure in failures:
-        print(failure.describe())
+        print("\n".join(_describe_failure(failure)))
     if failures:
-        print(f"FAIL {args.script}: {len(failures)} of {len(checks)} checks failed on {args.session}")
-        return EXIT_FAIL
-    print(f"PASS {args.script}: {len(checks)} checks held on {args.session}")
-    return EXIT_PASS
+        print(f"FAIL {scripts}: {len(failures)} of {len(results)} checks failed on {args.session}")
+    else:
+        print(f"PASS {scripts}: {held} checks held on {args.session}" +
+              (f" ({len(results) - held} skipped)" if held < len(results) else ""))
+    return status
 
 
 USER_COMMANDS = {"shell": command_shell, "check": command_check}

@@ -236,6 +236,7 @@ class _Server:
     (never a pipe nobody drains); the port is read from its `listening on 127.0.0.1:PORT` line."""
 
     def __init__(self, session: Path, image: Path | None):
+        self.session = session
         argv = [sys.executable, "-m", "dom0.cli", "serve", str(session), "--port", "0"]   # 0: any free port
         if image is not None:
             argv += ["--image", str(image)]
@@ -287,6 +288,9 @@ class Debugger:
         self.image: Path | None = None  # the guest ELF whose symbols GDB has
 
     # ------------------------------------------------------------------ life cycle
+    def __repr__(self) -> str:             # shown in the values of a failed assert
+        return f"<Debugger on {self._server.session}>"
+
     def __enter__(self) -> Debugger:
         return self
 

@@ -5,6 +5,7 @@ recordings of the same key scripts made here.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ def test_the_examples_pass_as_plain_pytest_tests():
     assert " passed" in done.stdout.splitlines()[-1]
 
 
-def test_a_failed_assertion_exits_1_naming_file_line_and_text(recordings, xenrr, tmp_path):
+def test_a_failed_assertion_exits_1_showing_the_values_as_pytest_does(recordings, xenrr, tmp_path):
     script = write_script(tmp_path, '''\
         def test_holds(d):
             assert d.eval("sizeof(ed.line)") == 64
@@ -63,13 +64,26 @@ def test_a_failed_assertion_exits_1_naming_file_line_and_text(recordings, xenrr,
             d.watch("ed.hist_count")
             stop = d.cont()
             assert stop.function == "submit_line", f"written by {stop.function}"
+
+
+        def test_length(d):
+            d.goto_event(70)
+            assert d.eval("ed.len") + 1 == 64
         ''')
     run = xenrr("check", recordings["long_line"], script)
     assert run.status == 1, run.stdout + run.stderr
     assert run.stdout.splitlines() == [
         f'FAIL {script}:8 in test_wrong_writer: assert stop.function == "submit_line", f"written by '
-        '{stop.function}" (written by line_insert)',
-        f"FAIL {script}: 1 of 2 checks failed on {recordings['long_line']}",
+        '{stop.function}"',
+        "    E  written by line_insert",
+        "    E  assert 'line_insert' == 'submit_line'",
+        "    E    - submit_line",
+        "    E    + line_insert",
+        f'FAIL {script}:13 in test_length: assert d.eval("ed.len") + 1 == 64',
+        "    E  assert (68 + 1) == 64",
+        "    E   +  where 68 = eval('ed.len')",
+        f"    E   +    where eval = <Debugger on {recordings['long_line']}>.eval",
+        f"FAIL {script}: 2 of 3 checks failed on {recordings['long_line']}",
     ]
 
 
@@ -77,18 +91,24 @@ def test_an_error_in_a_check_fails_it_with_the_error_line(recordings, xenrr, tmp
     script = write_script(tmp_path, '''\
         def test_unknown_symbol(d):
             d.eval("no_such_symbol")
+
+
+        def test_unknown_fixture(debugger):
+            pass
         ''')
     run = xenrr("check", recordings["long_line"], script)
     assert run.status == 1
-    assert run.stdout.splitlines()[0] == (f"FAIL {script}:2 in test_unknown_symbol: "
-                                          'DebugError: No symbol "no_such_symbol" in current context.')
+    assert run.stdout.splitlines()[:3] == [
+        f'FAIL {script}:2 in test_unknown_symbol: d.eval("no_such_symbol")',
+        '    E  DebugError: No symbol "no_such_symbol" in current context.',
+        f"ERROR {script} in test_unknown_fixture: fixture 'debugger' not found"]
 
 
 @pytest.mark.parametrize("body, message", [
     ("def test_x(d):\n    assert (\n", "check_script.py:2: SyntaxError"),
     ("def helper(d):\n    pass\n", "has no checks"),
-    ("def test_x(debugger):\n    pass\n", "test_x must take exactly one argument, `d`"),
-    ("import no_such_module\n", "check_script.py:1: ModuleNotFoundError"),
+    ("import no_such_module\n", "check_script.py:1: ModuleNotFoundError: No module named 'no_such_module'"),
+    ("x = 1\0\n", "is not a Python check script"),
 ])
 def test_unusable_scripts_are_usage_errors(recordings, xenrr, tmp_path, body, message):
     script = tmp_path / "check_script.py"
@@ -97,6 +117,41 @@ def test_unusable_scripts_are_usage_errors(recordings, xenrr, tmp_path, body, me
     assert run.status == 2
     assert message in run.stderr and run.stderr.startswith("xenrr: error: ")
     assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_a_directory_of_scripts_runs_every_one_and_k_selects(recordings, xenrr):
+    run = xenrr("check", recordings["long_line"], EXAMPLES, "-k", "long_line")
+    assert run.status == 0, run.stdout + run.stderr
+    assert run.stdout == f"PASS {EXAMPLES}: 4 checks held on {recordings['long_line']}\n"
+    run = xenrr("check", recordings["long_line"], EXAMPLES, "-k", "long_line and first_write", "--json")
+    assert run.status == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout)
+    assert (result["status"], result["passed"], result["failed"]) == (0, 1, 0)
+    assert [(check["name"], check["file"], check["outcome"]) for check in result["checks"]] == [
+        ("test_the_first_write_out_of_bounds_is_the_65th_character", "examples/test_long_line.py", "passed")]
+    nothing = xenrr("check", recordings["long_line"], EXAMPLES, "-k", "no_such_check")
+    assert (nothing.status, nothing.stderr) == (2, "xenrr: error: no check matches -k 'no_such_check'\n")
+
+
+def test_json_results_carry_the_failure_explanation(recordings, xenrr, tmp_path):
+    script = write_script(tmp_path, '''\
+        def test_length(d):
+            assert d.eval("ed.len") == 1
+        ''')
+    run = xenrr("check", recordings["long_line"], script, "--json")
+    assert run.status == 1
+    (check,) = json.loads(run.stdout)["checks"]
+    assert (check["outcome"], check["line"], check["source"]) == ("failed", 2, 'assert d.eval("ed.len") == 1')
+    assert check["message"].startswith("assert 0 == 1")
+
+
+def test_swapped_arguments_and_an_elf_script_are_named(recordings, xenrr, kbdshell_elf):
+    script = EXAMPLES / "test_long_line.py"
+    swapped = xenrr("check", script, recordings["long_line"])
+    assert (swapped.status, swapped.stderr) == (
+        2, "xenrr: error: the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first\n")
+    elf = xenrr("check", recordings["long_line"], kbdshell_elf)
+    assert (elf.status, elf.stderr) == (2, f"xenrr: error: {kbdshell_elf} is an ELF file, not a Python check script\n")
 
 
 def test_missing_files_are_usage_errors(recordings, xenrr, tmp_path):
