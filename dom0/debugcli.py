@@ -55,10 +55,14 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(path: Path, image: Path | None) -> ReplaySession:
+    """The session, after saying on stderr what a damaged log lost."""
     try:
-        return ReplaySession(path, image)
+        session = ReplaySession(path, image)
     except OSError as error:
         raise DebugCommandError(f"cannot read {path}: {error.strerror}") from None
+    if session.loss():
+        print(f"xenrr: warning: {session.loss()}", file=sys.stderr)
+    return session
 
 
 def command_serve(args: argparse.Namespace) -> int:

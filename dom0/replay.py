@@ -77,6 +77,14 @@ class ReplaySession:
     def damage(self):
         return self.log.damage
 
+    def loss(self) -> str | None:
+        """For a damaged log, one line saying what was lost and where the replay ends; None if whole."""
+        if self.damage is None:
+            return None
+        events = self.events()
+        kept = f"after event {len(events)} (instruction {events[-1].icount})" if events else "from the start"
+        return f"the log is damaged: what was recorded {kept} is lost ({self.damage})"
+
     def events(self) -> list[Event]:
         """Every input event in the log, numbered from 1 (built on first use, then kept)."""
         if self._events is None:

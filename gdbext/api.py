@@ -328,6 +328,12 @@ class Debugger:
             raise DebugError(f"event {number} does not exist: the recording has events 1 to {len(events)}")
         return events[number - 1]
 
+    def damage(self) -> str | None:
+        """None for a whole log; for a damaged one, one line saying what was lost (the replay ends where
+        the usable part of the log does)."""
+        output = self._monitor("damage").strip()
+        return None if output == "the log is whole" else output
+
     def when(self) -> tuple[int, int]:
         """(event number, instruction count) of the current position: the last input event applied
         (0 before the first) and the guest instructions retired."""

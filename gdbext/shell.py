@@ -121,6 +121,9 @@ class DebugShell:
             history=FileHistory(str(path)), completer=self.completer, complete_while_typing=False,
             bottom_toolbar=self.toolbar, key_bindings=self._key_bindings())
         print(f"xenrr shell{': ' + self.title if self.title else ''}  ({self.debugger.event_count} input events)")
+        damage = self.debugger.damage()
+        if damage:
+            print(f"warning: {damage}")
         print("`help` lists the commands. F5 continue, Shift-F5/F6 reverse-continue, F10 next, F11 step.")
         self.show_stop(self.debugger.last_stop)
         while not self.finished:

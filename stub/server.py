@@ -72,6 +72,7 @@ monitor commands of the xenrr replay stub:
   bookmarks           list the bookmarks
   goto-bookmark NAME  go back (or forward) to a bookmark
   image               the guest image the replay runs (for its symbols)
+  damage              what a damaged log lost (or that the log is whole)
   help                this text
 After `goto`, plain GDB must re-read the target: `maintenance flush register-cache` then `frame`
 (gdbext's rr-goto does it).
@@ -507,7 +508,8 @@ class GdbServer:
         words = command_line.split()
         commands = {"events": self._monitor_events, "goto": self._monitor_goto,
                     "goto-icount": self._monitor_goto_icount, "when": self._monitor_when,
-                    "image": self._monitor_image, "bookmark": self._monitor_bookmark,
+                    "image": self._monitor_image, "damage": self._monitor_damage,
+                    "bookmark": self._monitor_bookmark,
                     "bookmarks": self._monitor_bookmarks, "goto-bookmark": self._monitor_goto_bookmark,
                     "help": lambda args: MONITOR_HELP}
         try:
@@ -597,6 +599,10 @@ class GdbServer:
         events = len(self.timeline.events())
         return (f"event {self.timeline.current_event()} of {events}, icount {self.timeline.position.icount}, "
                 f"pc {self.timeline.vcpu.pc:#x}\n")
+
+    def _monitor_damage(self, args: list[str]) -> str:
+        self._numbers(args, (), 0)
+        return f"{self.timeline.session.loss() or 'the log is whole'}\n"
 
     def _monitor_image(self, args: list[str]) -> str:
         self._numbers(args, (), 0)

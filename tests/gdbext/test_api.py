@@ -36,7 +36,7 @@ def d(debugger) -> Debugger:
 def test_a_new_debugger_stands_at_the_first_instruction_with_the_guest_symbols(d):
     stop = d.last_stop
     assert (stop.icount, stop.event, stop.function) == (0, 0, "_start")
-    assert d.image.name == "kbdshell.elf"
+    assert d.image.name == "kbdshell.elf" and d.damage() is None
     assert d.eval("sizeof(ed.line)") == 64
 
 

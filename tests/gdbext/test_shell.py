@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from dom0.logfile import LogReader
+from xen.logrecord import FIRST_INPUT_KIND
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "(xenrr) "
 PROMPT_SHOWN = PROMPT.rstrip()            # tmux does not show trailing spaces
@@ -151,6 +154,23 @@ def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
     assert "here             instruction 23110" in shell.run("bookmark")
     assert "[event 69/80, instruction 23110" in shell.run("goto here")
     assert "error: no bookmark named 'there'" in shell.run("goto there")
+
+
+def test_a_damaged_log_opens_saying_what_was_lost(recorder, kbdshell_elf, tmp_path):
+    recording = recorder(kbdshell_elf, "--keys", r"echo one\r\p400echo two\r\p400echo three\r\p400halt\r")
+    with LogReader(recording.path) as reader:
+        cut_at = reader.blocks[2].offset + 10                  # blocks 0 and 1 whole, block 2 cut short
+    damaged = tmp_path / "damaged.xrr"
+    damaged.write_bytes(recording.path.read_bytes()[:cut_at])
+    with LogReader(damaged) as reader:
+        kept = [record.icount for record in reader.records() if record.kind >= FIRST_INPUT_KIND]
+    shell = TmuxShell(damaged, tmp_path / "state")
+    try:
+        warning = next(line for line in shell.screen().splitlines() if line.startswith("warning: "))
+        assert warning.startswith(f"warning: the log is damaged: what was recorded after event {len(kept)} "
+                                  f"(instruction {kept[-1]}) is lost (block 2 at offset ")
+    finally:
+        shell.close()
 
 
 def test_history_persists_across_shells(long_line, tmp_path):
