@@ -110,3 +110,8 @@ def campaign_size(bounded: int, soak: int) -> int:
     """How many cases a randomized campaign runs: `bounded` in `make test`, `soak` under `make soak`
     (which sets XENRR_SOAK=1)."""
     return soak if os.environ.get("XENRR_SOAK") == "1" else bounded
+
+
+@pytest.fixture(scope="session")
+def spinpoll_elf() -> Path:
+    return guest_path("spinpoll")

@@ -48,6 +48,19 @@ class ConsoleRing:
         self._set_index("out_cons", consumer)
         return bytes(data)
 
+    def guest_indices(self) -> tuple[int, int]:
+        """(in_cons, out_prod): the indices only the guest moves, when it takes input or gives output."""
+        return self._index("in_cons"), self._index("out_prod")
+
+    def input_empty(self) -> bool:
+        """No input waits in the ring for the guest."""
+        return self._index("in_prod") == self._index("in_cons")
+
+    @property
+    def in_prod_address(self) -> int:
+        """Where the guest reads whether input arrived (what a polling guest reads again and again)."""
+        return self.address + abi.XenconsInterface.in_prod.offset
+
     def input_space(self) -> int:
         """How many bytes of input the ring can take now."""
         used = (self._index("in_prod") - self._index("in_cons")) & _INDEX_MASK

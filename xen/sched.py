@@ -9,8 +9,21 @@ the funnel. Two clocks (docs/architecture.md, "Time"):
 - real: guest time follows the host's monotonic clock; timers and keys are injected at the first
   slice boundary (or idle moment) after they are due, so instruction counts depend on the host, as
   real hardware does, and record mode logs them.
+
+Idle: a guest idles when it blocks (SCHEDOP_block, hlt) or when it polls (docs/architecture.md,
+"Idle"). A polling guest is idle at
+- a quiet yield: a SCHEDOP_yield with nothing done since its previous yield, or
+- a quiet ring poll: the console input ring stayed empty and nothing was done between two slice
+  boundaries, and the guest then reads in_prod again (a read watch, armed only for that read),
+where "done" means any hypercall other than SCHEDOP_yield or a move of the indices only the guest
+moves (in_cons: it took input; out_prod: it gave output). Both are functions of the guest's state
+and instruction counts, so a virtual-clock run stays reproducible without a log. At an idle moment
+of a polling guest, the virtual clock skips to the next timer, key or linger end as it does for a
+blocked guest (the guest keeps running); either clock ends the run there once the key script is
+done and the linger time has passed.
 Invariant: the scheduler changes guest-visible state only through `domain.funnel`; slice
-boundaries that only bound how long the host waits are invisible to the guest.
+boundaries that only bound how long the host waits are invisible to the guest, and so is the
+ring-poll read watch (a watched access runs exactly once, at the same instruction count).
 """
 from __future__ import annotations
 
@@ -98,6 +111,10 @@ class Scheduler:
         self._rate_origin: tuple[int, int] | None = None
         self._next_digest = DIGEST_INTERVAL
         self._digests = 0
+        self._hypercalls = 0                            # hypercalls other than SCHEDOP_yield so far
+        self._yield_activity: tuple[int, ...] | None = None   # _activity() at the previous yield
+        self._slice_activity: tuple[int, ...] | None = None   # _activity() at the previous slice boundary
+        self._poll_watch_activity: tuple[int, ...] | None = None   # set while the in_prod read watch is armed
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -145,18 +162,28 @@ class Scheduler:
                     return ended
                 continue
             exit = vcpu.run(self._slice_target())
+            ended = None
             if exit.reason == ExitReason.RANDOM:
                 value = self._random.getrandbits(64) if self.virtual else int.from_bytes(os.urandom(8), "little")
                 domain.funnel.inject(Kind.RANDOM, value.to_bytes(8, "little"))
+            elif exit.reason == ExitReason.WATCHPOINT:
+                ended = self._ring_polled()
             elif exit.reason != ExitReason.LIMIT:
                 domain.handle_exit(exit)
+                if exit.reason == ExitReason.HYPERCALL and not domain.yielded:
+                    self._hypercalls += 1
             if not domain.alive:
                 break
             if domain.yielded:
                 domain.yielded = False
-                self._yield_point()
+                ended = self._yield_point()
+            if ended is not None:
+                self._disarm_poll_watch()
+                return ended
             if exit.reason == ExitReason.LIMIT or vcpu.icount >= self._slice_end:
                 self._slice_boundary()
+                self._watch_for_polling()
+        self._disarm_poll_watch()
         if domain.state == RunState.CRASHED:
             return Outcome("crashed", vcpu.icount, str(domain.crash_report))
         return Outcome("shutdown", vcpu.icount, domain.shutdown_name or "")
@@ -191,12 +218,62 @@ class Scheduler:
         if not self.virtual or self.input.fileno() is not None:
             self._inject_input(limit=domain.console.input_space())
 
-    def _yield_point(self) -> None:
-        """SCHEDOP_yield: the guest says it is waiting; scripted keys may arrive as when idle."""
+    # ---------------------------------------------------------------- polling guests
+    def _activity(self) -> tuple[int, ...]:
+        """What a polling guest changes when it does something: its hypercall count (yields aside)
+        and the ring indices only it moves."""
+        return (self._hypercalls, *self.domain.console.guest_indices())
+
+    def _yield_point(self) -> Outcome | None:
+        """SCHEDOP_yield: idle when nothing was done since the previous yield; otherwise the real
+        clock (or a terminal) still injects what is due, as at a slice boundary."""
+        activity = self._activity()
+        quiet = activity == self._yield_activity
+        self._yield_activity = activity
+        if quiet:
+            return self._polling_idle()
+        if not self.virtual or self.input.fileno() is not None:
+            self._slice_boundary()
+        return None
+
+    def _watch_for_polling(self) -> None:
+        """At a slice boundary: after a quiet slice with the input ring empty, watch for the guest's
+        next read of in_prod (that read is the idle moment); after any activity, stop watching."""
+        activity = self._activity()
+        quiet = activity == self._slice_activity and self.domain.console.input_empty()
+        self._slice_activity = activity
+        if not quiet:
+            self._disarm_poll_watch()
+        elif self._poll_watch_activity is None:
+            self.domain.vcpu.add_watch(self.domain.console.in_prod_address, 4, "r")
+            self._poll_watch_activity = activity
+
+    def _disarm_poll_watch(self) -> None:
+        if self._poll_watch_activity is not None:
+            self.domain.vcpu.remove_watch(self.domain.console.in_prod_address, 4, "r")
+            self._poll_watch_activity = None
+
+    def _ring_polled(self) -> Outcome | None:
+        """The armed read of in_prod happened: an idle moment if still nothing was done since."""
+        quiet = self._activity() == self._poll_watch_activity
+        self._disarm_poll_watch()
+        return self._polling_idle() if quiet else None
+
+    def _polling_idle(self) -> Outcome | None:
+        """An idle moment of a guest that polls instead of blocking: as `_idle`, without stopping it."""
+        domain = self.domain
+        if self.input.detached:
+            return Outcome("detached", domain.vcpu.icount)
+        ended = self._linger_over()
+        if ended is not None:
+            return ended
         if self.virtual and self.input.fileno() is None:
-            self._inject_input(limit=min(1, self.domain.console.input_space()))
+            wake = self._next_wake(self._input_clock())
+            if not self._skip_time_to(wake):
+                self._inject_input(limit=min(1, domain.console.input_space()))
         else:
             self._slice_boundary()
+        return None
 
     def _inject_input(self, limit: int) -> bool:
         if limit <= 0:
@@ -206,38 +283,53 @@ class Scheduler:
             self.domain.funnel.inject(Kind.CONSOLE_INPUT, data)
         return bool(data)
 
+    def _linger_over(self) -> Outcome | None:
+        """At an idle moment: the run ends once the input is exhausted and the guest idled on for the
+        linger time (guest time under the virtual clock, host time under the real one)."""
+        if self.input.exhausted and self._exhausted_at is None:
+            self._exhausted_at = self._input_clock()
+        if self._exhausted_at is not None and self._input_clock() - self._exhausted_at >= self.linger_ns:
+            return Outcome("input-exhausted", self.domain.vcpu.icount)
+        return None
+
+    def _next_wake(self, now: int) -> int | None:
+        """When the idle guest next has something to do: a timer, a due key or the end of lingering."""
+        domain = self.domain
+        wakes = [domain.time.next_deadline()]
+        if domain.console.input_space():
+            wakes.append(self.input.next_due_ns(now))
+        if self._exhausted_at is not None:
+            wakes.append(self._exhausted_at + self.linger_ns)
+        return min((wake for wake in wakes if wake is not None), default=None)
+
     def _idle(self) -> Outcome | None:
         """The domain is blocked: wait (real) or skip (virtual) to the next input or timer."""
         domain = self.domain
         self._rate_origin = None         # idle time says nothing about the vCPU's speed
-        if self.input.exhausted and self._exhausted_at is None:
-            self._exhausted_at = self._input_clock()
-        now = self._input_clock()
-        if self._exhausted_at is not None and now - self._exhausted_at >= self.linger_ns:
-            return Outcome("input-exhausted", domain.vcpu.icount)
-        deadline = domain.time.next_deadline()
-        due = self.input.next_due_ns(now) if domain.console.input_space() else None
-        if self._exhausted_at is not None:
-            linger_end = self._exhausted_at + self.linger_ns
-            deadline = linger_end if deadline is None else min(deadline, linger_end)
-        if deadline is None and due is None and self.input.fileno() is None:
+        ended = self._linger_over()
+        if ended is not None:
+            return ended
+        wake = self._next_wake(self._input_clock())
+        if wake is None and self.input.fileno() is None:
             return Outcome("deadlock", domain.vcpu.icount, "the domain is blocked with no timer armed and no input")
-        wake = min((t for t in (deadline, due) if t is not None), default=None)
         if self.virtual and self.input.fileno() is None:
-            self._skip_to(wake)
+            self._skip_time_to(wake)
+            if domain.state == RunState.BLOCKED:
+                self._inject_input(limit=min(1, domain.console.input_space()))
         else:
             self._wait_until(wake)
         return None
 
-    def _skip_to(self, wake: int) -> None:
-        """Virtual clock: jump guest time to `wake` and inject what is due there."""
+    def _skip_time_to(self, wake: int | None) -> bool:
+        """Virtual clock: jump guest time to `wake` (a TIMER input when a timer is due there, else TIME).
+        Returns whether a timer fired."""
         domain = self.domain
-        if wake > domain.time.now():
-            deadline = domain.time.next_deadline()
-            kind = Kind.TIMER if deadline is not None and deadline <= wake else Kind.TIME
-            self._publish(kind, wake)
-        if domain.state == RunState.BLOCKED:
-            self._inject_input(limit=min(1, domain.console.input_space()))
+        if wake is None or wake <= domain.time.now():
+            return False
+        deadline = domain.time.next_deadline()
+        fired = deadline is not None and deadline <= wake
+        self._publish(Kind.TIMER if fired else Kind.TIME, wake)
+        return fired
 
     def _wait_until(self, wake: int | None) -> None:
         """Real clock (or a terminal): sleep until `wake` or terminal input, then inject what is due."""
