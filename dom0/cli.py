@@ -41,14 +41,35 @@ class UsageError(Exception):
     """Bad arguments or input files: reported in one line, exit status 2."""
 
 
-def _write_stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+class _GuestConsole:
+    """The guest's two outputs - its console on stdout, its CONSOLEIO_write text on stderr - and where
+    they left the terminal's cursor: xenrr's own messages start on a fresh line when the guest left it
+    mid-line (e.g. after a prompt), so they never run into the guest's text."""
+
+    def __init__(self) -> None:
+        self.mid_line = False
+
+    def _write(self, stream, data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.buffer.flush()
+        if data:
+            self.mid_line = not data.endswith(b"\n")
+
+    def write_console(self, data: bytes) -> None:
+        self._write(sys.stdout, data)
+
+    def write_hypervisor_console(self, data: bytes) -> None:
+        self._write(sys.stderr, data)
 
 
-def _write_stderr(data: bytes) -> None:
-    sys.stderr.buffer.write(data)
-    sys.stderr.buffer.flush()
+_guest_console = _GuestConsole()
+
+def _say(text: str) -> None:
+    """One message of xenrr's own on stderr, on a line of its own when stdout and stderr share a terminal."""
+    if _guest_console.mid_line and sys.stdout.isatty() and sys.stderr.isatty():
+        text = "\n" + text
+    _guest_console.mid_line = False
+    print(text, file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +98,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "guest idles, so a run is reproducible without a log")
     parser.add_argument("--linger", metavar="SECONDS", type=float, default=1.0,
                         help="with scripted keys: after the last key, stop once the guest has idled this long "
-                             "(guest time) without shutting down (default 1.0; exit status 3)")
+                             "(guest time under --clock virtual, host time under real) without shutting down "
+                             "(default 1.0; exit status 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +191,12 @@ def load_domain(guest: Path, memory_mib: int) -> Domain:
     except OSError as error:
         raise UsageError(f"cannot read guest kernel {guest}: {error.strerror}") from None
     image = build_domain(image_bytes, memory_mib * 1024 * 1024)
-    return Domain(image, console_output=_write_stdout, hypervisor_console=_write_stderr)
+    return Domain(image, console_output=_guest_console.write_console, hypervisor_console=_guest_console.write_hypervisor_console)
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 state digest', '2 state digests': a count with its noun in the right number."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _exit_status(outcome: Outcome) -> int:
@@ -202,7 +229,7 @@ def command_run(args: argparse.Namespace) -> int:
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
-    print(f"xenrr: {_describe(outcome)}", file=sys.stderr)
+    _say(f"xenrr: {_describe(outcome)}")
     return _exit_status(outcome)
 
 
@@ -215,14 +242,13 @@ def command_record(args: argparse.Namespace) -> int:
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
                         overwrite=args.force)
     except RecordingFailed as error:
-        print(f"xenrr: error: recording stopped: {error}", file=sys.stderr)
+        _say(f"xenrr: error: recording stopped: {error}")
         return EXIT_LOG_FAILED
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
     size = result.path.stat().st_size
-    print(f"xenrr: {_describe(result.outcome)}; {result.records} records logged to {result.path} ({size} bytes)",
-          file=sys.stderr)
+    _say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
     return _exit_status(result.outcome)
 
 
@@ -235,7 +261,7 @@ def _open_session(path: Path, image: Path | None, console_output) -> ReplaySessi
 
 def command_replay(args: argparse.Namespace) -> int:
     show_console = not (args.quiet or args.json)
-    session = _open_session(args.session, args.image, _write_stdout if show_console else lambda data: None)
+    session = _open_session(args.session, args.image, _guest_console.write_console if show_console else lambda data: None)
     until = None
     if args.until_event is not None:
         try:
@@ -259,7 +285,7 @@ def command_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     if divergence is not None:
-        print(f"xenrr: replay diverged: {divergence}", file=sys.stderr)
+        _say(f"xenrr: replay diverged: {divergence}")
         return EXIT_CRASHED
     if args.until_event is not None:
         verdict = f"stopped before event {args.until_event}"
@@ -267,8 +293,8 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
-    print(f"xenrr: {verdict}: {replayer.inputs_applied} events, {session.domain.vcpu.icount} instructions, "
-          f"{replayer.digests_checked} state digests verified", file=sys.stderr)
+    _say(f"xenrr: {verdict}: {_count(replayer.inputs_applied, 'event')}, {session.domain.vcpu.icount} instructions, "
+         f"{_count(replayer.digests_checked, 'state digest')} verified")
     session.close()
     return EXIT_OK if complete or args.until_event is not None else EXIT_STOPPED
 
@@ -317,8 +343,9 @@ def command_dump(args: argparse.Namespace) -> int:
         event_text = str(entry["event"]) if entry["event"] is not None else "-"
         print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14} {entry['rip']:#18x}  {entry['kind']:<14} "
               f"{entry['detail']}")
-    shown = f"{len(records)} of {total} records ({args.kind})" if kinds is not None else f"{total} records"
-    print(f"{shown}, {event} input events" + (f"; damage: {damage}" if damage else ""))
+    shown = (f"{len(records)} of {_count(total, 'record')} ({args.kind})" if kinds is not None
+             else _count(total, 'record'))
+    print(f"{shown}, {_count(event, 'input event')}" + (f"; damage: {damage}" if damage else ""))
     return EXIT_OK
 
 
@@ -333,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
             UnknownInputKind, RecordingRefused, DebugCommandError, CheckScriptError, GrubSymbolsError) as error:
-        print(f"xenrr: error: {error}", file=sys.stderr)
+        _say(f"xenrr: error: {error}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("xenrr: interrupted", file=sys.stderr)
+        _say("xenrr: interrupted")
         return 130
     except BrokenPipeError:          # e.g. `xenrr dump S | head`: the reader has gone, nothing to report
         sys.stderr.close()

@@ -355,6 +355,11 @@ def _load_segments(elf: ELFFile, data: bytes, notes: XenNotes, memory_bytes: int
         pseudo_physical = segment["p_paddr"] - notes.paddr_offset
         address = (notes.virt_base + pseudo_physical) % ADDRESS_SPACE_END
         if pseudo_physical < 0 or pseudo_physical + memory_size > own_memory_end:
+            needed = -(-(pseudo_physical + memory_size + PAGE_SIZE) // 1024)
+            if 0 <= pseudo_physical < ADDRESS_SPACE_END // 2:
+                raise BuildError(f"image too big for the memory: segment {index} [{address:#x}, "
+                                 f"{address + memory_size:#x}) alone needs more than {needed} KiB of guest "
+                                 f"memory, the domain has {memory_bytes // 1024} KiB")
             raise BuildError(
                 f"segment {index} [{address:#x}, {address + memory_size:#x}) is outside guest memory "
                 f"[{notes.virt_base:#x}, {notes.virt_base + own_memory_end:#x}) of {memory_bytes // 1024} KiB"

@@ -7,6 +7,9 @@ line `xenrr: error: ...`, never a traceback - and 3 the run stopped before the g
 """
 from __future__ import annotations
 
+import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +83,7 @@ BAD_INPUTS = [
     pytest.param(["{header-only}"], "truncated", id="truncated-header"),
     pytest.param(["{guest}", "--memory", "0"], "--memory", id="memory-zero"),
     pytest.param(["{guest}", "--memory", "5000"], "--memory", id="memory-too-big"),
-    pytest.param(["{guest}", "--memory", "1"], "memory", id="memory-too-small-for-the-image"),
+    pytest.param(["{guest}", "--memory", "1"], "image too big for the memory", id="memory-too-small-for-the-image"),
     pytest.param(["{guest}", "--memory", "lots"], "--memory", id="memory-not-a-number"),
     pytest.param(["{guest}", "--keys", r"ls\q"], r"\q", id="unknown-escape"),
     pytest.param(["{guest}", "--keys", "halt\\"], "backslash", id="lone-backslash"),
@@ -164,3 +167,27 @@ def test_keys_before_ctrl_close_bracket_reach_the_guest(xenrr, kbdshell_elf):
     run = xenrr("run", kbdshell_elf, stdin=b"echo typed before leaving\r\x1d")
     assert run.status == 3, run.stderr
     assert "typed before leaving\r\n" in run.stdout
+
+
+def test_xenrr_messages_start_on_a_fresh_line_after_the_guest_prompt(kbdshell_elf):
+    """On a terminal, kbdshell's prompt '> ' leaves the cursor mid-line: xenrr's last message must not
+    run into it (with pipes, as everywhere else here, the guest's output stays byte for byte)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "dom0.cli", "run", str(kbdshell_elf), "--clock", "virtual",
+                                "--linger", "0.01", "--keys", r"echo a\r"], cwd=Path(__file__).parents[2],
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:             # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=60) == 3
+    # the terminal turns \n into \r\n
+    assert re.search(rb"\na\r\r\n> \r\nxenrr: stopped: key script done and the guest stayed idle after \d+ "
+                     rb"instructions\r\n$", output), bytes(output)

@@ -37,8 +37,8 @@ def expected_incomplete_line(log: Path) -> str:
         damage = str(reader.damage)
     events = sum(kind >= FIRST_INPUT_KIND for kind, _ in records)
     digests = sum(kind in (KIND_DIGEST, KIND_END) for kind, _ in records)
-    return (f"xenrr: log is incomplete: {damage}; everything before it: {events} events, {records[-1][1]} "
-            f"instructions, {digests} state digests verified\n")
+    return (f"xenrr: log is incomplete: {damage}; everything before it: {events} event{'s' * (events != 1)}, "
+            f"{records[-1][1]} instructions, {digests} state digest{'s' * (digests != 1)} verified\n")
 
 
 def assert_prefix_replays(xenrr, log: Path, recorded_console: str, must_show: str, may_be_whole: bool = False):

@@ -52,7 +52,7 @@ def test_replay_reproduces_the_recorded_console_and_verifies_every_digest(xenrr,
     assert replayed.status == 0
     assert replayed.stdout == recorded.stdout
     found = re.fullmatch(rf"xenrr: replayed to the end of the recording: {events} events, {instructions} "
-                         r"instructions, (\d+) state digests verified\n", replayed.stderr)
+                         r"instructions, (\d+) state digests? verified\n", replayed.stderr)
     assert found and int(found[1]) >= 1, replayed.stderr       # at least the END record's digest
 
     summary = xenrr("replay", log, "--json")
@@ -194,3 +194,11 @@ def test_a_key_file_is_bytes_a_carriage_return_stays_one(xenrr, kbdshell_elf, tm
     typed = [bytes.fromhex(entry["payload"]) for entry in dump_json(xenrr, log)["records"]
              if entry["kind"] == "CONSOLE_INPUT"]
     assert b"".join(typed) == keys
+
+
+def test_counts_in_messages_agree_with_their_number(xenrr, virtual_recording):
+    """A short recording has one state digest (its END record's): '1 state digest', not '1 state digests'."""
+    replayed = xenrr("replay", virtual_recording.path, "--quiet")
+    assert replayed.stderr.endswith(" instructions, 1 state digest verified\n"), replayed.stderr
+    first = xenrr("replay", virtual_recording.path, "--until-event", "2", "--quiet")
+    assert ": 1 event, " in first.stderr, first.stderr

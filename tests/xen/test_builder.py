@@ -334,10 +334,10 @@ def test_truncated_file(standard_image, length):
         build_domain(data[:length], MEMORY)
 
 
-def test_segment_outside_guest_memory(tmp_path):
+def test_segment_beyond_guest_memory_says_how_much_memory_it_needs(tmp_path):
     image = assemble(tmp_path, base=0x400000)
-    with pytest.raises(BuildError, match=r"^segment \d+ \[0x400000, 0x\w+\) is outside guest memory "
-                                         r"\[0x0, 0xff000\) of 1024 KiB$"):
+    with pytest.raises(BuildError, match=r"^image too big for the memory: segment \d+ \[0x400000, 0x\w+\) alone "
+                                         r"needs more than 41\d\d KiB of guest memory, the domain has 1024 KiB$"):
         build_domain(image, MEMORY)
 
 
