@@ -192,7 +192,7 @@ def test_a_key_file_is_bytes_a_carriage_return_stays_one(xenrr, kbdshell_elf, tm
     recorded = xenrr("record", kbdshell_elf, "-o", log, "--clock", "virtual", "--keys-file", script)
     assert recorded.status == 0, recorded.stderr
     typed = [bytes.fromhex(entry["payload"]) for entry in dump_json(xenrr, log)["records"]
-             if entry["kind"] == "CONSOLE_INPUT"]
+             if entry["kind"] == "console-input"]
     assert b"".join(typed) == keys
 
 
