@@ -447,9 +447,13 @@ class VCpu:
         (the timeline, the state digests) can each keep their own generation."""
         if not self._tracking_dirty:
             self._tracking_dirty = True
-            self._clean_pages = {page for start, size in self._mapped_pages
-                                 for page in range(start, start + size, PAGE_SIZE)} - self._read_only_pages
-            for page in self._clean_pages:
+            self._clean_pages = set().union(*(range(start, start + size, PAGE_SIZE)
+                                              for start, size in self._mapped_pages)) - self._read_only_pages
+            # Every page is now write-trapped (clean, or read-only code); only watched pages differ. One
+            # engine call per mapped run: one per page costs tens of seconds for 4 GiB.
+            for start, size in self._mapped_pages:
+                self._vm.mem_protect(start, size, _PROTECTION_WRITE_TRAP)
+            for page in self._watched_pages:
                 self._protect(page)
         return self.new_generation()
 
