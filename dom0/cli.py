@@ -8,12 +8,14 @@ and exits with status 2.
 Exit statuses: 0 the guest powered off, 1 the domain crashed (replay: diverged), 2 usage or input
 error, 3 the run stopped before the guest shut down (instruction limit, input exhausted, deadlock,
 detached with Ctrl-]; replay: the log is incomplete), 4 the log could not be written, 130 interrupted.
+Under `--json` a failure or an interrupt also prints `{"error": ..., "status": N}` on stdout.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -24,7 +26,7 @@ from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.logfile import LogFormatError, LogReader
 from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
-from dom0.usercli import USER_COMMANDS, CheckScriptError, add_user_commands
+from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnknownInputKind, describe_payload
@@ -34,6 +36,7 @@ from xen.sched import NS_PER_SECOND, Outcome, Scheduler
 from xen.vcpu import EngineError
 
 EXIT_OK, EXIT_CRASHED, EXIT_USAGE, EXIT_STOPPED, EXIT_LOG_FAILED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130          # Ctrl-C, as a shell reports a command killed by SIGINT
 DEFAULT_MEMORY_MIB = 16
 
 
@@ -73,10 +76,10 @@ def _say(text: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `xenrr: error: ...` and exit status 2, no usage block."""
+    """argparse with one-line errors: `xenrr: error: ...` and exit status 2 (main reports them), no usage block."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"xenrr: error: {message} (see `{self.prog} --help`)\n")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(replay: diverged), 2 usage or input error, 3 stopped before the guest shut down (instruction "
                "limit, key script done, detached with Ctrl-]; replay: the log is incomplete), 4 the log could "
                "not be written, 130 interrupted (Ctrl-C). `xenrr COMMAND --help` explains each command.")
+    parser.add_argument("--version", action="version", version=f"xenrr {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run", help="boot a PV guest kernel and attach its console",
@@ -160,7 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_commands(commands)
     add_user_commands(commands)
     add_grub_commands(commands)
+    for command_parser in commands.choices.values():      # its errors point to its own --help
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("xenrr")
+    except metadata.PackageNotFoundError:          # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _console_input(args: argparse.Namespace):
@@ -353,18 +366,33 @@ COMMANDS = {"run": command_run, "record": command_record, "replay": command_repl
             **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS}
 
 
+def _fail(message: str, status: int, json_wanted: bool) -> int:
+    """Report a failure: one line on stderr and, under --json, a JSON error object on stdout."""
+    _say(f"xenrr: {message}")
+    if json_wanted:
+        print(json.dumps({"error": message.removeprefix("error: "), "status": status}), flush=True)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []    # for the program a command starts
+    argv = argv[:len(argv) - len(passthrough) - 1] if "--" in argv else argv
+    json_wanted = "--json" in argv
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args, unknown = parser.parse_known_args(argv)
+        if passthrough and not getattr(args, "passes_through", None):
+            unknown += ["--", *passthrough]
+        if unknown:
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.passthrough = passthrough
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnknownInputKind, RecordingRefused, DebugCommandError, CheckScriptError, GrubSymbolsError) as error:
-        _say(f"xenrr: error: {error}")
-        return EXIT_USAGE
+            UnknownInputKind, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError) as error:
+        return _fail(f"error: {error}", EXIT_USAGE, json_wanted)
     except KeyboardInterrupt:
-        _say("xenrr: interrupted")
-        return 130
+        return _fail("interrupted", EXIT_INTERRUPTED, json_wanted)
     except BrokenPipeError:          # e.g. `xenrr dump S | head`: the reader has gone, nothing to report
         sys.stderr.close()
         return EXIT_OK

@@ -21,3 +21,9 @@ def add_kind_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", metavar="KIND[,KIND...]",
                         help="only records of these kinds: console-input, timer, time, random (input events), "
                              "digest, end")
+
+
+def add_goto_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-g", "--goto", metavar="EVENT", type=int,
+                        help="start just before input event EVENT is injected (as rr's -g), not at the first "
+                             "instruction")

@@ -17,7 +17,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from dom0.cliargs import add_image_option, add_session_argument
+from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.replay import ReplaySession
 from gdbext.locate import GdbNotFound, find_gdb
 from stub.server import GdbServer, ServerError, listen
@@ -40,6 +40,7 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
                     "Connect with `target remote :PORT` in GDB, the guest ELF loaded; `monitor help` lists the "
                     "replay's own commands (events, goto, when).")
     add_session_argument(serve)
+    add_goto_option(serve)
     serve.add_argument("--port", metavar="N", type=int, default=0,
                        help="TCP port to listen on (default: any free port, printed)")
     add_image_option(serve)
@@ -49,9 +50,13 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Start GDB with the guest's symbols and the xenrr GDB extension, connected to a replay of "
                     "SESSION stopped at its first instruction. Besides GDB's own commands (including "
                     "reverse-continue, reverse-step, ...) there are rr-goto, rr-events, rr-when "
-                    "(`help rr-goto`, ...).")
+                    "(`help rr-goto`, ...). Arguments after `--` go to GDB, after the connection: "
+                    "`xenrr debug s.xrr -- -batch -ex bt`.")
     add_session_argument(debug)
+    add_goto_option(debug)
     add_image_option(debug)
+    debug.usage = "xenrr debug [-h] [-g EVENT] [--image GUEST] SESSION [-- GDBARGS...]"
+    debug.set_defaults(passes_through=True)        # dom0/cli.py puts what follows `--` in args.passthrough
 
 
 def _open_session(path: Path, image: Path | None) -> ReplaySession:
@@ -65,6 +70,13 @@ def _open_session(path: Path, image: Path | None) -> ReplaySession:
     return session
 
 
+def _check_event(session: ReplaySession, number: int) -> None:
+    try:
+        session.event(number)
+    except ValueError as error:
+        raise DebugCommandError(f"--goto: {error}") from None
+
+
 def command_serve(args: argparse.Namespace) -> int:
     """`xenrr serve`: returns 0 once a client killed or detached."""
     if not 0 <= args.port <= 65535:
@@ -72,6 +84,9 @@ def command_serve(args: argparse.Namespace) -> int:
     session = _open_session(args.session, args.image)
     try:
         timeline = Timeline(session)
+        if args.goto is not None:
+            _check_event(session, args.goto)
+            timeline.goto_event(args.goto)
         try:
             listener = listen(args.port)
         except ServerError as error:
@@ -92,10 +107,15 @@ def command_debug(args: argparse.Namespace) -> int:
         raise DebugCommandError(str(error)) from None
     session = _open_session(args.session, args.image)      # check the recording before GDB starts
     image = session.image_path
+    if args.goto is not None:
+        _check_event(session, args.goto)
     session.close()
     extension = resources.files("gdbext") / GDB_EXTENSION
     replay = ["rr-replay", str(args.session)] + (["--image", str(args.image)] if args.image else [])
     command = [gdb, "-q", str(image), "-x", str(extension), "-ex", shlex.join(replay)]
+    if args.goto is not None:
+        command += ["-ex", f"rr-goto {args.goto}"]
+    command += args.passthrough
     # rr-replay starts `xenrr serve` with this very interpreter and project.
     environment = dict(os.environ, XENRR=shlex.join([sys.executable, "-m", "dom0.cli"]))
     # Ctrl-C belongs to GDB. Not SIG_IGN: an ignored signal would stay ignored in GDB's children.

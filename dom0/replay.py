@@ -58,6 +58,9 @@ class ReplaySession:
         try:
             image_bytes = self.image_path.read_bytes()
         except OSError as error:
+            if image is not None:
+                raise ReplaySetupError(f"cannot read the guest image {self.image_path} given with --image: "
+                                       f"{error.strerror}") from None
             raise ReplaySetupError(f"cannot read the recorded guest image {self.image_path}: {error.strerror} "
                                    "(give it with --image)") from None
         if hashlib.sha256(image_bytes).digest() != header.image_sha256:

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from dom0.cliargs import add_image_option, add_session_argument
+from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.logfile import FILE_MAGIC
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PASS, EXIT_FAIL = 0, 1
 
 
-class CheckScriptError(Exception):
-    """The check script cannot be used: one line."""
+class UserCommandError(Exception):
+    """Bad input to `shell` or `check` (missing files, a script that cannot run, ...): one line, exit status 2."""
 
 
 def add_user_commands(commands: argparse._SubParsersAction) -> None:
@@ -44,6 +43,7 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
                     "list, `gdb CMD` for any GDB command; `help` inside explains each. Tab completes commands "
                     "and guest symbols; F5 continue, Shift-F5/F6 reverse-continue, F10 next, F11 step.")
     add_session_argument(shell)
+    add_goto_option(shell)
     add_image_option(shell)
 
     check = commands.add_parser(
@@ -72,9 +72,13 @@ def command_shell(args: argparse.Namespace) -> int:
     try:
         debugger = xenrr_debug(args.session, args.image)
     except DebugError as error:
-        print(f"xenrr: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UserCommandError(str(error)) from None
     with debugger:
+        if args.goto is not None:
+            try:
+                debugger.goto_event(args.goto)
+            except DebugError as error:
+                raise UserCommandError(f"--goto: {error}") from None
         return DebugShell(debugger, guest_symbols(debugger.image), title=str(args.session)).run()
 
 
@@ -87,30 +91,30 @@ def _looks_like_log(path: Path) -> bool:
 
 
 def _check_arguments(session: Path, scripts: list[Path]) -> None:
-    """CheckScriptError for arguments that cannot work: missing files, swapped arguments, an ELF or a
+    """UserCommandError for arguments that cannot work: missing files, swapped arguments, an ELF or a
     log given as a script, a script that is not Python."""
     swapped = "the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first"
     if any(_looks_like_log(script) for script in scripts) and not _looks_like_log(session):
-        raise CheckScriptError(swapped)
+        raise UserCommandError(swapped)
     if not session.exists():
-        raise CheckScriptError(f"cannot read {session}: no such file")
+        raise UserCommandError(f"cannot read {session}: no such file")
     if session.is_dir() or session.suffix == ".py":
-        raise CheckScriptError(f"{session} is not a recording" + ("; " + swapped if any(
+        raise UserCommandError(f"{session} is not a recording" + ("; " + swapped if any(
             _looks_like_log(script) for script in scripts) else " (made by `xenrr record`)"))
     for script in scripts:
         if not script.exists():
-            raise CheckScriptError(f"cannot read check script {script}: no such file")
+            raise UserCommandError(f"cannot read check script {script}: no such file")
         if script.is_dir():
             continue
         data = script.read_bytes()
         if data.startswith(b"\x7fELF"):
-            raise CheckScriptError(f"{script} is an ELF file, not a Python check script")
+            raise UserCommandError(f"{script} is an ELF file, not a Python check script")
         try:
             compile(data, str(script), "exec")
         except SyntaxError as error:
             if error.lineno is None:        # e.g. null bytes: not source text at all
-                raise CheckScriptError(f"{script} is not a Python check script ({error.msg})") from None
-            raise CheckScriptError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
+                raise UserCommandError(f"{script} is not a Python check script ({error.msg})") from None
+            raise UserCommandError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
 
 
 def _describe_failure(result) -> list[str]:
@@ -130,7 +134,7 @@ def command_check(args: argparse.Namespace) -> int:
     try:
         results = run_checks(args.session, args.scripts, args.image, args.k)
     except CheckLoadError as error:
-        raise CheckScriptError(str(error)) from None
+        raise UserCommandError(str(error)) from None
     failures = [result for result in results if result.outcome in ("failed", "error")]
     held = sum(result.outcome == "passed" for result in results)
     status = EXIT_FAIL if failures else EXIT_PASS

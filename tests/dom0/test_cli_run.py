@@ -7,14 +7,20 @@ line `xenrr: error: ...`, never a traceback - and 3 the run stopped before the g
 """
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,59 @@ def test_no_command_is_a_usage_error(xenrr):
     run = xenrr()
     assert run.status == 2
     assert "Traceback" not in run.stderr and "COMMAND" in run.stderr
+
+
+def test_version_names_the_installed_xenrr(xenrr):
+    run = xenrr("--version")
+    assert (run.status, run.stdout) == (0, f"xenrr {metadata.version('xenrr')}\n")
+
+
+@pytest.mark.parametrize("command", ["run", "replay", "dump", "debug", "check"])
+def test_an_unknown_option_points_to_the_subcommands_help(xenrr, command):
+    run = xenrr(command, "x.xrr", *(["x.py"] if command == "check" else []), "--no-such-option")
+    assert run.status == 2 and run.stdout == ""
+    assert run.stderr == (f"xenrr: error: unrecognized arguments: --no-such-option "
+                          f"(see `xenrr {command} --help`)\n")
+
+
+def test_arguments_after_double_dash_are_refused_where_nothing_takes_them(xenrr):
+    run = xenrr("dump", "x.xrr", "--", "-batch")
+    assert run.stderr == "xenrr: error: unrecognized arguments: -- -batch (see `xenrr dump --help`)\n"
+
+
+@pytest.mark.parametrize("arguments", [
+    ["dump", "{missing}", "--json"],
+    ["replay", "{missing}", "--json"],
+    ["check", "{missing}", "{missing}", "--json"],
+    ["dump", "--json"],
+    ["dump", "{missing}", "--kind", "tick", "--json"],
+])
+def test_json_commands_print_a_json_error_object_on_failure(xenrr, inputs, arguments):
+    run = xenrr(*(argument.format(missing=inputs["missing"]) for argument in arguments))
+    assert run.status == 2
+    [message] = run.stderr.splitlines()
+    assert json.loads(run.stdout) == {"error": message.removeprefix("xenrr: error: "), "status": 2}
+
+
+def test_json_commands_print_a_json_error_object_on_ctrl_c(kbdshell_elf, tmp_path):
+    """Ctrl-C (SIGINT) during a long --json replay: exit 130 and a JSON error object, no traceback."""
+    session = tmp_path / "long.xrr"
+    subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(kbdshell_elf), "-o", str(session), "--clock",
+                    "virtual", "--keys", r"bench 400000000\rhalt\r"], check=True, capture_output=True, cwd=ROOT)
+    replay = subprocess.Popen([sys.executable, "-m", "dom0.cli", "replay", str(session), "--json"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)                # started, replaying the bench loop (a run of some seconds)
+    replay.send_signal(signal.SIGINT)
+    stdout, stderr = replay.communicate(timeout=60)
+    assert replay.returncode == 130, stderr
+    assert (json.loads(stdout), stderr) == ({"error": "interrupted", "status": 130}, "xenrr: interrupted\n")
+
+
+def test_image_option_naming_a_missing_file_says_so(xenrr, virtual_recording, inputs):
+    run = xenrr("replay", virtual_recording.path, "--image", inputs["missing"])
+    assert (run.status, run.stderr) == (
+        2, f"xenrr: error: cannot read the guest image {inputs['missing']} given with --image: No such file or "
+           "directory\n")
 
 
 # --------------------------------------------------------------------------- bad input: exit 2, one line

@@ -28,9 +28,9 @@ _names = itertools.count()
 class TmuxShell:
     """`xenrr shell SESSION` running in a 120x40 tmux window."""
 
-    def __init__(self, session: Path, state_home: Path):
+    def __init__(self, session: Path, state_home: Path, *options: str):
         self.server = f"xenrr-test-{os.getpid()}-{next(_names)}"
-        command = shlex.join([sys.executable, "-m", "dom0.cli", "shell", str(session)])
+        command = shlex.join([sys.executable, "-m", "dom0.cli", "shell", str(session), *options])
         self._tmux("new-session", "-d", "-x", "120", "-y", "40", "-c", str(ROOT),
                    "-e", f"XDG_STATE_HOME={state_home}", f"{command}; echo SHELL-EXITED-$?; sleep 600")
         try:
@@ -169,6 +169,14 @@ def test_a_damaged_log_opens_saying_what_was_lost(recorder, kbdshell_elf, tmp_pa
         warning = next(line for line in shell.screen().splitlines() if line.startswith("warning: "))
         assert warning.startswith(f"warning: the log is damaged: what was recorded after event {len(kept)} "
                                   f"(instruction {kept[-1]}) is lost (block 2 at offset ")
+    finally:
+        shell.close()
+
+
+def test_goto_option_opens_the_shell_at_an_event(long_line, tmp_path):
+    shell = TmuxShell(long_line, tmp_path / "state", "--goto", "70")
+    try:
+        assert "event 69/80 | instruction 23230" in shell.toolbar()
     finally:
         shell.close()
 

@@ -558,3 +558,32 @@ def test_xenrr_debug_starts_gdb_connected_with_symbols_and_leaves_nothing_behind
     assert _serve_processes(recording) == []
     refused = xenrr("debug", recording.with_name("missing.xrr"))
     assert refused.status == 2 and refused.stderr.startswith("xenrr: error: cannot read ")
+
+
+def test_xenrr_debug_goto_and_gdb_arguments_after_the_double_dash(xenrr, recording):
+    debug = xenrr("debug", recording, "--goto", "71", "--", "-batch", "-ex", "rr-when", "-ex", "print ed.hist_count")
+    assert debug.status == 0, debug.stderr
+    assert "event 70 of 80" in debug.stdout and f"$1 = {CORRUPTED + 1}" in debug.stdout
+    assert _serve_processes(recording) == []
+    beyond = xenrr("debug", recording, "--goto", "81")
+    assert (beyond.status, beyond.stderr) == (
+        2, "xenrr: error: --goto: event 81 does not exist: the recording has events 1 to 80\n")
+
+
+def test_xenrr_serve_goto_starts_at_the_event(recording):
+    server = subprocess.Popen([sys.executable, "-m", "dom0.cli", "serve", str(recording), "--goto", "71"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r":(\d+)$", server.stdout.readline().strip()).group(1))
+        gdb = Gdb()
+        try:
+            gdb.run(f"target remote 127.0.0.1:{port}")
+            assert gdb.run("monitor when").text.startswith("event 70 of 80, ")
+            gdb.run("kill")
+        finally:
+            gdb.close()
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
