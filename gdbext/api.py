@@ -4,7 +4,9 @@ Owns one debugging session of one recording: a `xenrr serve` process listening o
 a GDB process (`gdb --interpreter=mi3`, through pygdbmi) connected to it with the guest's symbols,
 and the translation of GDB/MI records into Python values. GDB's symbol and expression engine does
 all the work; the replay is reached only through the remote protocol, and its events and positions
-through the stub's `monitor` commands (`events`, `goto`, `goto-icount`, `when`).
+through the stub's `monitor` commands (`events`, `goto`, `goto-icount`, `when`, `bookmark`,
+`damage`, ...). Expression values come back as Python values: GDB converts them inside itself
+(gdbext/gdbvalues.py, sourced at start).
 
     with xenrr_debug("session.xrr") as d:
         d.goto_event(70)

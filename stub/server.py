@@ -3,7 +3,8 @@
 Model: rr's GdbServer. `stub/rsp.py` frames the bytes; this module decides what each packet means:
 registers and memory of the replayed domain (read only: a replay cannot be written), break- and
 watchpoints, forward and reverse execution, vCPUs as threads (thread id = vCPU number + 1), the
-target description, and `monitor` commands (events, goto, goto-icount, when, image, help).
+target description, and `monitor` commands (events, goto, goto-icount, when, bookmark, bookmarks,
+goto-bookmark, damage, image, help; bookmarks live as long as the server).
 Breakpoint conditions that GDB sends as agent-expression bytecode in Z0/Z1 packets (offered as
 `ConditionalBreakpoints`, used with `set breakpoint condition-evaluation target`) are evaluated
 here (stub/agentexpr.py) at each hit, forwards and in reverse scans: a false hit costs no stop.
