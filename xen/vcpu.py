@@ -22,7 +22,9 @@ Engine quirks handled here (see docs/engine.md):
 - most faults leave the faulting instruction counted, but an execute violation and undecodable
   bytes count nothing: each fault kind has its own measured rule here (_UNCOUNTED_FAULTS);
 - write/read watch traps come from page protection: the trapping access is re-executed on an
-  unprotected page, exactly once, then protection is restored;
+  unprotected page, exactly once, then protection is restored. The engine reports the access's first
+  address only (on whichever page trapped): the trapping page and the access's width (decoded with
+  capstone) are worked out here, so accesses straddling pages or overlapping a watch partly are exact;
 - `rflags`/`eflags` engine registers are computed by handlers: state is saved flag by flag instead;
 - the JIT keeps a fast lookup table from block start to translated code, and adding a breakpoint
   evicts only the entry *at* the breakpoint's address: a block that already ran and contains the
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import capstone
 import icicle
 from icicle import ExceptionCode, Icicle, MemoryProtection, RunStatus
 
@@ -232,6 +235,9 @@ def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     return 0, 0, 0, 0
 
 
+_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_DISASSEMBLER.detail = True
+
 _PROTECTION_FULL = MemoryProtection.ExecuteReadWrite
 _PROTECTION_WRITE_TRAP = MemoryProtection.ExecuteRead
 _PROTECTION_ACCESS_TRAP = MemoryProtection.ExecuteOnly
@@ -355,6 +361,8 @@ class VCpu:
         # execution since its translations were last evicted (None: nothing has executed yet).
         self._translations_checked: set[int] | None = None
         self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
+        self._access_widths: dict[int, int] = {}          # pc -> bytes its instruction accesses
+        self._watch_traps_lifted = False                   # while a trapped access is re-executed
         # Page protection is computed per page from three facts (see _protection): read-only code,
         # watched (write or read traps), and clean under dirty tracking (write traps).
         self._read_only_pages: set[int] = set()
@@ -643,9 +651,32 @@ class VCpu:
         for page in changed:
             self._protect(page)
 
-    def _watch_hit(self, address: int, access: str) -> bool:
-        return any(start <= address < start + length and (kind == "a" or kind == access)
-                   for start, length, kind in self._watches)
+    def _watch_hit(self, start: int, width: int, access: str) -> int | None:
+        """The first watched byte that the access [start, start+width) touches, for a watch of its
+        kind; None if it touches none."""
+        touched = [max(start, begin) for begin, length, kind in self._watches
+                   if begin < start + width and start < begin + length and kind in ("a", access)]
+        return min(touched) if touched else None
+
+    def _access_width(self, pc: int) -> int:
+        """Bytes accessed by the instruction at pc: its widest memory operand (8 for the implicit stack
+        accesses of push, pop, call and ret). Code never changes, so each pc is decoded once."""
+        width = self._access_widths.get(pc)
+        if width is None:
+            length = next(n for n in range(16, -1, -1) if self.is_mapped(pc, n))
+            decoded = next(_DISASSEMBLER.disasm(bytes(self._vm.mem_read(pc, length)) if length else b"", pc), None)
+            operands = decoded.operands if decoded is not None else ()
+            width = max((op.size for op in operands if op.type == capstone.x86.X86_OP_MEM), default=8)
+            self._access_widths[pc] = width
+        return width
+
+    def _trapping_page(self, address: int, is_write: bool) -> int:
+        """The page whose protection stopped an access starting at `address`: the access's first page,
+        unless that one lets it through (then the access straddles into the next page)."""
+        first = address & PAGE_MASK
+        protection = self._protection(first, lifted=self._watch_traps_lifted and first in self._watched_pages)
+        lets_through = protection == _PROTECTION_FULL or (not is_write and protection == _PROTECTION_WRITE_TRAP)
+        return first + PAGE_SIZE if lets_through else first
 
     # ---------------------------------------------------------------- execution
     def run(self, until_icount: int) -> Exit:
@@ -752,8 +783,8 @@ class VCpu:
             return self._fault(f"software interrupt int {vector:#x}", None, counted=True,
                                vector=(vector, None), length=length)
         if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
-            page = vm.exception_value & PAGE_MASK
             is_write = code == ExceptionCode.WritePerm
+            page = self._trapping_page(vm.exception_value, is_write)
             if not (is_write and page in self._read_only_pages):
                 if is_write and page in self._clean_pages:
                     self._mark_dirty(page)
@@ -830,23 +861,28 @@ class VCpu:
         return None
 
     def _trapped_access(self, address: int, access: str) -> Exit | None:
-        """Re-execute a trapped access once on unprotected pages; report it if it hits a watch."""
+        """Re-execute a trapped access once on unprotected pages; report it if it hits a watch (with
+        the first watched byte it touched as its address)."""
         vm = self._vm
         vm.icount = vm.icount - 1
+        width = self._access_width(vm.pc)
         watched = list(self._watched_pages)
         for page in watched:
             if self._tracking_dirty:
                 self._mark_dirty(page)      # it may be written while its traps are lifted
             self._protect(page, lifted=True)
+        self._watch_traps_lifted = True
         try:
             result = self._execute_one_unbroken()
         finally:
+            self._watch_traps_lifted = False
             for page in watched:
                 self._protect(page)
         if result is not None:
             return result
-        if self._watch_hit(address, access):
-            return Exit(ExitReason.WATCHPOINT, vm.icount, vm.pc, address=address, access=access)
+        hit = self._watch_hit(address, width, access)
+        if hit is not None:
+            return Exit(ExitReason.WATCHPOINT, vm.icount, vm.pc, address=hit, access=access)
         return None
 
 
