@@ -10,7 +10,18 @@ Reverse execution is always exact, never approximate: reverse-continue restores 
 before the current position, replays forward to it noting every breakpoint and watchpoint hit, and
 goes to the last hit (or searches the previous interval); reverse-step goes to icount-1 exactly.
 A breakpoint may carry a condition (a predicate on the vCPU at the hit, e.g. GDB's bytecode run by
-the stub): forwards and backwards alike, a hit counts only where its condition holds.
+the stub): forwards and backwards alike, a hit counts only where its condition holds (`_hit_counts`).
+
+Two things make reverse-continue cheaper without making it less exact:
+- The hits a backward scan of one interval finds are kept (with the breakpoints, conditions and
+  watchpoints they were found with): a following reverse-continue within that interval takes its hit
+  from them and replays no scan again. Any change to what is watched or broken on drops them.
+- Every stretch of forward replay between two checkpoints (a *segment*) leaves the set of pages
+  written in it (the vCPU's dirty-page generations, hypervisor writes included), kept when the
+  checkpoints themselves are thinned. With only write watchpoints, reverse-continue skips every
+  segment that wrote none of the watched pages without replaying it, and scans only up to the end of
+  the last segment that did: its cost depends on the distance to the checkpoint before that write,
+  not on the distance travelled. Breakpoints and read/access watchpoints still scan every interval.
 Invariant: whatever sequence of commands moved it there, the state at a mark is the state a fresh
 replay from the start has at that mark.
 """
@@ -50,6 +61,24 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A stretch of forward replay ending at a checkpoint taken there, and the pages it wrote (page
+    numbers relative to the start of guest memory; a superset: every write noted since the previous
+    memory synchronisation, which is never later than the segment's start)."""
+    end: Mark
+    pages: frozenset[int]
+
+
+@dataclass(frozen=True)
+class _ScannedInterval:
+    """The hits of one backward scan: every hit in [start, end), found with the debug settings `key`."""
+    key: tuple
+    start: Mark
+    end: Mark
+    hits: tuple[_Hit, ...]
+
+
+@dataclass(frozen=True)
 class _Hit:
     """A breakpoint or watchpoint hit seen while scanning forward, as reverse execution reports it."""
     mark: Mark
@@ -70,6 +99,9 @@ class Timeline:
         self._watches: list[tuple[int, int, str]] = []
         self._conditions: dict[int, Callable[[VCpu], bool]] = {}
         self._checkpoints: list[Checkpoint] = []
+        self._segments: list[Segment] = []
+        self._scanned: _ScannedInterval | None = None
+        self.instructions_scanned = 0       # replayed by backward scans (instrumentation for tests and benchmarks)
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
         # notes which pages are written after that, so neither needs a full read of memory.
         image = self.vcpu.memory_image()
@@ -134,11 +166,17 @@ class Timeline:
             self.vcpu.remove_watch(address, length, access)
 
     # ---------------------------------------------------------------- checkpoints
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return tuple(self._segments)
+
     def _take_checkpoint(self) -> None:
         mark = self.position
         if self._checkpoints and self._checkpoints[-1].mark >= mark:
             return
-        self._sync_memory()
+        written = self._sync_memory()
+        if self._checkpoints:
+            self._segments.append(Segment(mark, frozenset(written)))
         checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
                                 self.replayer.save_state())
         index = bisect.bisect([c.mark for c in self._checkpoints], mark)
@@ -150,8 +188,8 @@ class Timeline:
         while len(self._checkpoints) > self.max_checkpoints:
             del self._checkpoints[1:len(self._checkpoints) // 2:2]
 
-    def _sync_memory(self) -> None:
-        """Bring the page list up to date with the pages written since the last synchronisation."""
+    def _sync_memory(self) -> set[int]:
+        """Bring the page list up to date with the pages written since the last synchronisation; those pages."""
         vcpu = self.vcpu
         written = vcpu.pages_written_since(self._generation)
         self._generation = vcpu.new_generation()
@@ -159,6 +197,7 @@ class Timeline:
             page = vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE)
             if page != self._memory[number]:
                 self._memory[number] = page
+        return written
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         vcpu = self.vcpu
@@ -250,41 +289,92 @@ class Timeline:
 
     def reverse_cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Go back to the last breakpoint or watchpoint hit before the current position, or the start."""
-        origin = self.position
-        upper = origin
+        bound = self.position            # no hit at or after `bound` is left to find
+        written_only = self._watched_pages_if_write_watches_only()
         while True:
-            checkpoint = self._checkpoint_before(upper, strictly=True)
+            upper = bound
+            if written_only is not None:
+                upper = self._end_of_last_write(bound, written_only)
+            checkpoint = self._checkpoint_before(upper, strictly=True) if upper is not None else None
             if checkpoint is None:
                 self.goto(START)
                 return Stop("history-start", self.position, self.vcpu.pc)
-            self._restore(checkpoint)
-            hits = self._scan(upper, origin, interrupted)
+            hits = self._hits_between(checkpoint, upper, interrupted)
             if hits is None:
                 return Stop("interrupt", self.position, self.vcpu.pc)
             if hits:
                 hit = hits[-1]
                 self.goto(hit.mark)
                 return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access)
-            upper = checkpoint.mark
+            bound = checkpoint.mark
 
-    def _scan(self, upper: Mark, origin: Mark, interrupted: Callable[[], bool] | None) -> list[_Hit] | None:
-        """Replay forward from the current position to `upper`, collecting hits before `origin`."""
+    def drop_kept_hits(self) -> None:
+        """Forget the hits of the last backward scan (the next reverse-continue scans again): for
+        measurements of the scan itself."""
+        self._scanned = None
+
+    def _debug_settings(self) -> tuple:
+        """What decides which positions are hits: breakpoints, their conditions, watchpoints."""
+        return frozenset(self.vcpu.breakpoints), frozenset(self._conditions.items()), tuple(self._watches)
+
+    def _hits_between(self, checkpoint: Checkpoint, upper: Mark,
+                      interrupted: Callable[[], bool] | None) -> tuple[_Hit, ...] | None:
+        """Every hit in [checkpoint, upper): kept from the last scan when it covered them with the same
+        debug settings, else scanned (None if interrupted)."""
+        key, kept = self._debug_settings(), self._scanned
+        if kept is not None and kept.key == key and kept.start == checkpoint.mark and upper <= kept.end:
+            return tuple(hit for hit in kept.hits if hit.mark < upper)
+        self._restore(checkpoint)
+        hits = self._scan(upper, interrupted)
+        if hits is not None:
+            self._scanned = _ScannedInterval(key, checkpoint.mark, upper, hits)
+        return hits
+
+    def _scan(self, upper: Mark, interrupted: Callable[[], bool] | None) -> tuple[_Hit, ...] | None:
+        """Replay forward from the current position to `upper`, collecting the hits before it."""
+        started = self.vcpu.icount
         hits: list[_Hit] = []
-        if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < origin \
+        if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < upper \
                 and self._hit_counts():
             hits.append(_Hit(self.position, "breakpoint"))      # replayer.run never stops where it starts
-        while self.position < upper:
-            stop = self.replayer.run(upper, stop_for_debug=True, interrupted=interrupted)
-            if stop.reason == "interrupted":
-                return None
-            if stop.reason != "debug":
-                break
-            if stop.exit.reason == ExitReason.WATCHPOINT:
-                # Reverse execution stops before the access: the canonical mark one instruction back.
-                hit = _Hit(Mark(stop.mark.icount - 1, stop.mark.seq), "watchpoint", stop.exit.address,
-                           stop.exit.access)
-            else:
-                hit = _Hit(stop.mark, "breakpoint")
-            if hit.mark < origin and (hit.reason == "watchpoint" or self._hit_counts()):
-                hits.append(hit)
-        return hits
+        try:
+            while self.position < upper:
+                stop = self.replayer.run(upper, stop_for_debug=True, interrupted=interrupted)
+                if stop.reason == "interrupted":
+                    return None
+                if stop.reason != "debug":
+                    break
+                if stop.exit.reason == ExitReason.WATCHPOINT:
+                    # Reverse execution stops before the access: the canonical mark one instruction back.
+                    hit = _Hit(Mark(stop.mark.icount - 1, stop.mark.seq), "watchpoint", stop.exit.address,
+                               stop.exit.access)
+                else:
+                    hit = _Hit(stop.mark, "breakpoint")
+                if hit.mark < upper and (hit.reason == "watchpoint" or self._hit_counts()):
+                    hits.append(hit)
+        finally:
+            self.instructions_scanned += self.vcpu.icount - started
+        return tuple(hits)
+
+    def _watched_pages_if_write_watches_only(self) -> frozenset[int] | None:
+        """The pages of the watchpoints when only write watchpoints are set (no breakpoints, no
+        read or access watchpoints): then only a segment that wrote one of them can hold a hit."""
+        if not self._watches or self.vcpu.breakpoints or any(access != "w" for _, _, access in self._watches):
+            return None
+        base = self.vcpu.memory_base
+        return frozenset(page for address, length, _ in self._watches
+                         for page in range((address - base) // PAGE_SIZE, (address + length - 1 - base) // PAGE_SIZE + 1))
+
+    def _end_of_last_write(self, bound: Mark, pages: frozenset[int]) -> Mark | None:
+        """The end (capped at `bound`) of the latest stretch of replay before `bound` that may have
+        written one of `pages`; None if none did. A `bound` beyond the last segment is the current
+        position (the first round of a reverse-continue): the pages written since the last memory
+        synchronisation, which is never later than the last segment's end, cover that stretch."""
+        frontier = self._segments[-1].end if self._segments else self._checkpoints[0].mark
+        if bound > frontier and pages & self.vcpu.pages_written_since(self._generation):
+            return bound
+        starts = [START] + [segment.end for segment in self._segments[:-1]]
+        for start, segment in zip(reversed(starts), reversed(self._segments)):
+            if start < bound and pages & segment.pages:
+                return min(segment.end, bound)
+        return None

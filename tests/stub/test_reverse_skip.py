@@ -1,0 +1,123 @@
+"""Reverse-continue does no more replay than it must, and stays exact.
+
+- With only write watchpoints, segments of the replay that wrote none of the watched pages are
+  skipped without replaying them: the instructions scanned depend on where the last write is, not on
+  how far back it is. The recording computes a deeply nested `calc` (the only code that writes the
+  deep stack page watched), then runs `bench` for millions of instructions.
+- The hits a backward scan finds are kept: successive reverse-continues within one interval replay no
+  scan again, until the breakpoints, their conditions or the watchpoints change.
+Every stop is checked against forward continues from the start, which never skip anything.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from dom0.replay import ReplaySession
+from stub.timeline import Timeline
+from xen.replay import Mark
+from xen.vcpu import PAGE_SIZE
+
+KEYS = r"calc ((((((((((1+2))))))))))*3\rbench 300000\recho done\rhalt\r"
+INTERVAL = 50_000
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    path = tmp_path_factory.mktemp("skip") / "calc-bench.xrr"
+    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", KEYS)
+    assert done.status == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack_bottom(kbdshell_elf) -> int:
+    with kbdshell_elf.open("rb") as file:
+        [symbol] = ELFFile(file).get_section_by_name(".symtab").get_symbol_by_name("boot_stack")
+        return symbol["st_value"]
+
+
+def deepest_stack_word(timeline: Timeline, stack_bottom: int) -> int:
+    """The lowest non-zero stack word at the end of the recording (written by calc's deepest frame)."""
+    first_page = (stack_bottom + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    for page in range(first_page, first_page + 4 * PAGE_SIZE, PAGE_SIZE):
+        words = struct.unpack("<512Q", timeline.vcpu.read(page, PAGE_SIZE))
+        for index, word in enumerate(words):
+            if word:
+                return page + 8 * index
+    raise AssertionError("no stack word written below the top page")
+
+
+def forward_hits(recording: Path, watch: tuple[int, int, str] | None = None,
+                 breakpoint: int | None = None) -> list[Mark]:
+    """Every hit as reverse execution reports it, found by continuing forwards from the start."""
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=10**12)
+    if watch:
+        timeline.add_watchpoint(*watch)
+    if breakpoint is not None:
+        timeline.add_breakpoint(breakpoint)
+    hits = []
+    while (stop := timeline.cont()).reason != "history-end":
+        hits.append(Mark(stop.mark.icount - 1, stop.mark.seq) if stop.reason == "watchpoint" else stop.mark)
+    return hits
+
+
+def test_write_watch_reverse_continue_skips_segments_that_did_not_write_its_page(recording, stack_bottom):
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=INTERVAL, max_checkpoints=8)
+    end = timeline.cont().mark
+    watch = (deepest_stack_word(timeline, stack_bottom), 8, "w")
+    expected = forward_hits(recording, watch=watch)
+    assert expected and end.icount - expected[-1].icount > 2_000_000      # bench ran long after calc
+    timeline.add_watchpoint(*watch)
+    scanned = timeline.instructions_scanned
+    stop = timeline.reverse_cont()
+    assert (stop.reason, stop.mark, stop.watch_address) == ("watchpoint", expected[-1], watch[0])
+    # Only the stretch from a checkpoint before the write to the end of its segment was replayed.
+    assert timeline.instructions_scanned - scanned < expected[-1].icount + INTERVAL
+    found = [stop.mark]
+    while (stop := timeline.reverse_cont()).reason == "watchpoint":
+        found.append(stop.mark)
+    assert stop.reason == "history-start" and found == expected[::-1]
+
+
+def test_segments_keep_the_pages_they_wrote_when_checkpoints_are_thinned(recording):
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=INTERVAL, max_checkpoints=8)
+    start_memory = timeline.vcpu.memory_image()
+    end = timeline.cont().mark
+    assert len(timeline.checkpoints) <= 8 and len(timeline.segments) == end.icount // INTERVAL
+    written = set().union(*(segment.pages for segment in timeline.segments))
+    assert set(timeline.vcpu.changed_pages(start_memory)) <= written | timeline.vcpu.pages_written_since(0)
+    quiet = [segment for segment in timeline.segments if not segment.pages]
+    assert len(quiet) > len(timeline.segments) // 2       # bench writes no memory between timer ticks
+
+
+def test_hits_of_a_scanned_interval_are_kept_until_the_debug_settings_change(recording, kbdshell_elf):
+    with kbdshell_elf.open("rb") as file:
+        symbols = ELFFile(file).get_section_by_name(".symtab")
+        [handle_key] = symbols.get_symbol_by_name("handle_key")
+        [line_insert] = symbols.get_symbol_by_name("line_insert")
+    handle_key, line_insert = handle_key["st_value"], line_insert["st_value"]
+    expected = forward_hits(recording, breakpoint=handle_key)
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=10**12)    # one interval
+    timeline.cont()
+    timeline.add_breakpoint(handle_key)
+    first = timeline.reverse_cont()
+    assert first.mark == expected[-1]
+    scanned = timeline.instructions_scanned
+    assert scanned > 0
+    for hit in reversed(expected[-6:-1]):            # GDB removes and re-inserts breakpoints at each stop
+        timeline.remove_breakpoint(handle_key)
+        timeline.add_breakpoint(handle_key)
+        assert timeline.reverse_cont().mark == hit
+    assert timeline.instructions_scanned == scanned   # no scan replayed again
+    timeline.add_breakpoint(line_insert)              # a new breakpoint: the kept hits are dropped
+    stop = timeline.reverse_cont()
+    assert timeline.instructions_scanned > scanned and stop.pc == line_insert
+    timeline.remove_breakpoint(line_insert)
+    scanned = timeline.instructions_scanned
+    timeline.add_breakpoint(handle_key, lambda vcpu: False)   # a condition: dropped again
+    assert timeline.reverse_cont().reason == "history-start"
+    assert timeline.instructions_scanned > scanned
