@@ -29,7 +29,7 @@ from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
-from xen.inject import ReplayDivergence, UnknownInputKind, describe_payload
+from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
 from xen.logrecord import FIRST_INPUT_KIND, kind_name, kinds_named
 from xen.replay import Mark
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
@@ -302,6 +302,8 @@ def command_replay(args: argparse.Namespace) -> int:
         return EXIT_CRASHED
     if args.until_event is not None:
         verdict = f"stopped before event {args.until_event}"
+    elif complete and damage:
+        verdict = f"replayed to the end of the recording, but the log is damaged after its END record: {damage}"
     elif complete:
         verdict = "replayed to the end of the recording"
     else:
@@ -309,7 +311,9 @@ def command_replay(args: argparse.Namespace) -> int:
     _say(f"xenrr: {verdict}: {_count(replayer.inputs_applied, 'event')}, {session.domain.vcpu.icount} instructions, "
          f"{_count(replayer.digests_checked, 'state digest')} verified")
     session.close()
-    return EXIT_OK if complete or args.until_event is not None else EXIT_STOPPED
+    if args.until_event is not None or (complete and not damage):
+        return EXIT_OK
+    return EXIT_STOPPED
 
 
 def _kind_filter(names: str | None) -> set[int] | None:
@@ -389,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.passthrough = passthrough
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnknownInputKind, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError) as error:
+            UnusableRecord, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError) as error:
         return _fail(f"error: {error}", EXIT_USAGE, json_wanted)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, json_wanted)

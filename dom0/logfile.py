@@ -36,6 +36,8 @@ _VCPU_STATE = struct.Struct("<QQ")  # icount, rip of the vCPU's last record befo
 _FOOTER_FIXED = struct.Struct("<4sIIIQ")  # magic, blocks, kinds, reserved, records
 _TRAILER = struct.Struct("<Q8s")  # footer offset, magic
 _SHA256_BYTES = 32
+MAX_HEADER_BYTES = 1 << 20   # a recorder writes a few hundred bytes; anything near this is not a header
+MAX_HEADER_DEPTH = 16        # JSON nesting a header may have (a recorder's is 2 deep)
 
 
 class LogFormatError(Exception):
@@ -90,6 +92,10 @@ def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
     if zlib.crc32(view[: end - _CRC.size]) != stored_crc:
         raise LogFormatError("log header fails its CRC check")
     body = bytes(view[_FILE_PREFIX.size : end - _CRC.size])
+    if len(body) > MAX_HEADER_BYTES:
+        raise LogFormatError(f"log header is malformed: {len(body)} bytes, more than {MAX_HEADER_BYTES}")
+    if _json_depth(body[_SHA256_BYTES:]) > MAX_HEADER_DEPTH:
+        raise LogFormatError(f"log header is malformed: JSON nested deeper than {MAX_HEADER_DEPTH} levels")
     try:
         fields = json.loads(body[_SHA256_BYTES:].decode("utf-8"))
         header = LogHeader(body[:_SHA256_BYTES], fields["config"], fields["initial_state"])
@@ -98,6 +104,28 @@ def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
     if len(header.image_sha256) != _SHA256_BYTES or not isinstance(header.config, dict) or not isinstance(header.initial_state, dict):
         raise LogFormatError("log header is malformed: wrong field types")
     return header, end
+
+
+def _json_depth(text: bytes) -> int:
+    """How deeply JSON arrays and objects nest in `text` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:              # backslash
+                escaped = True
+            elif byte == 0x22:              # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):          # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _block_header(payload_length: int, record_count: int, first_seq: int, first_icount: int, state: Sequence[tuple[int, int]]) -> bytes:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dom0.logfile import LogReader
+from dom0.logfile import LogFormatError, LogReader
+from dom0.logschema import check_header
 from xen.builder import build_domain
 from xen.digest import Digest, take_digest
 from xen.domain import Domain
@@ -52,6 +53,11 @@ class ReplaySession:
                  console_output: Callable[[bytes], None] = lambda data: None, jit: bool = True):
         self.log_path = log_path
         self.log = LogReader(log_path)          # LogFormatError / OSError propagate: the CLI reports them
+        try:
+            check_header(self.log.header)
+        except LogFormatError:
+            self.log.close()
+            raise
         header = self.log.header
         config = header.config
         self.image_path = Path(image) if image is not None else Path(config["guest"])
@@ -69,7 +75,10 @@ class ReplaySession:
                 f"{hashlib.sha256(image_bytes).hexdigest()[:16]}..., recorded {header.image_sha256.hex()[:16]}...)")
         self.domain = Domain(build_domain(image_bytes, config["memory_bytes"], config.get("cmdline", "")),
                              jit=jit, console_output=console_output)
-        recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
+        try:
+            recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
+        except ValueError as error:
+            raise ReplaySetupError(f"log header is malformed: initial_state/digest: {error}") from None
         differences = recorded.differences(take_digest(self.domain.vcpu, with_memory=True))
         if differences:
             raise ReplaySetupError("the rebuilt domain does not start in the recorded state: " + "; ".join(differences))

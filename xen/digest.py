@@ -33,12 +33,16 @@ class Digest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Digest":
+        """ValueError unless `data` is exactly a digest: the clear part, and the memory hash if flagged."""
         if len(data) < _CLEAR.size:
             raise ValueError(f"state digest of {len(data)} bytes is truncated")
         flags, *values = _CLEAR.unpack_from(data)
-        memory = bytes(data[_CLEAR.size:_CLEAR.size + _MEMORY_HASH_BYTES]) if flags & 1 else None
-        if flags & 1 and len(memory) != _MEMORY_HASH_BYTES:
-            raise ValueError("state digest memory hash is truncated")
+        if flags not in (0, 1):
+            raise ValueError(f"state digest has unknown flags {flags:#x}")
+        expected = _CLEAR.size + (_MEMORY_HASH_BYTES if flags else 0)
+        if len(data) != expected:
+            raise ValueError(f"state digest of {len(data)} bytes, expected {expected}")
+        memory = bytes(data[_CLEAR.size:]) if flags else None
         return cls(tuple(values[:-1]), values[-1], memory)
 
     def differences(self, actual: "Digest") -> list[str]:
@@ -107,5 +111,10 @@ def end_payload(digest: Digest, outcome: str) -> bytes:
 
 
 def parse_end_payload(payload: bytes) -> tuple[Digest, str]:
+    """(final digest, outcome) from an END payload; ValueError when it is not one."""
+    if len(payload) < 2:
+        raise ValueError(f"end-of-recording payload of {len(payload)} bytes is truncated")
     size = int.from_bytes(payload[:2], "little")
+    if 2 + size > len(payload):
+        raise ValueError(f"end-of-recording payload is shorter than its {size}-byte digest")
     return Digest.from_bytes(payload[2:2 + size]), bytes(payload[2 + size:]).decode(errors="replace")

@@ -80,8 +80,16 @@ class ReplayDivergence(Exception):
     """The replayed vCPU is not where the log says an input arrived."""
 
 
-class UnknownInputKind(Exception):
+class UnusableRecord(Exception):
+    """A logged record that cannot be applied at all: the log is unusable from there (not a divergence)."""
+
+
+class UnknownInputKind(UnusableRecord):
     """A logged input of a kind this hypervisor has no handler for (a log from a newer xenrr)."""
+
+
+# The payload size of each fixed-size input kind (CONSOLE_INPUT: one byte or more).
+PAYLOAD_BYTES = {Kind.TIMER: TimeBase.SIZE, Kind.TIME: TimeBase.SIZE, Kind.RANDOM: 8}
 
 
 class Funnel:
@@ -135,6 +143,11 @@ class Funnel:
         if handler is None:
             raise UnknownInputKind(f"the log has an input of kind {injection.kind} (at icount {injection.icount}) "
                                    "that this xenrr does not know: it was written by a newer version")
+        size = PAYLOAD_BYTES.get(injection.kind)
+        if (len(injection.payload) != size) if size is not None else not injection.payload:
+            raise UnusableRecord(f"the log's {kind_name(injection.kind)} input at icount {injection.icount} has a "
+                                 f"{len(injection.payload)}-byte payload"
+                                 + (f" (it is {size} bytes)" if size is not None else " (it is never empty)"))
         handler(injection.payload)
         self._domain.return_to_guest()
 
@@ -144,11 +157,18 @@ class Funnel:
         domain.console.push_input(payload)
         domain.notify_guest(domain.console_port)
 
+    @staticmethod
+    def _time_base(payload: bytes) -> TimeBase:
+        try:
+            return TimeBase.from_bytes(payload)
+        except ValueError as error:
+            raise UnusableRecord(f"the log holds a malformed time input: {error}") from None
+
     def _time(self, payload: bytes) -> None:
-        self._domain.time.publish(TimeBase.from_bytes(payload))
+        self._domain.time.publish(self._time_base(payload))
 
     def _timer(self, payload: bytes) -> None:
-        base = TimeBase.from_bytes(payload)
+        base = self._time_base(payload)
         domain = self._domain
         domain.time.publish(base)
         if domain.time.expire(base.system_time):

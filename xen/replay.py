@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xen.digest import Digest, parse_end_payload, take_digest
 from xen.domain import Domain, RunState
-from xen.inject import Injection, Kind, ReplayDivergence
+from xen.inject import Injection, Kind, ReplayDivergence, UnusableRecord
 from xen.logrecord import KIND_DIGEST, KIND_END, Record, kind_name
 from xen.vcpu import Exit, ExitReason
 
@@ -152,13 +152,12 @@ class Replayer:
 
     def _apply(self, record: Record) -> None:
         vcpu = self.domain.vcpu
-        if record.kind == KIND_DIGEST:
-            self._check_digest(Digest.from_bytes(bytes(record.payload)), record)
-        elif record.kind == KIND_END:
-            recorded, outcome = parse_end_payload(bytes(record.payload))
+        if record.kind in (KIND_DIGEST, KIND_END):
+            recorded, outcome = self._parse_check(record)
             self._check_digest(recorded, record)
-            self.recorded_outcome = outcome
-            self.finished = True
+            if record.kind == KIND_END:
+                self.recorded_outcome = outcome
+                self.finished = True
         else:
             self.domain.funnel.replay(Injection(record.kind, record.vcpu, record.icount, record.rip,
                                                 bytes(record.payload)))
@@ -167,6 +166,16 @@ class Replayer:
         if not self.finished and not self.domain.alive and self._next is not None \
                 and self._next.kind != KIND_END:
             raise ReplayDivergence(f"domain stopped at icount {vcpu.icount} before the end of the log")
+
+    def _parse_check(self, record: Record) -> tuple[Digest, str | None]:
+        """A DIGEST or END record's digest (and END's outcome); UnusableRecord when malformed."""
+        try:
+            if record.kind == KIND_DIGEST:
+                return Digest.from_bytes(bytes(record.payload)), None
+            return parse_end_payload(bytes(record.payload))
+        except ValueError as error:
+            raise UnusableRecord(f"record {record.seq} ({self._kind_text(record.kind)}) is malformed: "
+                                 f"{error}") from None
 
     def _check_digest(self, recorded: Digest, record: Record) -> None:
         actual = take_digest(self.domain.vcpu, with_memory=recorded.memory_hash is not None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 from xen import abi
 from xen.vcpu import VCpu
@@ -56,6 +57,7 @@ ONE_NS_PER_TICK = TimeScale(1 << 31, 1)
 @dataclass(frozen=True)
 class TimeBase:
     """What one TIME/TIMER input publishes: system time (ns) at the injection's icount, and the scale."""
+    SIZE: ClassVar[int] = _BASE.size
     system_time: int
     scale: TimeScale = ONE_NS_PER_TICK
 
@@ -64,7 +66,12 @@ class TimeBase:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TimeBase":
+        """ValueError unless `data` is exactly one TimeBase with a usable (non-zero) scale."""
+        if len(data) != _BASE.size:
+            raise ValueError(f"time base of {len(data)} bytes, expected {_BASE.size}")
         system_time, mul, shift = _BASE.unpack(data)
+        if mul == 0:
+            raise ValueError("time base with a zero scale multiplier")
         return cls(system_time, TimeScale(mul, shift))
 
 

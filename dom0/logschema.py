@@ -1,0 +1,54 @@
+"""The schema of a log header's content: what `xenrr record` writes and what a replay may trust.
+
+Owns HEADER_SCHEMA (JSON Schema, checked with the jsonschema library) and `check_header`. The file
+layer (dom0/logfile.py) only guarantees a CRC-checked JSON object of bounded size and nesting; a
+header whose CRC was recomputed over edited content (a buggy writer, a hostile producer) is caught
+here. Invariant: a header that passes `check_header` can be used by a replay without any KeyError,
+TypeError or ValueError, and names a memory size the CLI itself would accept.
+"""
+from __future__ import annotations
+
+import jsonschema
+
+from dom0.logfile import LogFormatError, LogHeader
+
+MAX_MEMORY_BYTES = 4096 * 1024 * 1024        # the CLI's --memory limit (4096 MiB)
+_U64 = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
+
+HEADER_SCHEMA = {
+    "type": "object",
+    "required": ["config", "initial_state"],
+    "properties": {
+        "config": {
+            "type": "object",
+            "required": ["guest", "memory_bytes"],
+            "properties": {
+                "guest": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[^\\x00]*$"},
+                "memory_bytes": {"type": "integer", "minimum": 4096, "maximum": MAX_MEMORY_BYTES,
+                                 "multipleOf": 4096},
+                "cmdline": {"type": "string", "maxLength": 1024, "pattern": "^[^\\x00]*$"},
+                "clock": {"enum": ["real", "virtual"]},
+                "vcpus": {"const": 1},
+            },
+        },
+        "initial_state": {
+            "type": "object",
+            "required": ["digest"],
+            "properties": {
+                "entry": _U64, "rsp": _U64, "rsi": _U64,
+                "digest": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 1024},
+            },
+        },
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(HEADER_SCHEMA)
+
+
+def check_header(header: LogHeader) -> None:
+    """LogFormatError (one line, naming the field) unless the header's content fits HEADER_SCHEMA."""
+    error = jsonschema.exceptions.best_match(
+        _VALIDATOR.iter_errors({"config": header.config, "initial_state": header.initial_state}))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "header"
+        message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+        raise LogFormatError(f"log header is malformed: {where}: {message}")
