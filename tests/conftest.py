@@ -115,3 +115,17 @@ def campaign_size(bounded: int, soak: int) -> int:
 @pytest.fixture(scope="session")
 def spinpoll_elf() -> Path:
     return guest_path("spinpoll")
+
+
+def write_log(path: Path, header, records) -> Path:
+    """A log with valid CRCs, index and trailer holding exactly `records` (Record tuples, any content)."""
+    from dom0.logfile import LogWriter
+    from xen.logrecord import Encoder
+    encoded = bytearray()
+    encoder = Encoder()
+    for record in records:
+        encoder.encode(encoded, record.kind, record.vcpu, record.icount, record.rip, record.payload)
+    writer = LogWriter(path, header)
+    writer.write_block([encoded])
+    writer.close()
+    return path

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from dom0 import cli
-from dom0.logfile import LogHeader, LogReader, LogWriter
-from tests.conftest import campaign_size
+from dom0.logfile import LogHeader, LogReader
+from tests.conftest import campaign_size, write_log
 from xen.inject import Kind
-from xen.logrecord import KIND_DIGEST, KIND_END, Encoder
+from xen.logrecord import KIND_DIGEST, KIND_END
 
 
 @contextmanager
@@ -50,18 +50,6 @@ def run_cli(capsys, *args) -> tuple[int, str]:
 def records_of(log: Path) -> tuple[LogHeader, list]:
     with LogReader(log) as reader:
         return reader.header, [record._replace(payload=bytes(record.payload)) for record in reader.records()]
-
-
-def write_log(path: Path, header: LogHeader, records) -> Path:
-    """A log with valid CRCs, index and trailer holding exactly `records` (any content)."""
-    encoded = bytearray()
-    encoder = Encoder()
-    for record in records:
-        encoder.encode(encoded, record.kind, record.vcpu, record.icount, record.rip, record.payload)
-    writer = LogWriter(path, header)
-    writer.write_block([encoded])
-    writer.close()
-    return path
 
 
 def raw_header_log(path: Path, sha256: bytes, body_json: bytes) -> Path:
@@ -134,15 +122,15 @@ def _first(records, kind) -> int:
 
 
 PAYLOAD_EDITS = {
-    "TIMER one byte short": (Kind.TIMER, lambda p: p[:-1], "TIMER"),
-    "TIMER one byte long": (Kind.TIMER, lambda p: p + b"\0", "TIMER"),
+    "TIMER one byte short": (Kind.TIMER, lambda p: p[:-1], "timer"),
+    "TIMER one byte long": (Kind.TIMER, lambda p: p + b"\0", "timer"),
     "TIMER zero scale": (Kind.TIMER, lambda p: p[:8] + b"\0\0\0\0" + p[12:], "zero scale"),
     "DIGEST cut short": (KIND_DIGEST, lambda p: p[:10], "state digest"),
     "DIGEST with junk after": (KIND_DIGEST, lambda p: p + b"junk", "state digest"),
     "END empty": (KIND_END, lambda p: b"", "end of recording"),
     "END one byte": (KIND_END, lambda p: p[:1], "end of recording"),
     "END digest cut": (KIND_END, lambda p: p[:40], "end of recording"),
-    "CONSOLE_INPUT empty": (Kind.CONSOLE_INPUT, lambda p: b"", "CONSOLE_INPUT"),
+    "CONSOLE_INPUT empty": (Kind.CONSOLE_INPUT, lambda p: b"", "console-input"),
 }
 
 

@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 import pytest
 
-from dom0.logfile import LogFormatError, LogReader, LogWriter
-from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, Encoder
+from dom0.logfile import LogFormatError, LogReader
+from tests.conftest import write_log
+from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END
 
 # Over a second of idling between keys: the log daemon flushes a block every half second, so several blocks.
 SLOW_KEYS = r"echo one\r\p400echo two\r\p400echo three\r\p400halt\r"
@@ -294,13 +295,7 @@ def rewritten_copy(log: Path, destination: Path, seq: int, **changes) -> None:
         header = reader.header
         records = [record._replace(**{"payload": bytes(record.payload), **(changes if record.seq == seq else {})})
                    for record in reader.records()]
-    encoded = bytearray()
-    encoder = Encoder()
-    for record in records:
-        encoder.encode(encoded, record.kind, record.vcpu, record.icount, record.rip, record.payload)
-    writer = LogWriter(destination, header)
-    writer.write_block([encoded])
-    writer.close()
+    write_log(destination, header, records)
 
 
 def keystroke_records(log: Path) -> list:
