@@ -328,7 +328,7 @@ def test_a_changed_key_with_another_path_diverges_at_the_next_input(xenrr, virtu
 
     replayed = xenrr("replay", log)
     assert replayed.status == 1
-    found = re.fullmatch(rf"xenrr: replay diverged: input CONSOLE_INPUT logged at icount {next_icount} rip "
+    found = re.fullmatch(rf"xenrr: replay diverged: input console-input logged at icount {next_icount} rip "
                          rf"{next_rip:#x}, but replay is at icount {next_icount} rip (0x[0-9a-f]+)\n", replayed.stderr)
     assert found and int(found[1], 16) != next_rip, replayed.stderr
 
