@@ -31,6 +31,7 @@ import socket
 from dataclasses import dataclass, field
 
 from stub.agentexpr import AgentExprError, evaluate, parse_condition
+from stub.hypercall_frames import library_list, symbol_file
 from stub.rsp import (
     PACKET_SIZE,
     BadArgument,
@@ -59,7 +60,7 @@ MAX_MEMORY_READ = (PACKET_SIZE - 4) // 2
 MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
 WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchpoints
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
-SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;ReverseStep+;ReverseContinue+;"
+SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;qXfer:libraries:read+;ReverseStep+;ReverseContinue+;"
              b"swbreak+;hwbreak+;vContSupported+;ConditionalBreakpoints+" % PACKET_SIZE)
 MONITOR_HELP = """\
 monitor commands of the xenrr replay stub:
@@ -142,6 +143,7 @@ class GdbServer:
         self._conn: RspConnection | None = None
         self._client = _ClientState()
         self._bookmarks: dict[str, Mark] = {}
+        self._libraries = self._library_list()
         self._handlers = {b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
                           b"m": self._read_memory, b"H": self._set_thread, b"T": self._thread_alive,
                           b"Z": self._insert_point, b"z": self._remove_point, b"c": self._continue,
@@ -256,6 +258,8 @@ class GdbServer:
             return hex_encode(f"vCPU {thread - 1}".encode()) if thread in self._thread_ids() else NO_SUCH_THREAD
         if name == b"qXfer" and args.startswith(b"features:read:"):
             return self._target_description(args[len(b"features:read:"):])
+        if name == b"qXfer" and args.startswith(b"libraries:read::"):
+            return _window(self._libraries, args[len(b"libraries:read::"):])
         if name.startswith(b"qRcmd,"):
             return self._monitor(hex_decode(name[len(b"qRcmd,"):], "monitor command").decode("latin-1"))
         if payload == b"qSymbol::":
@@ -325,9 +329,16 @@ class GdbServer:
         annex, _, window = args.partition(b":")
         if annex != b"target.xml":
             return b"E00"
-        offset, length = parse_addr_length(window)
-        chunk = TARGET_XML[offset:offset + length]
-        return (b"m" if offset + length < len(TARGET_XML) else b"l") + chunk
+        return _window(TARGET_XML, window)
+
+    def _library_list(self) -> bytes:
+        """The libraries GDB loads symbols from: the hypercall page's symbol file, when there is one
+        (stub/hypercall_frames.py), so that GDB unwinds from a stop inside the page."""
+        image = self.timeline.session.domain.image
+        path = symbol_file(image.hypercall_page) if image.layout.hypercall_page is not None else None
+        if path is None:
+            return b"<library-list></library-list>"
+        return library_list(path, image.layout.hypercall_page)
 
     # ---------------------------------------------------------------- break- and watchpoints
     def _point_args(self, args: bytes) -> tuple[int, int, int, bytes]:
@@ -608,6 +619,13 @@ class GdbServer:
     def _monitor_image(self, args: list[str]) -> str:
         self._numbers(args, (), 0)
         return f"{self.timeline.session.image_path.resolve()}\n"
+
+
+def _window(document: bytes, window: bytes) -> bytes:
+    """A qXfer read of `document` at `OFFSET,LENGTH`: `m` and the chunk, or `l` with the last one."""
+    offset, length = parse_addr_length(window)
+    chunk = document[offset:offset + length]
+    return (b"m" if offset + length < len(document) else b"l") + chunk
 
 
 def _condition_list(options: bytes) -> tuple[bytes, ...]:

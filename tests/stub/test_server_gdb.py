@@ -391,6 +391,26 @@ def test_monitor_goto_and_events(gdb):
     assert "goto-icount" in gdb.run("monitor help").text
 
 
+def test_after_goto_the_backtrace_reaches_the_blocked_caller_and_finish_returns_to_it(gdb):
+    """`goto` before a key lands in the hypercall page, just after `syscall` (the guest blocks there
+    for input): GDB unwinds through the page with the CFI of the symbol file the stub offers
+    (stub/hypercall_frames.py) instead of showing `#1 0x0 in ?? ()`, and `finish` gets back to the
+    guest's caller as soon as the key has arrived."""
+    assert "hypercall-page" in gdb.run("info sharedlibrary").text
+    gdb.run("monitor goto 3")
+    refresh(gdb)
+    event, icount = gdb.when()
+    frames = gdb.backtrace()
+    assert frames[:4] == ["hypercall_page", "HYPERVISOR_sched_op", "events_block", "console_read_wait"], frames
+    assert frames[-1] == "_start" and "??" not in gdb.run("bt").text
+    return_address = int(re.search(r"^#1\s+(0x[0-9a-f]+) in ", gdb.run("bt").text, re.MULTILINE).group(1), 16)
+
+    assert "Run till exit" in gdb.run("finish").text
+    assert gdb.function() == "events_block" and gdb.value("$pc") == return_address
+    assert gdb.when()[0] == event + 1 and gdb.when()[1] > icount       # the key was injected on the way
+    assert gdb.backtrace()[:2] == ["events_block", "console_read_wait"]
+
+
 def test_monitor_events_filter_by_kind_in_the_log_vocabulary(gdb):
     keys = gdb.run("monitor events --kind console-input 1 5").text.splitlines()      # event 1 is the boot time
     assert [line.split()[0] for line in keys[1:-1]] == ["2", "3", "4", "5"]
