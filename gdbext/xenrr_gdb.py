@@ -216,7 +216,9 @@ time, random). `=>` marks the next event to be injected."""
     def invoke(self, argument: str, from_tty: bool) -> None:
         words = gdb.string_to_argv(argument)
         kind = []
-        if words and words[0] == "--kind":
+        if words and words[0].startswith("--kind="):
+            kind, words = ["--kind", words[0].removeprefix("--kind=")], words[1:]
+        elif words and words[0] == "--kind":
             if len(words) < 2:
                 raise gdb.GdbError("usage: rr-events [--kind KIND[,KIND...]] [FROM [TO]]")
             kind, words = ["--kind", words[1]], words[2:]
