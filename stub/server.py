@@ -134,6 +134,19 @@ def _is_resume(payload: bytes) -> bool:
         (payload.startswith(b"vCont;"))
 
 
+@dataclass(frozen=True)
+class _Condition:
+    """The predicate the timeline asks at a hit of a conditional breakpoint. Equal while the bytecode
+    is (GDB removes and re-inserts every breakpoint at each stop), so the timeline keeps the hits of
+    its last backward scan across those re-insertions."""
+    server: GdbServer = field(compare=False)
+    address: int
+    conditions: tuple[tuple[str, tuple[bytes, ...]], ...]     # per kind ("sw"/"hw"), as inserted
+
+    def __call__(self, vcpu: VCpu) -> bool:
+        return self.server._judge_conditions(self.address, vcpu)[0]
+
+
 class GdbServer:
     """Serves GDB clients, one at a time, on one replay timeline."""
 
@@ -392,8 +405,9 @@ class GdbServer:
     def _set_breakpoint(self, address: int) -> None:
         """(Re)place the timeline's breakpoint at `address`: conditional only if every kind there is."""
         conditional = all(self._client.breakpoints[address].values())
+        kinds = self._client.breakpoints[address]
         self.timeline.add_breakpoint(
-            address, (lambda vcpu: self._judge_conditions(address, vcpu)[0]) if conditional else None)
+            address, _Condition(self, address, tuple(sorted(kinds.items()))) if conditional else None)
 
     def _judge_conditions(self, address: int, vcpu: VCpu) -> tuple[bool, tuple[bytes, str] | None]:
         """Whether the conditions of the breakpoint at `address` let it stop, `vcpu` being at the hit;

@@ -104,7 +104,9 @@ class Served:
 
     def _serve(self, recording: Path) -> None:
         with self.listener:
-            GdbServer(Timeline(ReplaySession(recording))).serve(self.listener)
+            self.timeline = Timeline(ReplaySession(recording))     # read by tests for its counters only
+            GdbServer(self.timeline).serve(self.listener)
+        del self.timeline
         gc.collect()              # the engine must be freed by the thread that made it
 
     def ended(self) -> bool:
@@ -334,6 +336,26 @@ def test_conditions_are_replaced_by_a_new_z0_and_an_unconditional_kind_always_st
     assert walk(client, b"bc") == every_key[::-1]
     assert client.ask(b"z0,%x,1" % handle_key) == b"OK"
     assert walk(client, b"c") == []
+
+
+def test_reverse_continues_reuse_the_hits_of_one_scan_while_gdb_reinserts_the_same_conditions(
+        client, served, symbols, every_key):
+    """GDB removes every breakpoint at a stop and inserts it again before resuming: with the same
+    conditions, the hits of the last backward scan are kept and no scan is replayed again."""
+    handle_key = symbols["handle_key"]
+    expected = [hit for hit in every_key if hit[0] == "c"][::-1]
+    assert "replaylog" in stop_fields(client.ask(b"c"))          # to the end of the recording
+    assert client.ask(b"Z0,%x,1;%s" % (handle_key, key_is("c"))) == b"OK"
+    stops = []
+    for _ in expected:
+        stop_fields(client.ask(b"bc"))
+        stops.append(client.monitor("when"))
+        if len(stops) == 1:
+            scanned = served.timeline.instructions_scanned
+        assert client.ask(b"z0,%x,1" % handle_key) == b"OK"
+        assert client.ask(b"Z0,%x,1;%s" % (handle_key, key_is("c"))) == b"OK"
+    assert stops == [when for _, when in expected]
+    assert served.timeline.instructions_scanned == scanned > 0
 
 
 def test_a_condition_that_cannot_be_evaluated_stops_and_is_reported_once(client, symbols, every_key):
