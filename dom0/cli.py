@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from dom0.cliargs import add_image_option, add_kind_option, add_session_argument
-from dom0.consoleinput import KeyScript, KeyScriptError, TerminalInput, parse_key_script
+from dom0.consoleinput import MAX_PAUSE_MS, KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.logfile import LogFormatError, LogReader
@@ -86,7 +86,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--keys", metavar="TEXT",
                       help="type TEXT into the guest console instead of reading the terminal; C escapes "
-                           r"\r \n \t \\ \xNN, and \pN pauses N ms before the next key (end N with ; "
+                           r"\r \n \t \\ \xNN, and \pN pauses N ms (at most an hour) before the next key (end N with ; "
                            r"if a digit follows: \p20;0)")
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
                       help="like --keys, with the script read from FILE: its bytes are the keys as they are (a carriage "
@@ -193,8 +193,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--memory must be between 1 and 4096 MiB, not {args.memory}")
     if args.max_instructions is not None and args.max_instructions < 0:
         raise UsageError("--max-instructions must not be negative")
-    if args.linger < 0:
-        raise UsageError("--linger must not be negative")
+    if not 0 <= args.linger <= MAX_PAUSE_MS / 1000:      # also refuses nan and inf
+        raise UsageError(f"--linger must be between 0 and {MAX_PAUSE_MS // 1000} seconds, not {args.linger}")
 
 
 def load_domain(guest: Path, memory_mib: int) -> Domain:

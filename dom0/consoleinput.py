@@ -7,7 +7,8 @@ full: the rest simply stays due).
 
 Key script syntax: text with C escapes \\r \\n \\t \\\\ \\xNN, and \\pN = pause N milliseconds before
 the next key (on the guest's clock with --clock virtual, on the host's with --clock real); a `;` may end
-the number, so that a digit can follow (`\\p20;0`).
+the number, so that a digit can follow (`\\p20;0`). The pauses before one key add up to at most
+MAX_PAUSE_MS (one hour).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections import deque
 DETACH_KEY = 0x1D          # Ctrl-], as `xl console`
 _SIMPLE_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\", "e": b"\x1b"}
 NS_PER_MS = 1_000_000
+MAX_PAUSE_MS = 3_600_000   # one hour: a longer pause under the virtual clock would simulate days of timer ticks
 
 
 class KeyScriptError(ValueError):
@@ -57,11 +59,15 @@ def parse_key_script(script: str | bytes) -> list[tuple[int, int]]:
             index += 4
         elif escape == "p":
             end = index + 2
-            while end < len(text) and text[end].isdigit():
+            while end < len(text) and text[end] in "0123456789":     # not str.isdigit: it takes '²'
                 end += 1
             if end == index + 2:
                 raise KeyScriptError(f"\\p needs a number of milliseconds (offset {index})")
-            pause += int(text[index + 2:end]) * NS_PER_MS
+            digits = text[index + 2:end]
+            pause += (int(digits) if len(digits) <= len(str(MAX_PAUSE_MS)) else MAX_PAUSE_MS + 1) * NS_PER_MS
+            if pause > MAX_PAUSE_MS * NS_PER_MS:
+                raise KeyScriptError(f"\\p pauses before one key add up to more than {MAX_PAUSE_MS} ms "
+                                     f"(one hour) (offset {index})")
             index = end + 1 if text[end:end + 1] == ";" else end     # `\p20;0`: pause 20 ms, then the key 0
         else:
             raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\xNN \\pN")

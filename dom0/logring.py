@@ -27,6 +27,7 @@ counter after the data it covers (see docs/log-format.md, "Memory ordering").
 
 import mmap
 import os
+import resource
 import time
 from multiprocessing import shared_memory
 
@@ -118,7 +119,17 @@ class RingProducer(_RingMemory):
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 64 or capacity & (capacity - 1):
             raise ValueError(f"ring capacity must be a power of two >= 64, not {capacity}")
-        self._shm = shared_memory.SharedMemory(create=True, size=_HEADER_BYTES + capacity)
+        size = _HEADER_BYTES + capacity
+        # A segment is a file: under a lower file-size limit (ulimit -f) its ftruncate would fail inside
+        # SharedMemory, which then confuses multiprocessing's resource tracker. Say so before trying.
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and limit < size:
+            raise RingError(f"the log ring needs {size} bytes of shared memory, more than the file size limit "
+                            f"(ulimit -f) of {limit} bytes")
+        try:
+            self._shm = shared_memory.SharedMemory(create=True, size=size)
+        except OSError as error:
+            raise RingError(f"cannot create the log ring's shared memory: {error.strerror}") from None
         words = self._shm.buf[:_HEADER_BYTES].cast("Q")
         words[_W_CAPACITY] = capacity
         words[_W_PRODUCER_PID] = os.getpid()

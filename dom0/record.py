@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dom0.logd import start_log_daemon
 from dom0.logfile import LogFormatError, LogHeader, LogReader
-from dom0.logring import LogDaemonError, RingProducer
+from dom0.logring import LogDaemonError, RingError, RingProducer
 from xen.digest import take_digest
 from xen.domain import Domain
 from xen.inject import Injection
@@ -85,7 +85,10 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
     if path.exists() and not overwrite:
         raise RecordingRefused(f"{path} already exists (a recording is never replaced: give another -o "
                                f"or add --force)")
-    ring = RingProducer(ring_bytes)
+    try:
+        ring = RingProducer(ring_bytes)
+    except RingError as error:
+        raise RecordingFailed(str(error)) from None
     try:
         daemon = start_log_daemon(ring, path, make_header(domain, guest, clock))
     except LogDaemonError as error:
