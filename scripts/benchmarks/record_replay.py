@@ -92,11 +92,13 @@ def _median_time(action: Callable[[], object], repeats: int) -> float:
 
 
 class Sides:
-    """Plain run, record and replay of key scripts on one guest image, each timed; logs go to `directory`."""
+    """Plain run, record and replay of key scripts on one guest image, each timed; logs go to `directory`.
+    `image_path` is the file the image was built from (named in the log's header)."""
 
-    def __init__(self, image: DomainImage, directory: Path):
+    def __init__(self, image: DomainImage, directory: Path, image_path: Path = KBDSHELL):
         self.image = image
         self.directory = directory
+        self.image_path = image_path
         self._logs = 0
 
     def _log_path(self) -> Path:
@@ -118,7 +120,7 @@ class Sides:
         keys = KeyScript(parse_key_script(script))
         path = self._log_path()
         started = time.perf_counter()
-        result = record(domain, KBDSHELL, keys, path, clock=clock, max_instructions=None, linger_ns=LINGER_NS)
+        result = record(domain, self.image_path, keys, path, clock=clock, max_instructions=None, linger_ns=LINGER_NS)
         seconds = time.perf_counter() - started
         _check_shutdown("record", result.outcome)
         return {"seconds": seconds, "instructions": result.outcome.icount, "records": result.records,
