@@ -26,6 +26,7 @@ from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.logfile import LogFormatError, LogReader
 from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
+from dom0.terminal import Terminal
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
@@ -44,35 +45,8 @@ class UsageError(Exception):
     """Bad arguments or input files: reported in one line, exit status 2."""
 
 
-class _GuestConsole:
-    """The guest's two outputs - its console on stdout, its CONSOLEIO_write text on stderr - and where
-    they left the terminal's cursor: xenrr's own messages start on a fresh line when the guest left it
-    mid-line (e.g. after a prompt), so they never run into the guest's text."""
-
-    def __init__(self) -> None:
-        self.mid_line = False
-
-    def _write(self, stream, data: bytes) -> None:
-        stream.buffer.write(data)
-        stream.buffer.flush()
-        if data:
-            self.mid_line = not data.endswith(b"\n")
-
-    def write_console(self, data: bytes) -> None:
-        self._write(sys.stdout, data)
-
-    def write_hypervisor_console(self, data: bytes) -> None:
-        self._write(sys.stderr, data)
-
-
-_guest_console = _GuestConsole()
-
-def _say(text: str) -> None:
-    """One message of xenrr's own on stderr, on a line of its own when stdout and stderr share a terminal."""
-    if _guest_console.mid_line and sys.stdout.isatty() and sys.stderr.isatty():
-        text = "\n" + text
-    _guest_console.mid_line = False
-    print(text, file=sys.stderr)
+_terminal = Terminal()
+REPLAY_PROGRESS_STEP = 100_000_000    # instructions replayed between two progress reports
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,7 +178,7 @@ def load_domain(guest: Path, memory_mib: int) -> Domain:
     except OSError as error:
         raise UsageError(f"cannot read guest kernel {guest}: {error.strerror}") from None
     image = build_domain(image_bytes, memory_mib * 1024 * 1024)
-    return Domain(image, console_output=_guest_console.write_console, hypervisor_console=_guest_console.write_hypervisor_console)
+    return Domain(image, console_output=_terminal.write_console, hypervisor_console=_terminal.write_hypervisor_console)
 
 
 def _count(number: int, noun: str) -> str:
@@ -242,7 +216,7 @@ def command_run(args: argparse.Namespace) -> int:
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
-    _say(f"xenrr: {_describe(outcome)}")
+    _terminal.say(f"xenrr: {_describe(outcome)}")
     return _exit_status(outcome)
 
 
@@ -255,13 +229,13 @@ def command_record(args: argparse.Namespace) -> int:
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
                         overwrite=args.force)
     except RecordingFailed as error:
-        _say(f"xenrr: error: recording stopped: {error}")
+        _terminal.say(f"xenrr: error: recording stopped: {error}")
         return EXIT_LOG_FAILED
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
     size = result.path.stat().st_size
-    _say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
+    _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
     return _exit_status(result.outcome)
 
 
@@ -272,9 +246,24 @@ def _open_session(path: Path, image: Path | None, console_output) -> ReplaySessi
         raise UsageError(f"cannot read {path}: {error.strerror}") from None
 
 
+def _replay_showing_progress(session: ReplaySession, until: Mark | None, enabled: bool) -> None:
+    """Replay to `until` (or the end) in steps of REPLAY_PROGRESS_STEP instructions, reporting each
+    to a progress bar (a replay stops exactly anywhere: the steps change nothing in it)."""
+    replayer, vcpu = session.replayer, session.domain.vcpu
+    total = until.icount if until is not None else session.last_icount
+    with _terminal.progress(total, "replaying", "instructions", enabled) as report:
+        while True:
+            step = Mark(vcpu.icount + REPLAY_PROGRESS_STEP, 0)
+            final = until is not None and step >= until
+            stop = replayer.run(until if final else step)
+            report(vcpu.icount)
+            if final or stop.reason != "target":
+                return
+
+
 def command_replay(args: argparse.Namespace) -> int:
     show_console = not (args.quiet or args.json)
-    session = _open_session(args.session, args.image, _guest_console.write_console if show_console else lambda data: None)
+    session = _open_session(args.session, args.image, _terminal.write_console if show_console else lambda data: None)
     until = None
     if args.until_event is not None:
         try:
@@ -285,7 +274,7 @@ def command_replay(args: argparse.Namespace) -> int:
     replayer = session.replayer
     divergence = None
     try:
-        replayer.run(until)
+        _replay_showing_progress(session, until, enabled=not args.json)
     except ReplayDivergence as error:
         divergence = str(error)
     damage = session.damage
@@ -298,7 +287,7 @@ def command_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     if divergence is not None:
-        _say(f"xenrr: replay diverged: {divergence}")
+        _terminal.say(f"xenrr: replay diverged: {divergence}")
         return EXIT_CRASHED
     if args.until_event is not None:
         verdict = f"stopped before event {args.until_event}"
@@ -308,7 +297,7 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
-    _say(f"xenrr: {verdict}: {_count(replayer.inputs_applied, 'event')}, {session.domain.vcpu.icount} instructions, "
+    _terminal.say(f"xenrr: {verdict}: {_count(replayer.inputs_applied, 'event')}, {session.domain.vcpu.icount} instructions, "
          f"{_count(replayer.digests_checked, 'state digest')} verified")
     session.close()
     if args.until_event is not None or (complete and not damage):
@@ -372,7 +361,7 @@ COMMANDS = {"run": command_run, "record": command_record, "replay": command_repl
 
 def _fail(message: str, status: int, json_wanted: bool) -> int:
     """Report a failure: one line on stderr and, under --json, a JSON error object on stdout."""
-    _say(f"xenrr: {message}")
+    _terminal.say(f"xenrr: {message}")
     if json_wanted:
         print(json.dumps({"error": message.removeprefix("error: "), "status": status}), flush=True)
     return status

@@ -114,5 +114,11 @@ class ReplaySession:
             raise ValueError(f"event {number} does not exist: the recording has events 1 to {len(events)}")
         return events[number - 1]
 
+    @property
+    def last_icount(self) -> int:
+        """The instruction count of the last usable record: where the replay ends."""
+        last = self.log.record_count - 1
+        return next(self.log.records_from(last)).icount if last >= 0 else 0
+
     def close(self) -> None:
         self.log.close()

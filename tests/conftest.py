@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import fcntl
+import os
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +68,27 @@ def run_xenrr(*args: str | Path, stdin: bytes = b"", timeout: float = 120) -> Xe
     done = subprocess.run([sys.executable, "-m", "dom0.cli", *map(str, args)], cwd=ROOT, input=stdin,
                           capture_output=True, timeout=timeout)
     return XenrrRun(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
+
+
+def run_xenrr_in_terminal(*args: str | Path, timeout: float = 120) -> tuple[int, bytes]:
+    """Run the real `xenrr` CLI with stdout and stderr on one terminal (a pty of 100 x 24, so that
+    progress bars have a width); its exit status and everything the terminal showed."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "dom0.cli", *map(str, args)], cwd=ROOT,
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:             # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return process.wait(timeout=timeout), bytes(shown)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ line `xenrr: error: ...`, never a traceback - and 3 the run stopped before the g
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
 import signal
 import subprocess
@@ -19,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_xenrr_in_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -231,22 +231,9 @@ def test_keys_before_ctrl_close_bracket_reach_the_guest(xenrr, kbdshell_elf):
 def test_xenrr_messages_start_on_a_fresh_line_after_the_guest_prompt(kbdshell_elf):
     """On a terminal, kbdshell's prompt '> ' leaves the cursor mid-line: xenrr's last message must not
     run into it (with pipes, as everywhere else here, the guest's output stays byte for byte)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "dom0.cli", "run", str(kbdshell_elf), "--clock", "virtual",
-                                "--linger", "0.01", "--keys", r"echo a\r"], cwd=Path(__file__).parents[2],
-                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = bytearray()
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:             # EIO: the last writer closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
-    assert process.wait(timeout=60) == 3
+    status, shown = run_xenrr_in_terminal("run", kbdshell_elf, "--clock", "virtual", "--linger", "0.01",
+                                          "--keys", r"echo a\r")
+    assert status == 3
     # the terminal turns \n into \r\n
     assert re.search(rb"\na\r\r\n> \r\nxenrr: stopped: key script done and the guest stayed idle after \d+ "
-                     rb"instructions\r\n$", output), bytes(output)
+                     rb"instructions\r\n$", shown), shown

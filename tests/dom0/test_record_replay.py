@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dom0.consoleinput import KeyScript, parse_key_script
+from tests.conftest import run_xenrr_in_terminal
 from dom0.record import record
 from xen.builder import build_domain
 from xen.domain import Domain
@@ -202,3 +203,32 @@ def test_counts_in_messages_agree_with_their_number(xenrr, virtual_recording):
     assert replayed.stderr.endswith(" instructions, 1 state digest verified\n"), replayed.stderr
     first = xenrr("replay", virtual_recording.path, "--until-event", "2", "--quiet")
     assert ": 1 event, " in first.stderr, first.stderr
+
+
+@pytest.fixture(scope="module")
+def long_replay(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    """A recording that takes a few seconds to replay: 8 x 10^8 instructions of `bench`."""
+    log = tmp_path_factory.mktemp("long") / "bench.xrr"
+    recorded = xenrr("record", kbdshell_elf, "-o", log, "--clock", "virtual", "--keys", r"bench 100000000\rhalt\r")
+    assert recorded.status == 0, recorded.stderr
+    return log
+
+
+@pytest.mark.slow
+def test_a_long_replay_shows_progress_on_a_terminal_and_clears_it(long_replay):
+    status, shown = run_xenrr_in_terminal("replay", long_replay)
+    assert status == 0
+    bars = re.findall(rb"\rreplaying: +(\d+)%\|[^|]*\| *[\d.]+[kMG]?/800M ", shown)
+    assert bars and int(bars[-1]) == 100, shown
+    # The guest's lines are whole, the bar's line is cleared before each of them and before the verdict.
+    assert b"> bench 100000000\r\r\n" in shown and b"> halt\r\r\n" in shown
+    assert re.search(rb"\r +\rxenrr: replayed to the end of the recording: \d+ events, 800018271 instructions",
+                     shown), shown[-400:]
+
+
+@pytest.mark.slow
+def test_no_progress_under_json_or_when_the_output_is_not_a_terminal(xenrr, long_replay):
+    status, shown = run_xenrr_in_terminal("replay", long_replay, "--json")
+    assert status == 0 and b"replaying" not in shown and b'"verified": true' in shown
+    piped = xenrr("replay", long_replay, "--quiet")
+    assert piped.status == 0 and piped.stderr.count("\n") == 1 and "replaying" not in piped.stderr
