@@ -40,6 +40,7 @@ class GdbCommandError(Exception):
 class Reply:
     text: str                    # console and target (monitor) output
     stopped: dict | None         # the *stopped record's payload, if the command ran the target
+    log: str = ""                # GDB's log stream (what `set debug ...` prints)
 
 
 class Gdb:
@@ -57,20 +58,22 @@ class Gdb:
         self._token += 1
         token = self._token
         self.mi.write(f"{token}-interpreter-exec console {json.dumps(command)}", read_response=False)
-        text, result, stopped = [], None, None
+        text, log, result, stopped = [], [], None, None
         deadline = time.monotonic() + timeout
         while result is None or (result["message"] == "running" and stopped is None):
             assert time.monotonic() < deadline, f"GDB did not finish {command!r}: {''.join(text)}"
             for record in self.mi.get_gdb_response(timeout_sec=0.5, raise_error_on_timeout=False):
                 if record["type"] in ("console", "target"):
                     text.append(record["payload"])
+                elif record["type"] == "log":
+                    log.append(record["payload"])
                 elif record["type"] == "result" and record["token"] == token:
                     result = record
                 elif record["type"] == "notify" and record["message"] == "stopped":
                     stopped = record["payload"]
         if result["message"] == "error":
             raise GdbCommandError(result["payload"]["msg"])
-        return Reply("".join(text), stopped)
+        return Reply("".join(text), stopped, "".join(log))
 
     def value(self, expression: str) -> int:
         """An integer expression's value (`print/d`)."""
@@ -607,3 +610,45 @@ def test_xenrr_serve_goto_starts_at_the_event(recording):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+# The 'A' of the long line and the first keys of `hist` and `halt`. GDB 13 compiles this one to bytecode;
+# `c` itself it cannot (a location list), so with `c` it keeps evaluating the condition itself.
+CONDITION = "(char)$rdi == 65 || (char)$rdi == 104 && ed.len == 0"
+UNCOMPILED = "c == 65 || c == 104 && ed.len == 0"
+
+
+def conditional_walk(recording: Path, elf: Path, evaluation: str, condition: str = CONDITION) -> tuple[list, list, int]:
+    """With `break handle_key if CONDITION` evaluated by `evaluation` (host or target): the stops of
+    `continue` from the start to the end, of `reverse-continue` back, and how many stop replies the
+    stub sent for all of them."""
+    with debugging(recording, elf) as gdb:
+        gdb.run(f"set breakpoint condition-evaluation {evaluation}")
+        gdb.run(f"break handle_key if {condition}")
+        gdb.run("set debug remote 1")
+        walks, replies = [], 0
+        for command in ("continue", "reverse-continue"):
+            stops = []
+            while (reply := gdb.run(command)).stopped.get("reason") == "breakpoint-hit":
+                replies += reply.log.count("Packet received: T05")
+                stops.append((gdb.when(), chr(gdb.value("c")), gdb.value("ed.len")))
+            replies += reply.log.count("Packet received: T05")
+            walks.append(stops)
+        gdb.run("set debug remote 0")
+    return walks[0], walks[1], replies
+
+
+@pytest.mark.slow
+def test_conditions_evaluated_by_the_stub_stop_where_gdb_would_without_the_false_hits(recording, kbdshell_elf):
+    forward, backward, replies = conditional_walk(recording, kbdshell_elf, "target")
+    assert [(key, length) for _, key, length in forward] == [("A", 64), ("h", 0), ("h", 0)]
+    assert backward == forward[::-1]
+    host_forward, host_backward, host_replies = conditional_walk(recording, kbdshell_elf, "host")
+    assert (host_forward, host_backward) == (forward, backward)
+    # Each stop costs one stop reply, and one more for GDB's step off the breakpoint as it resumes;
+    # evaluated by the stub a false hit costs none, evaluated by GDB each of the 80 keys costs two.
+    keys = len(BUG_KEYS.replace("\\r", "\r"))
+    assert replies <= 2 * (len(forward) + len(backward)) + 2
+    assert host_replies >= 2 * keys
+    # where GDB cannot compile the condition it evaluates it itself, with the same stops
+    assert conditional_walk(recording, kbdshell_elf, "target", UNCOMPILED)[:2] == (forward, backward)
