@@ -623,6 +623,8 @@ def conditional_walk(recording: Path, elf: Path, evaluation: str, condition: str
     `continue` from the start to the end, of `reverse-continue` back, and how many stop replies the
     stub sent for all of them."""
     with debugging(recording, elf) as gdb:
+        # GDB's default, auto, uses the stub's evaluation once the stub offers it
+        assert "mode is auto (currently target)" in gdb.run("show breakpoint condition-evaluation").text
         gdb.run(f"set breakpoint condition-evaluation {evaluation}")
         gdb.run(f"break handle_key if {condition}")
         gdb.run("set debug remote 1")
