@@ -135,16 +135,35 @@ def _is_resume(payload: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class _Condition:
-    """The predicate the timeline asks at a hit of a conditional breakpoint. Equal while the bytecode
-    is (GDB removes and re-inserts every breakpoint at each stop), so the timeline keeps the hits of
-    its last backward scan across those re-insertions."""
-    server: GdbServer = field(compare=False)
-    address: int
-    conditions: tuple[tuple[str, tuple[bytes, ...]], ...]     # per kind ("sw"/"hw"), as inserted
+class BreakpointCondition:
+    """The conditions of one breakpoint location (GDB's bytecode), as the predicate the timeline asks
+    at each hit. It depends on its bytecode alone, so it is equal to another exactly when it judges
+    the same: GDB removes and re-inserts every breakpoint at each stop, and the timeline keeps the hits
+    of its last backward scan across those re-insertions."""
+    bytecodes: tuple[bytes, ...]
 
     def __call__(self, vcpu: VCpu) -> bool:
-        return self.server._judge_conditions(self.address, vcpu)[0]
+        return self.judge(vcpu)[0]
+
+    def judge(self, vcpu: VCpu) -> tuple[bool, tuple[bytes, str] | None]:
+        """Whether any condition holds, `vcpu` being at the hit; and the first condition that could
+        not be evaluated (it counts as true, as in gdbserver), with its error."""
+        def read_register(number: int) -> int | None:
+            return int.from_bytes(register_bytes(vcpu, number), "little") if number < len(REGISTERS) else None
+
+        def read_memory(start: int, length: int) -> bytes | None:
+            try:
+                return vcpu.read(start, length)
+            except GuestMemoryError:
+                return None
+
+        for bytecode in self.bytecodes:
+            try:
+                if evaluate(bytecode, read_register, read_memory):
+                    return True, None
+            except AgentExprError as error:
+                return True, (bytecode, str(error))
+        return False, None
 
 
 class GdbServer:
@@ -403,39 +422,23 @@ class GdbServer:
         return b""
 
     def _set_breakpoint(self, address: int) -> None:
-        """(Re)place the timeline's breakpoint at `address`: conditional only if every kind there is."""
-        conditional = all(self._client.breakpoints[address].values())
-        kinds = self._client.breakpoints[address]
-        self.timeline.add_breakpoint(
-            address, _Condition(self, address, tuple(sorted(kinds.items()))) if conditional else None)
+        """(Re)place the timeline's breakpoint at `address` with the conditions it has now."""
+        self.timeline.add_breakpoint(address, self._condition_at(address))
 
-    def _judge_conditions(self, address: int, vcpu: VCpu) -> tuple[bool, tuple[bytes, str] | None]:
-        """Whether the conditions of the breakpoint at `address` let it stop, `vcpu` being at the hit;
-        and the first condition that could not be evaluated (it counts as true), with its error."""
-        def read_register(number: int) -> int | None:
-            return int.from_bytes(register_bytes(vcpu, number), "little") if number < len(REGISTERS) else None
-
-        def read_memory(start: int, length: int) -> bytes | None:
-            try:
-                return vcpu.read(start, length)
-            except GuestMemoryError:
-                return None
-
-        for conditions in self._client.breakpoints.get(address, {}).values():
-            for bytecode in conditions:
-                try:
-                    if evaluate(bytecode, read_register, read_memory):
-                        return True, None
-                except AgentExprError as error:
-                    return True, (bytecode, str(error))
-        return False, None
+    def _condition_at(self, address: int) -> BreakpointCondition | None:
+        """The conditions of the breakpoint at `address` as one predicate; None when it has a kind
+        without conditions (which always stops)."""
+        kinds = self._client.breakpoints.get(address, {})
+        if not kinds or not all(kinds.values()):
+            return None
+        return BreakpointCondition(tuple(code for _, codes in sorted(kinds.items()) for code in codes))
 
     def _report_condition_error(self, stop: Stop) -> None:
         """Tell the user, once per condition, that the one of the breakpoint just hit could not be evaluated."""
-        kinds = self._client.breakpoints.get(stop.pc, {})
-        if stop.reason != "breakpoint" or not kinds or not all(kinds.values()):
+        condition = self._condition_at(stop.pc)
+        if stop.reason != "breakpoint" or condition is None:
             return
-        _, failure = self._judge_conditions(stop.pc, self.timeline.vcpu)
+        _, failure = condition.judge(self.timeline.vcpu)
         if failure is None or (stop.pc, failure[0]) in self._client.reported_errors:
             return
         self._client.reported_errors.add((stop.pc, failure[0]))
