@@ -654,3 +654,18 @@ def test_conditions_evaluated_by_the_stub_stop_where_gdb_would_without_the_false
     assert host_replies >= 2 * keys
     # where GDB cannot compile the condition it evaluates it itself, with the same stops
     assert conditional_walk(recording, kbdshell_elf, "target", UNCOMPILED)[:2] == (forward, backward)
+
+
+def test_a_condition_the_stub_cannot_evaluate_stops_at_every_hit_and_the_stub_says_why_once(gdb):
+    gdb.run("break handle_key if *(int *) 0xffff800000000000 == 5")     # not canonical: never readable
+    stub_says = "xenrr: the stub cannot evaluate the condition of the breakpoint at "
+    gdb_says = "Cannot access memory at address 0xffff800000000000"      # GDB checks it again itself
+    first = gdb.run("continue")
+    assert first.stopped["reason"] == "breakpoint-hit" and gdb.value("c") == ord("e")
+    assert first.text.count(stub_says) == 1 and gdb_says in first.log
+    second = gdb.run("continue")
+    assert second.stopped["reason"] == "breakpoint-hit" and gdb.value("c") == ord("c")
+    assert stub_says not in second.text and gdb_says in second.log
+    back = gdb.run("reverse-continue")
+    assert back.stopped["reason"] == "breakpoint-hit" and gdb.value("c") == ord("e")
+    assert stub_says not in back.text
