@@ -80,11 +80,23 @@ def run_session(pattern: str, seed: int = 1) -> dict:
             exit = vcpu.run(next_input)
         else:  # "step"
             exit = vcpu.step() if vcpu.icount < next_input else vcpu.run(next_input)
-        if exit.reason == ExitReason.HYPERCALL:
-            trace.append(("hypercall", exit.icount, exit.pc, vcpu.reg("rax"), _register_hash(vcpu)))
-            domain.handle_exit(exit)
-        elif exit.reason in (ExitReason.FAULT, ExitReason.IDLE):
-            domain.handle_exit(exit)
+        handle_traced_exit(domain, exit, trace)
+    return final_state(domain, trace, output)
+
+
+def handle_traced_exit(domain: Domain, exit, trace: list[tuple]) -> None:
+    """Pass a guest exit to the domain, tracing hypercalls (icount, pc, rax, register hash)."""
+    vcpu = domain.vcpu
+    if exit.reason == ExitReason.HYPERCALL:
+        trace.append(("hypercall", exit.icount, exit.pc, vcpu.reg("rax"), _register_hash(vcpu)))
+        domain.handle_exit(exit)
+    elif exit.reason in (ExitReason.FAULT, ExitReason.IDLE):
+        domain.handle_exit(exit)
+
+
+def final_state(domain: Domain, trace: list[tuple], output: bytearray) -> dict:
+    """What two runs of one session must agree on."""
+    vcpu = domain.vcpu
     return {"trace": trace, "icount": vcpu.icount, "pc": vcpu.pc, "output": bytes(output),
             "memory": hashlib.sha256(vcpu.memory_image()).hexdigest(), "state": domain.state}
 

@@ -11,7 +11,6 @@ every slicing.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from xen.builder import build_domain
 from xen.domain import Domain, RunState
 from xen.inject import Kind
-from xen.vcpu import GPR_NAMES, ExitReason
+from tests.vcpu.test_determinism import _register_hash, final_state, handle_traced_exit
 
 GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
 MEMORY = 32 * 1024 * 1024
@@ -35,11 +34,6 @@ pytestmark = [
     pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model, grant tables and "
                              "a xenstore answer (issue 11; docs/grub.md)", strict=False),
 ]
-
-
-def _register_hash(vcpu) -> str:
-    values = [vcpu.reg(name) for name in GPR_NAMES] + [vcpu.pc, vcpu.rflags()]
-    return hashlib.blake2b(repr(values).encode(), digest_size=8).hexdigest()
 
 
 def run_session(pattern: str, seed: int = 1, step_from: int | None = None) -> dict:
@@ -83,13 +77,8 @@ def run_session(pattern: str, seed: int = 1, step_from: int | None = None) -> di
             exit = vcpu.step()
         else:
             exit = vcpu.run(next_input)
-        if exit.reason == ExitReason.HYPERCALL:
-            trace.append(("hypercall", exit.icount, exit.pc, vcpu.reg("rax"), _register_hash(vcpu)))
-            domain.handle_exit(exit)
-        elif exit.reason in (ExitReason.FAULT, ExitReason.IDLE):
-            domain.handle_exit(exit)
-    return {"trace": trace, "icount": vcpu.icount, "pc": vcpu.pc, "output": bytes(output),
-            "memory": hashlib.sha256(vcpu.memory_image()).hexdigest(), "state": domain.state}
+        handle_traced_exit(domain, exit, trace)
+    return final_state(domain, trace, output)
 
 
 @pytest.fixture(scope="module")
