@@ -180,3 +180,18 @@ def test_a_bookmark_brings_back_the_position_and_the_state(d):
         d.goto_bookmark("second")
     with pytest.raises(DebugError, match="one word"):
         d.bookmark("two words")
+
+
+def test_eval_returns_python_values_by_their_c_type(d):
+    d.break_at("run_command")
+    d.cont()                                                  # the long line is submitted
+    assert d.eval("line") == LINE                             # const char *: the string up to its NUL
+    assert (d.eval("*line"), d.eval("(unsigned char) *line")) == ("e", ord("e"))   # char: str; uint8: int
+    assert d.eval("ed.line") == LINE[:64]                     # char[64], full: all 64 characters
+    assert d.eval("ed") == {"line": LINE[:64], "hist_count": ABCD + 1, "len": 0, "after_cr": d.eval("ed.after_cr")}
+    assert d.eval("history.text")[0] == LINE                  # an array of char arrays: a list of str
+    assert d.eval("&ed") == int(d.eval_text("(unsigned long) &ed"))
+    assert d.eval("(char *) 0") is None
+    assert (d.eval("(enum calc_error) 2"), d.eval("(enum calc_error) 7")) == ("CALC_DIV_ZERO", 7)
+    assert d.eval("3 / 2.0") == 1.5 and d.eval("ed.len >= 0") == 1
+    assert d.eval_text("*line") == "101 'e'"
