@@ -16,8 +16,8 @@ Two things make reverse-continue cheaper without making it less exact:
 - The hits a backward scan of one interval finds are kept (with the breakpoints, conditions and
   watchpoints they were found with): a following reverse-continue within that interval takes its hit
   from them and replays no scan again. Any change to what is watched or broken on drops them.
-- Every stretch of forward replay between two checkpoints (a *segment*) leaves the set of pages
-  written in it (the vCPU's dirty-page generations, hypervisor writes included), kept when the
+- Every stretch of forward replay of a tenth of a checkpoint interval (a *segment*) leaves the set of
+  pages written in it (the vCPU's dirty-page generations, hypervisor writes included), kept when the
   checkpoints themselves are thinned. With only write watchpoints, reverse-continue skips every
   segment that wrote none of the watched pages without replaying it, and scans only up to the end of
   the last segment that did: its cost depends on the distance to the checkpoint before that write,
@@ -38,6 +38,7 @@ from xen.vcpu import PAGE_SIZE, CpuState, ExitReason, VCpu
 
 CHECKPOINT_INTERVAL = 20_000_000      # instructions between checkpoints as the replay moves forward
 MAX_CHECKPOINTS = 48
+SEGMENTS_PER_CHECKPOINT = 10          # pages written are noted per tenth of a checkpoint interval
 START = Mark(0, 0)
 
 
@@ -62,9 +63,9 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of forward replay ending at a checkpoint taken there, and the pages it wrote (page
-    numbers relative to the start of guest memory; a superset: every write noted since the previous
-    memory synchronisation, which is never later than the segment's start)."""
+    """A stretch of forward replay (a tenth of a checkpoint interval) and the pages it wrote (page
+    numbers relative to the start of guest memory; a superset: every write noted since the segment
+    began or since a checkpoint restored before it, hypervisor writes included)."""
     end: Mark
     pages: frozenset[int]
 
@@ -107,6 +108,7 @@ class Timeline:
         image = self.vcpu.memory_image()
         self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
         self._generation = self.vcpu.track_dirty_pages()
+        self._segment_generation = self._generation     # the current segment's writes are noted since it
         self._take_checkpoint()
 
     # ---------------------------------------------------------------- state access
@@ -174,9 +176,11 @@ class Timeline:
         mark = self.position
         if self._checkpoints and self._checkpoints[-1].mark >= mark:
             return
-        written = self._sync_memory()
+        pages = self.vcpu.pages_written_since(self._segment_generation) if self._checkpoints else set()
+        self._sync_memory()
+        self._segment_generation = self._generation
         if self._checkpoints:
-            self._segments.append(Segment(mark, frozenset(written)))
+            self._segments.append(Segment(mark, frozenset(pages)))
         checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
                                 self.replayer.save_state())
         index = bisect.bisect([c.mark for c in self._checkpoints], mark)
@@ -188,8 +192,8 @@ class Timeline:
         while len(self._checkpoints) > self.max_checkpoints:
             del self._checkpoints[1:len(self._checkpoints) // 2:2]
 
-    def _sync_memory(self) -> set[int]:
-        """Bring the page list up to date with the pages written since the last synchronisation; those pages."""
+    def _sync_memory(self) -> None:
+        """Bring the page list up to date with the pages written since the last synchronisation."""
         vcpu = self.vcpu
         written = vcpu.pages_written_since(self._generation)
         self._generation = vcpu.new_generation()
@@ -197,7 +201,6 @@ class Timeline:
             page = vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE)
             if page != self._memory[number]:
                 self._memory[number] = page
-        return written
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         vcpu = self.vcpu
@@ -206,6 +209,7 @@ class Timeline:
             if page is not self._memory[number] or number in written:
                 vcpu.write(vcpu.memory_base + number * PAGE_SIZE, page)
         self._generation = vcpu.new_generation()   # the writes above only brought memory to the checkpoint
+        self._segment_generation = self._generation
         self._memory = list(checkpoint.pages)
         vcpu.load_cpu(checkpoint.cpu)
         self.session.domain.load_state(checkpoint.domain)
@@ -223,17 +227,31 @@ class Timeline:
     # ---------------------------------------------------------------- forward
     def _forward(self, until: Mark | None, debug: bool,
                  interrupted: Callable[[], bool] | None = None) -> ReplayStop:
-        """Run forward, taking checkpoints on the way, until `until`, the end, or a debug stop."""
+        """Run forward until `until`, the end, or a debug stop; beyond the last segment, ending segments
+        and taking checkpoints on the way."""
         while True:
-            last = self._checkpoints[-1].mark
-            checkpoint_at = Mark(last.icount + self.checkpoint_interval, ALL_RECORDS) \
-                if self.position >= last else None
-            if checkpoint_at is None or (until is not None and until <= checkpoint_at):
+            frontier = self._frontier()
+            boundary = Mark(frontier.icount + max(self.checkpoint_interval // SEGMENTS_PER_CHECKPOINT, 1), ALL_RECORDS)
+            if self.position < frontier or (until is not None and until <= boundary):
                 return self.replayer.run(until, stop_for_debug=debug, interrupted=interrupted)
-            stop = self.replayer.run(checkpoint_at, stop_for_debug=debug, interrupted=interrupted)
-            if stop.reason != "target":
-                return stop
+            if self.position < boundary:
+                stop = self.replayer.run(boundary, stop_for_debug=debug, interrupted=interrupted)
+                if stop.reason != "target":
+                    return stop
+            self._end_segment()
+
+    def _frontier(self) -> Mark:
+        """Where the last segment ends (the first checkpoint before any segment)."""
+        return self._segments[-1].end if self._segments else self._checkpoints[0].mark
+
+    def _end_segment(self) -> None:
+        """End a segment here, with a checkpoint when the last one is an interval back."""
+        if self.position.icount >= self._checkpoints[-1].mark.icount + self.checkpoint_interval:
             self._take_checkpoint()
+            return
+        pages = self.vcpu.pages_written_since(self._segment_generation)
+        self._segment_generation = self.vcpu.new_generation()
+        self._segments.append(Segment(self.position, frozenset(pages)))
 
     def _stop_from(self, replay_stop: ReplayStop, default: str) -> Stop:
         pc = self.vcpu.pc
@@ -370,8 +388,7 @@ class Timeline:
         written one of `pages`; None if none did. A `bound` beyond the last segment is the current
         position (the first round of a reverse-continue): the pages written since the last memory
         synchronisation, which is never later than the last segment's end, cover that stretch."""
-        frontier = self._segments[-1].end if self._segments else self._checkpoints[0].mark
-        if bound > frontier and pages & self.vcpu.pages_written_since(self._generation):
+        if bound > self._frontier() and pages & self.vcpu.pages_written_since(self._segment_generation):
             return bound
         starts = [START] + [segment.end for segment in self._segments[:-1]]
         for start, segment in zip(reversed(starts), reversed(self._segments)):
