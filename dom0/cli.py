@@ -285,7 +285,7 @@ def command_replay(args: argparse.Namespace) -> int:
                "recorded_outcome": replayer.recorded_outcome, "damage": str(damage) if damage else None,
                "stopped_before_event": args.until_event}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        _terminal.write_output((json.dumps(summary, indent=2) + "\n").encode())
     if divergence is not None:
         _terminal.say(f"xenrr: replay diverged: {divergence}")
         return EXIT_CRASHED

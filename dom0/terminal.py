@@ -5,16 +5,18 @@ Owns keeping them out of each other's way. It follows where the guest's output l
 a progress bar (tqdm, on stderr) is drawn on a line of its own, cleared before the guest writes and
 drawn again at the next progress report. A bar appears only after PROGRESS_DELAY_SECONDS, so short
 work stays silent.
+A reader that goes away (a closed pipe) never ends the work: that stream is dropped, and said so.
 Invariant: the guest's output reaches stdout byte for byte; what xenrr adds around it (a line
 break, a bar) goes to stderr, and only when both stdout and stderr are terminals.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -26,6 +28,7 @@ class Terminal:
 
     def __init__(self) -> None:
         self.mid_line = False                 # the guest's output left the cursor after some text
+        self._gone: set[int] = set()          # descriptors whose reader went away (now /dev/null)
         self._bar: tqdm | None = None
         self._bar_shown = False
 
@@ -33,22 +36,44 @@ class Terminal:
     def interactive() -> bool:
         return sys.stdout.isatty() and sys.stderr.isatty()
 
-    def _write(self, stream: BinaryIO, data: bytes) -> None:
+    def _write(self, stream: TextIO, data: bytes) -> None:
         if self._bar is not None and self._bar_shown:
             self._bar.clear()
             self._bar_shown = False
-        stream.write(data)
-        stream.flush()
-        if data:
+        if self._write_unless_gone(stream, data) and data:
             self.mid_line = not data.endswith(b"\n")
+
+    def _write_unless_gone(self, stream: TextIO, data: bytes) -> bool:
+        """Write and flush; False once the stream's reader has gone (`xenrr record ... | head`). A closed
+        pipe never ends a run or a verification: the stream is pointed at /dev/null (nothing more fails
+        on it, at exit included), the work goes on, and stderr (while it is there) says so once."""
+        if stream.fileno() in self._gone:
+            return False
+        try:
+            stream.flush()
+            stream.buffer.write(data)
+            stream.buffer.flush()
+            return True
+        except BrokenPipeError:
+            self._gone.add(stream.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+            if stream is sys.stdout:
+                self.say("xenrr: stdout was closed: going on without showing it")
+            return False
 
     def write_console(self, data: bytes) -> None:
         """The guest's PV console output (stdout)."""
-        self._write(sys.stdout.buffer, data)
+        self._write(sys.stdout, data)
+
+    def write_output(self, data: bytes) -> None:
+        """xenrr's own output on stdout (a JSON summary)."""
+        self._write_unless_gone(sys.stdout, data)
 
     def write_hypervisor_console(self, data: bytes) -> None:
         """The guest's CONSOLEIO_write text (stderr)."""
-        self._write(sys.stderr.buffer, data)
+        self._write(sys.stderr, data)
 
     def _fresh_line(self) -> None:
         if self.mid_line and self.interactive():
@@ -61,7 +86,7 @@ class Terminal:
             self._bar.clear()
             self._bar_shown = False
         self._fresh_line()
-        print(text, file=sys.stderr, flush=True)
+        self._write_unless_gone(sys.stderr, (text + "\n").encode())
 
     @contextmanager
     def progress(self, total: int, description: str, unit: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
