@@ -28,7 +28,7 @@ class Terminal:
 
     def __init__(self) -> None:
         self.mid_line = False                 # the guest's output left the cursor after some text
-        self._gone: set[int] = set()          # descriptors whose reader went away (now /dev/null)
+        self._gone: set[str] = set()          # "stdout"/"stderr" once their reader went away (now /dev/null)
         self._bar: tqdm | None = None
         self._bar_shown = False
 
@@ -47,7 +47,8 @@ class Terminal:
         """Write and flush; False once the stream's reader has gone (`xenrr record ... | head`). A closed
         pipe never ends a run or a verification: the stream is pointed at /dev/null (nothing more fails
         on it, at exit included), the work goes on, and stderr (while it is there) says so once."""
-        if stream.fileno() in self._gone:
+        name = "stdout" if stream is sys.stdout else "stderr"
+        if name in self._gone:
             return False
         try:
             stream.flush()
@@ -55,7 +56,7 @@ class Terminal:
             stream.buffer.flush()
             return True
         except BrokenPipeError:
-            self._gone.add(stream.fileno())
+            self._gone.add(name)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
