@@ -401,8 +401,12 @@ class Debugger:
 
     # ------------------------------------------------------------------ breakpoints
     def break_at(self, location: str) -> int:
-        """Set a breakpoint at a GDB location (`handle_key`, `editor.c:35`, `*0x100123`); its number."""
-        reply = self._gdb.command(f"-break-insert {_mi_quote(location)}")
+        """Set a breakpoint at a GDB location (`handle_key`, `editor.c:35`, `*0x100123`), with a
+        condition as GDB's `break` takes one (`handle_key if ed.len == 0`; the stub evaluates it
+        where GDB can compile it); its number."""
+        where, *condition = re.split(r"\s+if\s+", location.strip(), maxsplit=1)
+        options = f"-c {_mi_quote(condition[0])} " if condition else ""
+        reply = self._gdb.command(f"-break-insert {options}{_mi_quote(where)}")
         return int(reply.payload["bkpt"]["number"])
 
     def watch(self, expression: str, access: str = "write") -> int:

@@ -254,7 +254,7 @@ class DebugShell:
 
     def do_break(self, argument: str) -> None:
         if not argument:
-            raise UsageError("break LOCATION (a function, FILE:LINE or *ADDRESS)")
+            raise UsageError("break LOCATION [if CONDITION] (a function, FILE:LINE or *ADDRESS)")
         print(f"breakpoint {self.debugger.break_at(argument)} at {argument}")
 
     def do_watch(self, argument: str) -> None:
@@ -352,7 +352,7 @@ COMMANDS = [
             DebugShell.do_when),
     Command(("bookmark",), "bookmark [NAME]", "name the current position (`goto NAME` returns); alone: list them",
             DebugShell.do_bookmark),
-    Command(("break", "b"), "break LOCATION", "set a breakpoint (function, FILE:LINE or *ADDRESS)",
+    Command(("break", "b"), "break LOCATION [if CONDITION]", "set a breakpoint (function, FILE:LINE or *ADDRESS)",
             DebugShell.do_break, takes_symbol=True),
     Command(("watch",), "watch EXPRESSION", "stop when the value of EXPRESSION is written",
             DebugShell.do_watch, takes_symbol=True),

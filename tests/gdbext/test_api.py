@@ -195,3 +195,16 @@ def test_eval_returns_python_values_by_their_c_type(d):
     assert (d.eval("(enum calc_error) 2"), d.eval("(enum calc_error) 7")) == ("CALC_DIV_ZERO", 7)
     assert d.eval("3 / 2.0") == 1.5 and d.eval("ed.len >= 0") == 1
     assert d.eval_text("*line") == "101 'e'"
+
+
+def test_a_conditional_breakpoint_stops_only_where_its_condition_holds_both_ways(d):
+    d.break_at("handle_key if ed.len == 0")          # the first key of each line
+    stops, keys = [], []
+    while (stop := d.cont()).reason == "breakpoint":
+        stops.append(stop.icount)
+        keys.append(d.eval("c"))
+    assert keys == ["e", "h", "h"] and stop.reason == "history-end"     # echo, hist, halt
+    back = []
+    while (stop := d.reverse_continue()).reason == "breakpoint":
+        back.append(stop.icount)
+    assert back == stops[::-1] and stop.reason == "history-start"
