@@ -476,3 +476,62 @@ class CallbackRegister(_Struct):
     """struct callback_register (CALLBACKOP_register)."""
 
     _fields_ = [("type", _u16), ("flags", _u16), ("address", _u64)]
+
+
+# --- Xenstore (io/xs_wire.h) ---
+XS_CONTROL = 0
+XS_DIRECTORY = 1
+XS_READ = 2
+XS_GET_PERMS = 3
+XS_WATCH = 4
+XS_UNWATCH = 5
+XS_TRANSACTION_START = 6
+XS_TRANSACTION_END = 7
+XS_INTRODUCE = 8
+XS_RELEASE = 9
+XS_GET_DOMAIN_PATH = 10
+XS_WRITE = 11
+XS_MKDIR = 12
+XS_RM = 13
+XS_SET_PERMS = 14
+XS_WATCH_EVENT = 15
+XS_ERROR = 16
+XS_IS_DOMAIN_INTRODUCED = 17
+XS_RESUME = 18
+XS_SET_TARGET = 19
+XS_RESET_WATCHES = 21
+XS_DIRECTORY_PART = 22
+XS_TYPE_COUNT = 23
+XENSTORE_RING_SIZE = 1024
+XENSTORE_PAYLOAD_MAX = 4096
+XENSTORE_ABS_PATH_MAX = 3072
+XENSTORE_REL_PATH_MAX = 2048
+XENSTORE_SERVER_FEATURE_RECONNECTION = 1
+XENSTORE_SERVER_FEATURE_ERROR = 2
+XENSTORE_CONNECTED = 0
+XENSTORE_ERROR_NONE = 0
+XENSTORE_ERROR_COMM = 1
+XENSTORE_ERROR_RINGIDX = 2
+XENSTORE_ERROR_PROTO = 3
+
+
+class XsdSockmsg(_Struct):
+    """struct xsd_sockmsg (io/xs_wire.h): the header of every xenstore message."""
+
+    _fields_ = [("type", _u32), ("req_id", _u32), ("tx_id", _u32), ("len", _u32)]
+
+
+class XenstoreDomainInterface(_Struct):
+    """struct xenstore_domain_interface (io/xs_wire.h): the domain's xenstore ring page."""
+
+    _fields_ = [
+        ("req", ctypes.c_char * XENSTORE_RING_SIZE),
+        ("rsp", ctypes.c_char * XENSTORE_RING_SIZE),
+        ("req_cons", _u32),
+        ("req_prod", _u32),
+        ("rsp_cons", _u32),
+        ("rsp_prod", _u32),
+        ("server_features", _u32),
+        ("connection", _u32),
+        ("error", _u32),
+    ]

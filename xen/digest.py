@@ -4,8 +4,9 @@ Owns the digest payload: the general registers, rip and rflags in the clear (so 
 say which register differs and how), a hash of the complete 87-register state, and optionally a
 hash of all guest memory: a hash of per-page hashes, where only the pages written since the previous
 memory digest are rehashed (the vCPU's dirty-page tracking), so a memory digest costs in proportion to
-what the guest wrote. Invariant: a digest is a pure function of vCPU state; two equal states give
-byte-identical digests.
+what the guest wrote; and a hash of the domain's device state outside guest memory (xenstore, grant
+table: `Domain.device_state`). Invariant: a digest is a pure function of vCPU and device state; two
+equal states give byte-identical digests.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from xen.vcpu import GPR_NAMES, PAGE_SIZE, VCpu
 _REGISTERS = GPR_NAMES + ("rip", "rflags")
 _CLEAR = struct.Struct(f"<B{len(_REGISTERS)}Q8s")
 _MEMORY_HASH_BYTES = 16
+_DEVICE_HASH_BYTES = 16
+_HAS_MEMORY, _HAS_DEVICES = 1, 2
 
 
 @dataclass(frozen=True)
@@ -26,24 +29,34 @@ class Digest:
     registers: tuple[int, ...]
     state_hash: bytes
     memory_hash: bytes | None
+    device_hash: bytes | None = None
 
     def to_bytes(self) -> bytes:
-        flags = 1 if self.memory_hash is not None else 0
-        return _CLEAR.pack(flags, *self.registers, self.state_hash) + (self.memory_hash or b"")
+        flags = (_HAS_MEMORY if self.memory_hash is not None else 0) | \
+            (_HAS_DEVICES if self.device_hash is not None else 0)
+        return _CLEAR.pack(flags, *self.registers, self.state_hash) + (self.memory_hash or b"") + \
+            (self.device_hash or b"")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Digest":
-        """ValueError unless `data` is exactly a digest: the clear part, and the memory hash if flagged."""
+        """ValueError unless `data` is exactly a digest: the clear part, then the memory and device hashes if flagged."""
         if len(data) < _CLEAR.size:
             raise ValueError(f"state digest of {len(data)} bytes is truncated")
         flags, *values = _CLEAR.unpack_from(data)
-        if flags not in (0, 1):
+        if flags & ~(_HAS_MEMORY | _HAS_DEVICES):
             raise ValueError(f"state digest has unknown flags {flags:#x}")
-        expected = _CLEAR.size + (_MEMORY_HASH_BYTES if flags else 0)
+        expected = _CLEAR.size + (_MEMORY_HASH_BYTES if flags & _HAS_MEMORY else 0) + \
+            (_DEVICE_HASH_BYTES if flags & _HAS_DEVICES else 0)
         if len(data) != expected:
             raise ValueError(f"state digest of {len(data)} bytes, expected {expected}")
-        memory = bytes(data[_CLEAR.size:]) if flags else None
-        return cls(tuple(values[:-1]), values[-1], memory)
+        offset = _CLEAR.size
+        memory = device = None
+        if flags & _HAS_MEMORY:
+            memory = bytes(data[offset:offset + _MEMORY_HASH_BYTES])
+            offset += _MEMORY_HASH_BYTES
+        if flags & _HAS_DEVICES:
+            device = bytes(data[offset:offset + _DEVICE_HASH_BYTES])
+        return cls(tuple(values[:-1]), values[-1], memory, device)
 
     def differences(self, actual: "Digest") -> list[str]:
         """What differs between this (recorded) digest and `actual` (replayed), one phrase each."""
@@ -54,6 +67,9 @@ class Digest:
         if self.memory_hash is not None and actual.memory_hash is not None \
                 and self.memory_hash != actual.memory_hash:
             found.append("guest memory")
+        if self.device_hash is not None and actual.device_hash is not None \
+                and self.device_hash != actual.device_hash:
+            found.append("device state (xenstore, grant table)")
         return found
 
 
@@ -93,7 +109,8 @@ def start_memory_digests(fresh_vcpu: VCpu) -> None:
     _hashers[fresh_vcpu] = _MemoryHasher(fresh_vcpu, all_zero=True)
 
 
-def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
+def take_digest(vcpu: VCpu, with_memory: bool, device_state: bytes | None = None) -> Digest:
+    """The digest of a vCPU's state; `device_state` is the domain's canonical device-state encoding."""
     cpu = vcpu.save_cpu()
     state_hash = hashlib.blake2b(repr((cpu.registers, cpu.pc, cpu.icount)).encode(), digest_size=8).digest()
     memory_hash = None
@@ -101,7 +118,9 @@ def take_digest(vcpu: VCpu, with_memory: bool) -> Digest:
         if vcpu not in _hashers:
             _hashers[vcpu] = _MemoryHasher(vcpu, all_zero=False)
         memory_hash = _hashers[vcpu].hash(vcpu)
-    return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash)
+    device_hash = None if device_state is None else \
+        hashlib.blake2b(device_state, digest_size=_DEVICE_HASH_BYTES).digest()
+    return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash, device_hash)
 
 
 def end_payload(digest: Digest, outcome: str) -> bytes:

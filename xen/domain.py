@@ -16,13 +16,14 @@ from typing import Any, Callable
 from xen import abi, hypercalls
 from xen.builder import DomainImage
 from xen.console import ConsoleRing
-from xen.digest import start_memory_digests
+from xen.digest import Digest, start_memory_digests, take_digest
 from xen.evtchn import Binding, EventChannels
 from xen.inject import Funnel
 from xen.timekeeping import GuestTime
 from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
 from xen.upcall import GuestFault, deliver_if_pending
 from xen.vcpu import Exit, ExitReason, VCpu
+from xen.xenstore import XenstoreRing, XenstoreServer
 
 INITIAL_RFLAGS = 0x202
 DEFAULT_TIMER_PERIOD_NS = 10_000_000
@@ -87,6 +88,9 @@ class Domain:
         self.events.set_upcall_mask(True)
         self.console_port = CONSOLE_PORT
         self.console = ConsoleRing(self.vcpu, layout.console)
+        self.store_port = STORE_PORT
+        self.store_ring = XenstoreRing(self.vcpu, layout.xenstore)
+        self.xenstore: XenstoreServer | None = None       # connect_xenstore(); without one nobody answers
         self.time = GuestTime(self.vcpu, self.events.vcpu_info_address() + abi.VcpuInfo.time.offset)
         self.time.set_periodic(DEFAULT_TIMER_PERIOD_NS)     # Xen starts every PV vCPU with a 100 Hz tick
         self.yielded = False
@@ -112,6 +116,7 @@ class Domain:
         fields["events"] = self.events.save_state()
         fields["time"] = self.time.save_state()
         fields["traps"] = self.traps.save_state()
+        fields["xenstore"] = None if self.xenstore is None else self.xenstore.save_state()
         return DomainState(copy.deepcopy(fields))
 
     def load_state(self, state: DomainState) -> None:
@@ -119,8 +124,29 @@ class Domain:
         self.events.load_state(fields.pop("events"))
         self.time.load_state(fields.pop("time"))
         self.traps.load_state(fields.pop("traps"))
+        xenstore = fields.pop("xenstore")
+        if self.xenstore is not None:
+            self.xenstore.load_state(xenstore)
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def device_state(self) -> bytes:
+        """A canonical encoding of the device state outside guest memory (for digests)."""
+        return b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
+
+    def digest(self, with_memory: bool) -> Digest:
+        """The state digest of the whole domain: vCPU, optionally memory, and device state."""
+        return take_digest(self.vcpu, with_memory, self.device_state())
+
+    def connect_xenstore(self, server: XenstoreServer) -> None:
+        """Introduce the domain to a xenstored (before it runs): the store ring is served from now on."""
+        self.xenstore = server
+        self.store_ring.connect()
+
+    def xenstore_changed(self) -> None:
+        """dom0 changed the store (a funnel input): send the guest any watch events it caused."""
+        if self.xenstore is not None and self.store_ring.flush(self.xenstore):
+            self.notify_guest(self.store_port)
 
     @property
     def alive(self) -> bool:
@@ -163,6 +189,10 @@ class Domain:
             output = self.console.drain_output()
             if output:
                 self.console_output(output)
+        elif binding is not None and binding.kind == "backend" and binding.target == "xenstore" \
+                and self.xenstore is not None:
+            if self.store_ring.serve(self.xenstore):
+                self.notify_guest(self.store_port)
 
     def expire_timers(self) -> None:
         """Fire timers already due at the current guest time (a guest armed one in the past)."""

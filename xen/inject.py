@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
-from xen.digest import Digest, end_payload, parse_end_payload, take_digest
+from xen.digest import Digest, end_payload, parse_end_payload
 from xen.logrecord import KIND_DIGEST, KIND_END, kind_name, register_kind
 from xen.timekeeping import TimeBase
 
@@ -31,10 +31,11 @@ class Kind(enum.IntEnum):
     TIMER = 17           # payload: a TimeBase; publishes time, expires due timers, raises VIRQ_TIMER
     TIME = 18            # payload: a TimeBase; publishes time only (e.g. on waking from idle)
     RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
+    XENSTORE_WRITE = 20  # payload: path, a nul, the value; a dom0 write into the domain's xenstore
 
 
 for _kind in Kind:
-    register_kind(_kind, _kind.name.lower().replace("_", "-"))     # console-input, timer, time, random
+    register_kind(_kind, _kind.name.lower().replace("_", "-"))     # console-input, timer, time, random, ...
 
 
 def describe_payload(kind: int, payload: bytes) -> str:
@@ -47,6 +48,9 @@ def describe_payload(kind: int, payload: bytes) -> str:
             return f"guest time {TimeBase.from_bytes(payload).system_time / 1e9:.9f} s"
         if kind == Kind.RANDOM and len(payload) == 8:
             return f"value {int.from_bytes(payload, 'little'):#018x}"
+        if kind == Kind.XENSTORE_WRITE:
+            path, _, value = payload.partition(b"\0")
+            return f"xenstore write {path.decode('latin-1')} = {value.decode('latin-1')!r}"
         if kind == KIND_DIGEST:
             return _describe_digest(Digest.from_bytes(payload))
         if kind == KIND_END:
@@ -103,6 +107,7 @@ class Funnel:
             Kind.TIMER: self._timer,
             Kind.TIME: self._time,
             Kind.RANDOM: self._random,
+            Kind.XENSTORE_WRITE: self._xenstore_write,
         }
 
     def inject(self, kind: Kind, payload: bytes, vcpu_id: int = 0) -> Injection:
@@ -118,14 +123,14 @@ class Funnel:
         """Record mode: log a state digest at the current point (never applied; replay compares it)."""
         if self.sink is not None:
             vcpu = self._domain.vcpu
-            digest = take_digest(vcpu, with_memory)
+            digest = self._domain.digest(with_memory)
             self.sink.append(Injection(KIND_DIGEST, 0, vcpu.icount, vcpu.pc, digest.to_bytes()))
 
     def log_end(self, outcome: str) -> None:
         """Record mode: the last record - the final full digest and how the run ended."""
         if self.sink is not None:
             vcpu = self._domain.vcpu
-            payload = end_payload(take_digest(vcpu, with_memory=True), outcome)
+            payload = end_payload(self._domain.digest(with_memory=True), outcome)
             self.sink.append(Injection(KIND_END, 0, vcpu.icount, vcpu.pc, payload))
 
     def replay(self, injection: Injection) -> None:
@@ -176,3 +181,11 @@ class Funnel:
 
     def _random(self, payload: bytes) -> None:
         self._domain.vcpu.finish_random(int.from_bytes(payload, "little"))
+
+    def _xenstore_write(self, payload: bytes) -> None:
+        domain = self._domain
+        if domain.xenstore is None:
+            raise UnknownInputKind("the log has a xenstore write but the domain has no xenstore")
+        path, _, value = payload.partition(b"\0")
+        domain.xenstore.write(path.decode("latin-1"), value)
+        domain.xenstore_changed()

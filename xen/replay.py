@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from xen.digest import Digest, parse_end_payload, take_digest
+from xen.digest import Digest, parse_end_payload
 from xen.domain import Domain, RunState
 from xen.inject import Injection, Kind, ReplayDivergence, UnusableRecord
 from xen.logrecord import KIND_DIGEST, KIND_END, Record, kind_name
@@ -178,7 +178,7 @@ class Replayer:
                                  f"{error}") from None
 
     def _check_digest(self, recorded: Digest, record: Record) -> None:
-        actual = take_digest(self.domain.vcpu, with_memory=recorded.memory_hash is not None)
+        actual = self.domain.digest(with_memory=recorded.memory_hash is not None)
         differences = recorded.differences(actual)
         if differences:
             raise ReplayDivergence(f"state differs at icount {record.icount} (record {self.next_seq}): "

@@ -21,6 +21,9 @@ and instruction counts, so a virtual-clock run stays reproducible without a log.
 of a polling guest, the virtual clock skips to the next timer, key or linger end as it does for a
 blocked guest (the guest keeps running); either clock ends the run there once the key script is
 done and the linger time has passed.
+
+Toolstack writes into the domain's xenstore (`xenrr run --xenstore-write`) are injected the first
+time the domain idles, so under the virtual clock they too land at a reproducible instruction count.
 Invariant: the scheduler changes guest-visible state only through `domain.funnel`; slice
 boundaries that only bound how long the host waits are invisible to the guest, and so is the
 ring-poll read watch (a watched access runs exactly once, at the same instruction count).
@@ -32,7 +35,7 @@ import random
 import select
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from xen.domain import Domain, RunState
 from xen.inject import Kind
@@ -92,7 +95,7 @@ class Scheduler:
 
     def __init__(self, domain: Domain, console_input: ConsoleInput, clock: str = "real",
                  max_instructions: int | None = None, linger_ns: int = DEFAULT_LINGER_NS,
-                 slice_instructions: int = SLICE_INSTRUCTIONS):
+                 slice_instructions: int = SLICE_INSTRUCTIONS, xenstore_writes: Sequence[tuple[str, bytes]] = ()):
         if clock not in ("real", "virtual"):
             raise ValueError("clock must be 'real' or 'virtual'")
         self.domain = domain
@@ -115,6 +118,7 @@ class Scheduler:
         self._yield_activity: tuple[int, ...] | None = None   # _activity() at the previous yield
         self._slice_activity: tuple[int, ...] | None = None   # _activity() at the previous slice boundary
         self._poll_watch_activity: tuple[int, ...] | None = None   # set while the in_prod read watch is armed
+        self._xenstore_writes = list(xenstore_writes)
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -264,6 +268,9 @@ class Scheduler:
         domain = self.domain
         if self.input.detached:
             return Outcome("detached", domain.vcpu.icount)
+        if self._xenstore_writes:
+            self._inject_xenstore_writes()
+            return None
         ended = self._linger_over()
         if ended is not None:
             return ended
@@ -274,6 +281,12 @@ class Scheduler:
         else:
             self._slice_boundary()
         return None
+
+    def _inject_xenstore_writes(self) -> None:
+        """The guest's first idle moment: the toolstack's xenstore writes go in, one input each."""
+        for path, value in self._xenstore_writes:
+            self.domain.funnel.inject(Kind.XENSTORE_WRITE, path.encode() + b"\0" + value)
+        self._xenstore_writes.clear()
 
     def _inject_input(self, limit: int) -> bool:
         if limit <= 0:
@@ -306,6 +319,9 @@ class Scheduler:
         """The domain is blocked: wait (real) or skip (virtual) to the next input or timer."""
         domain = self.domain
         self._rate_origin = None         # idle time says nothing about the vCPU's speed
+        if self._xenstore_writes:
+            self._inject_xenstore_writes()
+            return None
         ended = self._linger_over()
         if ended is not None:
             return ended

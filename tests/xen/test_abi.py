@@ -47,6 +47,8 @@ C_TYPES: dict[type, str] = {
     abi.CallbackRegister: "struct callback_register",
     abi.CallbackUnregister: "struct callback_unregister",
     abi.TrapInfo: "struct trap_info",
+    abi.XsdSockmsg: "struct xsd_sockmsg",
+    abi.XenstoreDomainInterface: "struct xenstore_domain_interface",
 }
 
 # Constants whose C spelling differs from the Python name (see xen/abi.py's docstring).
@@ -68,6 +70,7 @@ HEADERS = [
     "xen/features.h",
     "xen/elfnote.h",
     "xen/io/console.h",
+    "xen/io/xs_wire.h",
 ]
 CFLAGS = ["-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__", "-Wall", "-Werror"]
 

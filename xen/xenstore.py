@@ -1,0 +1,132 @@
+"""The xenstore ring, hypervisor side: struct xenstore_domain_interface in the domain's store page.
+
+Owns moving bytes between the domain's ring (io/xs_wire.h: req[] and rsp[], XENSTORE_RING_SIZE each,
+free-running 32-bit indices masked with MASK_XENSTORE_IDX) and a `XenstoreServer` - the xenstored,
+which lives in dom0/ and is connected here through this narrow protocol (xen/ never imports dom0/).
+Invariant: the ring is serviced only when the guest notifies the store port (a hypercall, so
+deterministic) or after a funnel injection changed the store (recorded); a guest that corrupts the
+indices or breaks the protocol gets the interface's `error` field set, as xenstored does, never a
+hypervisor failure.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from xen import abi
+from xen.vcpu import VCpu
+
+_INDEX_MASK = 0xFFFFFFFF
+_RING_SIZE = abi.XENSTORE_RING_SIZE
+
+
+class XenstoreProtocolError(Exception):
+    """The guest broke the xs_wire protocol (e.g. a payload over XENSTORE_PAYLOAD_MAX); one line."""
+
+
+class XenstoreServer(Protocol):
+    """A xenstored serving one domain's connection (implemented in dom0/xenstored.py)."""
+
+    def receive(self, data: bytes) -> None:
+        """Request bytes the guest put on the ring, in order; complete messages are answered at once.
+        Raises XenstoreProtocolError on a protocol violation (the connection is then dead)."""
+
+    def take_output(self, limit: int) -> bytes:
+        """Up to `limit` bytes of replies and watch events, removed from the server's queue."""
+
+    def write(self, path: str, value: bytes) -> None:
+        """A write by dom0 (the toolstack), e.g. while the guest runs: fires the guest's watches."""
+
+    def save_state(self) -> object:
+        """Everything the server holds (tree, watches, transactions, queued bytes), for checkpoints."""
+
+    def load_state(self, state: object) -> None: ...
+
+    def state_bytes(self) -> bytes:
+        """A canonical encoding of the server's state (for digests): equal states, equal bytes."""
+
+
+def _offset(name: str) -> int:
+    return getattr(abi.XenstoreDomainInterface, name).offset
+
+
+class XenstoreRing:
+    """The hypervisor's view of one domain's xenstore page."""
+
+    def __init__(self, vcpu: VCpu, address: int):
+        self._vcpu = vcpu
+        self.address = address
+
+    def _index(self, name: str) -> int:
+        return int.from_bytes(self._vcpu.read(self.address + _offset(name), 4), "little")
+
+    def _set(self, name: str, value: int) -> None:
+        self._vcpu.write(self.address + _offset(name), (value & _INDEX_MASK).to_bytes(4, "little"))
+
+    def _used(self, consumer_name: str, producer_name: str) -> tuple[int, int | None]:
+        """(consumer index, bytes between it and the producer); None bytes - and the interface's error
+        set to XENSTORE_ERROR_RINGIDX - when the indices are further apart than the ring is long."""
+        consumer, producer = self._index(consumer_name), self._index(producer_name)
+        used = (producer - consumer) & _INDEX_MASK
+        if used > _RING_SIZE:
+            self._set("error", abi.XENSTORE_ERROR_RINGIDX)
+            return consumer, None
+        return consumer, used
+
+    def connect(self) -> None:
+        """Introduce the domain: advertise the server's features (xenstored does this on INTRODUCE)."""
+        self._set("server_features", abi.XENSTORE_SERVER_FEATURE_ERROR)
+        self._set("connection", 0)
+        self._set("error", abi.XENSTORE_ERROR_NONE)
+
+    @property
+    def error(self) -> int:
+        return self._index("error")
+
+    def serve(self, server: XenstoreServer) -> bool:
+        """Consume the guest's requests, answer them, write what fits of the replies. Returns whether
+        anything moved (the guest is then notified on the store port)."""
+        if self.error != abi.XENSTORE_ERROR_NONE:
+            return False
+        consumer, available = self._used("req_cons", "req_prod")
+        if available is None:
+            return True
+        data = self._read_ring(_offset("req"), consumer, available)
+        self._set("req_cons", consumer + available)
+        try:
+            server.receive(data)
+        except XenstoreProtocolError:
+            self._set("error", abi.XENSTORE_ERROR_PROTO)
+            return True
+        return self.flush(server) or available > 0
+
+    def flush(self, server: XenstoreServer) -> bool:
+        """Write queued replies and events into rsp[] as far as the guest has consumed it."""
+        if self.error != abi.XENSTORE_ERROR_NONE:
+            return False
+        consumer, used = self._used("rsp_cons", "rsp_prod")
+        if used is None:
+            return True
+        producer = consumer + used
+        data = server.take_output(_RING_SIZE - used)
+        if not data:
+            return False
+        base = self.address + _offset("rsp")
+        written = 0
+        while written < len(data):
+            offset = (producer + written) % _RING_SIZE
+            chunk = data[written:written + _RING_SIZE - offset]
+            self._vcpu.write(base + offset, chunk)
+            written += len(chunk)
+        self._set("rsp_prod", producer + len(data))
+        return True
+
+    def _read_ring(self, array_offset: int, consumer: int, count: int) -> bytes:
+        base = self.address + array_offset
+        data = bytearray()
+        while count:
+            offset = consumer % _RING_SIZE
+            chunk = min(count, _RING_SIZE - offset)
+            data += self._vcpu.read(base + offset, chunk)
+            consumer += chunk
+            count -= chunk
+        return bytes(data)
