@@ -27,7 +27,9 @@ from dom0.logfile import LogFormatError, LogReader
 from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.terminal import Terminal
+from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
+from dom0.xenstored import format_perms, is_valid_path
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
@@ -65,6 +67,10 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
                       help="like --keys, with the script read from FILE: its bytes are the keys as they are (a carriage "
                            "return stays a carriage return, a line feed a line feed), escapes as in --keys")
+    parser.add_argument("--xenstore-write", metavar="PATH=VALUE", action="append", default=[],
+                        help="write VALUE at PATH in the domain's xenstore, as the toolstack (dom0) does, the first "
+                             "time the guest idles (e.g. control/shutdown=poweroff, as `xl shutdown`); a relative "
+                             "PATH is under the domain's /local/domain/N; may be repeated")
     parser.add_argument("--memory", metavar="MiB", type=int, default=DEFAULT_MEMORY_MIB,
                         help=f"guest memory in MiB (default {DEFAULT_MEMORY_MIB})")
     parser.add_argument("--max-instructions", metavar="N", type=int,
@@ -135,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_session_argument(dump)
     add_kind_option(dump)
     dump.add_argument("--json", action="store_true", help="one JSON object: header, records, damage")
+
+    xenstore_ls = commands.add_parser(
+        "xenstore-ls", help="show a recording's xenstore tree",
+        description="Replay SESSION to the end (or to just before input event N) and print the domain's xenstore "
+                    "tree as xenstore-ls does: one node per line, `name = \"value\"`, children indented by one "
+                    "space; non-printable bytes as \\ooo (octal).")
+    add_session_argument(xenstore_ls)
+    add_image_option(xenstore_ls)
+    xenstore_ls.add_argument("--at", metavar="EVENT", type=int,
+                             help="the tree just before input event EVENT is injected (as `replay --until-event`)")
+    xenstore_ls.add_argument("-p", "--perms", action="store_true",
+                             help="also show each node's permissions (owner first), as `xenstore-ls -p`")
     add_debug_commands(commands)
     add_user_commands(commands)
     add_grub_commands(commands)
@@ -162,6 +180,22 @@ def _console_input(args: argparse.Namespace):
     return TerminalInput(sys.stdin.fileno())
 
 
+def _xenstore_writes(args: argparse.Namespace) -> list[tuple[str, bytes]]:
+    """The --xenstore-write options as (absolute path, value), checked as xenstored checks paths."""
+    writes = []
+    for text in args.xenstore_write:
+        path, separator, value = text.partition("=")
+        if not separator or not path:
+            raise UsageError(f"--xenstore-write wants PATH=VALUE, not {text!r}")
+        if not path.startswith("/"):
+            path = f"/local/domain/{GUEST_DOMID}/{path}"
+        if not is_valid_path(path):
+            raise UsageError(f"--xenstore-write: {path!r} is not a valid xenstore path "
+                             "(letters, digits and -/_@; no empty, doubled or trailing /)")
+        writes.append((path, value.encode()))
+    return writes
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.memory < 1 or args.memory > 4096:
         raise UsageError(f"--memory must be between 1 and 4096 MiB, not {args.memory}")
@@ -178,7 +212,10 @@ def load_domain(guest: Path, memory_mib: int) -> Domain:
     except OSError as error:
         raise UsageError(f"cannot read guest kernel {guest}: {error.strerror}") from None
     image = build_domain(image_bytes, memory_mib * 1024 * 1024)
-    return Domain(image, console_output=_terminal.write_console, hypervisor_console=_terminal.write_hypervisor_console)
+    domain = Domain(image, console_output=_terminal.write_console,
+                    hypervisor_console=_terminal.write_hypervisor_console)
+    connect_xenstore(domain, xenstore_config(guest))
+    return domain
 
 
 def _count(number: int, noun: str) -> str:
@@ -208,11 +245,12 @@ def _describe(outcome: Outcome) -> str:
 
 def command_run(args: argparse.Namespace) -> int:
     _check_numbers(args)
+    writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:
         domain = load_domain(args.guest, args.memory)
         outcome = Scheduler(domain, console_input, clock=args.clock, max_instructions=args.max_instructions,
-                            linger_ns=int(args.linger * NS_PER_SECOND)).run()
+                            linger_ns=int(args.linger * NS_PER_SECOND), xenstore_writes=writes).run()
     finally:
         if isinstance(console_input, TerminalInput):
             console_input.restore()
@@ -222,12 +260,13 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_record(args: argparse.Namespace) -> int:
     _check_numbers(args)
+    writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:
         domain = load_domain(args.guest, args.memory)
         result = record(domain, args.guest, console_input, args.output, clock=args.clock,
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
-                        overwrite=args.force)
+                        overwrite=args.force, xenstore_writes=writes)
     except RecordingFailed as error:
         _terminal.say(f"xenrr: error: recording stopped: {error}")
         return EXIT_LOG_FAILED
@@ -244,6 +283,17 @@ def _open_session(path: Path, image: Path | None, console_output) -> ReplaySessi
         return ReplaySession(path, image, console_output=console_output)
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _before_event(session: ReplaySession, number: int | None) -> Mark | None:
+    """The mark just before input event `number` is injected (None: no event given)."""
+    if number is None:
+        return None
+    try:
+        event = session.event(number)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return Mark(event.icount, event.seq)
 
 
 def _replay_showing_progress(session: ReplaySession, until: Mark | None, enabled: bool) -> None:
@@ -264,13 +314,7 @@ def _replay_showing_progress(session: ReplaySession, until: Mark | None, enabled
 def command_replay(args: argparse.Namespace) -> int:
     show_console = not (args.quiet or args.json)
     session = _open_session(args.session, args.image, _terminal.write_console if show_console else lambda data: None)
-    until = None
-    if args.until_event is not None:
-        try:
-            event = session.event(args.until_event)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        until = Mark(event.icount, event.seq)
+    until = _before_event(session, args.until_event)
     replayer = session.replayer
     divergence = None
     try:
@@ -315,6 +359,30 @@ def _kind_filter(names: str | None) -> set[int] | None:
         raise UsageError(f"--kind: {error}") from None
 
 
+def _xenstore_value(value: bytes) -> str:
+    """A value as xenstore-ls prints it: printable ASCII as is, backslash doubled, other bytes \\ooo."""
+    return "".join(chr(byte) if 0x20 <= byte < 0x7F and byte != 0x5C else "\\\\" if byte == 0x5C
+                   else f"\\{byte:03o}" for byte in value)
+
+
+def command_xenstore_ls(args: argparse.Namespace) -> int:
+    session = _open_session(args.session, args.image, lambda data: None)
+    store = session.domain.xenstore
+    if store is None:
+        raise UsageError(f"{args.session} was recorded without xenstore (by an older xenrr)")
+    until = _before_event(session, args.at)
+    try:
+        session.replayer.run(until)
+    except ReplayDivergence as error:
+        _terminal.say(f"xenrr: replay diverged: {error}")
+        return EXIT_CRASHED
+    for depth, name, value, perms in store.listing():
+        line = f"{' ' * depth}{name} = \"{_xenstore_value(value)}\""
+        print(f"{line}  ({format_perms(perms)})" if args.perms else line)
+    session.close()
+    return EXIT_OK
+
+
 def command_dump(args: argparse.Namespace) -> int:
     kinds = _kind_filter(args.kind)
     try:
@@ -356,6 +424,7 @@ def command_dump(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,
+            "xenstore-ls": command_xenstore_ls,
             **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS}
 
 

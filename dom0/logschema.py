@@ -29,6 +29,15 @@ HEADER_SCHEMA = {
                 "cmdline": {"type": "string", "maxLength": 1024, "pattern": "^[^\\x00]*$"},
                 "clock": {"enum": ["real", "virtual"]},
                 "vcpus": {"const": 1},
+                "xenstore": {
+                    "type": "object",
+                    "required": ["domid", "name"],
+                    "properties": {
+                        "domid": {"type": "integer", "minimum": 1, "maximum": 0x7FEF},     # below DOMID_FIRST_RESERVED
+                        "name": {"type": "string", "minLength": 1, "maxLength": 64,
+                                 "pattern": "^[A-Za-z0-9_.@-]+$"},
+                    },
+                },
             },
         },
         "initial_state": {

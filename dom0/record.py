@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from dom0.logd import start_log_daemon
 from dom0.logfile import LogFormatError, LogHeader, LogReader
 from dom0.logring import LogDaemonError, RingError, RingProducer
-from xen.digest import take_digest
+from dom0.toolstack import xenstore_config
 from xen.domain import Domain
 from xen.inject import Injection
 from xen.logrecord import Encoder
@@ -57,11 +58,14 @@ class RingSink:
 
 def make_header(domain: Domain, guest: Path, clock: str) -> LogHeader:
     image = domain.image
-    initial = take_digest(domain.vcpu, with_memory=True)
+    initial = domain.digest(with_memory=True)
+    config = {"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
+              "clock": clock, "vcpus": 1}
+    if domain.xenstore is not None:
+        config["xenstore"] = xenstore_config(guest)
     return LogHeader(
         image_sha256=bytes.fromhex(image.image_sha256),
-        config={"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
-                "clock": clock, "vcpus": 1},
+        config=config,
         initial_state={"entry": image.entry, "rsp": image.initial_rsp, "rsi": image.initial_rsi,
                        "digest": initial.to_bytes().hex()})
 
@@ -75,7 +79,8 @@ class RecordResult:
 
 def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
-           slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False) -> RecordResult:
+           slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False,
+           xenstore_writes: Sequence[tuple[str, bytes]] = ()) -> RecordResult:
     """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
     replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest."""
     if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
@@ -99,7 +104,8 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
     failure: str | None = None
     try:
         outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
-                            linger_ns=linger_ns, slice_instructions=slice_instructions).run()
+                            linger_ns=linger_ns, slice_instructions=slice_instructions,
+                            xenstore_writes=xenstore_writes).run()
         domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
     except RecordingFailed as error:
         failure = str(error)

@@ -15,8 +15,9 @@ from typing import Callable
 
 from dom0.logfile import LogFormatError, LogReader
 from dom0.logschema import check_header
+from dom0.toolstack import connect_xenstore
 from xen.builder import build_domain
-from xen.digest import Digest, take_digest
+from xen.digest import Digest
 from xen.domain import Domain
 from xen.inject import describe_payload
 from xen.logrecord import FIRST_INPUT_KIND, kind_name
@@ -75,11 +76,13 @@ class ReplaySession:
                 f"{hashlib.sha256(image_bytes).hexdigest()[:16]}..., recorded {header.image_sha256.hex()[:16]}...)")
         self.domain = Domain(build_domain(image_bytes, config["memory_bytes"], config.get("cmdline", "")),
                              jit=jit, console_output=console_output)
+        if "xenstore" in config:
+            connect_xenstore(self.domain, config["xenstore"])
         try:
             recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
         except ValueError as error:
             raise ReplaySetupError(f"log header is malformed: initial_state/digest: {error}") from None
-        differences = recorded.differences(take_digest(self.domain.vcpu, with_memory=True))
+        differences = recorded.differences(self.domain.digest(with_memory=True))
         if differences:
             raise ReplaySetupError("the rebuilt domain does not start in the recorded state: " + "; ".join(differences))
         self.replayer = Replayer(self.domain, self.log.records())

@@ -24,7 +24,7 @@ from dom0.logfile import LogReader
 from dom0.record import record
 from dom0.replay import ReplaySession
 from xen.builder import build_domain
-from xen.digest import parse_end_payload, take_digest
+from xen.digest import parse_end_payload
 from xen.domain import Domain
 from xen.logrecord import KIND_END
 
@@ -93,6 +93,6 @@ def test_replay_reproduces_console_and_final_digest(tmp_path_factory, kbdshell_e
             assert len(records) == result.records
             assert records[-1].kind == KIND_END
             recorded_digest, _ = parse_end_payload(bytes(records[-1].payload))
-        assert take_digest(session.domain.vcpu, with_memory=True) == recorded_digest
+        assert session.domain.digest(with_memory=True) == recorded_digest
     finally:
         session.close()
