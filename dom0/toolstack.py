@@ -9,6 +9,7 @@ recorded configuration (`xenstore_config`), so a replay rebuilds exactly what th
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -20,8 +21,10 @@ CONSOLE_LIMIT = 1048576          # libxl's default console log limit
 
 
 def xenstore_config(guest: Path) -> dict:
-    """The configuration of a new domain's xenstore, as stored in a recording's header."""
-    return {"domid": GUEST_DOMID, "name": guest.stem}
+    """The configuration of a new domain's xenstore, as stored in a recording's header: the domain is
+    named after the guest file (characters outside [A-Za-z0-9_.@-] become '_', at most 64)."""
+    name = re.sub(r"[^A-Za-z0-9_.@-]", "_", guest.stem)[:64] or "domain"
+    return {"domid": GUEST_DOMID, "name": name}
 
 
 def connect_xenstore(domain: Domain, config: dict) -> Xenstored:

@@ -345,3 +345,7 @@ def test_state_round_trips_through_checkpoints_and_digests(guest):
     guest.domain.load_state(before_state)
     assert guest.domain.digest(with_memory=False).device_hash == before_digest.device_hash
     assert guest.store.read(f"{HOME}/data/later") is None
+
+
+def test_the_domain_name_comes_from_the_guest_file_and_fits_the_log_header():
+    assert xenstore_config(Path("/guests/my guest (v2).elf")) == {"domid": GUEST_DOMID, "name": "my_guest__v2_"}
