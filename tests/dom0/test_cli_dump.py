@@ -42,4 +42,4 @@ def test_an_unknown_kind_is_a_usage_error_naming_the_kinds(xenrr, virtual_record
     run = xenrr("dump", virtual_recording.path, "--kind", "tick")
     assert (run.status, run.stdout) == (2, "")
     assert run.stderr == ("xenrr: error: --kind: unknown record kind tick: the kinds are console-input, digest, "
-                          "end, random, time, timer\n")
+                          "end, random, time, timer, xenstore-write\n")
