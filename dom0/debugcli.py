@@ -38,7 +38,7 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
                     "instruction, and serve it until the client kills or detaches (a client that just "
                     "disconnects can be followed by another). Prints `listening on 127.0.0.1:PORT` once ready. "
                     "Connect with `target remote :PORT` in GDB, the guest ELF loaded; `monitor help` lists the "
-                    "replay's own commands (events, goto, when).")
+                    "replay's own commands (events, goto, when, bookmark, damage).")
     add_session_argument(serve)
     add_goto_option(serve)
     serve.add_argument("--port", metavar="N", type=int, default=0,
@@ -49,7 +49,7 @@ def add_debug_commands(subparsers: argparse._SubParsersAction) -> None:
         "debug", help="debug a recording in GDB, forwards and backwards",
         description="Start GDB with the guest's symbols and the xenrr GDB extension, connected to a replay of "
                     "SESSION stopped at its first instruction. Besides GDB's own commands (including "
-                    "reverse-continue, reverse-step, ...) there are rr-goto, rr-events, rr-when "
+                    "reverse-continue, reverse-step, ...) there are rr-goto, rr-events, rr-when, rr-bookmark "
                     "(`help rr-goto`, ...). Arguments after `--` go to GDB, after the connection: "
                     "`xenrr debug s.xrr -- -batch -ex bt`.")
     add_session_argument(debug)

@@ -23,9 +23,13 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.logfile import FILE_MAGIC
+
+if TYPE_CHECKING:
+    from gdbext.check import CheckResult
 
 EXIT_PASS, EXIT_FAIL = 0, 1
 
@@ -99,8 +103,7 @@ def _check_arguments(session: Path, scripts: list[Path]) -> None:
     if not session.exists():
         raise UserCommandError(f"cannot read {session}: no such file")
     if session.is_dir() or session.suffix == ".py":
-        raise UserCommandError(f"{session} is not a recording" + ("; " + swapped if any(
-            _looks_like_log(script) for script in scripts) else " (made by `xenrr record`)"))
+        raise UserCommandError(f"{session} is not a recording (made by `xenrr record`)")
     for script in scripts:
         if not script.exists():
             raise UserCommandError(f"cannot read check script {script}: no such file")
@@ -117,7 +120,7 @@ def _check_arguments(session: Path, scripts: list[Path]) -> None:
             raise UserCommandError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
 
 
-def _describe_failure(result) -> list[str]:
+def _describe_failure(result: CheckResult) -> list[str]:
     """A failed check as pytest explains it: where, the failing line, then each line of the explanation."""
     if result.outcome == "error":             # it never ran: its setup failed (an unknown fixture, ...)
         return [f"ERROR {result.location} in {result.name}: {result.message}"]

@@ -147,7 +147,8 @@ def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
     assert [line.split()[-1] for line in keys.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     assert "guest time 0.000000000 s" in shell.run("events --kind time")
     output = shell.run("goto-icount 23110")
-    assert "instruction 23110" in output and "instruction 23110" in shell.toolbar()
+    assert "instruction 23110" in output
+    shell.wait_for("event 69/80 | instruction 23110")            # the toolbar follows
     assert "event 69/80 applied, instruction 23110" in shell.run("when")
     assert "bookmark here: event 69/80, instruction 23110" in shell.run("bookmark here")
     shell.run("goto 2")
@@ -176,7 +177,8 @@ def test_a_damaged_log_opens_saying_what_was_lost(recorder, kbdshell_elf, tmp_pa
 def test_goto_option_opens_the_shell_at_an_event(long_line, tmp_path):
     shell = TmuxShell(long_line, tmp_path / "state", "--goto", "70")
     try:
-        assert "event 69/80 | instruction 23230" in shell.toolbar()
+        shell.wait_for("event 69/80 | instruction 23230")           # the toolbar, drawn with the first prompt
+        assert "[event 69/80, instruction 23230" in shell.screen()
     finally:
         shell.close()
 
