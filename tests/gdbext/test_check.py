@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,30 @@ def test_without_gdb_every_command_says_how_to_install_it(recordings, tmp_path, 
     run = _xenrr_with_path(str(tmp_path), command, *arguments)
     assert run.returncode == 2
     assert run.stderr == "xenrr: error: gdb is not installed (Debian: apt-get install gdb)\n"
+
+
+def test_ctrl_c_under_json_prints_a_json_error_object(recordings, tmp_path):
+    """SIGINT while a check runs: exit 130, `{"error": "interrupted", ...}` on stdout, no traceback."""
+    started = tmp_path / "started"
+    script = write_script(tmp_path, f'''\
+        import pathlib, time
+
+        def test_waits(d):
+            d.goto_event(3)
+            pathlib.Path({str(started)!r}).touch()
+            time.sleep(60)
+        ''')
+    check = subprocess.Popen([sys.executable, "-m", "dom0.cli", "check", str(recordings["long_line"]), str(script),
+                              "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and check.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), check.communicate()
+        check.send_signal(signal.SIGINT)
+        stdout, stderr = check.communicate(timeout=60)
+    finally:
+        if check.poll() is None:
+            check.kill()
+    assert check.returncode == 130, stderr
+    assert (json.loads(stdout), stderr) == ({"error": "interrupted", "status": 130}, "xenrr: interrupted\n")
