@@ -585,6 +585,9 @@ def xenrr_debug(session: str | os.PathLike, image: str | os.PathLike | None = No
         debugger.image = Path(image) if image is not None else Path(debugger._monitor("image").strip())
         if image is None:
             gdb.command(f"-file-exec-and-symbols {_mi_quote(str(debugger.image))}")
+            # A new executable drops the libraries' symbols: read the stub's hypercall-page symbol file
+            # again (stub/hypercall_frames.py), or GDB cannot unwind from a stop in a hypercall.
+            gdb.command('-interpreter-exec console "sharedlibrary"')
         debugger.last_stop = debugger.where()
     except BaseException:
         debugger.close()

@@ -161,6 +161,9 @@ rr-goto, rr-events, rr-when move through and describe the recording."""
             gdb.execute(f"target remote {address}")
             if gdb.current_progspace().filename is None:
                 gdb.execute(f"file {image or _monitor('image').strip()}")
+                # A new executable drops the libraries' symbols: read the stub's hypercall-page symbol
+                # file again (stub/hypercall_frames.py), or GDB cannot unwind from a stop in a hypercall.
+                gdb.execute("sharedlibrary", to_string=True)
                 gdb.execute("frame")
         except gdb.error as error:
             _stop(server)

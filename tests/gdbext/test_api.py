@@ -60,6 +60,20 @@ def test_goto_event_stops_just_before_the_event(d):
     assert d.registers()["rip"] == stop.pc
 
 
+def test_after_goto_event_the_backtrace_reaches_the_waiting_caller_and_finish_returns_to_it(d):
+    """The replay stops in the hypercall page, where kbdshell blocks for the key; the stub's symbol file
+    for the page (stub/hypercall_frames.py) lets GDB unwind through it, also when the API loaded the
+    guest's symbols after connecting."""
+    stop = d.goto_event(ENTER_AFTER_LINE)
+    frames = d.backtrace()
+    assert [frame.function for frame in frames[:4]] == ["hypercall_page", "HYPERVISOR_sched_op", "events_block",
+                                                        "console_read_wait"], frames
+    assert frames[-1].function == "_start" and all(frame.pc for frame in frames)
+    finished = d.finish()
+    assert finished.function == "events_block" and finished.pc == frames[1].pc
+    assert finished.event == stop.event + 1                     # the Enter was injected on the way
+
+
 def test_reverse_continue_to_the_write_names_the_writer_and_the_key(d):
     d.goto_event(ENTER_AFTER_LINE)
     number = d.watch("ed.hist_count")

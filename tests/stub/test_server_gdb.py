@@ -475,6 +475,23 @@ def test_the_gdb_extension_connects_and_moves_through_events(recording, xenrr_co
         debugger.close()
 
 
+def test_after_rr_goto_the_backtrace_reaches_the_blocked_caller(recording, xenrr_command):
+    """rr-replay loads the guest's symbols after connecting: the hypercall page's symbol file must still
+    be read, so a stop in a blocking hypercall unwinds to the guest's code."""
+    debugger = Gdb("-x", str(EXTENSION))
+    try:
+        debugger.run(f"rr-replay {recording}")
+        debugger.run("rr-goto 3")
+        frames = debugger.backtrace()
+        assert frames[:3] == ["hypercall_page", "HYPERVISOR_sched_op", "events_block"], frames
+        assert "??" not in debugger.run("bt").text
+        debugger.run("finish")
+        assert debugger.function() == "events_block"
+        debugger.run("kill")
+    finally:
+        debugger.close()
+
+
 def test_the_gdb_extension_filters_events_and_keeps_bookmarks(recording, xenrr_command):
     debugger = Gdb("-x", str(EXTENSION))
     try:
