@@ -173,6 +173,39 @@ class LogWriter:
         self._kind_counts: dict[int, int] = {}
         self._closed = False
 
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str], *, sync_interval: float = 1.0) -> "LogWriter":
+        """Continue a log another writer left unfinished (a log daemon that died): the file is cut back to
+        its last complete block and later blocks continue its stream. LogFormatError if it is no log."""
+        with LogReader(path) as reader:
+            valid_end = reader.damage.valid_end if reader.damage else None
+            if valid_end is None or reader.damage.has_footer:
+                raise LogFormatError(f"{os.fspath(path)} is not an unfinished log")
+            blocks = reader.blocks
+            decoder = Decoder(blocks[-1].first_seq, blocks[-1].state) if blocks else Decoder()
+            if blocks:
+                for _ in decoder.records(reader._view, blocks[-1].payload_offset,
+                                         blocks[-1].payload_offset + blocks[-1].payload_length):
+                    pass
+            index, counts = [], {}
+            for block in blocks:
+                index.append((block.offset, block.first_seq, block.first_icount, dict(counts)))
+                for record in reader._block_records(block):
+                    counts[record.kind] = counts.get(record.kind, 0) + 1
+            stream_bytes = sum(block.payload_length for block in blocks)
+        writer = cls.__new__(cls)
+        writer._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        os.ftruncate(writer._fd, valid_end)
+        writer._end = valid_end
+        writer._sync_interval = sync_interval
+        writer._last_sync = time.monotonic()
+        writer._decoder = decoder
+        writer._stream_bytes = stream_bytes
+        writer._index = index
+        writer._kind_counts = counts
+        writer._closed = False
+        return writer
+
     @property
     def records_written(self) -> int:
         return self._decoder.next_seq

@@ -192,6 +192,15 @@ class RingProducer(_RingMemory):
         finally:
             words[_W_PRODUCER_WAITING] = 0
 
+    @property
+    def published(self) -> int:
+        """Data bytes put so far (absolute, padding included): where the last put() ended."""
+        return self._head
+
+    def released(self) -> int:
+        """Data bytes the consumer released (absolute): everything before it is in the log file."""
+        return self._words[_W_TAIL]
+
     def check_consumer(self) -> None:
         """Raise LogDaemonError if the consumer reported a failure, LogDaemonDied if it vanished."""
         state = self._words[_W_CONSUMER_STATE]

@@ -8,13 +8,14 @@ stops with an error; records already in the ring always reach the file.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from dom0.logd import start_log_daemon
-from dom0.logfile import LogFormatError, LogHeader, LogReader
-from dom0.logring import LogDaemonError, RingError, RingProducer
+from dom0.logfile import LogFormatError, LogHeader, LogReader, LogWriter
+from dom0.logring import CONSUMER_FAILED, LogDaemonDied, LogDaemonError, RingError, RingProducer
 from dom0.toolstack import xenstore_config
 from xen.domain import Domain
 from xen.inject import Injection
@@ -36,24 +37,58 @@ class RecordingRefused(Exception):
 
 
 class RingSink:
-    """Encodes injections straight into the log ring (the funnel's InjectionSink)."""
+    """Encodes injections straight into the log ring (the funnel's InjectionSink).
+
+    Until the log daemon has released a record from the ring (it is then in the log file), the sink
+    keeps its encoded bytes too: when the daemon dies, `salvage` writes them into the log itself, so
+    no input the guest consumed is lost. After a daemon death the sink takes records into that
+    backlog only (the recording stops at once, its END record included)."""
 
     def __init__(self, ring: RingProducer):
         self._ring = ring
         self._encoder = Encoder()
         self._buffer = bytearray()
         self.records = 0
+        self._unreleased: deque[tuple[int, int, bytes]] = deque()    # (seq, ring position after it, bytes)
+        self.daemon_died = False
 
     def append(self, injection: Injection) -> None:
         self._buffer.clear()
-        self._encoder.encode(self._buffer, injection.kind, injection.vcpu, injection.icount, injection.rip,
-                             injection.payload)
+        before = self._encoder.state()
+        seq = self._encoder.encode(self._buffer, injection.kind, injection.vcpu, injection.icount, injection.rip,
+                                   injection.payload)
+        if self.daemon_died:
+            self._unreleased.append((seq, 0, bytes(self._buffer)))
+            self.records += 1
+            return
         try:
             self._ring.check_consumer()        # a dead daemon stops the recording now, not when the ring fills
             self._ring.put(self._buffer)
+        except LogDaemonDied as error:
+            self.daemon_died = True
+            self._encoder.restore(before)     # the input is not applied (the guest never sees it) nor logged
+            raise RecordingFailed(str(error)) from None
         except LogDaemonError as error:
             raise RecordingFailed(str(error)) from None
+        released = self._ring.released()
+        while self._unreleased and self._unreleased[0][1] <= released:
+            self._unreleased.popleft()
+        self._unreleased.append((seq, self._ring.published, bytes(self._buffer)))
         self.records += 1
+
+    def salvage(self, path: Path) -> int:
+        """Write into the log every record the dead daemon did not, and close it. Returns how many."""
+        writer = LogWriter.reopen(path)
+        try:
+            missing = [encoded for seq, _, encoded in self._unreleased if seq >= writer.records_written]
+            if len(missing) + writer.records_written != self.records:
+                raise RecordingFailed(f"the log file holds {writer.records_written} records, the recorder "
+                                      f"{self.records}: the log cannot be completed")
+            if missing:
+                writer.write_block(missing)
+        finally:
+            writer.close()
+        return len(missing)
 
 
 def make_header(domain: Domain, guest: Path, clock: str) -> LogHeader:
@@ -109,6 +144,8 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
         domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
     except RecordingFailed as error:
         failure = str(error)
+        if sink.daemon_died:
+            domain.funnel.log_end(f"stopped:{failure}")    # the END goes to the sink's backlog
     finally:
         domain.funnel.sink = None
         ring.close()
@@ -116,9 +153,16 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
             daemon.wait()
         except LogDaemonError as error:
             failure = str(error)           # the daemon's own account (how it died, what it could not write)
+            sink.daemon_died |= ring.consumer_state() != CONSUMER_FAILED
         ring.detach()
     if failure is not None:
-        raise RecordingFailed(f"{failure}; {sink.records} records were logged, {_records_in_file(path)}")
+        salvaged = ""
+        if sink.daemon_died:
+            try:
+                salvaged = f"; the recorder wrote the {sink.salvage(path)} records the daemon had not"
+            except (OSError, LogFormatError, RecordingFailed) as error:
+                salvaged = f"; the recorder could not write the rest itself ({error})"
+        raise RecordingFailed(f"{failure}{salvaged}; {sink.records} records were logged, {_records_in_file(path)}")
     return RecordResult(outcome, sink.records, path)
 
 
@@ -126,6 +170,8 @@ def _records_in_file(path: Path) -> str:
     """What a failed recording left: the valid prefix of the log, in words."""
     try:
         with LogReader(path) as reader:
+            if reader.damage is None:
+                return f"{reader.record_count} reached the log file (complete, with its END record)"
             return f"{reader.record_count} reached the log file (valid up to its last complete block)"
     except (OSError, LogFormatError) as error:
         return f"the log is unreadable ({error})"

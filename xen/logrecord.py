@@ -109,6 +109,14 @@ class Encoder:
         self._icounts: list[int] = []
         self._rips: list[int] = []
 
+    def state(self) -> tuple[int, list[int], list[int]]:
+        """What the next record is encoded against; `restore` it to take back records encoded since."""
+        return self.next_seq, list(self._icounts), list(self._rips)
+
+    def restore(self, state: tuple[int, list[int], list[int]]) -> None:
+        self.next_seq, icounts, rips = state
+        self._icounts, self._rips = list(icounts), list(rips)
+
     def encode(self, out: bytearray, kind: int, vcpu: int, icount: int, rip: int, payload: BytesLike = b"") -> int:
         """Append one record to `out`; returns its seq. ValueError (nothing appended) if out of range."""
         if not 0 <= kind <= MAX_KIND:
