@@ -101,6 +101,7 @@ class Timeline:
         self._conditions: dict[int, Callable[[VCpu], bool]] = {}
         self._checkpoints: list[Checkpoint] = []
         self._segments: list[Segment] = []
+        self._segment_ends: list[Mark] = []      # the segments' ends, for bisection
         self._scanned: _ScannedInterval | None = None
         self.instructions_scanned = 0       # replayed by backward scans (instrumentation for tests and benchmarks)
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
@@ -180,7 +181,7 @@ class Timeline:
         self._sync_memory()
         self._segment_generation = self._generation
         if self._checkpoints:
-            self._segments.append(Segment(mark, frozenset(pages)))
+            self._add_segment(Segment(mark, frozenset(pages)))
         checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
                                 self.replayer.save_state())
         index = bisect.bisect([c.mark for c in self._checkpoints], mark)
@@ -251,7 +252,11 @@ class Timeline:
             return
         pages = self.vcpu.pages_written_since(self._segment_generation)
         self._segment_generation = self.vcpu.new_generation()
-        self._segments.append(Segment(self.position, frozenset(pages)))
+        self._add_segment(Segment(self.position, frozenset(pages)))
+
+    def _add_segment(self, segment: Segment) -> None:
+        self._segments.append(segment)
+        self._segment_ends.append(segment.end)
 
     def _stop_from(self, replay_stop: ReplayStop, default: str) -> Stop:
         pc = self.vcpu.pc
@@ -390,8 +395,8 @@ class Timeline:
         synchronisation, which is never later than the last segment's end, cover that stretch."""
         if bound > self._frontier() and pages & self.vcpu.pages_written_since(self._segment_generation):
             return bound
-        starts = [START] + [segment.end for segment in self._segments[:-1]]
-        for start, segment in zip(reversed(starts), reversed(self._segments)):
-            if start < bound and pages & segment.pages:
-                return min(segment.end, bound)
+        last = bisect.bisect_left(self._segment_ends, bound)     # the segment holding `bound`, or past the end
+        for index in range(min(last, len(self._segments) - 1), -1, -1):
+            if pages & self._segments[index].pages:
+                return min(self._segments[index].end, bound)
         return None
