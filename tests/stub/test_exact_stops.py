@@ -183,8 +183,10 @@ def commands(candidate_count: int):
         st.tuples(st.just("reverse-step")), st.tuples(st.just("goto"), st.floats(0, 1))), min_size=1, max_size=12)
 
 
-def test_breakpoint_stops_match_a_naive_single_step_replay(timeline, reference, candidates):
+def test_breakpoint_stops_match_a_naive_single_step_replay(timeline, reference, candidates, kbdshell_elf):
     assert len(candidates) > 150 and len(set(candidates) & set(reference.pcs)) > 100
+    upcall_path = function_instructions(kbdshell_elf, ("hypervisor_callback", "do_event_upcall"))
+    assert len(set(upcall_path) & set(reference.pcs)) > 20, "the recording delivers no event upcalls"
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow])
