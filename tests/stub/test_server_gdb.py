@@ -423,7 +423,7 @@ def test_monitor_events_filter_by_kind_in_the_log_vocabulary(gdb):
     assert re.fullmatch(r"=>\s+1\s+0\s+time\s+guest time 0\.000000000 s", times[1]), times
     error = gdb.run("monitor events --kind tick").text
     assert error == ("error: unknown record kind tick: the kinds are console-input, digest, end, random, time, "
-                     "timer\n")
+                     "timer, xenstore-write\n")
 
 
 def test_monitor_bookmarks_return_to_a_named_position(gdb):
