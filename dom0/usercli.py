@@ -112,6 +112,8 @@ def _check_arguments(session: Path, scripts: list[Path]) -> None:
         data = script.read_bytes()
         if data.startswith(b"\x7fELF"):
             raise UserCommandError(f"{script} is an ELF file, not a Python check script")
+        if data.startswith(FILE_MAGIC):
+            raise UserCommandError(f"{script} is a recording, not a Python check script")
         try:
             compile(data, str(script), "exec")
         except SyntaxError as error:

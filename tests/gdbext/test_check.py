@@ -154,6 +154,9 @@ def test_swapped_arguments_and_an_elf_script_are_named(recordings, xenrr, kbdshe
         2, "xenrr: error: the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first\n")
     elf = xenrr("check", recordings["long_line"], kbdshell_elf)
     assert (elf.status, elf.stderr) == (2, f"xenrr: error: {kbdshell_elf} is an ELF file, not a Python check script\n")
+    log = xenrr("check", recordings["long_line"], recordings["short_lines"])
+    assert (log.status, log.stderr) == (
+        2, f"xenrr: error: {recordings['short_lines']} is a recording, not a Python check script\n")
 
 
 def test_missing_files_are_usage_errors(recordings, xenrr, tmp_path):
