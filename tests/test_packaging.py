@@ -16,5 +16,5 @@ def test_build_ships_the_engine_patches_without_warnings(tmp_path):
     assert "absent" not in built.stderr and "Warning" not in built.stderr, built.stderr
     shipped = sorted(path.name for path in (tmp_path / "xen" / "sleigh").glob("*.patch"))
     assert shipped == sorted(path.name for path in (ROOT / "xen" / "sleigh").glob("*.patch")) and shipped
-    for package in ("xen", "dom0", "stub", "gdbext"):
+    for package in ("xen", "dom0", "host", "stub", "gdbext"):
         assert (tmp_path / package / "__init__.py").exists(), package
