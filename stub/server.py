@@ -13,7 +13,9 @@ Invariants:
   - Every packet gets exactly the reply the protocol requires (an empty reply for packets it does
     not know, `E..` for ones it cannot carry out); no input from a client can end the server,
     only `k`, `vKill` or `D` end the session.
-  - The server listens on the loopback address only.
+  - The server listens on the loopback address only. It serves one client at a time: another one is
+    told BUSY_LINE (one line) and closed unless the served one leaves within BUSY_GRACE_SECONDS; a client silent for `idle_timeout` seconds (900 by default)
+    while a packet is awaited is disconnected, so a forgotten connection cannot block the replay.
   - A breakpoint location stops where any of its conditions holds (GDB's semantics), or always if
     it has none. A condition that cannot be evaluated (unreadable memory, a bad stack, ...) counts
     as true, as in gdbserver: the target stops there and GDB, which evaluates the condition again
@@ -27,7 +29,9 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import threading
 from dataclasses import dataclass, field
 
 from stub.agentexpr import AgentExprError, evaluate, parse_condition
@@ -37,6 +41,7 @@ from stub.rsp import (
     BadArgument,
     ConnectionClosed,
     Interrupt,
+    ReceiveTimeout,
     RspConnection,
     hex_decode,
     hex_encode,
@@ -57,6 +62,9 @@ NO_SUCH_THREAD = b"E02"
 NOT_POSSIBLE = b"E03"
 NO_TARGET_COMMANDS = b"E.breakpoint commands cannot run in this stub (it does not offer BreakpointCommands)"
 MAX_MEMORY_READ = (PACKET_SIZE - 4) // 2
+IDLE_TIMEOUT_SECONDS = 900.0           # a client silent this long while a packet is awaited is disconnected
+BUSY_GRACE_SECONDS = 2.0               # how long a new client may wait for the served one to leave
+BUSY_LINE = b"xenrr serve: busy: another debugger is connected to this replay; try again when it leaves\n"
 MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
 WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchpoints
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
@@ -97,6 +105,26 @@ class _SessionOver(Exception):
 
 class _MonitorError(Exception):
     """A monitor command failed; the message is shown to the user as `error: ...`."""
+
+
+def _turn_away(listener: socket.socket, served: threading.Event, waiting: list[socket.socket]) -> None:
+    """While a client is served: answer every other connection with BUSY_LINE and close it - unless the
+    served client leaves within BUSY_GRACE_SECONDS (a debugger reconnecting): that one is served next."""
+    while not served.is_set():
+        if not select.select([listener], [], [], 0.05)[0]:
+            continue
+        try:
+            other, _ = listener.accept()
+        except OSError:
+            continue
+        if served.wait(BUSY_GRACE_SECONDS):
+            waiting.append(other)
+            return
+        with other:
+            try:
+                other.sendall(BUSY_LINE)
+            except OSError:
+                pass
 
 
 def listen(port: int = 0, host: str = LOOPBACK) -> socket.socket:
@@ -169,8 +197,9 @@ class BreakpointCondition:
 class GdbServer:
     """Serves GDB clients, one at a time, on one replay timeline."""
 
-    def __init__(self, timeline: Timeline):
+    def __init__(self, timeline: Timeline, idle_timeout: float = IDLE_TIMEOUT_SECONDS):
         self.timeline = timeline
+        self.idle_timeout = idle_timeout
         self._last_stop = b"T%02xthread:1;" % SIGTRAP
         self._conn: RspConnection | None = None
         self._client = _ClientState()
@@ -183,16 +212,26 @@ class GdbServer:
 
     # ---------------------------------------------------------------- connections
     def serve(self, listener: socket.socket) -> None:
-        """Accept clients one after the other until one of them kills or detaches."""
+        """Accept clients one after the other until one of them kills or detaches. While one is served,
+        any other is told BUSY_LINE and closed at once."""
+        waiting: list[socket.socket] = []        # a client that came as the previous one left
         while True:
-            sock, _ = listener.accept()
-            with sock:
-                if self.serve_connection(sock):
-                    return
+            sock = waiting.pop() if waiting else listener.accept()[0]
+            served = threading.Event()
+            turner = threading.Thread(target=_turn_away, args=(listener, served, waiting), daemon=True)
+            turner.start()
+            try:
+                with sock:
+                    if self.serve_connection(sock):
+                        return
+            finally:
+                served.set()
+                turner.join()
 
     def serve_connection(self, sock: socket.socket) -> bool:
-        """Serve one client to its end: True if it ended the session (k, vKill, D), False if it went away."""
-        self._conn = RspConnection(sock)
+        """Serve one client to its end: True if it ended the session (k, vKill, D), False if it went away
+        or stayed silent for `idle_timeout` seconds while a packet was awaited."""
+        self._conn = RspConnection(sock, timeout=self.idle_timeout)
         self._client = _ClientState()
         try:
             while True:
@@ -212,6 +251,9 @@ class GdbServer:
                     self._conn.send_packet(reply)
         except ConnectionClosed as closed:
             _log.info("client went away: %s", str(closed))   # strings only: a record must not keep frames alive
+            return False
+        except ReceiveTimeout:
+            _log.info("client silent for %g s: disconnected", self.idle_timeout)
             return False
         finally:
             self._forget_client()
@@ -242,8 +284,8 @@ class GdbServer:
         except BadArgument as error:
             _log.info("bad packet %r: %s", payload[:64], str(error))
             return BAD_REQUEST
-        except _SessionOver:
-            raise
+        except (_SessionOver, ConnectionClosed, ReceiveTimeout):
+            raise                      # the client left (e.g. in the middle of a monitor reply): not a failure
         except Exception as error:     # a request the replay cannot serve must not end the server
             _log.exception("packet %r failed", payload[:64])
             return b"E." + f"{type(error).__name__}: {error}".encode("ascii", "replace")
