@@ -13,7 +13,7 @@ SYSDEPS  := build/.sysdeps
 # grub-common (grub-mkimage, to build other GRUB images).
 APT_PKGS := gdb libxen-dev patch tmux grub-xen-host grub-xen-bin grub-xen-dbg grub-common
 
-.PHONY: all test demo bench guests engine sysdeps clean
+.PHONY: all test soak demo bench guests engine sysdeps clean
 all: $(SYSDEPS) $(STAMP) $(SPEC) guests
 
 $(SYSDEPS):
@@ -50,6 +50,13 @@ guests: $(SYSDEPS)
 
 test: all
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The five reliability campaigns at soak size (tests/*: campaign_size): log mutation, SIGKILL of recorder
+# and daemon, RSP fuzz, random hypercalls + faults, CLI limits. Long: run it when touching those parts.
+SOAK_TESTS := tests/dom0/test_log_mutation.py tests/dom0/test_sigkill_campaign.py \
+	tests/stub/test_stub_campaign.py tests/xen/test_hostile_fuzz.py tests/dom0/test_cli_limits.py
+soak: all
+	XENRR_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider $(SOAK_TESTS)
 
 demo: all
 	$(PY) scripts/demo.py
