@@ -14,8 +14,9 @@ the stub): forwards and backwards alike, a hit counts only where its condition h
 
 Two things make reverse-continue cheaper without making it less exact:
 - The hits a backward scan of one interval finds are kept (with the breakpoints, conditions and
-  watchpoints they were found with): a following reverse-continue within that interval takes its hit
-  from them and replays no scan again. Any change to what is watched or broken on drops them.
+  watchpoints they were found with), and so is the state at the last few of them: a following
+  reverse-continue within that interval takes its hit from them and restores that state, replaying
+  nothing. A change to what is watched or broken on drops the hits (the states stay true).
 - Every stretch of forward replay of a tenth of a checkpoint interval (a *segment*) leaves the set of
   pages written in it (the vCPU's dirty-page generations, hypervisor writes included), kept when the
   checkpoints themselves are thinned. With only write watchpoints, reverse-continue skips every
@@ -38,6 +39,7 @@ from xen.vcpu import PAGE_SIZE, CpuState, ExitReason, VCpu
 
 CHECKPOINT_INTERVAL = 20_000_000      # instructions between checkpoints as the replay moves forward
 MAX_CHECKPOINTS = 48
+KEPT_SNAPSHOTS = 8                    # states kept at the last hits found by backward scans
 SEGMENTS_PER_CHECKPOINT = 10          # pages written are noted per tenth of a checkpoint interval
 START = Mark(0, 0)
 
@@ -103,7 +105,10 @@ class Timeline:
         self._segments: list[Segment] = []
         self._segment_ends: list[Mark] = []      # the segments' ends, for bisection
         self._scanned: _ScannedInterval | None = None
-        self.instructions_scanned = 0       # replayed by backward scans (instrumentation for tests and benchmarks)
+        self._snapshots: dict[Mark, Checkpoint] = {}    # states at recent hits (oldest first), not thinned
+        # Instrumentation for tests and benchmarks: instructions replayed by backward scans, and in all.
+        self.instructions_scanned = 0
+        self.instructions_replayed = 0
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
         # notes which pages are written after that, so neither needs a full read of memory.
         image = self.vcpu.memory_image()
@@ -230,6 +235,13 @@ class Timeline:
                  interrupted: Callable[[], bool] | None = None) -> ReplayStop:
         """Run forward until `until`, the end, or a debug stop; beyond the last segment, ending segments
         and taking checkpoints on the way."""
+        started = self.vcpu.icount
+        try:
+            return self._run_forward(until, debug, interrupted)
+        finally:
+            self.instructions_replayed += self.vcpu.icount - started
+
+    def _run_forward(self, until: Mark | None, debug: bool, interrupted: Callable[[], bool] | None) -> ReplayStop:
         while True:
             frontier = self._frontier()
             boundary = Mark(frontier.icount + max(self.checkpoint_interval // SEGMENTS_PER_CHECKPOINT, 1), ALL_RECORDS)
@@ -286,8 +298,10 @@ class Timeline:
         return self._stop_from(self._forward(target, debug=True), "step")
 
     def goto(self, mark: Mark) -> Stop:
-        """Go to exactly `mark`, forwards or backwards."""
-        if mark < self.position:
+        """Go to exactly `mark`, forwards or backwards (restoring a hit's snapshot if one is kept there)."""
+        if mark in self._snapshots and mark != self.position:
+            self._restore(self._snapshots[mark])
+        elif mark < self.position:
             self._restore(self._checkpoint_before(mark, strictly=False))
         stop = self._forward(mark, debug=False)
         return self._stop_from(stop, "target")
@@ -326,15 +340,31 @@ class Timeline:
             if hits is None:
                 return Stop("interrupt", self.position, self.vcpu.pc)
             if hits:
+                self._go_to_last(hits)
                 hit = hits[-1]
-                self.goto(hit.mark)
                 return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access)
             bound = checkpoint.mark
 
+    def _go_to_last(self, hits: tuple[_Hit, ...]) -> None:
+        """Go to the last hit, keeping the state at it and at the few hits before it on the way, so that
+        the following reverse-continues restore those instead of replaying up to them. Only within the
+        segments: past the last one, what was written since its end is known only by replaying it."""
+        frontier = self._frontier()
+        for hit in hits[-KEPT_SNAPSHOTS:] if hits[-1].mark not in self._snapshots else ():
+            if hit.mark not in self._snapshots and hit.mark <= frontier:
+                self.goto(hit.mark)
+                self._sync_memory()
+                self._snapshots[hit.mark] = Checkpoint(self.position, self.vcpu.save_cpu(), tuple(self._memory),
+                                                       self.session.domain.save_state(), self.replayer.save_state())
+        while len(self._snapshots) > KEPT_SNAPSHOTS:
+            del self._snapshots[next(iter(self._snapshots))]
+        self.goto(hits[-1].mark)
+
     def drop_kept_hits(self) -> None:
-        """Forget the hits of the last backward scan (the next reverse-continue scans again): for
-        measurements of the scan itself."""
+        """Forget the hits of the last backward scan and the states kept at hits (the next
+        reverse-continue scans and replays again): for measurements of the scan itself."""
         self._scanned = None
+        self._snapshots.clear()
 
     def _debug_settings(self) -> tuple:
         """What decides which positions are hits: breakpoints, their conditions, watchpoints."""
@@ -377,6 +407,7 @@ class Timeline:
                     hits.append(hit)
         finally:
             self.instructions_scanned += self.vcpu.icount - started
+            self.instructions_replayed += self.vcpu.icount - started
         return tuple(hits)
 
     def _watched_pages_if_write_watches_only(self) -> frozenset[int] | None:

@@ -4,8 +4,9 @@
   skipped without replaying them: the instructions scanned depend on where the last write is, not on
   how far back it is. The recording computes a deeply nested `calc` (the only code that writes the
   deep stack page watched), then runs `bench` for millions of instructions.
-- The hits a backward scan finds are kept: successive reverse-continues within one interval replay no
-  scan again, until the breakpoints, their conditions or the watchpoints change.
+- The hits a backward scan finds are kept, with the state at the last few: successive
+  reverse-continues within one interval replay nothing again, until the breakpoints, their conditions
+  or the watchpoints change.
 Every stop is checked against forward continues from the start, which never skip anything.
 """
 from __future__ import annotations
@@ -103,19 +104,23 @@ def test_hits_of_a_scanned_interval_are_kept_until_the_debug_settings_change(rec
         [handle_key] = symbols.get_symbol_by_name("handle_key")
         [line_insert] = symbols.get_symbol_by_name("line_insert")
     handle_key, line_insert = handle_key["st_value"], line_insert["st_value"]
-    expected = forward_hits(recording, breakpoint=handle_key)
-    timeline = Timeline(ReplaySession(recording), checkpoint_interval=10**12)    # one interval
+    expected = forward_hits(recording, breakpoint=handle_key)      # the calc keys come first
+    # One checkpoint interval covers the whole recording; segments (a tenth of it) cover the calc keys.
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=10**7)
     timeline.cont()
+    assert len(timeline.checkpoints) == 1 and timeline.segments[-1].end > expected[20]
+    timeline.goto(expected[20])
     timeline.add_breakpoint(handle_key)
     first = timeline.reverse_cont()
-    assert first.mark == expected[-1]
-    scanned = timeline.instructions_scanned
+    assert first.mark == expected[19]
+    scanned, replayed = timeline.instructions_scanned, timeline.instructions_replayed
     assert scanned > 0
-    for hit in reversed(expected[-6:-1]):            # GDB removes and re-inserts breakpoints at each stop
+    for hit in reversed(expected[14:19]):             # GDB removes and re-inserts breakpoints at each stop
         timeline.remove_breakpoint(handle_key)
         timeline.add_breakpoint(handle_key)
         assert timeline.reverse_cont().mark == hit
     assert timeline.instructions_scanned == scanned   # no scan replayed again
+    assert timeline.instructions_replayed == replayed  # nor anything else: the states at the hits were kept
     timeline.add_breakpoint(line_insert)              # a new breakpoint: the kept hits are dropped
     stop = timeline.reverse_cont()
     assert timeline.instructions_scanned > scanned and stop.pc == line_insert
