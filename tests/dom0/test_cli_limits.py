@@ -67,7 +67,7 @@ def _random_arguments(rng: random.Random) -> list[str]:
 @pytest.mark.slow
 def test_random_command_lines_end_with_a_status_and_no_traceback(xenrr, minimal_elf, tmp_path):
     rng = random.Random(5)
-    for number in range(campaign_size(12, 300)):
+    for number in range(campaign_size(6, 300)):
         arguments = _random_arguments(rng)
         command = rng.choice(["run", "record"])
         if command == "record":

@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import campaign_size
 
-SEEDS = range(campaign_size(16, 120))
+# Bounded: seeds whose campaigns end in a power-off, #DE, `int`, a store to code, a jump to unmapped memory
+# and an upcall into unmapped memory (the last two diverged or died before the fault rules were measured).
+SEEDS = range(120) if campaign_size(False, True) else (0, 1, 6, 8, 10, 15)
 
 
 @pytest.mark.slow
