@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 from dom0.xenstored import DOM0, Perms, Xenstored
+from xen.domain import DOMID as GUEST_DOMID
 from xen.domain import Domain
 
-GUEST_DOMID = 1
 CONSOLE_LIMIT = 1048576          # libxl's default console log limit
 
 

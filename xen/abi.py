@@ -155,6 +155,7 @@ XEN_CAPABILITIES_INFO_LEN = 1024
 XEN_CHANGESET_INFO_LEN = 64
 # Start of the hypervisor's hole in a 64-bit PV guest's address space (XENVER_platform_parameters).
 HYPERVISOR_VIRT_START = 0xFFFF800000000000
+HYPERVISOR_VIRT_END = 0xFFFF880000000000
 
 # --- set_callbacks / callback_op (callback.h) ---
 CALLBACKTYPE_event = 0
@@ -535,3 +536,63 @@ class XenstoreDomainInterface(_Struct):
         ("connection", _u32),
         ("error", _u32),
     ]
+
+
+# --- Grant tables (grant_table.h) ---
+GNTTABOP_map_grant_ref = 0
+GNTTABOP_unmap_grant_ref = 1
+GNTTABOP_setup_table = 2
+GNTTABOP_copy = 5
+GNTTABOP_query_size = 6
+GNTTABOP_set_version = 8
+GNTTABOP_get_status_frames = 9
+GNTTABOP_get_version = 10
+GNTST_okay = 0
+GNTST_general_error = -1
+GNTST_bad_domain = -2
+GNTST_bad_gntref = -3
+GNTST_bad_handle = -4
+GNTST_bad_virt_addr = -5
+GNTST_permission_denied = -8
+GNTST_bad_page = -9
+GNTST_bad_copy_arg = -10
+GTF_invalid = 0
+GTF_permit_access = 1
+GTF_accept_transfer = 2
+GTF_transitive = 3
+GTF_type_mask = 3
+GTF_readonly = 1 << 2
+GTF_reading = 1 << 3
+GTF_writing = 1 << 4
+GNTMAP_readonly = 1 << 2
+GNTTAB_NR_RESERVED_ENTRIES = 8
+
+
+class GrantEntryV1(_Struct):
+    """struct grant_entry_v1: one entry of a version-1 grant table frame."""
+
+    _fields_ = [("flags", _u16), ("domid", _u16), ("frame", _u32)]
+
+
+class GnttabSetupTable(_Struct):
+    """struct gnttab_setup_table (GNTTABOP_setup_table): frame_list.p -> xen_pfn_t[nr_frames]."""
+
+    _fields_ = [("dom", _u16), ("nr_frames", _u32), ("status", ctypes.c_int16), ("frame_list", GuestHandle)]
+
+
+class GnttabQuerySize(_Struct):
+    """struct gnttab_query_size (GNTTABOP_query_size)."""
+
+    _fields_ = [("dom", _u16), ("nr_frames", _u32), ("max_nr_frames", _u32), ("status", ctypes.c_int16)]
+
+
+class GnttabSetVersion(_Struct):
+    """struct gnttab_set_version (GNTTABOP_set_version)."""
+
+    _fields_ = [("version", _u32)]
+
+
+class GnttabGetVersion(_Struct):
+    """struct gnttab_get_version (GNTTABOP_get_version)."""
+
+    _fields_ = [("dom", _u16), ("pad", _u16), ("version", _u32)]

@@ -24,8 +24,10 @@ Layout of guest memory, in pages (frame numbers relative to VIRT_BASE):
     image end + 4 ...          boot stack, BOOT_STACK_PAGES pages; initial %rsp = its top, page-aligned,
                                as Xen sets it (entry code that `call`s C keeps the SysV alignment)
     ... up to nr_pages         free memory for the guest
+    nr_pages ...               EXTRA_FRAMES frames outside the domain's pages (`extra_frames`), a pool
+                               the hypervisor hands out as grant-table frames
     last frame                 shared_info: Xen's page, not the domain's, so start_info.nr_pages
-                               = frames - 1 and start_info.shared_info = its virtual address
+                               = frames - 1 - EXTRA_FRAMES and start_info.shared_info = its virtual address
 
 Frames below the image start are left unmapped too (so a stray low pointer faults); nothing else is.
 There are no page tables (pt_base = 0, nr_pt_frames = 0): the guest runs with paging off.
@@ -48,6 +50,7 @@ PF_W = 0x2  # ELF program header flag: writable
 
 PAGE_SIZE = abi.PAGE_SIZE
 BOOT_STACK_PAGES = 16
+EXTRA_FRAMES = 8                        # machine frames for grant tables and the like
 START_INFO_MAGIC = b"xen-3.0-x86_64"
 REQUIRED_XEN_VERSION = "xen-3.0"
 REQUIRED_LOADER = "generic"
@@ -110,7 +113,8 @@ class DomainImage:
     """Everything a new domain starts from. Memory not written by memory_writes() is zero."""
 
     memory_bytes: int  # guest memory mapped at layout.virt_base, shared_info's frame included
-    nr_pages: int  # the domain's own frames (start_info.nr_pages): all but shared_info's
+    nr_pages: int  # the domain's own frames (start_info.nr_pages): all but shared_info's and the extra ones
+    extra_frames: range  # frames outside the domain's pages, free for the hypervisor to hand out
     segments: tuple[Segment, ...]  # the PT_LOAD segments, bss zeroes included
     hypercall_page: bytes  # its contents (PAGE_SIZE bytes); its address is layout.hypercall_page
     unmapped_pages: tuple[int, ...]  # frames to leave unmapped: those below the image, the stack guard
@@ -183,7 +187,8 @@ def build_domain(image: bytes | str | os.PathLike, memory_bytes: int, cmdline: s
     guard_frame = layout.frame(layout.boot_stack) - 1
     return DomainImage(
         memory_bytes=memory_bytes,
-        nr_pages=layout.frame(layout.shared_info),
+        nr_pages=layout.frame(layout.shared_info) - EXTRA_FRAMES,
+        extra_frames=range(layout.frame(layout.shared_info) - EXTRA_FRAMES, layout.frame(layout.shared_info)),
         segments=segments,
         hypercall_page=_hypercall_page(),
         unmapped_pages=(*range(layout.frame(layout.image_start)), guard_frame),
@@ -377,8 +382,8 @@ def _plan_layout(segments: tuple[Segment, ...], notes: XenNotes, memory_bytes: i
     boot_stack = image_end + 4 * PAGE_SIZE
     boot_stack_top = boot_stack + BOOT_STACK_PAGES * PAGE_SIZE
     shared_info = notes.virt_base + memory_bytes - PAGE_SIZE
-    if boot_stack_top > shared_info:
-        needed = (boot_stack_top - notes.virt_base + PAGE_SIZE) // 1024
+    if boot_stack_top > shared_info - EXTRA_FRAMES * PAGE_SIZE:
+        needed = (boot_stack_top - notes.virt_base + (1 + EXTRA_FRAMES) * PAGE_SIZE) // 1024
         raise BuildError(
             f"image too big for the memory: the image, its boot pages and shared_info need {needed} KiB, "
             f"the domain has {memory_bytes // 1024} KiB"

@@ -1,4 +1,4 @@
-"""A PV domain: its vCPU and memory, event channels, console ring, time, and run state.
+"""A PV domain: its vCPU and memory, event channels, console and xenstore rings, grant table, time, run state.
 
 Owns the state machine of one guest (running / blocked / shut down / crashed) and the glue between
 its parts: a hypercall exit goes to xen/hypercalls.py, outside inputs come in through the funnel
@@ -18,6 +18,7 @@ from xen.builder import DomainImage
 from xen.console import ConsoleRing
 from xen.digest import Digest, start_memory_digests, take_digest
 from xen.evtchn import Binding, EventChannels
+from xen.grant import GrantTable
 from xen.inject import Funnel
 from xen.timekeeping import GuestTime
 from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
@@ -29,6 +30,7 @@ INITIAL_RFLAGS = 0x202
 DEFAULT_TIMER_PERIOD_NS = 10_000_000
 CONSOLE_PORT = 1
 STORE_PORT = 2
+DOMID = 1                  # the id the toolstack gives the domain (the first domU, as `xl create` does)
 
 
 class RunState(enum.Enum):
@@ -65,7 +67,7 @@ class DomainState:
 
 
 _SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
-                 "vm_assist")
+                 "vm_assist", "_free_extra_frames")
 
 
 class Domain:
@@ -82,6 +84,10 @@ class Domain:
         for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
             self.vcpu.write(address, data)
         self.vcpu.set_read_only(image.read_only_pages())
+        self.domid = DOMID
+        self._free_extra_frames = list(image.extra_frames)
+        self.grants = GrantTable(self.vcpu, DOMID, frame_address=lambda frame: layout.virt_base + frame * abi.PAGE_SIZE,
+                                 allocate_frame=self.allocate_extra_frame, is_domain_frame=self._is_domain_frame)
         self.events = EventChannels(self.vcpu, layout.shared_info)
         self.events.allocate(Binding("backend", "console"), port=CONSOLE_PORT)
         self.events.allocate(Binding("backend", "xenstore"), port=STORE_PORT)
@@ -117,6 +123,7 @@ class Domain:
         fields["time"] = self.time.save_state()
         fields["traps"] = self.traps.save_state()
         fields["xenstore"] = None if self.xenstore is None else self.xenstore.save_state()
+        fields["grants"] = self.grants.save_state()
         return DomainState(copy.deepcopy(fields))
 
     def load_state(self, state: DomainState) -> None:
@@ -124,6 +131,7 @@ class Domain:
         self.events.load_state(fields.pop("events"))
         self.time.load_state(fields.pop("time"))
         self.traps.load_state(fields.pop("traps"))
+        self.grants.load_state(fields.pop("grants"))
         xenstore = fields.pop("xenstore")
         if self.xenstore is not None:
             self.xenstore.load_state(xenstore)
@@ -132,7 +140,16 @@ class Domain:
 
     def device_state(self) -> bytes:
         """A canonical encoding of the device state outside guest memory (for digests)."""
-        return b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
+        return b"grants:" + self.grants.state_bytes() + \
+            b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
+
+    def allocate_extra_frame(self) -> int | None:
+        """A frame outside the domain's pages for the hypervisor to hand to the guest (a grant-table
+        frame). None when the pool is used up. Frames go out in order; the pool is checkpointed."""
+        return self._free_extra_frames.pop(0) if self._free_extra_frames else None
+
+    def _is_domain_frame(self, frame: int) -> bool:
+        return 0 <= frame < self.image.nr_pages and frame not in self.image.unmapped_pages
 
     def digest(self, with_memory: bool) -> Digest:
         """The state digest of the whole domain: vCPU, optionally memory, and device state."""

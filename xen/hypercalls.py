@@ -313,6 +313,56 @@ def _features(domain: "Domain") -> int:
     return features
 
 
+def _address_ok(address: int) -> bool:
+    """Xen's __addr_ok for a 64-bit PV guest: the lower canonical half, or above Xen's reserved area."""
+    return address < 1 << 47 or address >= abi.HYPERVISOR_VIRT_END
+
+
+def grant_table_op(domain: "Domain", command: int, argument: int, count: int, *_: int) -> int:
+    """HYPERVISOR_grant_table_op as xen/common/grant_table.c do_grant_table_op, for the operations a
+    domU uses on its own table (xen/grant.py): per-operation results go to the op's status field."""
+    table = domain.grants
+    count &= 0xFFFFFFFF
+    if count >= 1 << 31:                                    # Xen: (int)count < 0
+        raise HypercallError(abi.XEN_EINVAL)
+    if command == abi.GNTTABOP_setup_table:
+        if count != 1:
+            raise HypercallError(abi.XEN_EINVAL)
+        op = _read(domain, argument, abi.GnttabSetupTable)
+        frame_list = op.frame_list.p
+        if not _address_ok(frame_list):                     # guest_handle_okay
+            raise HypercallError(abi.XEN_EFAULT)
+
+        def write_frame(index: int, frame: int) -> bool:
+            try:
+                _write(domain, frame_list + 8 * index, frame.to_bytes(8, "little"))
+            except HypercallError:
+                return False
+            return True
+        table.setup_table(op, write_frame)
+        status = abi.GnttabSetupTable.status
+        _write(domain, argument + status.offset, bytes(op)[status.offset:status.offset + status.size])
+        return 0
+    if command == abi.GNTTABOP_query_size:
+        if count != 1:
+            raise HypercallError(abi.XEN_EINVAL)
+        op = _read(domain, argument, abi.GnttabQuerySize)
+        table.query_size(op)
+        _write(domain, argument, bytes(op))
+        return 0
+    if command in (abi.GNTTABOP_set_version, abi.GNTTABOP_get_version):
+        op = _read(domain, argument, abi.GnttabSetVersion if command == abi.GNTTABOP_set_version
+                   else abi.GnttabGetVersion)
+        result = table.set_version(op) if command == abi.GNTTABOP_set_version else table.get_version(op)
+        if result == -abi.XEN_ESRCH or result == -abi.XEN_EPERM:
+            raise HypercallError(-result)                   # get_version writes nothing back then
+        _write(domain, argument, bytes(op))
+        if result:
+            raise HypercallError(-result)
+        return 0
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
 def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
@@ -333,6 +383,7 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_vcpu_op: vcpu_op,
     abi.HYPERVISOR_xen_version: xen_version,
     abi.HYPERVISOR_iret: iret,
+    abi.HYPERVISOR_grant_table_op: grant_table_op,
     abi.HYPERVISOR_fpu_taskswitch: _accept,
     abi.HYPERVISOR_vm_assist: vm_assist,
     abi.HYPERVISOR_set_trap_table: set_trap_table,

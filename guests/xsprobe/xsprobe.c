@@ -8,18 +8,26 @@
  * (ENOENT, EACCES, EINVAL). Then, like a Linux PV kernel's xenbus, it
  * watches control/shutdown and powers off when the toolstack writes
  * "poweroff" there (`xenrr run --xenstore-write control/shutdown=poweroff`).
+ * Before that it sets up its grant table as a frontend does (GNTTABOP_set_version,
+ * query_size, setup_table, get_version: xen/grant_table.h), grants one of its
+ * pages to dom0 and publishes the grant reference at data/gref.
  * README.md has the expected transcript.
  */
 #include "console.h"
 #include "events.h"
+#include "hypercall.h"
 #include "kernel.h"
 #include "lib.h"
 #include "notes.h"
 #include "xenstore.h"
+#include <xen/grant_table.h>
 
 XEN_GUEST_NOTES("xsprobe");
 
 #define REPLY_MAX 512
+#define GRANT_REF 8                 /* the first entry not reserved for the toolstack */
+
+static char granted_page[4096] __attribute__((aligned(4096))) = "granted by xsprobe";
 
 static char reply[REPLY_MAX];
 static volatile int shutdown_event;
@@ -94,6 +102,57 @@ static uint32_t start_transaction(const char *label)
     return (uint32_t)id;
 }
 
+static long grant_table_op(unsigned int cmd, void *op)
+{
+    return HYPERCALL(__HYPERVISOR_grant_table_op, cmd, op, 1, 0, 0);
+}
+
+static void report(const char *label, long result, long value)
+{
+    console_puts(label);
+    console_puts(": ");
+    console_put_i64(result);
+    console_puts(" ");
+    console_put_i64(value);
+    console_puts("\r\n");
+}
+
+/* Set up the grant table, grant granted_page to dom0 and publish the reference. */
+static void grant_a_page(void)
+{
+    struct gnttab_set_version set = { .version = 2 };
+    struct gnttab_get_version get = { .dom = DOMID_SELF };
+    struct gnttab_query_size query = { .dom = DOMID_SELF };
+    xen_pfn_t frame = 0;
+    struct gnttab_setup_table setup = { .dom = DOMID_SELF, .nr_frames = 1 };
+    grant_entry_v1_t *table;
+    char ref[FORMAT_BUF_SIZE];
+
+    long result;
+
+    result = grant_table_op(GNTTABOP_set_version, &set);
+    report("set_version 2", result, set.version);       /* not offered: the current version comes back */
+    set.version = 1;
+    result = grant_table_op(GNTTABOP_set_version, &set);
+    report("set_version 1", result, set.version);
+    result = grant_table_op(GNTTABOP_get_version, &get);
+    report("get_version", result, get.version);
+    result = grant_table_op(GNTTABOP_query_size, &query);
+    report("query_size", result, query.max_nr_frames);
+    set_xen_guest_handle(setup.frame_list, &frame);
+    result = grant_table_op(GNTTABOP_setup_table, &setup);
+    report("setup_table", result, setup.status);
+    console_puts(frame >= start_info->nr_pages ? "grant frame outside the domain's pages\r\n"
+                                               : "grant frame inside the domain's pages!\r\n");
+    table = (grant_entry_v1_t *)(frame << 12);
+    table[GRANT_REF].domid = 0;
+    table[GRANT_REF].frame = (uint32_t)((unsigned long)granted_page >> 12);
+    asm volatile("" ::: "memory");               /* flags last: the entry is valid once they are set */
+    table[GRANT_REF].flags = GTF_permit_access;
+    ref[format_u64(ref, GRANT_REF)] = 0;
+    request("write data/gref", XS_WRITE, 0, "data/gref", ref);
+}
+
 void guest_main(void)
 {
     uint32_t tx;
@@ -133,6 +192,7 @@ void guest_main(void)
 
     request("rm data/dir", XS_RM, 0, "data/dir", NULL);
     request("read data/dir/sub/x", XS_READ, 0, "data/dir/sub/x", NULL);
+    grant_a_page();
     console_puts("xsprobe done\r\n");
 
     event_set_handler(start_info->store_evtchn, on_store_port);

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from elftools.elf.elffile import ELFFile
 
 from xen import abi
-from xen.builder import BOOT_STACK_PAGES, PAGE_SIZE, BuildError, DomainImage, build_domain
+from xen.builder import BOOT_STACK_PAGES, EXTRA_FRAMES, PAGE_SIZE, BuildError, DomainImage, build_domain
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None or not Path("/usr/include/xen/elfnote.h").exists(),
@@ -139,7 +139,8 @@ def test_layout_puts_special_pages_after_the_highest_segment(standard, standard_
     assert layout.boot_stack == layout.xenstore + 2 * PAGE_SIZE  # a guard page in between
     assert layout.boot_stack_top == layout.boot_stack + BOOT_STACK_PAGES * PAGE_SIZE == standard.initial_rsp
     assert layout.shared_info == MEMORY - PAGE_SIZE
-    assert standard.nr_pages == MEMORY // PAGE_SIZE - 1
+    assert standard.nr_pages == MEMORY // PAGE_SIZE - 1 - EXTRA_FRAMES
+    assert standard.extra_frames == range(standard.nr_pages, standard.nr_pages + EXTRA_FRAMES)
     assert standard.unmapped_pages == (0, layout.frame(layout.boot_stack) - 1)
 
 
@@ -232,7 +233,7 @@ def test_start_info_is_what_a_guest_reads(standard):
     layout = standard.layout
     info = abi.StartInfo.from_buffer_copy(read(memory, standard.initial_rsi, ctypes.sizeof(abi.StartInfo)))
     assert info.magic == b"xen-3.0-x86_64"
-    assert info.nr_pages == MEMORY // PAGE_SIZE - 1
+    assert info.nr_pages == MEMORY // PAGE_SIZE - 1 - EXTRA_FRAMES
     assert info.shared_info == layout.shared_info
     assert info.flags == 0
     assert info.store_mfn == layout.xenstore // PAGE_SIZE and info.store_evtchn == 4

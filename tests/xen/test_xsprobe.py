@@ -1,5 +1,9 @@
 """xsprobe end to end: a C guest speaking io/xs_wire.h over its real ring to xenrr's xenstored.
 
+It also sets up its grant table (grant_table.h: set_version 2 is -ENOSYS and leaves version 1,
+query_size reports max_grant_frames, setup_table lists a frame outside the domain's pages), grants
+a page to dom0 as a frontend does and publishes the reference in xenstore, where a backend finds it.
+
 The guest (guests/xsprobe, built against /usr/include/xen) sends every message type a frontend uses
 and prints each reply; the expected transcript is guests/xsprobe/README.md, i.e. what C xenstored
 answers (docs/misc/xenstore.txt). A dom0 write while the guest runs (`--xenstore-write`, as
@@ -57,6 +61,13 @@ write data/t outside: ok OK|
 transaction commit: error EAGAIN|
 rm data/dir: ok OK|
 read data/dir/sub/x: error ENOENT|
+set_version 2: -38 1
+set_version 1: 0 1
+get_version: 0 1
+query_size: 0 4
+setup_table: 0 0
+grant frame outside the domain's pages
+write data/gref: ok OK|
 xsprobe done
 watch control/shutdown: ok OK|
 event: control/shutdown shutdown
@@ -162,3 +173,13 @@ def test_xenstore_state_follows_reverse_execution(recording):
     assert fresh.domain.device_state() == before_write
     session.close()
     fresh.close()
+
+
+def test_a_backend_maps_the_page_the_guest_granted(recording):
+    session = ReplaySession(recording)
+    session.replayer.run()
+    reference = int(session.domain.xenstore.read(f"{HOME}/data/gref"))
+    handle, address = session.domain.grants.map(reference, domid=0, readonly=True)
+    assert session.domain.vcpu.read(address, 18) == b"granted by xsprobe"
+    session.domain.grants.unmap(handle)
+    session.close()
