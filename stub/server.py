@@ -50,6 +50,7 @@ from stub.rsp import (
 )
 from stub.target_xml import REGISTER_NUMBERS, REGISTERS, TARGET_XML, all_registers, register_bytes
 from stub.timeline import Stop, Timeline
+from xen.inject import UnusableRecord
 from xen.logrecord import kinds_named
 from xen.replay import Mark
 from xen.vcpu import PAGE_SIZE, GuestMemoryError, VCpu
@@ -286,6 +287,9 @@ class GdbServer:
             return BAD_REQUEST
         except (_SessionOver, ConnectionClosed, ReceiveTimeout):
             raise                      # the client left (e.g. in the middle of a monitor reply): not a failure
+        except UnusableRecord as error:    # a malformed log, not a stub failure: one line, no traceback
+            _log.warning("the log cannot be replayed past here: %s", str(error))   # strings only, as above
+            return b"E." + str(error).encode("ascii", "replace")
         except Exception as error:     # a request the replay cannot serve must not end the server
             _log.exception("packet %r failed", payload[:64])
             return b"E." + f"{type(error).__name__}: {error}".encode("ascii", "replace")

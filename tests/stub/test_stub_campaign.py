@@ -20,7 +20,9 @@ from stub.rsp import encode_packet
 from stub.server import BUSY_LINE, GdbServer
 from stub.timeline import Timeline
 from dom0.replay import ReplaySession
-from tests.conftest import ROOT, campaign_size
+from dom0.logfile import LogReader
+from tests.conftest import ROOT, campaign_size, write_log
+from xen.inject import Kind
 from tests.stub.test_protocol import Client, Served
 
 
@@ -94,6 +96,23 @@ def test_a_client_leaving_in_the_middle_of_a_monitor_reply_is_no_error(recording
     client.send(encode_packet(b"k"))
     assert server.ended()
     assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.WARNING]
+
+
+def test_a_malformed_record_met_while_running_is_an_error_reply_not_a_traceback(recording, tmp_path, caplog):
+    """A log edited under a valid CRC (a time payload one byte short) fails `c` with `E.` and one log line."""
+    with LogReader(recording) as reader:
+        header = reader.header
+        records = [record._replace(payload=bytes(record.payload)) for record in reader.records()]
+    index = max(index for index, record in enumerate(records) if record.kind in (Kind.TIMER, Kind.TIME))
+    records[index] = records[index]._replace(payload=records[index].payload[:-1])
+    caplog.set_level(logging.INFO, logger="stub")
+    server = Served(write_log(tmp_path / "bad.xrr", header, records))
+    client = served_client(server.port)
+    reply = client.ask(b"c")
+    assert reply.startswith(b"E.") and b"time" in reply, reply
+    client.send(encode_packet(b"k"))
+    assert server.ended()
+    assert not [record for record in caplog.records if record.exc_info]
 
 
 _PACKETS = [b"?", b"g", b"qSupported:multiprocess+", b"QStartNoAckMode", b"vCont?", b"qC", b"qfThreadInfo",
