@@ -14,9 +14,11 @@ the stub): forwards and backwards alike, a hit counts only where its condition h
 
 Two things make reverse-continue cheaper without making it less exact:
 - The hits a backward scan of one interval finds are kept (with the breakpoints, conditions and
-  watchpoints they were found with), and so is the state at the last few of them: a following
-  reverse-continue within that interval takes its hit from them and restores that state, replaying
-  nothing. A change to what is watched or broken on drops the hits (the states stay true).
+  watchpoints they were found with): a following reverse-continue within that interval takes its hit
+  from them without scanning, and keeps the state at the next few hits on its way there (a state costs
+  a domain save, so only once reverse-continues follow each other), so that the ones after it restore
+  that state and replay nothing. A change to what is watched or broken on drops the hits (the states
+  stay true).
 - Every stretch of forward replay of a tenth of a checkpoint interval (a *segment*) leaves the set of
   pages written in it (the vCPU's dirty-page generations, hypervisor writes included), kept when the
   checkpoints themselves are thinned. With only write watchpoints, reverse-continue skips every
@@ -336,11 +338,15 @@ class Timeline:
             if checkpoint is None:
                 self.goto(START)
                 return Stop("history-start", self.position, self.vcpu.pc)
-            hits = self._hits_between(checkpoint, upper, interrupted)
+            kept = self._kept_hits(checkpoint, upper)
+            hits = kept if kept is not None else self._scan_from(checkpoint, upper, interrupted)
             if hits is None:
                 return Stop("interrupt", self.position, self.vcpu.pc)
             if hits:
-                self._go_to_last(hits)
+                if kept is not None:
+                    self._go_to_last(hits)       # successive reverse-continues: keep states on the way
+                else:
+                    self.goto(hits[-1].mark)
                 hit = hits[-1]
                 return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access)
             bound = checkpoint.mark
@@ -370,13 +376,18 @@ class Timeline:
         """What decides which positions are hits: breakpoints, their conditions, watchpoints."""
         return frozenset(self.vcpu.breakpoints), frozenset(self._conditions.items()), tuple(self._watches)
 
-    def _hits_between(self, checkpoint: Checkpoint, upper: Mark,
-                      interrupted: Callable[[], bool] | None) -> tuple[_Hit, ...] | None:
-        """Every hit in [checkpoint, upper): kept from the last scan when it covered them with the same
-        debug settings, else scanned (None if interrupted)."""
-        key, kept = self._debug_settings(), self._scanned
-        if kept is not None and kept.key == key and kept.start == checkpoint.mark and upper <= kept.end:
+    def _kept_hits(self, checkpoint: Checkpoint, upper: Mark) -> tuple[_Hit, ...] | None:
+        """Every hit in [checkpoint, upper) if the last scan covered them with the same debug settings."""
+        kept = self._scanned
+        if kept is not None and kept.key == self._debug_settings() and kept.start == checkpoint.mark \
+                and upper <= kept.end:
             return tuple(hit for hit in kept.hits if hit.mark < upper)
+        return None
+
+    def _scan_from(self, checkpoint: Checkpoint, upper: Mark,
+                   interrupted: Callable[[], bool] | None) -> tuple[_Hit, ...] | None:
+        """Every hit in [checkpoint, upper), scanned and kept (None if interrupted)."""
+        key = self._debug_settings()
         self._restore(checkpoint)
         hits = self._scan(upper, interrupted)
         if hits is not None:

@@ -111,11 +111,12 @@ def test_hits_of_a_scanned_interval_are_kept_until_the_debug_settings_change(rec
     assert len(timeline.checkpoints) == 1 and timeline.segments[-1].end > expected[20]
     timeline.goto(expected[20])
     timeline.add_breakpoint(handle_key)
-    first = timeline.reverse_cont()
-    assert first.mark == expected[19]
-    scanned, replayed = timeline.instructions_scanned, timeline.instructions_replayed
+    assert timeline.reverse_cont().mark == expected[19]
+    scanned = timeline.instructions_scanned
     assert scanned > 0
-    for hit in reversed(expected[14:19]):             # GDB removes and re-inserts breakpoints at each stop
+    assert timeline.reverse_cont().mark == expected[18]       # from the kept hits: no scan
+    replayed = timeline.instructions_replayed
+    for hit in reversed(expected[12:18]):             # GDB removes and re-inserts breakpoints at each stop
         timeline.remove_breakpoint(handle_key)
         timeline.add_breakpoint(handle_key)
         assert timeline.reverse_cont().mark == hit
