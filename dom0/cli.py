@@ -30,6 +30,7 @@ from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from dom0.xenstored import format_perms, is_valid_path
+from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_commands(commands)
     add_user_commands(commands)
     add_grub_commands(commands)
+    add_host_commands(commands)
     for command_parser in commands.choices.values():      # its errors point to its own --help
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -425,7 +427,7 @@ def command_dump(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,
             "xenstore-ls": command_xenstore_ls,
-            **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS}
+            **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS, **HOST_COMMANDS}
 
 
 def _fail(message: str, status: int, json_wanted: bool) -> int:
@@ -451,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.passthrough = passthrough
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnusableRecord, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError) as error:
+            UnusableRecord, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError,
+            HostCommandError) as error:
         return _fail(f"error: {error}", EXIT_USAGE, json_wanted)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, json_wanted)

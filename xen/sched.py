@@ -22,6 +22,11 @@ of a polling guest, the virtual clock skips to the next timer, key or linger end
 blocked guest (the guest keeps running); either clock ends the run there once the key script is
 done and the linger time has passed.
 
+Quanta (the multi-domain host, host/): `run()` may be called again after it returned at
+`max_instructions` (raise it first) and goes on where it stopped; with `wait_for_host=False` a blocked
+domain with nothing due returns `Outcome("idle", ..., wake_ns=...)` instead of sleeping, so the
+caller can run other domains on the same host CPU until then.
+
 Toolstack writes into the domain's xenstore (`xenrr run --xenstore-write`) are injected the first
 time the domain idles, so under the virtual clock they too land at a reproducible instruction count.
 Invariant: the scheduler changes guest-visible state only through `domain.funnel`; slice
@@ -85,9 +90,10 @@ class ConsoleInput(Protocol):
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended."""
-    reason: str                 # "shutdown", "crashed", "instruction-limit", "detached", "input-exhausted", "deadlock"
+    reason: str                 # "shutdown", "crashed", "instruction-limit", "detached", "input-exhausted", "deadlock", "idle"
     icount: int
     detail: str = ""
+    wake_ns: int | None = None  # "idle": when the domain next has something to do (time.monotonic_ns; None: on input)
 
 
 class Scheduler:
@@ -95,7 +101,8 @@ class Scheduler:
 
     def __init__(self, domain: Domain, console_input: ConsoleInput, clock: str = "real",
                  max_instructions: int | None = None, linger_ns: int = DEFAULT_LINGER_NS,
-                 slice_instructions: int = SLICE_INSTRUCTIONS, xenstore_writes: Sequence[tuple[str, bytes]] = ()):
+                 slice_instructions: int = SLICE_INSTRUCTIONS, xenstore_writes: Sequence[tuple[str, bytes]] = (),
+                 wait_for_host: bool = True):
         if clock not in ("real", "virtual"):
             raise ValueError("clock must be 'real' or 'virtual'")
         self.domain = domain
@@ -119,6 +126,8 @@ class Scheduler:
         self._slice_activity: tuple[int, ...] | None = None   # _activity() at the previous slice boundary
         self._poll_watch_activity: tuple[int, ...] | None = None   # set while the in_prod read watch is armed
         self._xenstore_writes = list(xenstore_writes)
+        self.wait_for_host = wait_for_host
+        self._started = False
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -150,7 +159,9 @@ class Scheduler:
     # ---------------------------------------------------------------- main loop
     def run(self) -> Outcome:
         domain, vcpu = self.domain, self.domain.vcpu
-        self._publish(Kind.TIME, 0 if self.virtual else self._host_ns())
+        if not self._started:
+            self._started = True
+            self._publish(Kind.TIME, 0 if self.virtual else self._host_ns())
         while domain.alive:
             if self.input.detached:
                 if self._detached_at is None:
@@ -328,6 +339,8 @@ class Scheduler:
         wake = self._next_wake(self._input_clock())
         if wake is None and self.input.fileno() is None:
             return Outcome("deadlock", domain.vcpu.icount, "the domain is blocked with no timer armed and no input")
+        if not self.wait_for_host and not self.virtual and (wake is None or wake > self._input_clock()):
+            return Outcome("idle", domain.vcpu.icount, wake_ns=None if wake is None else self._host_start + wake)
         if self.virtual and self.input.fileno() is None:
             self._skip_time_to(wake)
             if domain.state == RunState.BLOCKED:

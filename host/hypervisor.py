@@ -1,0 +1,351 @@
+"""The long-running host (`xenrr up`): physical-CPU workers, the domain table and the control socket.
+
+Owns the domains' placement and the control protocol. The hypervisor process starts one worker
+process per pCPU (host/pcpu.py), each pinned to a host core, and listens on a Unix socket for
+JSON-lines requests (host/control.py). It places a new domain on the least loaded pCPU its hard
+affinity (`cpus=`) allows and forwards each request to the worker that runs the domain. `xenrr
+console` turns a connection into a byte stream: the domain's console output (what it wrote lately
+first), and keys typed go to the guest.
+
+Invariant: a domain's name is unique, and it exists on exactly one worker; when the host stops
+(`xenrr down`, SIGTERM, Ctrl-C in the foreground) every domain is destroyed, every worker has
+exited and the socket is removed.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
+from host.pcpu import pcpu_main
+
+WORKER_START_SECONDS = 120
+
+
+class HostError(Exception):
+    """The host cannot start (a host already runs at that socket, no such CPU...): one line."""
+
+
+@dataclass
+class Worker:
+    index: int
+    core: int
+    process: multiprocessing.Process
+    connection: object
+    domains: set[str] = field(default_factory=set)
+
+
+@dataclass
+class DomainEntry:
+    name: str
+    domid: int
+    pcpu: int
+    history: deque = field(default_factory=lambda: deque())
+    history_bytes: int = 0
+    consoles: list = field(default_factory=list)        # attached client sockets
+    gone: str | None = None
+
+
+class Hypervisor:
+    """The host: workers, domains, and the control socket's request handlers."""
+
+    def __init__(self, socket_path: Path, pcpus: int):
+        cores = sorted(os.sched_getaffinity(0))
+        if pcpus < 1:
+            raise HostError(f"--pcpus must be at least 1, not {pcpus}")
+        self.socket_path = socket_path
+        self.listener = _listen(socket_path)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, ("listen", None))
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[Worker] = []
+        for index in range(pcpus):
+            parent, child = context.Pipe()
+            core = cores[index % len(cores)]
+            process = context.Process(target=pcpu_main, args=(index, core, child), name=f"xenrr-pcpu{index}",
+                                      daemon=True)
+            process.start()
+            child.close()
+            self.workers.append(Worker(index, core, process, parent))
+            self.selector.register(parent, selectors.EVENT_READ, ("worker", index))
+        self.domains: dict[str, DomainEntry] = {}
+        self._domids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self.running = True
+
+    # ---------------------------------------------------------------- workers
+    def _call(self, worker: Worker, request: dict) -> dict:
+        """Send a request to a worker and wait for its reply (console output meanwhile is passed on)."""
+        request_id = next(self._request_ids)
+        worker.connection.send({**request, "id": request_id})
+        while True:
+            message = worker.connection.recv()
+            if message[0] == "reply" and message[1] == request_id:
+                return message[2]
+            self._worker_message(message)
+
+    def _worker_message(self, message: tuple) -> None:
+        if message[0] == "console":
+            entry = self.domains.get(message[1])
+            if entry is not None:
+                self._console_output(entry, message[2])
+        elif message[0] == "gone":
+            entry = self.domains.pop(message[1], None)
+            if entry is not None:
+                self.workers[entry.pcpu].domains.discard(entry.name)
+                for client in entry.consoles:
+                    self._drop(client)
+
+    def _console_output(self, entry: DomainEntry, data: bytes) -> None:
+        entry.history.append(data)
+        entry.history_bytes += len(data)
+        while entry.history_bytes > CONSOLE_HISTORY_BYTES and len(entry.history) > 1:
+            entry.history_bytes -= len(entry.history.popleft())
+        for client in list(entry.consoles):
+            try:
+                client.sendall(data)
+            except OSError:
+                self._drop(client)
+
+    # ---------------------------------------------------------------- requests
+    def request(self, request: dict, client: socket.socket) -> dict:
+        command = request.get("cmd")
+        handler = getattr(self, "cmd_" + str(command).replace("-", "_"), None)
+        if handler is None:
+            raise ControlError(f"unknown command {command!r}")
+        return handler(request, client)
+
+    def _entry(self, request: dict) -> DomainEntry:
+        name = request.get("name")
+        if name not in self.domains:
+            raise ControlError(f"no domain named {name!r} (see `xenrr list`)")
+        return self.domains[name]
+
+    def _forward(self, request: dict, op: str, **fields) -> dict:
+        entry = self._entry(request)
+        result = self._call(self.workers[entry.pcpu], {"op": op, "name": entry.name, **fields})
+        if "error" in result:
+            raise ControlError(result["error"])
+        return result
+
+    def _allowed(self, cpus: frozenset[int] | None) -> list[int]:
+        return [w.index for w in self.workers] if cpus is None else sorted(c for c in cpus if c < len(self.workers))
+
+    def cmd_create(self, request: dict, client) -> dict:
+        config = decode_config(request.get("config"))
+        if config.name in self.domains:
+            raise ControlError(f"a domain named {config.name!r} already exists")
+        allowed = self._allowed(config.cpus[0])
+        if not allowed:
+            raise ControlError(f"{config.source}: cpus names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
+        worker = min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index))
+        domid = next(self._domids)
+        entry = DomainEntry(config.name, domid, worker.index)
+        self.domains[config.name] = entry
+        result = self._call(worker, {"op": "create", "config": config, "domid": domid})
+        if "error" in result:
+            del self.domains[config.name]
+            raise ControlError(result["error"])
+        worker.domains.add(config.name)
+        return {"name": config.name, "domid": domid, "pcpu": worker.index}
+
+    def cmd_list(self, request: dict, client) -> dict:
+        domains = []
+        for worker in self.workers:
+            if worker.domains:
+                domains += self._call(worker, {"op": "list"})["domains"]
+        return {"domains": sorted(domains, key=lambda d: d["domid"]), "pcpus": len(self.workers)}
+
+    def cmd_destroy(self, request: dict, client) -> dict:
+        self._forward(request, "destroy")
+        return {}
+
+    def cmd_shutdown(self, request: dict, client) -> dict:
+        self._forward(request, "shutdown")
+        return {}
+
+    def cmd_pause(self, request: dict, client) -> dict:
+        self._forward(request, "pause")
+        return {}
+
+    def cmd_unpause(self, request: dict, client) -> dict:
+        self._forward(request, "unpause")
+        return {}
+
+    def cmd_sched_credit(self, request: dict, client) -> dict:
+        weight, cap = request.get("weight"), request.get("cap")
+        if weight is not None and not (isinstance(weight, int) and 1 <= weight <= 65535):
+            raise ControlError(f"weight must be between 1 and 65535, not {weight!r}")
+        if cap is not None and not (isinstance(cap, int) and 0 <= cap <= 100 * len(self.workers)):
+            raise ControlError(f"cap must be between 0 and {100 * len(self.workers)}, not {cap!r}")
+        self._forward(request, "sched-credit", weight=weight, cap=cap)
+        return {}
+
+    def cmd_vcpu_pin(self, request: dict, client) -> dict:
+        entry = self._entry(request)
+        if request.get("vcpu") not in (0, "all"):
+            raise ControlError(f"{entry.name} has vCPU 0 only, not {request.get('vcpu')!r}")
+        cpus = None if request.get("cpus") is None else frozenset(request["cpus"])
+        allowed = self._allowed(cpus)
+        if not allowed:
+            raise ControlError(f"that names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
+        if entry.pcpu not in allowed:
+            raise ControlError(f"{entry.name} runs on pCPU {entry.pcpu}: moving a running domain to another "
+                               "pCPU is not supported yet (pin it with cpus= in its config)")
+        self._forward(request, "pin", cpus=cpus)
+        return {}
+
+    def cmd_console(self, request: dict, client) -> dict:
+        entry = self._entry(request)
+        return {"attach": entry}
+
+    def cmd_console_in(self, entry: DomainEntry, data: bytes) -> None:
+        self._call(self.workers[entry.pcpu], {"op": "console-in", "name": entry.name, "data": data})
+
+    def cmd_down(self, request: dict, client) -> dict:
+        self.running = False
+        return {}
+
+    # ---------------------------------------------------------------- the socket
+    def serve(self) -> None:
+        """Answer requests until `down` (or a signal: SIGTERM and SIGINT end the loop cleanly)."""
+        def stop(signum, frame):
+            self.running = False
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            while self.running:
+                for key, _ in self.selector.select(timeout=0.5):
+                    kind, data = key.data
+                    if kind == "listen":
+                        self._accept()
+                    elif kind == "worker":
+                        worker = self.workers[data]
+                        while self.running and worker.connection.poll(0):
+                            self._worker_message(worker.connection.recv())
+                    elif kind == "client":
+                        self._client_readable(key.fileobj, data)
+                    elif kind == "console":
+                        self._console_readable(key.fileobj, data)
+                    if not self.running:
+                        break
+                for worker in self.workers:
+                    if not worker.process.is_alive():
+                        raise HostError(f"pCPU {worker.index} worker died (exit status {worker.process.exitcode})")
+        finally:
+            self.stop()
+
+    def _accept(self) -> None:
+        client, _ = self.listener.accept()
+        self.selector.register(client, selectors.EVENT_READ, ("client", bytearray()))
+
+    def _client_readable(self, client: socket.socket, buffer: bytearray) -> None:
+        try:
+            data = client.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        buffer += data
+        while b"\n" in buffer and self.running:
+            line, _, rest = bytes(buffer).partition(b"\n")
+            buffer[:] = rest
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+                reply = self.request(request, client)
+            except (ValueError, ControlError) as error:
+                reply = {"error": str(error).split("\n")[0]}
+            attach = reply.pop("attach", None)
+            try:
+                client.sendall(json.dumps({"ok": "error" not in reply, **reply}).encode() + b"\n")
+            except OSError:
+                self._drop(client)
+                return
+            if attach is not None:
+                self._attach(client, attach)
+                return
+
+    def _attach(self, client: socket.socket, entry: DomainEntry) -> None:
+        """The connection is now the domain's console: recent output first, then as it comes."""
+        self.selector.modify(client, selectors.EVENT_READ, ("console", entry))
+        entry.consoles.append(client)
+        try:
+            client.sendall(b"".join(entry.history))
+        except OSError:
+            self._drop(client)
+
+    def _console_readable(self, client: socket.socket, entry: DomainEntry) -> None:
+        try:
+            data = client.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+        elif entry.name in self.domains:
+            self.cmd_console_in(entry, data)
+
+    def _drop(self, client: socket.socket) -> None:
+        for entry in self.domains.values():
+            if client in entry.consoles:
+                entry.consoles.remove(client)
+        try:
+            self.selector.unregister(client)
+        except (KeyError, ValueError):
+            pass
+        client.close()
+
+    def stop(self) -> None:
+        """Destroy every domain, stop the workers, remove the socket."""
+        for worker in self.workers:
+            try:
+                if worker.process.is_alive():
+                    self._call(worker, {"op": "quit"})
+            except (OSError, EOFError):
+                pass
+        for worker in self.workers:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        for key in list(self.selector.get_map().values()):
+            if key.data[0] in ("client", "console"):
+                key.fileobj.close()
+        self.listener.close()
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _listen(path: Path) -> socket.socket:
+    """The control socket at `path`; refuses when a host already answers there (a stale one is replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise HostError(f"a host is already running at {path} (`xenrr down` stops it)")
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+    except OSError as error:
+        listener.close()
+        raise HostError(f"cannot listen on {path}: {error.strerror}") from None
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    return listener

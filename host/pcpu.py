@@ -1,0 +1,311 @@
+"""A physical CPU: a worker process pinned to one host core, running its domains' vCPUs one at a time.
+
+Owns the domains placed on it (each lives entirely in this process: its guest memory, event channels,
+console ring and xenstored), their credit scheduler (host/credit.py) and the loop that runs them: pick
+a vCPU, run it for its budget of instructions (xen/sched.py's Scheduler in quanta, under the real
+clock), charge it, and between quanta answer the hypervisor's requests on the control pipe. A blocked
+domain is not runnable until its next timer or console input (`Outcome("idle", wake_ns=...)`), so
+idle domains cost no CPU. What a guest writes to its console goes up the pipe as it is written.
+
+Requests (dicts with an "op" and an "id") get exactly one reply `("reply", id, result)`, result a dict
+with "error" when the request failed; unprompted messages are `("console", name, bytes)` and
+`("gone", name, why)` when a domain left (shut down or crashed with on_poweroff/on_crash=destroy,
+or destroyed). Invariant: only this process touches its domains; the hypervisor process sees them
+only through this pipe, so no guest state is shared between processes.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from dom0.toolstack import connect_xenstore
+from host.credit import CreditScheduler, Entity
+from host.xlcfg import DomainConfig
+from xen.builder import BuildError, build_domain
+from xen.domain import Domain, RunState
+from xen.inject import Kind
+from xen.sched import Scheduler
+
+MIB = 1024 * 1024
+SHUTDOWN_REQUEST = b"control/shutdown"      # what `xl shutdown` writes under the domain's home
+
+
+class HostConsoleInput:
+    """Console input a client typed (`xenrr console`), handed over by the hypervisor: the
+    xen.sched.ConsoleInput of a hosted domain. Never exhausted, never detached: a hosted domain runs
+    until it shuts down or is destroyed, whoever is attached."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._wakeup_read, self._wakeup_write = os.pipe()
+        os.set_blocking(self._wakeup_read, False)
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        os.write(self._wakeup_write, b"k")
+
+    def take(self, now_ns: int, limit: int) -> bytes:
+        data = bytes(self._pending[:limit])
+        del self._pending[:limit]
+        try:
+            os.read(self._wakeup_read, 4096)
+        except BlockingIOError:
+            pass
+        return data
+
+    def next_due_ns(self, now_ns: int) -> int | None:
+        return now_ns if self._pending else None
+
+    def fileno(self) -> int | None:
+        return self._wakeup_read
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    @property
+    def detached(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
+
+
+class HostedDomain:
+    """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
+
+    def __init__(self, config: DomainConfig, domid: int, send_console) -> None:
+        self.config = config
+        self.domid = domid
+        self.input = HostConsoleInput()
+        try:
+            image_bytes = Path(config.kernel).read_bytes()
+        except OSError as error:
+            raise BuildError(f"cannot read kernel {config.kernel}: {error.strerror}") from None
+        image = build_domain(image_bytes, config.memory_mib * MIB, config.cmdline)
+
+        def output(data: bytes) -> None:
+            send_console(config.name, data)
+        self.domain = Domain(image, console_output=output, hypervisor_console=output)
+        connect_xenstore(self.domain, {"domid": domid, "name": config.name})
+        self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False)
+        self.entity = Entity(config.name, weight=config.weight, cap=config.cap)
+        self.paused = False
+        self.idle = False
+        self.wake_ns: int | None = None
+        self.affinity = config.cpus[0]
+
+    @property
+    def state(self) -> str:
+        if self.domain.state == RunState.SHUTDOWN:
+            return "shutdown"
+        if self.domain.state == RunState.CRASHED:
+            return "crashed"
+        if self.paused:
+            return "paused"
+        return "blocked" if self.idle else "running"
+
+    def update_runnable(self, now_ns: int) -> None:
+        if self.idle and (self.input.pending or (self.wake_ns is not None and now_ns >= self.wake_ns)):
+            self.idle = False
+        self.entity.runnable = self.domain.alive and not self.paused and not self.idle
+
+    def run(self, budget: int) -> int:
+        """Run up to `budget` instructions; the number run."""
+        vcpu = self.domain.vcpu
+        before = vcpu.icount
+        self.scheduler.max_instructions = before + budget
+        outcome = self.scheduler.run()
+        if outcome.reason == "idle":
+            self.idle, self.wake_ns = True, outcome.wake_ns
+        return vcpu.icount - before
+
+    def info(self, pcpu: int) -> dict:
+        return {"name": self.config.name, "domid": self.domid, "state": self.state, "vcpus": self.config.vcpus,
+                "pcpu": pcpu, "pinning": _cpu_list(self.affinity), "weight": self.entity.weight,
+                "cap": self.entity.cap, "instructions": self.domain.vcpu.icount,
+                "memory": self.config.memory_mib}
+
+    def close(self) -> None:
+        self.input.close()
+
+
+def _cpu_list(cpus: frozenset[int] | None) -> str:
+    """A pCPU set as xl prints it ("all", "0-1", "0,2")."""
+    if cpus is None:
+        return "all"
+    parts, numbers = [], sorted(cpus)
+    start = previous = numbers[0]
+    for number in numbers[1:] + [None]:
+        if number is not None and number == previous + 1:
+            previous = number
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if number is not None:
+            start = previous = number
+    return ",".join(parts)
+
+
+class PhysicalCpu:
+    """The worker's state and loop."""
+
+    def __init__(self, index: int, connection: Connection):
+        self.index = index
+        self.connection = connection
+        self.credit = CreditScheduler()
+        self.domains: dict[str, HostedDomain] = {}
+        self.running = True
+        self._busy_ns = 0                   # host time spent running guest instructions
+        self._busy_instructions = 0
+
+    def send_console(self, name: str, data: bytes) -> None:
+        self.connection.send(("console", name, bytes(data)))
+
+    # ---------------------------------------------------------------- requests
+    def handle(self, request: dict) -> None:
+        try:
+            result = getattr(self, "op_" + request["op"].replace("-", "_"))(request)
+        except (BuildError, ValueError, KeyError, OSError) as error:
+            result = {"error": str(error)}
+        except Exception as error:          # a request never takes the pCPU (and its other domains) down
+            result = {"error": f"internal error: {error!r}: {traceback.format_exc(limit=2)}"}
+        self.connection.send(("reply", request["id"], result))
+
+    def _domain(self, request: dict) -> HostedDomain:
+        try:
+            return self.domains[request["name"]]
+        except KeyError:
+            raise ValueError(f"no domain {request['name']!r} on pCPU {self.index}") from None
+
+    def op_create(self, request: dict) -> dict:
+        config: DomainConfig = request["config"]
+        hosted = HostedDomain(config, request["domid"], self.send_console)
+        self.domains[config.name] = hosted
+        self.credit.add(hosted.entity)
+        return {}
+
+    def op_destroy(self, request: dict) -> dict:
+        self._remove(self._domain(request), "destroyed")
+        return {}
+
+    def op_shutdown(self, request: dict) -> dict:
+        """As `xl shutdown`: ask the guest to power off through xenstore (control/shutdown = poweroff);
+        a guest that does not watch it goes on running (use destroy)."""
+        hosted = self._domain(request)
+        home = f"/local/domain/{hosted.domid}/".encode()
+        hosted.domain.funnel.inject(Kind.XENSTORE_WRITE, home + SHUTDOWN_REQUEST + b"\0poweroff")
+        hosted.idle = False
+        return {}
+
+    def op_pause(self, request: dict) -> dict:
+        self._domain(request).paused = True
+        return {}
+
+    def op_unpause(self, request: dict) -> dict:
+        self._domain(request).paused = False
+        return {}
+
+    def op_sched_credit(self, request: dict) -> dict:
+        hosted = self._domain(request)
+        if request.get("weight") is not None:
+            hosted.entity.weight = request["weight"]
+        if request.get("cap") is not None:
+            hosted.entity.cap = request["cap"]
+        return {}
+
+    def op_pin(self, request: dict) -> dict:
+        self._domain(request).affinity = request["cpus"]
+        return {}
+
+    def op_console_in(self, request: dict) -> dict:
+        self._domain(request).input.feed(request["data"])
+        return {}
+
+    def op_list(self, request: dict) -> dict:
+        return {"domains": [hosted.info(self.index) for hosted in self.domains.values()]}
+
+    def op_quit(self, request: dict) -> dict:
+        for hosted in list(self.domains.values()):
+            self._remove(hosted, "destroyed")
+        self.running = False
+        return {}
+
+    def _remove(self, hosted: HostedDomain, why: str) -> None:
+        del self.domains[hosted.config.name]
+        self.credit.remove(hosted.entity)
+        hosted.close()
+        self.connection.send(("gone", hosted.config.name, why))
+
+    # ---------------------------------------------------------------- the loop
+    def _ended(self, hosted: HostedDomain) -> None:
+        """The guest shut down or crashed: on_poweroff / on_crash (destroy, preserve or restart)."""
+        crashed = hosted.domain.state == RunState.CRASHED or hosted.domain.shutdown_name == "crash"
+        action = hosted.config.on_crash if crashed else hosted.config.on_poweroff
+        why = str(hosted.domain.crash_report) if hosted.domain.crash_report else \
+            f"shut down ({hosted.domain.shutdown_name})"
+        if action == "preserve":
+            return
+        self._remove(hosted, why)
+        if action == "restart":
+            self.op_create({"config": hosted.config, "domid": hosted.domid})
+
+    def _wait(self, timeout: float | None) -> None:
+        """Nothing to run: wait for a request or console input (or `timeout` seconds)."""
+        descriptors = [self.connection.fileno()] + [hosted.input.fileno() for hosted in self.domains.values()]
+        select.select(descriptors, [], [], timeout)
+
+    def loop(self) -> None:
+        while self.running:
+            while self.connection.poll(0):
+                self.handle(self.connection.recv())
+                if not self.running:
+                    return
+            now = time.monotonic_ns()
+            for hosted in self.domains.values():
+                hosted.update_runnable(now)
+            entity = self.credit.pick()
+            if entity is None:
+                self._idle(now)
+                continue
+            hosted = next(hosted for hosted in self.domains.values() if hosted.entity is entity)
+            started = time.monotonic_ns()
+            ran = hosted.run(self.credit.budget(entity))
+            self._busy_ns += time.monotonic_ns() - started
+            self._busy_instructions += ran
+            self.credit.charge(entity, ran)
+            if not hosted.domain.alive:
+                self._ended(hosted)
+
+    def _idle(self, now: int) -> None:
+        """No vCPU may run: all are blocked, paused, or parked at their cap. Wait for the first wake-up;
+        a capped vCPU waits out the rest of the accounting period (in host time at this pCPU's speed)."""
+        wakes = [hosted.wake_ns for hosted in self.domains.values()
+                 if hosted.idle and hosted.wake_ns is not None and not hosted.paused]
+        timeout = None if not wakes else max(0.0, (min(wakes) - now) / 1e9)
+        if any(entity.runnable for entity in self.credit.entities):        # parked at a cap
+            ns_per_instruction = self._busy_ns / self._busy_instructions if self._busy_instructions else 50.0
+            rest = (self.credit.period - self.credit.period_used) * ns_per_instruction / 1e9
+            timeout = rest if timeout is None else min(timeout, rest)
+        self._wait(timeout)
+        self.credit.idle_period()
+
+
+def pcpu_main(index: int, core: int, connection: Connection) -> None:
+    """The worker process: pin to `core`, then run until told to quit (or the hypervisor goes away)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C on `xenrr up` stops the host, which stops us
+    os.sched_setaffinity(0, {core})
+    cpu = PhysicalCpu(index, connection)
+    try:
+        cpu.loop()
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        pass

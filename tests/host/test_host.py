@@ -1,0 +1,159 @@
+"""The multi-domain host end to end: `xenrr up`, xl-like commands over the real control socket,
+pCPU worker processes, the credit scheduler's weights and pausing as seen in `list --json`, the
+console, and clean stops."""
+from __future__ import annotations
+
+import json
+import os
+import socket as sockets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, run_xenrr
+from tests.host.conftest import alive, children_of
+
+pytestmark = pytest.mark.slow
+
+
+def test_create_list_pause_destroy_down(host):
+    assert host.xenrr("create", host.config("one", cpus="0")).status == 0
+    created = host.xenrr("create", host.config("two", cpus="1", cpu_weight=512, cap=50))
+    assert created.status == 0 and "created domain two (domid 2) on pCPU 1" in created.stderr
+    domains = host.domains()
+    assert set(domains) == {"one", "two"}
+    assert {key: domains["two"][key] for key in ("name", "domid", "vcpus", "pinning", "pcpu", "weight", "cap")} == \
+        {"name": "two", "domid": 2, "vcpus": 1, "pinning": "1", "pcpu": 1, "weight": 512, "cap": 50}
+    host.wait_for(lambda: host.domains()["one"]["instructions"] > 0, "domain one to run")
+
+    assert host.xenrr("pause", "one").status == 0
+    paused = host.domains()["one"]
+    assert paused["state"] == "paused"
+    time.sleep(1)
+    assert host.domains()["one"]["instructions"] == paused["instructions"]
+    assert host.xenrr("unpause", "one").status == 0
+    host.wait_for(lambda: host.domains()["one"]["instructions"] > paused["instructions"], "one to run again")
+
+    assert host.xenrr("sched-credit", "-d", "one", "-w", "1024", "-c", "30").status == 0
+    shown = host.xenrr("sched-credit", "-d", "one")
+    assert shown.stdout.split("\n")[1].split() == ["one", "1", "1024", "30"]
+    listed = host.xenrr("vcpu-list", "two")
+    assert listed.status == 0 and listed.stdout.split("\n")[1].split()[:5] == ["two", "2", "0", "1", "running"]
+    assert host.xenrr("vcpu-pin", "two", "0", "0-1").status == 0
+    assert host.domains()["two"]["pinning"] == "0-1"
+
+    assert host.xenrr("destroy", "one").status == 0
+    assert set(host.domains()) == {"two"}
+    down = run_xenrr("down", "--socket", host.socket)
+    assert down.status == 0
+    assert host.process.wait(timeout=60) == 0
+    assert not host.socket.exists()
+
+
+def test_weights_share_a_pcpu_two_to_one_in_instructions(host):
+    """Two busy domains pinned to pCPU 0 with weights 256 and 512 (xl.cfg(5) cpu_weight): over a window
+    of at least 10 accounting periods the heavier runs twice the instructions (within the quantum
+    granularity of the window's two ends)."""
+    host.xenrr("create", host.config("light", cpus="0"))
+    host.xenrr("create", host.config("heavy", cpus="0", cpu_weight=512))
+    host.wait_for(lambda: host.domains()["heavy"]["instructions"] > 0, "both to run")
+    start = host.domains()
+    host.wait_for(lambda: host.domains()["light"]["instructions"] - start["light"]["instructions"] >= 12_000_000,
+                  "a window of 12 periods", timeout=300)
+    end = host.domains()
+    light = end["light"]["instructions"] - start["light"]["instructions"]
+    heavy = end["heavy"]["instructions"] - start["heavy"]["instructions"]
+    assert 1.7 < heavy / light < 2.3, (light, heavy)
+
+
+def test_bad_configs_requests_and_socket_lines_are_refused_in_one_line(host):
+    for arguments, message in ((("destroy", "nosuch"), "no domain named 'nosuch'"),
+                               (("vcpu-pin", "nosuch", "0", "x"), "CPUS: 'x' is not a cpu list"),
+                               (("sched-credit", "-w", "5"), "-w/-c need -d NAME")):
+        refused = host.xenrr(*arguments)
+        assert refused.status == 2 and refused.stderr.strip().count("\n") == 0
+        assert message in refused.stderr
+    bad = host.directory / "bad.cfg"
+    bad.write_text('name = "x"\nkernel = "/nonexistent"\nvcpu = 1\n')
+    refused = host.xenrr("create", bad)
+    assert refused.status == 2 and f"{bad}:3: unknown key 'vcpu'" in refused.stderr
+    bad.write_text('name = "x"\nkernel = "/nonexistent"\n')
+    assert "cannot read kernel /nonexistent" in host.xenrr("create", bad).stderr
+    host.xenrr("create", host.config("dup", cpus="1"))
+    assert "a domain named 'dup' already exists" in host.xenrr("create", host.config("dup")).stderr
+    pinned = host.xenrr("create", host.config("far", cpus="7"))
+    assert pinned.status == 2 and "cpus names no pCPU of this host (it has pCPUs 0-1)" in pinned.stderr
+    moved = host.xenrr("vcpu-pin", "dup", "0", "0")
+    assert moved.status == 2 and "not supported yet" in moved.stderr
+    with sockets.socket(sockets.AF_UNIX) as client:           # the raw protocol: one JSON reply per line
+        client.connect(str(host.socket))
+        client.sendall(b'not json\n["list"]\n{"cmd": "fly"}\n{"cmd": "list"}\n')
+        replies = b""
+        while replies.count(b"\n") < 4:
+            replies += client.recv(65536)
+    answers = [json.loads(line) for line in replies.splitlines()]
+    assert [answer["ok"] for answer in answers] == [False, False, False, True]
+    assert answers[2]["error"] == "unknown command 'fly'"
+    assert [domain["name"] for domain in answers[3]["domains"]] == ["dup"]
+
+
+def test_console_attach_type_detach_and_poweroff(host):
+    host.xenrr("create", host.config("shell", guest="kbdshell"))
+    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", "shell", "--socket", str(host.socket)],
+                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        console.stdin.write(b"echo attached\r")
+        console.stdin.flush()
+        seen = b""
+        while b"attached\r\n" not in seen.replace(b"echo attached", b""):
+            chunk = os.read(console.stdout.fileno(), 4096)
+            assert chunk, seen
+            seen += chunk
+        console.stdin.write(b"\x1d")
+        console.stdin.flush()
+        assert console.wait(timeout=60) == 0
+        assert "console of shell: detached" in console.stderr.read().decode()
+    finally:
+        if console.poll() is None:
+            console.kill()
+            console.wait()
+        for stream in (console.stdin, console.stdout, console.stderr):
+            stream.close()
+    again = host.xenrr("console", "shell", stdin=b"halt\r")        # on_poweroff = destroy (the default)
+    assert again.status == 0 and "console of shell: the domain is gone" in again.stderr
+    assert "shell" not in host.domains()
+
+
+def test_host_refuses_a_second_host_and_commands_without_one(host, tmp_path):
+    second = run_xenrr("up", "--socket", host.socket)
+    assert second.status == 2 and "a host is already running at" in second.stderr
+    nobody = run_xenrr("list", "--socket", "/tmp/xenrr-no-such-host.sock")
+    assert nobody.status == 2 and "no host is running at /tmp/xenrr-no-such-host.sock" in nobody.stderr
+
+
+def test_sigterm_stops_the_host_and_its_workers(host):
+    host.xenrr("create", host.config("busy"))
+    workers = children_of(host.process.pid)
+    assert len(workers) >= 2
+    host.process.terminate()
+    assert host.process.wait(timeout=60) == 0
+    assert not host.socket.exists()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_daemon_mode_detaches_and_down_stops_it(tmp_path):
+    import tempfile
+    directory = tempfile.mkdtemp(prefix="xd", dir="/tmp")
+    socket = f"{directory}/c.sock"
+    try:
+        up = run_xenrr("up", "--daemon", "--pcpus", "1", "--socket", socket)
+        assert up.status == 0 and "host up in the background" in up.stderr
+        assert run_xenrr("list", "--socket", socket).status == 0
+    finally:
+        down = run_xenrr("down", "--socket", socket)
+    assert down.status == 0 and not os.path.exists(socket)
