@@ -26,8 +26,8 @@ GDB_TIMEOUT = 600              # seconds for one GDB command: a backward watch s
 pytestmark = [
     pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)"),
     pytest.mark.slow,
-    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model, grant tables and "
-                             "a xenstore answer (issue 11; docs/grub.md)", strict=False),
+    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model and the start-of-day "
+                             "contract (issue 11; docs/grub.md)", strict=False),
 ]
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -31,8 +31,8 @@ DIRTY_CHECK_EVERY = 2_000_000
 pytestmark = [
     pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)"),
     pytest.mark.slow,
-    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model, grant tables and "
-                             "a xenstore answer (issue 11; docs/grub.md)", strict=False),
+    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model and the start-of-day "
+                             "contract (issue 11; docs/grub.md)", strict=False),
 ]
 
 
