@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xen.inject import input_kinds_text
+from xen.logrecord import KIND_DIGEST, KIND_END, kind_name
+
 
 def add_session_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("session", metavar="SESSION", type=Path, help="a log written by `xenrr record`")
@@ -19,8 +22,8 @@ def add_image_option(parser: argparse.ArgumentParser) -> None:
 
 def add_kind_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", metavar="KIND[,KIND...]",
-                        help="only records of these kinds: console-input, timer, time, random (input events), "
-                             "digest, end")
+                        help=f"only records of these kinds: {input_kinds_text()} (input events), "
+                             f"{kind_name(KIND_DIGEST)}, {kind_name(KIND_END)}")
 
 
 def add_goto_option(parser: argparse.ArgumentParser) -> None:

@@ -314,7 +314,8 @@ class Debugger:
     # ------------------------------------------------------------------ the recording
     def events(self, first: int | None = None, last: int | None = None, kind: str | None = None) -> list[Event]:
         """Input events `first`..`last` (inclusive, numbered from 1; all by default); with `kind` only
-        those of that kind ("console-input", "timer", "time", "random"; several: comma-separated)."""
+        those of that kind (a name of the log's vocabulary, e.g. "console-input"; several: comma-separated;
+        `monitor help` lists them all)."""
         if self._events is None:
             self._events = _parse_events(self._monitor("events"))
         events = self._events

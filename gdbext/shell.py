@@ -28,6 +28,7 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from gdbext.api import Debugger, DebugError, Stop
+from xen.inject import input_kinds_text
 
 SOURCE_CONTEXT = 2        # source lines shown before and after the current one
 EVENT_WINDOW = 10         # `events` without arguments lists this many events either side of the current one
@@ -195,13 +196,16 @@ class DebugShell:
 
     def do_events(self, argument: str) -> None:
         usage = "events [--kind KIND[,KIND...]] [FROM [TO]]"
-        words = shlex.split(argument)
         kind = None
-        if words and words[0].startswith("--kind"):
-            kind = words[0].removeprefix("--kind").removeprefix("=") or (words[1] if len(words) > 1 else "")
-            words = words[1:] if "=" in words[0] else words[2:]
-            if not kind:
-                raise UsageError(usage)
+        words: list[str] = []
+        arguments = iter(shlex.split(argument))
+        for word in arguments:                 # --kind may come before, between or after the numbers
+            if word == "--kind" or word.startswith("--kind="):
+                kind = word.removeprefix("--kind").removeprefix("=") or next(arguments, "")
+                if not kind:
+                    raise UsageError(usage)
+            else:
+                words.append(word)
         numbers = _numbers(shlex.join(words), usage, most=2)
         current = self.debugger.last_stop.event if self.debugger.last_stop else 0
         if numbers:
@@ -342,7 +346,7 @@ def _gdb(prefix: str) -> Callable[[DebugShell, str], None]:
 
 COMMANDS = [
     Command(("events",), "events [--kind K] [FROM [TO]]",
-            "list input events by number; --kind console-input, timer, time or random",
+            f"list input events by number; --kind one or more of {input_kinds_text()}",
             DebugShell.do_events),
     Command(("goto",), "goto EVENT|BOOKMARK", "go to just before input event EVENT is injected, or to a bookmark",
             DebugShell.do_goto),

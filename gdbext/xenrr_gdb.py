@@ -210,22 +210,29 @@ class EventsCommand(gdb.Command):
     """List the recording's input events: rr-events [--kind KIND[,KIND...]] [FROM [TO]]
 
 Shows events FROM to TO (all by default): number, instruction count, kind and payload (the key
-typed, the time published, ...); with --kind only those of the kinds named (console-input, timer,
-time, random). `=>` marks the next event to be injected."""
+typed, the time published, ...); with --kind (anywhere on the line) only those of the kinds named, e.g.
+console-input or timer (`monitor help` lists them all). `=>` marks the next event to be injected."""
 
     def __init__(self) -> None:
         super().__init__("rr-events", gdb.COMMAND_STATUS)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        words = gdb.string_to_argv(argument)
-        kind = []
-        if words and words[0].startswith("--kind="):
-            kind, words = ["--kind", words[0].removeprefix("--kind=")], words[1:]
-        elif words and words[0] == "--kind":
-            if len(words) < 2:
-                raise gdb.GdbError("usage: rr-events [--kind KIND[,KIND...]] [FROM [TO]]")
-            kind, words = ["--kind", words[1]], words[2:]
-        numbers = _numbers("rr-events", " ".join(words), ("FROM", "TO"), 0)
+        usage = "usage: rr-events [--kind KIND[,KIND...]] [FROM [TO]]"
+        kind: list[str] = []
+        positional: list[str] = []
+        words = iter(gdb.string_to_argv(argument))
+        for word in words:                     # --kind may come before, between or after the numbers
+            if word == "--kind":
+                kind = ["--kind", next(words, "")]
+            elif word.startswith("--kind="):
+                kind = ["--kind", word.removeprefix("--kind=")]
+            elif word.startswith("--"):
+                raise gdb.GdbError(f"{usage} (unknown option {word})")
+            else:
+                positional.append(word)
+        if kind and not kind[1]:
+            raise gdb.GdbError(usage)
+        numbers = _numbers("rr-events", " ".join(positional), ("FROM", "TO"), 0)
         gdb.write(_monitor(" ".join(["events"] + kind + [str(number) for number in numbers])))
 
 

@@ -50,7 +50,7 @@ from stub.rsp import (
 )
 from stub.target_xml import REGISTER_NUMBERS, REGISTERS, TARGET_XML, all_registers, register_bytes
 from stub.timeline import Stop, Timeline
-from xen.inject import UnusableRecord
+from xen.inject import UnusableRecord, input_kinds_text
 from xen.logrecord import kinds_named
 from xen.replay import Mark
 from xen.vcpu import PAGE_SIZE, GuestMemoryError, VCpu
@@ -71,11 +71,11 @@ WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchp
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
 SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;qXfer:libraries:read+;ReverseStep+;ReverseContinue+;"
              b"swbreak+;hwbreak+;vContSupported+;ConditionalBreakpoints+" % PACKET_SIZE)
-MONITOR_HELP = """\
+MONITOR_HELP = f"""\
 monitor commands of the xenrr replay stub:
   events [--kind KIND[,KIND...]] [FROM [TO]]
                       list input events (number, instruction count, kind, payload); KIND is
-                      console-input, timer, time or random
+                      one of {input_kinds_text()}
   goto EVENT          go to just before input event EVENT is injected (forwards or backwards)
   goto-icount N       go to instruction count N
   when                the current event number and instruction count

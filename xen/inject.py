@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from xen import abi
 from xen.digest import Digest, end_payload, parse_end_payload
-from xen.logrecord import KIND_DIGEST, KIND_END, kind_name, register_kind
+from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
 from xen.timekeeping import TimeBase
 
 if TYPE_CHECKING:
@@ -36,6 +36,11 @@ class Kind(enum.IntEnum):
 
 for _kind in Kind:
     register_kind(_kind, _kind.name.lower().replace("_", "-"))     # console-input, timer, time, random, ...
+
+
+def input_kinds_text() -> str:
+    """The input kinds' names for a help text, in number order: 'console-input, timer, ..., xenstore-write'."""
+    return ", ".join(kind_names(FIRST_INPUT_KIND))
 
 
 def describe_payload(kind: int, payload: bytes) -> str:

@@ -46,6 +46,12 @@ def kind_name(kind: int) -> str:
     return _kind_names.get(kind, f"kind-{kind}")
 
 
+def kind_names(first: int = 0) -> list[str]:
+    """The registered kind names in number order, from kind `first` on (FIRST_INPUT_KIND: the input kinds):
+    what help texts list, so a newly registered kind needs no edit there."""
+    return [name for kind, name in sorted(_kind_names.items()) if kind >= first]
+
+
 def kinds_named(names: str) -> set[int]:
     """The kinds of a `--kind` filter: registered names separated by commas. ValueError naming the known
     kinds for a name nobody registered."""

@@ -145,6 +145,8 @@ def test_errors_are_one_line_and_the_shell_goes_on(shell):
 def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
     keys = shell.run("events --kind console-input 66 69")
     assert [line.split()[-1] for line in keys.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
+    after = shell.run("events 66 69 --kind console-input")                  # options anywhere
+    assert [line.split()[-1] for line in after.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     assert "guest time 0.000000000 s" in shell.run("events --kind time")
     output = shell.run("goto-icount 23110")
     assert "instruction 23110" in output
