@@ -91,13 +91,15 @@ class RingSink:
         return len(missing)
 
 
-def make_header(domain: Domain, guest: Path, clock: str) -> LogHeader:
+def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None = None) -> LogHeader:
+    """The log header; `xenstore` is the domain's xenstore config (default: a lone domain named after
+    the guest file, as `xenrr record` runs it)."""
     image = domain.image
     initial = domain.digest(with_memory=True)
     config = {"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
               "clock": clock, "vcpus": 1}
     if domain.xenstore is not None:
-        config["xenstore"] = xenstore_config(guest)
+        config["xenstore"] = xenstore if xenstore is not None else xenstore_config(guest)
     return LogHeader(
         image_sha256=bytes.fromhex(image.image_sha256),
         config=config,
@@ -112,58 +114,87 @@ class RecordResult:
     path: Path
 
 
+class Recording:
+    """A recording in progress: the log daemon, its ring, and the sink on the domain's funnel. Whoever
+    runs the domain (`record` below, or a host's pCPU running it in quanta) calls `finish` with how
+    the run ended, also when it ended with an error."""
+
+    def __init__(self, domain: Domain, guest: Path, path: Path, *, clock: str, ring_bytes: int = RING_BYTES,
+                 overwrite: bool = False, xenstore: dict | None = None):
+        if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
+            raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
+        if path.exists() and path.samefile(guest):
+            raise RecordingRefused(f"the log {path} would overwrite the guest image")
+        if path.exists() and not overwrite:
+            raise RecordingRefused(f"{path} already exists (a recording is never replaced: give another -o "
+                                   f"or add --force)")
+        try:
+            self._ring = RingProducer(ring_bytes)
+        except RingError as error:
+            raise RecordingFailed(str(error)) from None
+        try:
+            self._daemon = start_log_daemon(self._ring, path, make_header(domain, guest, clock, xenstore))
+        except LogDaemonError as error:
+            self._ring.detach()
+            raise RecordingFailed(f"cannot start the log daemon: {error}") from None
+        self.domain = domain
+        self.path = path
+        self.sink = RingSink(self._ring)
+        domain.funnel.sink = self.sink
+
+    def finish(self, outcome: Outcome | None, failure: str | None = None) -> str | None:
+        """End the log: the END record (`outcome`; None when the run was interrupted), the ring closed,
+        the daemon waited for. Returns why the log is incomplete (None: it is whole)."""
+        domain, sink = self.domain, self.sink
+        try:
+            if failure is None and outcome is not None:
+                domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
+            elif failure is not None and sink.daemon_died:
+                domain.funnel.log_end(f"stopped:{failure}")    # the END goes to the sink's backlog
+        except RecordingFailed as error:
+            failure = str(error)
+            if sink.daemon_died:
+                domain.funnel.log_end(f"stopped:{failure}")
+        finally:
+            domain.funnel.sink = None
+            self._ring.close()
+            try:
+                self._daemon.wait()
+            except LogDaemonError as error:
+                failure = str(error)           # the daemon's own account (how it died, what it could not write)
+                sink.daemon_died |= self._ring.consumer_state() != CONSUMER_FAILED
+            self._ring.detach()
+        if failure is None:
+            return None
+        salvaged = ""
+        if sink.daemon_died:
+            try:
+                salvaged = f"; the recorder wrote the {sink.salvage(self.path)} records the daemon had not"
+            except (OSError, LogFormatError, RecordingFailed) as error:
+                salvaged = f"; the recorder could not write the rest itself ({error})"
+        return f"{failure}{salvaged}; {sink.records} records were logged, {_records_in_file(self.path)}"
+
+
 def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
            slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False,
            xenstore_writes: Sequence[tuple[str, bytes]] = ()) -> RecordResult:
     """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
     replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest."""
-    if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
-        raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
-    if path.exists() and path.samefile(guest):
-        raise RecordingRefused(f"the log {path} would overwrite the guest image")
-    if path.exists() and not overwrite:
-        raise RecordingRefused(f"{path} already exists (a recording is never replaced: give another -o "
-                               f"or add --force)")
-    try:
-        ring = RingProducer(ring_bytes)
-    except RingError as error:
-        raise RecordingFailed(str(error)) from None
-    try:
-        daemon = start_log_daemon(ring, path, make_header(domain, guest, clock))
-    except LogDaemonError as error:
-        ring.detach()
-        raise RecordingFailed(f"cannot start the log daemon: {error}") from None
-    sink = RingSink(ring)
-    domain.funnel.sink = sink
+    recording = Recording(domain, guest, path, clock=clock, ring_bytes=ring_bytes, overwrite=overwrite)
+    outcome: Outcome | None = None
     failure: str | None = None
     try:
         outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
                             linger_ns=linger_ns, slice_instructions=slice_instructions,
                             xenstore_writes=xenstore_writes).run()
-        domain.funnel.log_end(f"{outcome.reason}:{outcome.detail}")
     except RecordingFailed as error:
         failure = str(error)
-        if sink.daemon_died:
-            domain.funnel.log_end(f"stopped:{failure}")    # the END goes to the sink's backlog
     finally:
-        domain.funnel.sink = None
-        ring.close()
-        try:
-            daemon.wait()
-        except LogDaemonError as error:
-            failure = str(error)           # the daemon's own account (how it died, what it could not write)
-            sink.daemon_died |= ring.consumer_state() != CONSUMER_FAILED
-        ring.detach()
+        failure = recording.finish(outcome, failure)
     if failure is not None:
-        salvaged = ""
-        if sink.daemon_died:
-            try:
-                salvaged = f"; the recorder wrote the {sink.salvage(path)} records the daemon had not"
-            except (OSError, LogFormatError, RecordingFailed) as error:
-                salvaged = f"; the recorder could not write the rest itself ({error})"
-        raise RecordingFailed(f"{failure}{salvaged}; {sink.records} records were logged, {_records_in_file(path)}")
-    return RecordResult(outcome, sink.records, path)
+        raise RecordingFailed(failure)
+    return RecordResult(outcome, recording.sink.records, path)
 
 
 def _records_in_file(path: Path) -> str:

@@ -60,6 +60,10 @@ def add_host_commands(subparsers: argparse._SubParsersAction) -> None:
                     "cpus, cpu_weight, cap, extra/cmdline, on_poweroff, on_crash, type). A relative kernel path "
                     "is taken from the current directory, as xl does.")
     create.add_argument("config", metavar="CFG", type=Path, help="the domain's xl config file")
+    create.add_argument("--record", metavar="LOG", type=Path,
+                        help="record the domain from its first instruction into LOG (never replaced if it exists); "
+                             "the log ends when the domain does (END says shutdown, crashed or destroyed) and "
+                             "`xenrr replay LOG` replays it alone")
     _socket_option(create)
     listing = subparsers.add_parser("list", help="list the host's domains",
                                     description="One line per domain: name, domid, memory, vCPUs, state, pCPU, "
@@ -172,7 +176,10 @@ def command_create(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         raise HostCommandError(f"{args.config}: not a text file") from None
     wire = control.encode_config(text, str(args.config), Path.cwd())
-    created = _call(args, {"cmd": "create", "config": wire})
+    request = {"cmd": "create", "config": wire}
+    if args.record is not None:
+        request["record"] = str(args.record.absolute())
+    created = _call(args, request)
     print(f"xenrr: created domain {created['name']} (domid {created['domid']}) on pCPU {created['pcpu']}",
           file=sys.stderr)
     return 0
@@ -199,12 +206,18 @@ def _simple(command: str):
     return run
 
 
-def command_vcpu_list(args: argparse.Namespace) -> int:
+def _listed(args: argparse.Namespace, name: str | None) -> list[dict]:
+    """The host's domains (`list`), or only the one named."""
     domains = _call(args, {"cmd": "list"})["domains"]
-    if args.name is not None:
-        domains = [domain for domain in domains if domain["name"] == args.name]
+    if name is not None:
+        domains = [domain for domain in domains if domain["name"] == name]
         if not domains:
-            raise HostCommandError(f"no domain named {args.name!r} (see `xenrr list`)")
+            raise HostCommandError(f"no domain named {name!r} (see `xenrr list`)")
+    return domains
+
+
+def command_vcpu_list(args: argparse.Namespace) -> int:
+    domains = _listed(args, args.name)
     print(f"{'Name':<20} {'ID':>4} {'VCPU':>4} {'CPU':>4} {'State':<9} {'Instructions':>14}  Affinity (Hard)")
     for domain in domains:
         print(f"{domain['name']:<20} {domain['domid']:>4} {0:>4} {domain['pcpu']:>4} {domain['state']:<9} "
@@ -236,11 +249,7 @@ def command_sched_credit(args: argparse.Namespace) -> int:
             raise HostCommandError("-w/-c need -d NAME (the domain to change)")
         _call(args, {"cmd": "sched-credit", "name": args.domain, "weight": args.weight, "cap": args.cap})
         return 0
-    domains = _call(args, {"cmd": "list"})["domains"]
-    if args.domain is not None:
-        domains = [domain for domain in domains if domain["name"] == args.domain]
-        if not domains:
-            raise HostCommandError(f"no domain named {args.domain!r} (see `xenrr list`)")
+    domains = _listed(args, args.domain)
     print(f"{'Name':<20} {'ID':>4} {'Weight':>6} {'Cap':>4}")
     for domain in domains:
         print(f"{domain['name']:<20} {domain['domid']:>4} {domain['weight']:>6} {domain['cap']:>4}")

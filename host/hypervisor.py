@@ -150,7 +150,10 @@ class Hypervisor:
         domid = next(self._domids)
         entry = DomainEntry(config.name, domid, worker.index)
         self.domains[config.name] = entry
-        result = self._call(worker, {"op": "create", "config": config, "domid": domid})
+        record = request.get("record")
+        if record is not None and not isinstance(record, str):
+            raise ControlError("record wants the path of the log to write")
+        result = self._call(worker, {"op": "create", "config": config, "domid": domid, "record": record})
         if "error" in result:
             del self.domains[config.name]
             raise ControlError(result["error"])

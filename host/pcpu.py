@@ -23,13 +23,14 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from dom0.record import Recording, RecordingFailed, RecordingRefused
 from dom0.toolstack import connect_xenstore
 from host.credit import CreditScheduler, Entity
 from host.xlcfg import DomainConfig
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain, RunState
 from xen.inject import Kind
-from xen.sched import Scheduler
+from xen.sched import Outcome, Scheduler
 
 MIB = 1024 * 1024
 SHUTDOWN_REQUEST = b"control/shutdown"      # what `xl shutdown` writes under the domain's home
@@ -84,7 +85,7 @@ class HostConsoleInput:
 class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
-    def __init__(self, config: DomainConfig, domid: int, send_console) -> None:
+    def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None) -> None:
         self.config = config
         self.domid = domid
         self.input = HostConsoleInput()
@@ -97,13 +98,21 @@ class HostedDomain:
         def output(data: bytes) -> None:
             send_console(config.name, data)
         self.domain = Domain(image, console_output=output, hypervisor_console=output)
-        connect_xenstore(self.domain, {"domid": domid, "name": config.name})
+        xenstore = {"domid": domid, "name": config.name}
+        connect_xenstore(self.domain, xenstore)
+        self.recording: Recording | None = None
+        if record is not None:
+            try:
+                self.recording = Recording(self.domain, Path(config.kernel), record, clock="real", xenstore=xenstore)
+            except (RecordingRefused, RecordingFailed) as error:
+                raise ValueError(f"cannot record {config.name}: {error}") from None
         self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False)
         self.entity = Entity(config.name, weight=config.weight, cap=config.cap)
         self.paused = False
         self.idle = False
         self.wake_ns: int | None = None
         self.affinity = config.cpus[0]
+        self.recording_failure: str | None = None
 
     @property
     def state(self) -> str:
@@ -125,16 +134,37 @@ class HostedDomain:
         vcpu = self.domain.vcpu
         before = vcpu.icount
         self.scheduler.max_instructions = before + budget
-        outcome = self.scheduler.run()
+        try:
+            outcome = self.scheduler.run()
+        except RecordingFailed as error:
+            self.stop_recording(None, str(error))
+            self.domain.crash(f"recording stopped: {self.recording_failure}")
+            return vcpu.icount - before
         if outcome.reason == "idle":
             self.idle, self.wake_ns = True, outcome.wake_ns
         return vcpu.icount - before
+
+    def outcome(self) -> Outcome:
+        """How the domain ended (or "destroyed", while it still runs), as a recording's END says it."""
+        domain = self.domain
+        if domain.alive:
+            return Outcome("destroyed", domain.vcpu.icount)
+        if domain.state == RunState.CRASHED:
+            return Outcome("crashed", domain.vcpu.icount, str(domain.crash_report))
+        return Outcome("shutdown", domain.vcpu.icount, domain.shutdown_name or "")
+
+    def stop_recording(self, outcome: Outcome | None, failure: str | None = None) -> None:
+        """End this domain's log (if it is recorded): its END record says how the domain ended."""
+        if self.recording is not None:
+            self.recording_failure = self.recording.finish(outcome, failure)
+            self.recording = None
 
     def info(self, pcpu: int) -> dict:
         return {"name": self.config.name, "domid": self.domid, "state": self.state, "vcpus": self.config.vcpus,
                 "pcpu": pcpu, "pinning": _cpu_list(self.affinity), "weight": self.entity.weight,
                 "cap": self.entity.cap, "instructions": self.domain.vcpu.icount,
-                "memory": self.config.memory_mib}
+                "memory": self.config.memory_mib,
+                "recording": None if self.recording is None else str(self.recording.path)}
 
     def close(self) -> None:
         self.input.close()
@@ -189,7 +219,8 @@ class PhysicalCpu:
 
     def op_create(self, request: dict) -> dict:
         config: DomainConfig = request["config"]
-        hosted = HostedDomain(config, request["domid"], self.send_console)
+        record = request.get("record")
+        hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record))
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
         return {}
@@ -241,6 +272,9 @@ class PhysicalCpu:
         return {}
 
     def _remove(self, hosted: HostedDomain, why: str) -> None:
+        hosted.stop_recording(hosted.outcome())
+        if hosted.recording_failure is not None:
+            why += f"; its log is incomplete: {hosted.recording_failure}"
         del self.domains[hosted.config.name]
         self.credit.remove(hosted.entity)
         hosted.close()
@@ -254,6 +288,7 @@ class PhysicalCpu:
         why = str(hosted.domain.crash_report) if hosted.domain.crash_report else \
             f"shut down ({hosted.domain.shutdown_name})"
         if action == "preserve":
+            hosted.stop_recording(hosted.outcome())
             return
         self._remove(hosted, why)
         if action == "restart":

@@ -157,3 +157,33 @@ def test_daemon_mode_detaches_and_down_stops_it(tmp_path):
     finally:
         down = run_xenrr("down", "--socket", socket)
     assert down.status == 0 and not os.path.exists(socket)
+
+
+def test_a_domain_recorded_on_the_host_replays_alone(host, tmp_path):
+    """create --record: the log of a domain that ran beside a busy neighbour (same pCPU, its quanta
+    interleaved) replays with `xenrr replay` alone and verifies; console input typed through the host
+    is in it."""
+    log = tmp_path / "shell.xrr"
+    host.xenrr("create", host.config("noisy", cpus="0"))
+    assert host.xenrr("create", host.config("shell", guest="kbdshell", cpus="0"), "--record", log).status == 0
+    assert host.domains()["shell"]["recording"] == str(log)
+    typed = host.xenrr("console", "shell", stdin=b"echo recorded on a host\rhalt\r")
+    assert typed.status == 0 and "recorded on a host" in typed.stdout
+    host.wait_for(lambda: "shell" not in host.domains(), "shell to power off")
+    replay = run_xenrr("replay", log)
+    assert replay.status == 0, replay.stderr
+    assert "replayed to the end of the recording" in replay.stderr
+    assert "recorded on a host" in replay.stdout
+
+
+def test_destroy_of_a_recorded_domain_leaves_a_valid_log(host, tmp_path):
+    log = tmp_path / "spin.xrr"
+    assert host.xenrr("create", host.config("spin"), "--record", log).status == 0
+    host.wait_for(lambda: host.domains()["spin"]["instructions"] > 3_000_000, "spin to run")
+    assert host.xenrr("destroy", "spin").status == 0
+    replay = run_xenrr("replay", log, "--json")
+    summary = json.loads(replay.stdout)
+    assert replay.status == 0 and summary["verified"] and summary["complete"]
+    assert summary["recorded_outcome"].startswith("destroyed:")
+    refused = host.xenrr("create", host.config("again"), "--record", log)
+    assert refused.status == 2 and "already exists" in refused.stderr
