@@ -31,6 +31,7 @@ from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from dom0.xenstored import format_perms, is_valid_path
 from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands
+from host.pinning import pinned_replay
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
@@ -430,6 +431,10 @@ COMMANDS = {"run": command_run, "record": command_record, "replay": command_repl
             **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS, **HOST_COMMANDS}
 
 
+# While a host runs (`xenrr up`), these replay on a core of their own that the host's domains keep off.
+PINNED_COMMANDS = ("replay", "serve")
+
+
 def _fail(message: str, status: int, json_wanted: bool) -> int:
     """Report a failure: one line on stderr and, under --json, a JSON error object on stdout."""
     _terminal.say(f"xenrr: {message}")
@@ -451,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.passthrough = passthrough
+        if args.command in PINNED_COMMANDS:        # the replaying process (debug's is its serve)
+            with pinned_replay():
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
             UnusableRecord, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError,

@@ -2,7 +2,8 @@
 
 Owns the domains' placement and the control protocol. The hypervisor process starts one worker
 process per pCPU (host/pcpu.py), each pinned to a host core, and listens on a Unix socket for
-JSON-lines requests (host/control.py). It places a new domain on the least loaded pCPU its hard
+JSON-lines requests (host/control.py). A pinned replay reserves a core (host/pinning.py): the
+workers move off it for as long as the replay's connection stays open. It places a new domain on the least loaded pCPU its hard
 affinity (`cpus=`) allows and forwards each request to the worker that runs the domain. `xenrr
 console` turns a connection into a byte stream: the domain's console output (what it wrote lately
 first), and keys typed go to the guest.
@@ -59,6 +60,8 @@ class Hypervisor:
 
     def __init__(self, socket_path: Path, pcpus: int):
         cores = sorted(os.sched_getaffinity(0))
+        self.cores = cores
+        self.reserved: dict[socket.socket, int] = {}      # cores kept for pinned replays, by their connection
         if pcpus < 1:
             raise HostError(f"--pcpus must be at least 1, not {pcpus}")
         self.socket_path = socket_path
@@ -213,6 +216,26 @@ class Hypervisor:
     def cmd_console_in(self, entry: DomainEntry, data: bytes) -> None:
         self._call(self.workers[entry.pcpu], {"op": "console-in", "name": entry.name, "data": data})
 
+    def cmd_reserve_core(self, request: dict, client) -> dict:
+        """A pinned replay: one core for the asking process alone, every pCPU worker moved off it, until
+        the connection closes."""
+        if client in self.reserved:
+            raise ControlError(f"this connection already holds core {self.reserved[client]}")
+        free = [core for core in self.cores if core not in self.reserved.values()]
+        if len(free) < 2:
+            raise ControlError(f"the host has no core to spare (cores {self.cores}, "
+                               f"{len(self.reserved)} reserved for replays; the domains keep one)")
+        self.reserved[client] = free[-1]
+        self._pin_workers()
+        return {"core": free[-1]}
+
+    def _pin_workers(self) -> None:
+        """Each worker on its own core, or on the unreserved cores when its core is reserved."""
+        unreserved = {core for core in self.cores if core not in self.reserved.values()}
+        for worker in self.workers:
+            if worker.process.is_alive():
+                os.sched_setaffinity(worker.process.pid, unreserved if worker.core not in unreserved else {worker.core})
+
     def cmd_down(self, request: dict, client) -> dict:
         self.running = False
         return {}
@@ -299,6 +322,8 @@ class Hypervisor:
             self.cmd_console_in(entry, data)
 
     def _drop(self, client: socket.socket) -> None:
+        if self.reserved.pop(client, None) is not None:
+            self._pin_workers()
         for entry in self.domains.values():
             if client in entry.consoles:
                 entry.consoles.remove(client)

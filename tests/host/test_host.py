@@ -9,6 +9,7 @@ import socket as sockets
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,42 @@ def test_destroy_of_a_recorded_domain_leaves_a_valid_log(host, tmp_path):
     assert summary["recorded_outcome"].startswith("destroyed:")
     refused = host.xenrr("create", host.config("again"), "--record", log)
     assert refused.status == 2 and "already exists" in refused.stderr
+
+
+def _allowed_cpus(pid: int) -> str:
+    status = (Path("/proc") / str(pid) / "status").read_text()
+    return next(line.split(":")[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+
+
+def _workers(host) -> list[int]:
+    return [pid for pid in children_of(host.process.pid)
+            if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a pinned replay needs a core to spare")
+def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_recording):
+    host.xenrr("create", host.config("neighbour", cpus="1"))
+    workers = _workers(host)
+    before = {pid: _allowed_cpus(pid) for pid in workers}
+    environment = dict(os.environ, XENRR_SOCKET=str(host.socket))
+    serve = subprocess.Popen([sys.executable, "-m", "dom0.cli", "serve", str(virtual_recording.path)], cwd=ROOT,
+                             env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert serve.stdout.readline().startswith(b"listening on 127.0.0.1:")
+        core = _allowed_cpus(serve.pid)
+        assert core.isdigit()                                   # one core
+        for pid in workers:
+            assert core not in _allowed_cpus(pid).replace("-", ",").split(","), (core, _allowed_cpus(pid))
+        assert host.domains()["neighbour"]["state"] == "running"
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+        serve.stdout.close()
+        stderr = serve.stderr.read().decode()
+        serve.stderr.close()
+    assert f"replaying on core {core}, kept free of the host's domains" in stderr
+    host.wait_for(lambda: {pid: _allowed_cpus(pid) for pid in workers} == before, "the workers to get their cores back",
+                  timeout=30)
+    replay = subprocess.run([sys.executable, "-m", "dom0.cli", "replay", str(virtual_recording.path)], cwd=ROOT,
+                            env=environment, capture_output=True, timeout=120)
+    assert replay.returncode == 0 and b"replaying on core" in replay.stderr
