@@ -1,4 +1,4 @@
-"""The debugging commands of the xenrr CLI for people and scripts: `xenrr shell` and `xenrr check`.
+"""The debugging commands of the xenrr CLI for people and scripts: `xenrr shell`, `xenrr check`, `xenrr verify`.
 
 Owns their arguments, exit statuses and one-line messages; `dom0/cli.py` adds them to its parser with
 `add_user_commands(subparsers)` and dispatches through `USER_COMMANDS`. The debugging itself is
@@ -12,7 +12,12 @@ order on one debugger, reset (breakpoints deleted, back at the first instruction
 `assert` that fails, or any exception, fails that check, explained as pytest explains it. The same
 file runs under plain pytest when a conftest.py provides the `d` fixture (examples/conftest.py does).
 
-Invariant: `check` exits 0 with one line `PASS ...` only when every selected check ran and held; 1
+`check` with several recordings (or a directory, a glob, --workers/--scheduler/--junit-xml) and
+`verify` are batches: dom0/batch.py runs one Dask work unit per recording; this module checks the
+arguments and prints the table, JSON or JUnit XML. One recording file with scripts keeps the
+single-recording path below, unchanged.
+
+Invariant: single-recording `check` exits 0 with one line `PASS ...` only when every selected check ran and held; 1
 when one failed (each failure named by file:line, its source line and pytest's explanation); 2 for
 usage errors (missing files, swapped arguments, a script that does not load or has no checks, a
 session that cannot be debugged).
@@ -21,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dom0.batch import (BatchError, exit_status, gather, is_recording, run_batch, summary_line, table, to_json,
+                        to_junit_xml, wants_batch)
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.logfile import FILE_MAGIC
+from dom0.terminal import Terminal
 
 if TYPE_CHECKING:
     from gdbext.check import CheckResult
@@ -51,22 +60,60 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
     add_image_option(shell)
 
     check = commands.add_parser(
-        "check", help="run a regression-debugging script against a recording",
-        description="Replay SESSION under GDB and run the checks of each SCRIPT (or of the test_*.py files in a "
+        "check", help="run regression-debugging scripts against one or many recordings",
+        usage="xenrr check [options] RECORDING... SCRIPT...",
+        description="Replay each RECORDING under GDB and run the checks of each SCRIPT (or of the test_*.py files in a "
                     "directory) with pytest: every function named test_* taking `d` (a gdbext.api.Debugger "
-                    "connected to the replay, reset before each check). Prints `PASS ...` and exits 0 when all "
-                    "hold; prints each failure as pytest explains it (file:line, the line, the values of a "
-                    "failed assert) and exits 1 otherwise; exits 2 on usage errors. The same scripts run "
-                    "under plain pytest with a fixture `d` (see examples/).")
-    add_session_argument(check)
-    check.add_argument("scripts", metavar="SCRIPT", type=Path, nargs="+",
-                       help="a Python file of test_*(d) functions, or a directory of test_*.py such files")
+                    "connected to the replay, reset before each check). Recordings and scripts are told apart by "
+                    "content, not by name: a file that starts with the log's magic bytes (written by `xenrr "
+                    "record`) is a recording, any other file a script; a directory gives its recordings and its "
+                    "test_*.py files; a quoted glob ('corpus/*.xrr') is expanded. With one recording file, prints "
+                    "`PASS ...` and exits 0 when all hold, or prints each failure as pytest explains it (file:line, "
+                    "the line, the values of a failed assert) and exits 1. " + BATCH_DESCRIPTION + " The same "
+                    "scripts run under plain pytest with a fixture `d` (see examples/).")
+    check.add_argument("paths", metavar="RECORDING_OR_SCRIPT", type=str, nargs="+",
+                       help="a recording, a Python file of test_*(d) functions, a directory, or a glob")
     check.add_argument("-k", metavar="PATTERN",
                        help="run only the checks whose names match PATTERN (pytest's -k: `hist and not long`)")
     check.add_argument("--json", action="store_true",
                        help="print the results as one JSON object (every check: name, file, outcome, line, "
-                            "source, message, output)")
+                            "source, message, output; with many recordings, one entry per recording)")
+    add_batch_options(check)
     add_image_option(check)
+
+    verify = commands.add_parser(
+        "verify", help="replay many recordings and verify their state digests, on Dask",
+        usage="xenrr verify [options] RECORDING...",
+        description="Replay each RECORDING (files, directories holding recordings, or quoted globs; recordings are "
+                    "recognised by content) as `xenrr replay --quiet` does, checking every state digest. "
+                    + BATCH_DESCRIPTION)
+    verify.add_argument("paths", metavar="RECORDING", type=str, nargs="+",
+                        help="a recording, a directory holding recordings, or a glob")
+    verify.add_argument("--json", action="store_true", help="print the results as one JSON object, one entry "
+                                                            "per recording")
+    add_batch_options(verify)
+    add_image_option(verify)
+
+
+BATCH_DESCRIPTION = (
+    "With several recordings (or a directory, a glob, or any of the options below) each recording is one work "
+    "unit on Dask: a local cluster of --workers processes (loopback only) unless --scheduler or "
+    "DASK_SCHEDULER_ADDRESS names a real cluster, whose workers must have xenrr installed and see the same paths. "
+    "Prints a table (status, seconds, recording, detail) and a summary line, a progress bar on a terminal; a "
+    "failing recording or a crashing worker is reported and the rest go on. Exit status: 0 all passed, 1 a check "
+    "failed, a replay diverged or a worker crashed, 2 usage error or a recording that cannot be replayed at all "
+    "(not a log, malformed header, wrong guest image), 3 a log is damaged or incomplete (its valid part verified); "
+    "the first that applies.")
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", metavar="N", type=int,
+                        help=f"local Dask worker processes (default: one per CPU, {os.cpu_count()} here)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run on the Dask cluster of this scheduler (default: DASK_SCHEDULER_ADDRESS, "
+                             "else a local cluster)")
+    parser.add_argument("--junit-xml", metavar="FILE", type=Path,
+                        help="also write the results as JUnit XML to FILE, for CI systems")
 
 
 def command_shell(args: argparse.Namespace) -> int:
@@ -86,40 +133,37 @@ def command_shell(args: argparse.Namespace) -> int:
         return DebugShell(debugger, guest_symbols(debugger.image), title=str(args.session)).run()
 
 
-def _looks_like_log(path: Path) -> bool:
-    try:
-        with open(path, "rb") as file:
-            return file.read(len(FILE_MAGIC)) == FILE_MAGIC
-    except OSError:
-        return False
-
-
 def _check_arguments(session: Path, scripts: list[Path]) -> None:
     """UserCommandError for arguments that cannot work: missing files, swapped arguments, an ELF or a
     log given as a script, a script that is not Python."""
     swapped = "the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first"
-    if any(_looks_like_log(script) for script in scripts) and not _looks_like_log(session):
+    if any(is_recording(script) for script in scripts) and not is_recording(session):
         raise UserCommandError(swapped)
     if not session.exists():
         raise UserCommandError(f"cannot read {session}: no such file")
     if session.is_dir() or session.suffix == ".py":
         raise UserCommandError(f"{session} is not a recording (made by `xenrr record`)")
     for script in scripts:
-        if not script.exists():
-            raise UserCommandError(f"cannot read check script {script}: no such file")
-        if script.is_dir():
-            continue
-        data = script.read_bytes()
-        if data.startswith(b"\x7fELF"):
-            raise UserCommandError(f"{script} is an ELF file, not a Python check script")
-        if data.startswith(FILE_MAGIC):
-            raise UserCommandError(f"{script} is a recording, not a Python check script")
-        try:
-            compile(data, str(script), "exec")
-        except SyntaxError as error:
-            if error.lineno is None:        # e.g. null bytes: not source text at all
-                raise UserCommandError(f"{script} is not a Python check script ({error.msg})") from None
-            raise UserCommandError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
+        _check_script(script)
+
+
+def _check_script(script: Path) -> None:
+    """UserCommandError for a check script that cannot load: missing, an ELF or a log, not Python."""
+    if not script.exists():
+        raise UserCommandError(f"cannot read check script {script}: no such file")
+    if script.is_dir():
+        return
+    data = script.read_bytes()
+    if data.startswith(b"\x7fELF"):
+        raise UserCommandError(f"{script} is an ELF file, not a Python check script")
+    if data.startswith(FILE_MAGIC):
+        raise UserCommandError(f"{script} is a recording, not a Python check script")
+    try:
+        compile(data, str(script), "exec")
+    except SyntaxError as error:
+        if error.lineno is None:        # e.g. null bytes: not source text at all
+            raise UserCommandError(f"{script} is not a Python check script ({error.msg})") from None
+        raise UserCommandError(f"cannot load {script}:{error.lineno}: SyntaxError: {error.msg}") from None
 
 
 def _describe_failure(result: CheckResult) -> list[str]:
@@ -132,7 +176,17 @@ def _describe_failure(result: CheckResult) -> list[str]:
     return lines
 
 
+def _batch_wanted(args: argparse.Namespace) -> bool:
+    return (args.command == "verify" or args.workers is not None or args.scheduler is not None
+            or args.junit_xml is not None or wants_batch(args.paths))
+
+
 def command_check(args: argparse.Namespace) -> int:
+    if _batch_wanted(args):
+        return _run_batch(args)
+    if len(args.paths) < 2:
+        raise UserCommandError("no check script given: it is `xenrr check RECORDING... SCRIPT...`")
+    args.session, args.scripts = Path(args.paths[0]), [Path(path) for path in args.paths[1:]]
     _check_arguments(args.session, args.scripts)
     from gdbext.check import CheckLoadError, run_checks
 
@@ -160,4 +214,40 @@ def command_check(args: argparse.Namespace) -> int:
     return status
 
 
-USER_COMMANDS = {"shell": command_shell, "check": command_check}
+def _run_batch(args: argparse.Namespace) -> int:
+    """`check` or `verify` over many recordings on Dask (dom0/batch.py): table or JSON, JUnit XML."""
+    if args.workers is not None and args.workers < 1:
+        raise UserCommandError("--workers: give at least 1")
+    try:
+        recordings, scripts = gather(args.paths)
+    except BatchError as error:
+        raise UserCommandError(str(error)) from None
+    if args.command == "check":
+        if not scripts:
+            raise UserCommandError("no check scripts among the arguments: it is `xenrr check RECORDING... SCRIPT...`")
+        for script in scripts:
+            _check_script(script)
+    elif scripts:
+        raise UserCommandError(f"{scripts[0]} is not a recording (made by `xenrr record`)")
+    terminal = Terminal()
+    scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    with terminal.progress(len(recordings), args.command, "recordings", enabled=not args.json) as report:
+        try:
+            results = run_batch(args.command, recordings, scripts, image=args.image, select=getattr(args, "k", None),
+                                workers=args.workers or os.cpu_count() or 1, scheduler=scheduler, progress=report)
+        except BatchError as error:
+            raise UserCommandError(str(error)) from None
+    if args.junit_xml is not None:
+        try:
+            args.junit_xml.write_bytes(to_junit_xml(args.command, results))
+        except OSError as error:
+            raise UserCommandError(f"cannot write {args.junit_xml}: {error.strerror}") from None
+    if args.json:
+        print(to_json(args.command, results, scripts))
+    else:
+        print(table(results))
+        print(summary_line(args.command, results))
+    return exit_status(results)
+
+
+USER_COMMANDS = {"shell": command_shell, "check": command_check, "verify": _run_batch}

@@ -154,9 +154,9 @@ def test_swapped_arguments_and_an_elf_script_are_named(recordings, xenrr, kbdshe
         2, "xenrr: error: the arguments look swapped: it is `xenrr check SESSION SCRIPT...`, the recording first\n")
     elf = xenrr("check", recordings["long_line"], kbdshell_elf)
     assert (elf.status, elf.stderr) == (2, f"xenrr: error: {kbdshell_elf} is an ELF file, not a Python check script\n")
-    log = xenrr("check", recordings["long_line"], recordings["short_lines"])
-    assert (log.status, log.stderr) == (
-        2, f"xenrr: error: {recordings['short_lines']} is a recording, not a Python check script\n")
+    two_recordings = xenrr("check", recordings["long_line"], recordings["short_lines"])     # a batch, no scripts
+    assert (two_recordings.status, two_recordings.stderr) == (
+        2, "xenrr: error: no check scripts among the arguments: it is `xenrr check RECORDING... SCRIPT...`\n")
 
 
 def test_missing_files_are_usage_errors(recordings, xenrr, tmp_path):
