@@ -134,6 +134,7 @@ def test_check_with_a_scheduler_from_the_environment_passes(xenrr, scheduler, co
     assert run.stdout.splitlines()[-1] == "PASS check: 1 recordings: 1 passed"
 
 
+@pytest.mark.slow
 def test_a_worker_killed_by_its_unit_is_reported_and_the_rest_go_on(xenrr, scheduler, corpus, tmp_path):
     directory = tmp_path / "corpus"
     directory.mkdir()
