@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks.record_replay import Sides
 from dom0.consoleinput import KeyScript, parse_key_script
+from dom0.toolstack import connect_xenstore, xenstore_config
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.sched import Scheduler
@@ -43,6 +44,7 @@ def boot_to_prompt(image) -> dict:
             seen["prompt_seconds"] = time.perf_counter() - started
 
     domain = Domain(image, console_output=output)
+    connect_xenstore(domain, xenstore_config(GRUB))         # GRUB asks xenstore once at boot
     started = time.perf_counter()
     outcome = Scheduler(domain, KeyScript(parse_key_script(r"halt\r")), clock="virtual",
                         max_instructions=MAX_INSTRUCTIONS).run()

@@ -43,6 +43,7 @@ from dom0.logfile import LogReader
 from dom0.logring import RingProducer
 from dom0.record import RING_BYTES, make_header, record
 from dom0.replay import ReplaySession
+from dom0.toolstack import connect_xenstore, xenstore_config
 from xen.builder import DomainImage, build_domain
 from xen.digest import Digest, take_digest
 from xen.domain import Domain
@@ -105,8 +106,14 @@ class Sides:
         self._logs += 1
         return self.directory / f"session{self._logs}.xrr"
 
+    def _domain(self, console_output: Callable[[bytes], None] = lambda data: None) -> Domain:
+        """A domain as `xenrr run` and `xenrr record` make it: with its xenstore."""
+        domain = Domain(self.image, console_output=console_output)
+        connect_xenstore(domain, xenstore_config(self.image_path))
+        return domain
+
     def plain(self, script: str, clock: str = "real") -> dict:
-        domain = Domain(self.image)
+        domain = self._domain()
         keys = KeyScript(parse_key_script(script))
         started = time.perf_counter()
         outcome = Scheduler(domain, keys, clock=clock, linger_ns=LINGER_NS).run()
@@ -116,7 +123,7 @@ class Sides:
 
     def record(self, script: str, clock: str = "real") -> dict:
         console = bytearray()
-        domain = Domain(self.image, console_output=console.extend)
+        domain = self._domain(console.extend)
         keys = KeyScript(parse_key_script(script))
         path = self._log_path()
         started = time.perf_counter()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dom0.toolstack import connect_xenstore, xenstore_config
 from xen.builder import build_domain
 from xen.domain import Domain, RunState
 from xen.inject import Kind
@@ -28,6 +29,7 @@ FIRST_KEY_ICOUNT = 1_000_000
 KEY_SPACING = 100_000
 STEP_WINDOW = 20_000
 DIRTY_CHECK_EVERY = 2_000_000
+MAX_INSTRUCTIONS = 300_000_000         # a session that has not powered off by then has gone wrong
 pytestmark = [
     pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)"),
     pytest.mark.slow,
@@ -39,6 +41,7 @@ pytestmark = [
 def run_session(pattern: str, seed: int = 1, step_from: int | None = None) -> dict:
     output = bytearray()
     domain = Domain(build_domain(GRUB.read_bytes(), MEMORY), console_output=output.extend)
+    connect_xenstore(domain, xenstore_config(GRUB))             # GRUB asks xenstore once at boot
     vcpu = domain.vcpu
     rng = random.Random(seed)
     inputs = [(FIRST_KEY_ICOUNT + index * KEY_SPACING, bytes([key])) for index, key in enumerate(KEYS)]
@@ -47,7 +50,7 @@ def run_session(pattern: str, seed: int = 1, step_from: int | None = None) -> di
         generation = vcpu.track_dirty_pages()
         image, checked_at = vcpu.memory_image(), 0
     breakpoint_set = False
-    while domain.alive:
+    while domain.alive and vcpu.icount < MAX_INSTRUCTIONS:
         next_input = inputs[0][0] if inputs else 1 << 62
         if inputs and vcpu.icount >= next_input:
             domain.funnel.inject(Kind.CONSOLE_INPUT, inputs.pop(0)[1])
