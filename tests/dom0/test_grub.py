@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stub.test_server_gdb import Gdb, Server
+from tests.stub.test_server_gdb import EXTENSION, Gdb, Server
 
 GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
 MEMORY_MIB = "32"
@@ -136,6 +136,26 @@ def test_gdb_breaks_in_grub_and_runs_backwards(grub_recording, grub_symbols):
         stop = run("reverse-continue").stopped
         assert stop is not None and gdb.when()[1] < first
         run("kill")
+        assert server.finish() == 0
+    finally:
+        gdb.close()
+        server.finish()
+
+
+def test_gdb_loads_the_symbols_of_grubs_loaded_modules(grub_recording, grub_symbols):
+    server = Server(grub_recording)
+    gdb = Gdb(str(grub_symbols))
+    try:
+        gdb.run(f"target remote {server.address}", timeout=GDB_TIMEOUT)
+        gdb.run(f"source {EXTENSION}")
+        gdb.run("break grub_extcmd_dispatcher", timeout=GDB_TIMEOUT)
+        gdb.run("continue", timeout=GDB_TIMEOUT)
+        loaded = gdb.run("rr-grub-modules", timeout=GDB_TIMEOUT).text
+        assert re.match(r"loaded symbols of \d+ GRUB modules: .*\bnormal\b", loaded), loaded
+        # normal.module's DWARF: the caller of the dispatcher is GRUB's script executor, with its source line
+        assert re.search(r"grub_script_execute_cmd\w* \(.*\) at .*grub-core/script/execute\.c:\d+", gdb.run("bt 4").text)
+        assert "is a function at address" in gdb.run("info address grub_cmd_echo").text
+        gdb.run("kill")
         assert server.finish() == 0
     finally:
         gdb.close()
