@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import textwrap
 import xml.etree.ElementTree as ElementTree
@@ -22,6 +23,7 @@ from distributed import LocalCluster
 
 from dom0.batch import ALLOWED_FAILURES, KILL_WORKER_HOOK
 from dom0.logfile import LogReader
+from tests.conftest import run_xenrr_in_terminal
 from tests.dom0.test_record_damage import keystroke_records, rewritten_copy
 
 KILLER = "killer.xrr"
@@ -96,7 +98,7 @@ def test_verify_reports_every_recording_as_a_table_and_junit_xml(xenrr, schedule
 
 def test_verify_exits_3_when_the_worst_is_a_damaged_log(xenrr, scheduler, corpus):
     run = xenrr("verify", corpus["good"], corpus["damaged"], "--scheduler", scheduler, "--json")
-    assert run.status == 3, run.stdout + run.stderr
+    assert (run.status, run.stderr) == (3, ""), run.stdout + run.stderr      # no bar, no Dask logs off a terminal
     summary = json.loads(run.stdout)
     assert statuses(summary) == {"good": "passed", "damaged": "damaged"}
     assert (summary["status"], summary["passed"], summary["damaged"]) == (3, 1, 1)
@@ -146,6 +148,14 @@ def test_a_worker_killed_by_its_unit_is_reported_and_the_rest_go_on(xenrr, sched
     assert statuses(summary) == {"damaged": "damaged", "good": "passed", "killer": "crashed"}
     crashed = next(entry for entry in summary["recordings"] if entry["status"] == "crashed")
     assert crashed["detail"].startswith("its Dask worker failed: KilledWorker")
+
+
+def test_a_terminal_shows_a_progress_bar_cleared_before_the_table(scheduler, corpus):
+    status, shown = run_xenrr_in_terminal("verify", corpus["good"], corpus["diverged"], "--scheduler", scheduler)
+    assert status == 1
+    bars = re.findall(rb"\rverify: +(\d+)%\|[^|]*\| *([\d.]+)/([\d.]+) ", shown)
+    assert bars and bars[-1][0] == b"100" and float(bars[-1][1]) == float(bars[-1][2]) == 2, shown
+    assert re.search(rb"\r +\rSTATUS +SECONDS +RECORDING", shown), shown
 
 
 @pytest.mark.slow
