@@ -85,9 +85,10 @@ def _files_under(directory: Path) -> list[Path]:
     return sorted(path for path in directory.rglob("*") if path.is_file())
 
 
-def gather(arguments: list[str]) -> tuple[list[Path], list[Path]]:
+def gather(arguments: list[str], scripts_in_directories: bool = True) -> tuple[list[Path], list[Path]]:
     """The recordings and the check scripts that `arguments` name, each in the order given. A file is a
-    recording by its content; in a directory, the recordings and the test_*.py files count."""
+    recording by its content; in a directory, the recordings and (if `scripts_in_directories`) the
+    test_*.py files count."""
     recordings: list[Path] = []
     scripts: list[Path] = []
     for argument in arguments:
@@ -100,9 +101,11 @@ def gather(arguments: list[str]) -> tuple[list[Path], list[Path]]:
         for path in paths:
             if path.is_dir():
                 found = [file for file in _files_under(path) if is_recording(file)]
-                tests = [file for file in _files_under(path) if file.name.startswith("test_") and file.suffix == ".py"]
+                tests = [file for file in _files_under(path) if scripts_in_directories
+                         and file.name.startswith("test_") and file.suffix == ".py"]
                 if not found and not tests:
-                    raise BatchError(f"{path} holds no recordings and no test_*.py check scripts")
+                    raise BatchError(f"{path} holds no recordings" + (" and no test_*.py check scripts"
+                                                                     if scripts_in_directories else ""))
                 recordings += found
                 scripts += tests
             elif not path.exists():

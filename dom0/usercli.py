@@ -219,7 +219,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserCommandError("--workers: give at least 1")
     try:
-        recordings, scripts = gather(args.paths)
+        recordings, scripts = gather(args.paths, scripts_in_directories=args.command == "check")
     except BatchError as error:
         raise UserCommandError(str(error)) from None
     if args.command == "check":

@@ -169,6 +169,7 @@ def test_without_a_scheduler_a_local_cluster_of_workers_runs_the_units(xenrr, co
 @pytest.mark.parametrize("arguments, message", [
     (["verify", "{good}", "{script}"], "{script} is not a recording (made by `xenrr record`)"),
     (["verify", "{dir}/nothing*.xrr"], "{dir}/nothing*.xrr matches no file"),
+    (["verify", "{scripts}"], "{scripts} holds no recordings"),
     (["check", "{good}", "{diverged}"], "no check scripts among the arguments: it is "
                                         "`xenrr check RECORDING... SCRIPT...`"),
     (["check", "{good}", "{diverged}", "{elf}"], "{elf} is an ELF file, not a Python check script"),
@@ -178,6 +179,6 @@ def test_usage_errors_are_one_line_and_exit_2(xenrr, corpus, kbdshell_elf, tmp_p
     script = tmp_path / "test_x.py"
     script.write_text("def test_x(d):\n    pass\n")
     names = {"good": corpus["good"], "diverged": corpus["diverged"], "dir": corpus["good"].parent,
-             "script": script, "elf": kbdshell_elf}
+             "script": script, "elf": kbdshell_elf, "scripts": tmp_path}
     run = xenrr(*[argument.format(**names) for argument in arguments])
     assert (run.status, run.stdout, run.stderr) == (2, "", f"xenrr: error: {message.format(**names)}\n")
