@@ -104,6 +104,16 @@ def test_verify_exits_3_when_the_worst_is_a_damaged_log(xenrr, scheduler, corpus
     assert (summary["status"], summary["passed"], summary["damaged"]) == (3, 1, 1)
 
 
+def test_verify_exits_2_when_a_recording_cannot_be_replayed_at_all(xenrr, scheduler, corpus, tmp_path):
+    truncated = tmp_path / "truncated.xrr"              # the log's magic bytes, then the header cut short
+    truncated.write_bytes(corpus["good"].read_bytes()[:40])
+    run = xenrr("verify", corpus["damaged"], truncated, "--scheduler", scheduler, "--json")
+    assert run.status == 2, run.stdout + run.stderr     # unusable outranks damaged (3)
+    summary = json.loads(run.stdout)
+    assert statuses(summary) == {"damaged": "damaged", "truncated": "unusable"}
+    assert summary["recordings"][1]["detail"] == "log header is truncated"
+
+
 def test_check_runs_every_script_on_every_recording_found_by_content(xenrr, scheduler, corpus, tmp_path):
     directory = scripts(tmp_path / "checks")
     renamed = tmp_path / "recording-without-a-suffix"          # a recording by its content, not its name
