@@ -12,6 +12,7 @@ break, a bar) goes to stderr, and only when both stdout and stderr are terminals
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 PROGRESS_DELAY_SECONDS = 0.5
+ECHO_ROOM = 2                  # columns a progress bar leaves free at the end of its line
 
 
 class Terminal:
@@ -90,22 +92,27 @@ class Terminal:
         self._write_unless_gone(sys.stderr, (text + "\n").encode())
 
     @contextmanager
-    def progress(self, total: int, description: str, unit: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int, description: str, unit: str, enabled: bool = True,
+                 delay: float = PROGRESS_DELAY_SECONDS) -> Iterator[Callable[[int], None]]:
         """A progress bar for work of `total` units: yields `report(done)`. Nothing is drawn unless
-        `enabled` and both outputs are terminals, nor before PROGRESS_DELAY_SECONDS have passed."""
+        `enabled` and both outputs are terminals, nor before `delay` seconds have passed (0 for work
+        known to be long already: the debugger shell's motions, reported only after a while)."""
         started = time.monotonic()
         shown = enabled and self.interactive()
 
         def report(done: int) -> None:
-            if not shown or time.monotonic() - started < PROGRESS_DELAY_SECONDS:
+            if not shown or time.monotonic() - started < delay:
                 return
             if not self._bar_shown:
                 self._fresh_line()
             if self._bar is None:
                 # Drawn only here (refresh): never by tqdm on its own, so never over the guest's text.
+                # Two columns short of the width: a `^C` the terminal echoes after the bar stays on its
+                # line, which closing the bar then clears (a wrapped line would keep the bar on screen).
+                width = shutil.get_terminal_size().columns - ECHO_ROOM
                 self._bar = tqdm(total=total, initial=min(done, total), desc=description, unit=unit,
                                  unit_scale=True, file=sys.stderr, leave=False, mininterval=float("inf"),
-                                 dynamic_ncols=True)
+                                 ncols=max(width, 20))
             self._bar.n = min(done, total)
             self._bar.refresh()
             self._bar_shown = True

@@ -36,11 +36,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pygdbmi.gdbcontroller import GdbController
 
 from gdbext.locate import GdbNotFound, find_gdb
+from stub.progress import Progress, parse_progress_line
 
 COMMAND_TIMEOUT = 60.0        # seconds GDB may take to answer a command that does not run the target
 SERVER_START_TIMEOUT = 60.0   # seconds `xenrr serve` may take to open its port
@@ -162,6 +163,7 @@ class _Gdb:
         self._process = self._controller.gdb_process
         self._token = 0
         self._running = False
+        self.on_progress: Callable[[Progress], None] | None = None    # given the stub's progress lines
 
     def command(self, mi_command: str, timeout: float | None = COMMAND_TIMEOUT) -> _Reply:
         """Send one MI command; wait for its result and, if it ran the target, for the stop."""
@@ -175,7 +177,12 @@ class _Gdb:
                 deadline = None if self._running or timeout is None else time.monotonic() + timeout
                 for record in self._read(deadline, f"`{mi_command}` in {timeout} s"):
                     kind, message = record["type"], record["message"]
-                    if kind in ("console", "target") and record["payload"]:
+                    progress = parse_progress_line(record["payload"]) if kind == "target" and \
+                        isinstance(record["payload"], str) else None
+                    if progress is not None:            # never part of a command's output
+                        if self.on_progress is not None:
+                            self.on_progress(progress)
+                    elif kind in ("console", "target") and record["payload"]:
                         console.append(record["payload"])
                     elif kind == "result" and record["token"] == token:
                         if message == "error":
@@ -485,6 +492,13 @@ class Debugger:
     def interrupt(self) -> None:
         """Interrupt a running motion from another thread (a SIGINT does the same in the main thread)."""
         self._gdb.interrupt()
+
+    def report_progress(self, report: Callable[[Progress], None] | None, after: float = 0.5) -> None:
+        """Call `report(Progress(command, done, total))` a few times a second while a continue or
+        reverse-continue runs, once it has run `after` seconds (the stub's `monitor set progress`);
+        None: no more reports."""
+        self._monitor(f"set progress on {after:g}" if report is not None else "set progress off")
+        self._gdb.on_progress = report
 
     # ------------------------------------------------------------------ internals
     def _monitor(self, command: str) -> str:

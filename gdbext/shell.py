@@ -2,8 +2,8 @@
 
 Owns the interactive loop of `xenrr shell`: parsing the shell's commands, completing command names
 and guest symbols (read from the guest ELF with pyelftools), the persistent history, the bottom
-toolbar (event k/N, instruction count, function, file:line), the function keys, and showing each
-stop with the source lines around it. All debugging is done by `gdbext.api.Debugger`, that is by
+toolbar (event k/N, instruction count, function, file:line), the function keys, showing each
+stop with the source lines around it, and a progress bar while a long motion runs (on a terminal). All debugging is done by `gdbext.api.Debugger`, that is by
 real GDB; this module only reads and prints.
 
 Invariant: whatever the user types, the shell answers with text and a new prompt - a GDB error is one
@@ -15,6 +15,7 @@ import linecache
 import os
 import re
 import shlex
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,7 +28,9 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
+from dom0.terminal import Terminal
 from gdbext.api import Debugger, DebugError, Stop
+from stub.progress import Progress
 from xen.inject import input_kinds_text
 
 SOURCE_CONTEXT = 2        # source lines shown before and after the current one
@@ -97,6 +100,30 @@ class ShellCompleter(Completer):
                 yield from _completions(expression, self.symbols)
 
 
+class ProgressBars:
+    """The progress bar of the motion running now (a long `c`, `rc`, ...), drawn on the terminal
+    (dom0/terminal.py, tqdm on stderr) from the stub's progress reports: a new bar for each motion
+    GDB runs, cleared by `close()` when the command returns, before its stop is shown."""
+
+    def __init__(self, terminal: Terminal):
+        self._terminal = terminal
+        self._bar = ExitStack()
+        self._shown: tuple[str, int] | None = None          # (command, total) of the bar drawn
+        self._report: Callable[[int], None] = lambda done: None
+
+    def report(self, progress: Progress) -> None:
+        if (progress.command, progress.total) != self._shown:
+            self.close()
+            self._report = self._bar.enter_context(
+                self._terminal.progress(progress.total, progress.command, "instructions", delay=0))
+            self._shown = (progress.command, progress.total)
+        self._report(progress.done)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._shown = None
+
+
 def _completions(word: str, candidates: Iterable[str]) -> Iterable[Completion]:
     for candidate in candidates:
         if candidate.startswith(word):
@@ -112,6 +139,7 @@ class DebugShell:
         self.commands: dict[str, Command] = {name: command for command in COMMANDS for name in command.names}
         self.completer = ShellCompleter(self.commands, symbols, debugger)
         self.finished = False
+        self.progress = ProgressBars(Terminal())
 
     # ------------------------------------------------------------------ the loop
     def run(self, history: Path | None = None) -> int:
@@ -126,6 +154,8 @@ class DebugShell:
         if damage:
             print(f"warning: {damage}")
         print("`help` lists the commands. F5 continue, Shift-F5/F6 reverse-continue, F10 next, F11 step.")
+        if Terminal.interactive():
+            self.debugger.report_progress(self.progress.report)
         self.show_stop(self.debugger.last_stop)
         while not self.finished:
             try:
@@ -192,7 +222,11 @@ class DebugShell:
     def motion(self, run: Callable[[], Stop], argument: str) -> None:
         if argument:
             raise UsageError("this command takes no argument")
-        self.show_stop(run())
+        try:
+            stop = run()
+        finally:
+            self.progress.close()
+        self.show_stop(stop)
 
     def do_events(self, argument: str) -> None:
         usage = "events [--kind KIND[,KIND...]] [FROM [TO]]"
@@ -293,7 +327,10 @@ class DebugShell:
         if not command:
             raise UsageError("gdb COMMAND (any GDB command)")
         before = self.debugger.last_stop
-        output = self.debugger.gdb(command)
+        try:
+            output = self.debugger.gdb(command)
+        finally:
+            self.progress.close()
         print(output, end="" if output.endswith("\n") or not output else "\n")
         if self.debugger.last_stop is before:
             self.debugger.last_stop = self.debugger.where()   # e.g. `monitor goto`: the toolbar follows

@@ -4,7 +4,7 @@ Model: rr's GdbServer. `stub/rsp.py` frames the bytes; this module decides what 
 registers and memory of the replayed domain (read only: a replay cannot be written), break- and
 watchpoints, forward and reverse execution, vCPUs as threads (thread id = vCPU number + 1), the
 target description, and `monitor` commands (events, goto, goto-icount, when, bookmark, bookmarks,
-goto-bookmark, damage, image, help; bookmarks live as long as the server).
+goto-bookmark, damage, image, set progress, help; bookmarks live as long as the server).
 Breakpoint conditions that GDB sends as agent-expression bytecode in Z0/Z1 packets (offered as
 `ConditionalBreakpoints`, used with `set breakpoint condition-evaluation target`) are evaluated
 here (stub/agentexpr.py) at each hit, forwards and in reverse scans: a false hit costs no stop.
@@ -25,6 +25,9 @@ Invariants:
     left it, with none of its breakpoints.
   - While the target runs, the client's interrupt (Ctrl-C) and its disconnection are noticed
     between slices of execution (the timeline polls `RspConnection.poll_interrupt`).
+  - Console output (`O`) goes out only in reply to `monitor` commands and, while a continue or
+    reverse-continue runs, as progress lines (stub/progress.py) to a client that asked for them with
+    `monitor set progress on`: a plain GDB session sees none.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ import logging
 import select
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from stub.agentexpr import AgentExprError, evaluate, parse_condition
 from stub.hypercall_frames import library_list, symbol_file
+from stub.progress import progress_line
 from stub.rsp import (
     PACKET_SIZE,
     BadArgument,
@@ -67,6 +72,8 @@ IDLE_TIMEOUT_SECONDS = 900.0           # a client silent this long while a packe
 BUSY_GRACE_SECONDS = 2.0               # how long a new client may wait for the served one to leave
 BUSY_LINE = b"xenrr serve: busy: another debugger is connected to this replay; try again when it leaves\n"
 MONITOR_OUTPUT_CHUNK = 1024           # characters of monitor output per `O` packet
+PROGRESS_DELAY_SECONDS = 0.5           # by default a motion this long starts reporting its progress (when asked) ...
+PROGRESS_INTERVAL_SECONDS = 0.25       # ... and then reports it this often at most
 WATCH_ACCESS = {2: "w", 3: "r", 4: "a"}    # Z2 write, Z3 read, Z4 access watchpoints
 EXPEDITED = ("rbp", "rsp", "rip")      # registers sent with every stop reply (saves GDB a `g`)
 SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;qXfer:libraries:read+;ReverseStep+;ReverseContinue+;"
@@ -84,6 +91,9 @@ monitor commands of the xenrr replay stub:
   goto-bookmark NAME  go back (or forward) to a bookmark
   image               the guest image the replay runs (for its symbols)
   damage              what a damaged log lost (or that the log is whole)
+  set progress on [DELAY] | off
+                      report how far a continue or reverse-continue running longer than DELAY
+                      seconds ({PROGRESS_DELAY_SECONDS:g} by default) has got, as console lines (off at first)
   help                this text
 After `goto`, plain GDB must re-read the target: `maintenance flush register-cache` then `frame`
 (gdbext's rr-goto does it).
@@ -155,6 +165,9 @@ class _ClientState:
     swbreak: bool = False            # the client understands `swbreak:` / `hwbreak:` stop reasons
     register_thread: int = 1         # Hg: whose registers g/p read
     interrupt_pending: bool = False  # Ctrl-C arrived while stopped: the next resume stops at once
+    progress: bool = False           # `monitor set progress on`: report long motions as console lines
+    progress_delay: float = 0.0      # seconds a motion runs before its first report
+    progress_due: float = 0.0        # when the running motion may next report its progress
 
 
 def _is_resume(payload: bytes) -> bool:
@@ -268,15 +281,32 @@ class GdbServer:
         self._conn = None
 
     def _interrupted(self) -> bool:
-        """Polled by the timeline while it runs: Ctrl-C from the client, or the client gone."""
+        """Polled by the timeline while it runs: Ctrl-C from the client, or the client gone. Also
+        where the running motion reports its progress, if the client asked for it."""
         try:
+            self._report_progress()
             return self._conn.poll_interrupt()
         except ConnectionClosed:
             return True        # stop now; sending the stop reply then ends the connection
 
+    def _report_progress(self) -> None:
+        """One progress line (`O` packet) about the running motion, at most every PROGRESS_INTERVAL_SECONDS
+        and not before it has run PROGRESS_DELAY_SECONDS; only while the target runs (the one time the
+        protocol lets the stub write to GDB's console unasked) and only if the client turned it on."""
+        now = time.monotonic()
+        if not self._client.progress or now < self._client.progress_due:
+            return
+        progress = self.timeline.progress()
+        if progress is None:
+            return
+        self._client.progress_due = now + PROGRESS_INTERVAL_SECONDS
+        self._conn.send_packet(b"O" + hex_encode(progress_line(*progress).encode()))
+
     # ---------------------------------------------------------------- dispatch
     def _reply(self, payload: bytes) -> bytes | None:
         """The reply to one packet (None: the packet has none)."""
+        if _is_resume(payload):
+            self._client.progress_due = time.monotonic() + self._client.progress_delay
         if self._client.interrupt_pending and _is_resume(payload):
             self._client.interrupt_pending = False
             return self._stop_reply(Stop("interrupt", self.timeline.position, self.timeline.vcpu.pc))
@@ -586,7 +616,7 @@ class GdbServer:
                     "image": self._monitor_image, "damage": self._monitor_damage,
                     "bookmark": self._monitor_bookmark,
                     "bookmarks": self._monitor_bookmarks, "goto-bookmark": self._monitor_goto_bookmark,
-                    "help": lambda args: MONITOR_HELP}
+                    "set": self._monitor_set, "help": lambda args: MONITOR_HELP}
         try:
             if not words or words[0] not in commands:
                 raise _MonitorError(f"unknown monitor command {command_line.strip()!r}; try 'monitor help'")
@@ -674,6 +704,22 @@ class GdbServer:
         events = len(self.timeline.events())
         return (f"event {self.timeline.current_event()} of {events}, icount {self.timeline.position.icount}, "
                 f"pc {self.timeline.vcpu.pc:#x}\n")
+
+    def _monitor_set(self, args: list[str]) -> str:
+        usage = "expected `set progress on [DELAY]` or `set progress off`"
+        if args[:2] == ["progress", "off"] and len(args) == 2:
+            self._client.progress = False
+            return "progress reports off\n"
+        if args[:2] != ["progress", "on"] or len(args) > 3:
+            raise _MonitorError(usage)
+        try:
+            delay = float(args[2]) if len(args) == 3 else PROGRESS_DELAY_SECONDS
+        except ValueError:
+            raise _MonitorError(usage) from None
+        if not 0 <= delay <= 3600:
+            raise _MonitorError(f"a progress delay is 0 to 3600 seconds, not {args[2]}")
+        self._client.progress, self._client.progress_delay = True, delay
+        return f"progress reports on, after {delay:g} s\n"
 
     def _monitor_damage(self, args: list[str]) -> str:
         self._numbers(args, (), 0)

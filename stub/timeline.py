@@ -25,6 +25,8 @@ Two things make reverse-continue cheaper without making it less exact:
   segment that wrote none of the watched pages without replaying it, and scans only up to the end of
   the last segment that did: its cost depends on the distance to the checkpoint before that write,
   not on the distance travelled. Breakpoints and read/access watchpoints still scan every interval.
+A running `cont` or `reverse_cont` says how far it has got (`progress()`, read by the stub's poll
+for its progress lines).
 Invariant: whatever sequence of commands moved it there, the state at a mark is the state a fresh
 replay from the start has at that mark.
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dom0.replay import Event, ReplaySession
+from stub.progress import Progress
 from xen.domain import DomainState
 from xen.replay import ALL_RECORDS, Mark, ReplayerState, ReplayStop
 from xen.vcpu import PAGE_SIZE, CpuState, ExitReason, VCpu
@@ -111,6 +114,7 @@ class Timeline:
         # Instrumentation for tests and benchmarks: instructions replayed by backward scans, and in all.
         self.instructions_scanned = 0
         self.instructions_replayed = 0
+        self._progress: Callable[[], Progress] | None = None     # how far the running motion has got
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
         # notes which pages are written after that, so neither needs a full read of memory.
         image = self.vcpu.memory_image()
@@ -131,6 +135,12 @@ class Timeline:
     @property
     def at_end(self) -> bool:
         return self.replayer.finished or self.replayer.next_record is None
+
+    def progress(self) -> Progress | None:
+        """How far the running `cont` or `reverse_cont` has got (for its `interrupted` poll to report);
+        None between motions. A forward continue's total is what is left to the end of the history, a
+        reverse-continue's the distance back to the start (the most its scan can cover)."""
+        return self._progress() if self._progress is not None else None
 
     def events(self) -> list[Event]:
         return self.session.events()
@@ -287,10 +297,15 @@ class Timeline:
 
     def cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Continue forward to the next breakpoint or watchpoint hit, or the end of history."""
-        while True:
-            stop = self._stop_from(self._forward(None, debug=True, interrupted=interrupted), "target")
-            if stop.reason != "breakpoint" or self._hit_counts():
-                return stop
+        origin, total = self.vcpu.icount, max(self.session.last_icount - self.vcpu.icount, 0)
+        self._progress = lambda: Progress("continue", min(self.vcpu.icount - origin, total), total)
+        try:
+            while True:
+                stop = self._stop_from(self._forward(None, debug=True, interrupted=interrupted), "target")
+                if stop.reason != "breakpoint" or self._hit_counts():
+                    return stop
+        finally:
+            self._progress = None
 
     def step(self) -> Stop:
         """Execute one instruction (then apply the inputs logged at the new count)."""
@@ -328,7 +343,14 @@ class Timeline:
 
     def reverse_cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Go back to the last breakpoint or watchpoint hit before the current position, or the start."""
+        try:
+            return self._reverse_cont(interrupted)
+        finally:
+            self._progress = None
+
+    def _reverse_cont(self, interrupted: Callable[[], bool] | None) -> Stop:
         bound = self.position            # no hit at or after `bound` is left to find
+        origin = bound.icount
         written_only = self._watched_pages_if_write_watches_only()
         while True:
             upper = bound
@@ -338,6 +360,9 @@ class Timeline:
             if checkpoint is None:
                 self.goto(START)
                 return Stop("history-start", self.position, self.vcpu.pc)
+            # Covered so far: everything from `upper` to the origin, and the scan from the checkpoint on.
+            self._progress = lambda start=checkpoint.mark.icount, end=upper.icount: Progress(
+                "reverse-continue", origin - end + max(self.vcpu.icount - start, 0), origin)
             kept = self._kept_hits(checkpoint, upper)
             hits = kept if kept is not None else self._scan_from(checkpoint, upper, interrupted)
             if hits is None:

@@ -222,3 +222,24 @@ def test_a_conditional_breakpoint_stops_only_where_its_condition_holds_both_ways
     while (stop := d.reverse_continue()).reason == "breakpoint":
         back.append(stop.icount)
     assert back == stops[::-1] and stop.reason == "history-start"
+
+
+def test_motions_report_progress_outside_the_commands_output(d):
+    """The stub's progress lines reach `report_progress`'s callback, never a command's output (after=0:
+    from the first poll of a motion, so that a short recording reports too)."""
+    assert d.cont().reason == "history-end"                        # nothing is reported unless asked for
+    end = d.last_stop.icount
+    reports: list = []
+    d.report_progress(reports.append, after=0)
+    try:
+        output = d.gdb("reverse-continue")
+        assert d.last_stop.reason == "history-start" and "xenrr progress" not in output
+        assert reports and {(report.command, report.total) for report in reports} == {("reverse-continue", end)}
+        assert all(0 <= report.done <= end for report in reports)
+        reports.clear()
+        assert d.cont().reason == "history-end" and d.last_stop.icount == end
+        assert reports and {(report.command, report.total) for report in reports} == {("continue", end)}
+    finally:
+        d.report_progress(None)
+    reports.clear()
+    assert d.reverse_continue().reason == "history-start" and reports == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -211,11 +212,23 @@ def test_ctrl_c_interrupts_a_long_continue(kbdshell_elf, xenrr, tmp_path):
     try:
         prompts = shell.screen().count(PROMPT_SHOWN)
         shell.type("continue")
-        time.sleep(0.3)
+        # A long motion shows a progress bar (after half a second): instructions to the end of the history.
+        shown = shell.wait_for("G/4.00G [")
+        assert re.search(r"^continue: +\d+%\|.*\| [\d.]+[MG]?/4\.00G \[", shown, re.MULTILINE), shown
         shell.press("C-c")
         shell.wait_for(PROMPT_SHOWN, prompts + 1)
         assert "interrupted" in shell.screen()
         assert "bench_loop" in shell.toolbar()
+        assert "continue: " not in shell.screen()                    # the bar was cleared
         assert "print 1 + 1" in shell.run("print 1 + 1")
+        # Backwards: the total is the distance back to the start of the recording (the most a scan covers).
+        shell.run("goto-icount 2000000000")
+        prompts = shell.screen().count(PROMPT_SHOWN)
+        shell.type("rc")
+        shown = shell.wait_for("G/2.00G [")
+        assert re.search(r"^reverse-continue: +\d+%\|.*\| [\d.]+[MG]?/2\.00G \[", shown, re.MULTILINE), shown
+        shell.press("C-c")
+        shell.wait_for(PROMPT_SHOWN, prompts + 1)
+        assert "interrupted" in shell.screen() and "continue: " not in shell.screen()
     finally:
         shell.close()

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from dom0.cli import DEFAULT_MEMORY_MIB
 from dom0.replay import ReplaySession
+import stub.server
+from stub.progress import parse_progress_line
 from stub.rsp import PACKET_SIZE, encode_packet
 from stub.server import GdbServer, ServerError, listen
 from stub.agentexpr import OPCODES
@@ -458,6 +460,59 @@ def test_monitor_commands(client):
         output = client.monitor(bad)
         assert output.startswith("error: ") and message in output and output.count("\n") == 1, (bad, output)
     assert client.monitor("image").strip().endswith("kbdshell.elf")
+
+
+def resume_collecting_output(client: Client, resume: bytes) -> tuple[list[bytes], bytes]:
+    """Send a resume packet: the `O` packets that came before its stop reply, and the stop reply."""
+    client.send(encode_packet(resume))
+    output = []
+    while (reply := client.read_packet()).startswith(b"O"):
+        output.append(reply)
+    return output, reply
+
+
+@pytest.fixture
+def progress_at_once(monkeypatch):
+    """Progress reported at every poll (the recording is short; the first report comes after
+    `set progress on`'s DELAY)."""
+    monkeypatch.setattr(stub.server, "PROGRESS_INTERVAL_SECONDS", 0.0)
+
+
+def test_progress_lines_come_only_when_asked_for_and_decode(client, progress_at_once):
+    output, stop = resume_collecting_output(client, b"c")           # to the end, progress off
+    assert output == [] and "replaylog" in stop_fields(stop)
+    end = int(re.search(r"icount (\d+)", client.monitor("when")).group(1))
+    assert client.monitor("set progress on 0") == "progress reports on, after 0 s\n"
+    output, stop = resume_collecting_output(client, b"bc")          # back to the start
+    assert stop_fields(stop)["replaylog"] == "begin" and output
+    reports = [parse_progress_line(bytes.fromhex(packet[1:].decode()).decode()) for packet in output]
+    assert all(report is not None and report.command == "reverse-continue" and report.total == end
+               for report in reports), reports
+    assert [report.done for report in reports] == sorted(report.done for report in reports)
+    assert all(0 <= report.done <= end for report in reports)
+    output, stop = resume_collecting_output(client, b"vCont;c")      # forwards again: what is left to the end
+    reports = [parse_progress_line(bytes.fromhex(packet[1:].decode()).decode()) for packet in output]
+    assert reports and {(report.command, report.total) for report in reports} == {("continue", end)}
+    assert "replaylog" in stop_fields(stop)
+    output, stop = resume_collecting_output(client, b"s")           # a step reports nothing
+    assert output == []
+    assert client.monitor("set progress off") == "progress reports off\n"
+    output, stop = resume_collecting_output(client, b"bc")
+    assert output == [] and stop_fields(stop)["replaylog"] == "begin"
+    for bad in ("set progress", "set progress maybe", "set colour on", "set progress on soon", "set progress off 1"):
+        assert client.monitor(bad).startswith("error: expected `set progress on [DELAY]`"), bad
+    assert client.monitor("set progress on -1") == "error: a progress delay is 0 to 3600 seconds, not -1\n"
+    assert client.monitor("set progress on 3600") == "progress reports on, after 3600 s\n"
+    output, stop = resume_collecting_output(client, b"c")           # shorter than the delay: silent
+    assert output == [] and "replaylog" in stop_fields(stop)
+
+
+def test_interrupt_stops_a_continue_that_reports_progress(client, progress_at_once):
+    client.monitor("set progress on 0")
+    client.send(encode_packet(b"vCont;c") + b"\x03")
+    while (reply := client.read_packet()).startswith(b"O"):
+        assert parse_progress_line(bytes.fromhex(reply[1:].decode()).decode()) is not None
+    assert reply.startswith(b"T02") and "replaylog" not in stop_fields(reply)
 
 
 def test_interrupt_stops_a_continue(client):
