@@ -204,31 +204,30 @@ def test_history_persists_across_shells(long_line, tmp_path):
         second.close()
 
 
+def interrupt_once_its_bar_shows(shell: TmuxShell, command: str, bar: str, total: str) -> None:
+    """Type a long motion, wait for its progress bar (`BAR: NN%|...| DONE/TOTAL [`), press Ctrl-C: the
+    motion stops and the bar is cleared."""
+    prompts = shell.screen().count(PROMPT_SHOWN)
+    shell.type(command)
+    shown = shell.wait_for(f"/{total} [")
+    assert re.search(rf"^{bar}: +\d+%\|.*\| [\d.]+[kMG]?/{re.escape(total)} \[", shown, re.MULTILINE), shown
+    shell.press("C-c")
+    shell.wait_for(PROMPT_SHOWN, prompts + 1)
+    assert "interrupted" in shell.screen() and f"/{total} [" not in shell.screen()
+
+
 def test_ctrl_c_interrupts_a_long_continue(kbdshell_elf, xenrr, tmp_path):
     session = tmp_path / "bench.xrr"
     run = xenrr("record", kbdshell_elf, "-o", session, "--clock", "virtual", "--keys", r"bench 500000000\rhalt\r")
     assert run.status == 0, run.stderr
     shell = TmuxShell(session, tmp_path / "state")
     try:
-        prompts = shell.screen().count(PROMPT_SHOWN)
-        shell.type("continue")
         # A long motion shows a progress bar (after half a second): instructions to the end of the history.
-        shown = shell.wait_for("G/4.00G [")
-        assert re.search(r"^continue: +\d+%\|.*\| [\d.]+[MG]?/4\.00G \[", shown, re.MULTILINE), shown
-        shell.press("C-c")
-        shell.wait_for(PROMPT_SHOWN, prompts + 1)
-        assert "interrupted" in shell.screen()
+        interrupt_once_its_bar_shows(shell, "continue", "continue", "4.00G")
         assert "bench_loop" in shell.toolbar()
-        assert "continue: " not in shell.screen()                    # the bar was cleared
         assert "print 1 + 1" in shell.run("print 1 + 1")
         # Backwards: the total is the distance back to the start of the recording (the most a scan covers).
         shell.run("goto-icount 2000000000")
-        prompts = shell.screen().count(PROMPT_SHOWN)
-        shell.type("rc")
-        shown = shell.wait_for("G/2.00G [")
-        assert re.search(r"^reverse-continue: +\d+%\|.*\| [\d.]+[MG]?/2\.00G \[", shown, re.MULTILINE), shown
-        shell.press("C-c")
-        shell.wait_for(PROMPT_SHOWN, prompts + 1)
-        assert "interrupted" in shell.screen() and "continue: " not in shell.screen()
+        interrupt_once_its_bar_shows(shell, "rc", "reverse-continue", "2.00G")
     finally:
         shell.close()
