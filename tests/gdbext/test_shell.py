@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from dom0.logfile import LogReader
-from xen.logrecord import FIRST_INPUT_KIND
+import xen.inject  # noqa: F401  (registers the input kinds)
+from xen.logrecord import FIRST_INPUT_KIND, kind_names
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "(xenrr) "
@@ -147,6 +148,8 @@ def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
     keys = shell.run("events --kind console-input 66 69")
     assert [line.split()[-1] for line in keys.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     after = shell.run("events 66 69 --kind console-input")                  # options anywhere
+    helped = " ".join(shell.run("help events").split())                      # the kinds of the log's registry
+    assert f"--kind one or more of {', '.join(kind_names(FIRST_INPUT_KIND))}" in helped, helped
     assert [line.split()[-1] for line in after.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     assert "guest time 0.000000000 s" in shell.run("events --kind time")
     output = shell.run("goto-icount 23110")
