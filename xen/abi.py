@@ -78,6 +78,7 @@ XEN_ENOENT = 2
 XEN_ESRCH = 3
 XEN_EAGAIN = 11
 XEN_ENOMEM = 12
+XEN_EACCES = 13
 XEN_EFAULT = 14
 XEN_EBUSY = 16
 XEN_EEXIST = 17
@@ -156,6 +157,42 @@ XEN_CHANGESET_INFO_LEN = 64
 # Start of the hypervisor's hole in a 64-bit PV guest's address space (XENVER_platform_parameters).
 HYPERVISOR_VIRT_START = 0xFFFF800000000000
 HYPERVISOR_VIRT_END = 0xFFFF880000000000
+# The machine-to-phys table, readable by 64-bit PV guests (arch-x86/xen-x86_64.h).
+MACH2PHYS_VIRT_START = 0xFFFF800000000000
+MACH2PHYS_VIRT_END = 0xFFFF804000000000
+
+# --- Memory management: mmu_update, update_va_mapping, mmuext_op (xen.h) ---
+MMU_NORMAL_PT_UPDATE = 0
+MMU_MACHPHYS_UPDATE = 1
+MMU_PT_UPDATE_PRESERVE_AD = 2
+MMU_PT_UPDATE_NO_TRANSLATE = 3
+MMUEXT_PIN_L1_TABLE = 0
+MMUEXT_PIN_L2_TABLE = 1
+MMUEXT_PIN_L3_TABLE = 2
+MMUEXT_PIN_L4_TABLE = 3
+MMUEXT_UNPIN_TABLE = 4
+MMUEXT_NEW_BASEPTR = 5
+MMUEXT_TLB_FLUSH_LOCAL = 6
+MMUEXT_INVLPG_LOCAL = 7
+MMUEXT_TLB_FLUSH_MULTI = 8
+MMUEXT_INVLPG_MULTI = 9
+MMUEXT_TLB_FLUSH_ALL = 10
+MMUEXT_INVLPG_ALL = 11
+MMUEXT_FLUSH_CACHE = 12
+MMUEXT_SET_LDT = 13
+MMUEXT_NEW_USER_BASEPTR = 15
+MMUEXT_CLEAR_PAGE = 16
+MMUEXT_COPY_PAGE = 17
+MMUEXT_FLUSH_CACHE_GLOBAL = 18
+MMUEXT_MARK_SUPER = 19
+MMUEXT_UNMARK_SUPER = 20
+UVMF_NONE = 0
+UVMF_TLB_FLUSH = 1
+UVMF_INVLPG = 2
+UVMF_FLUSHTYPE_MASK = 3
+UVMF_MULTI = 0
+UVMF_LOCAL = 0
+UVMF_ALL = 4
 
 # --- set_callbacks / callback_op (callback.h) ---
 CALLBACKTYPE_event = 0
@@ -596,3 +633,22 @@ class GnttabGetVersion(_Struct):
     """struct gnttab_get_version (GNTTABOP_get_version)."""
 
     _fields_ = [("dom", _u16), ("pad", _u16), ("version", _u32)]
+
+class MmuUpdate(_Struct):
+    """struct mmu_update (mmu_update): ptr is a machine address whose low 2 bits are the command."""
+
+    _fields_ = [("ptr", _u64), ("val", _u64)]
+
+
+class MmuextOpArg1(_Union):
+    _fields_ = [("mfn", _u64), ("linear_addr", _u64)]
+
+
+class MmuextOpArg2(_Union):
+    _fields_ = [("nr_ents", ctypes.c_uint), ("src_mfn", _u64)]   # vcpumask (a guest handle) aliases src_mfn
+
+
+class MmuextOp(_Struct):
+    """struct mmuext_op (mmuext_op)."""
+
+    _fields_ = [("cmd", ctypes.c_uint), ("arg1", MmuextOpArg1), ("arg2", MmuextOpArg2)]

@@ -54,6 +54,8 @@ C_TYPES: dict[type, str] = {
     abi.GnttabQuerySize: "struct gnttab_query_size",
     abi.GnttabSetVersion: "struct gnttab_set_version",
     abi.GnttabGetVersion: "struct gnttab_get_version",
+    abi.MmuUpdate: "struct mmu_update",
+    abi.MmuextOp: "struct mmuext_op",
 }
 
 # Constants whose C spelling differs from the Python name (see xen/abi.py's docstring).
