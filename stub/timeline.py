@@ -2,9 +2,11 @@
 
 Model: rr's ReplayTimeline. A position is a `Mark` (instructions retired, records applied).
 Checkpoints are taken as the replay moves forward; each holds the registers, the domain's
-hypervisor-side state, the replayer's place in the log, and guest memory as a tuple of pages in
-which pages unchanged since the previous checkpoint are the *same* bytes objects (so memory held is
-one copy of each distinct page). They are thinned out with distance so their number stays bounded.
+hypervisor-side state (the memory model's page types, pins and base pointer included), the
+replayer's place in the log, and machine memory (page tables included) as a tuple of frames in
+which frames unchanged since the previous checkpoint are the *same* bytes objects (so memory held
+is one copy of each distinct frame). Restoring writes memory first, then the domain state, from
+which the memory model rebuilds the guest's address space. They are thinned out with distance so their number stays bounded.
 
 Reverse execution is always exact, never approximate: reverse-continue restores the checkpoint
 before the current position, replays forward to it noting every breakpoint and watchpoint hit, and
@@ -216,7 +218,7 @@ class Timeline:
         written = vcpu.pages_written_since(self._generation)
         self._generation = vcpu.new_generation()
         for number in written:
-            page = vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE)
+            page = vcpu.read_frame(number)
             if page != self._memory[number]:
                 self._memory[number] = page
 
@@ -225,7 +227,7 @@ class Timeline:
         written = vcpu.pages_written_since(self._generation)
         for number, page in enumerate(checkpoint.pages):
             if page is not self._memory[number] or number in written:
-                vcpu.write(vcpu.memory_base + number * PAGE_SIZE, page)
+                vcpu.write_frame(number, page)
         self._generation = vcpu.new_generation()   # the writes above only brought memory to the checkpoint
         self._segment_generation = self._generation
         self._memory = list(checkpoint.pages)

@@ -1,36 +1,38 @@
 """The ELF domain builder: turns a Xen PV x86-64 kernel image into what a new domain's memory holds.
 
-Owns the image checks, the Xen ELF notes, the guest memory layout and the initial contents of the
-special pages. Pure: it reads bytes and returns a DomainImage; xen/domain.py writes that into the
-vCPU. Invariant: a DomainImage is only ever made from an image that passed every check, and every
-address it names lies inside the domain's memory; bad input raises BuildError with one line.
+Owns the image checks, the Xen ELF notes, Xen's start-of-day memory layout and the initial contents
+of the bootstrap pages. Pure: it reads bytes and returns a DomainImage; xen/domain.py writes that into
+machine memory and xen/mm.py takes over the page tables. Invariant: a DomainImage is only ever made
+from an image that passed every check, and every frame it names exists; bad input raises BuildError
+with one line.
 
 Loading follows Xen's libelf for PV guests:
 - Xen notes (owner "Xen") come from the PT_NOTE segments, or, when these have none, from the
-  SHT_NOTE sections (unallocated ones included). Required: HYPERCALL_PAGE, GUEST_OS, XEN_VERSION
-  ("xen-3.0"), LOADER ("generic"); ENTRY defaults to the ELF entry point, VIRT_BASE to 0 and
-  PADDR_OFFSET to 0 (libelf's default for images that carry notes).
-- A PT_LOAD segment is loaded at virtual address p_paddr - PADDR_OFFSET + VIRT_BASE (= p_vaddr for
-  images linked as usual). Memory is 1:1: pseudo-physical frame N is at VIRT_BASE + N * PAGE_SIZE,
-  and machine frame numbers (mfn) equal pseudo-physical ones (there is no p2m list: mfn_list = 0).
+  SHT_NOTE sections (unallocated ones included). Required: GUEST_OS, XEN_VERSION ("xen-3.0"),
+  LOADER ("generic"); HYPERCALL_PAGE is optional (a guest may issue `syscall` itself); ENTRY
+  defaults to the ELF entry point, VIRT_BASE to 0 and PADDR_OFFSET to 0.
+- A PT_LOAD segment is loaded at virtual address p_paddr - PADDR_OFFSET + VIRT_BASE; segments need
+  not be page-aligned (two may share a page).
 
-Layout of guest memory, in pages (frame numbers relative to VIRT_BASE):
+Memory follows the "Start-of-day memory layout" of xen/xen.h, laid out as libxenguest's
+xc_dom_x86.c does for a 64-bit PV guest. Pseudo-physical frame N (pfn) is at VIRT_BASE + N * 4096
+in the bootstrap region, and machine frame numbers equal pfns for the domain's own pages (the p2m
+list is the identity; real Xen's may be any permutation). In order, each element page-aligned:
 
-    [image start, image end)   the PT_LOAD segments; image end = end of the highest one, page-aligned
-    image end + 0              start_info (initial %rsi)
-    image end + 1              console ring (struct xencons_interface)
-    image end + 2              xenstore ring
-    image end + 3              guard page, left unmapped: a boot-stack overflow faults
-    image end + 4 ...          boot stack, BOOT_STACK_PAGES pages; initial %rsp = its top, page-aligned,
-                               as Xen sets it (entry code that `call`s C keeps the SysV alignment)
-    ... up to nr_pages         free memory for the guest
-    nr_pages ...               EXTRA_FRAMES frames outside the domain's pages (`extra_frames`), a pool
-                               the hypervisor hands out as grant-table frames
-    last frame                 shared_info: Xen's page, not the domain's, so start_info.nr_pages
-                               = frames - 1 - EXTRA_FRAMES and start_info.shared_info = its virtual address
+    the kernel image          PT_LOAD segments; image end = end of the highest one, page-aligned
+    mfn_list                  the p2m list: nr_pages 8-byte machine frame numbers
+    start_info                initial %rsi
+    bootstrap page tables     pt_base (= the L4, then L3s, L2s, L1s), nr_pt_frames; mapped read-only
+    boot stack                one page; initial %rsp = its top
+    >= 512 KiB padding        the region ends on a 4 MiB boundary (clipped to the domain's pages)
 
-Frames below the image start are left unmapped too (so a stray low pointer faults); nothing else is.
-There are no page tables (pt_base = 0, nr_pt_frames = 0): the guest runs with paging off.
+The region [VIRT_BASE, bootstrap end) is mapped 1:1, read-write except the page tables. The initial
+L4 is pinned and loaded. Frames after the domain's nr_pages are not the domain's pages and are in no
+bootstrap mapping: the console ring, shared_info, the xenstore ring (in this order, so a guest that
+maps its pfns and then these at the next virtual pages, as GRUB does, gets a pure identity map), a
+small pool of extra frames (`extra_frames`, for grant tables), then the machine-to-phys table, which
+xen/mm.py maps read-only at MACH2PHYS_VIRT_START. start_info.shared_info is a machine address and
+console.domU.mfn and store_mfn are machine frames: the guest maps them itself (update_va_mapping).
 The console and xenstore event channels are the domain's to allocate: it passes their ports to
 DomainImage.start_info()/memory_writes().
 """
@@ -49,8 +51,14 @@ from xen import abi
 PF_W = 0x2  # ELF program header flag: writable
 
 PAGE_SIZE = abi.PAGE_SIZE
-BOOT_STACK_PAGES = 16
+PAGE_SHIFT = 12
+BOOTSTRAP_PADDING = 512 * 1024          # xen.h: at least 512 KiB after the last bootstrap element
+BOOTSTRAP_ALIGN = 4 * 1024 * 1024       # ... and the region ends on a 4 MiB boundary
 EXTRA_FRAMES = 8                        # machine frames for grant tables and the like
+L1_PROT = 0x1 | 0x2 | 0x20              # _PAGE_PRESENT|_PAGE_RW|_PAGE_ACCESSED (xc_dom_x86.c)
+UPPER_PROT = 0x1 | 0x2 | 0x4 | 0x20 | 0x40   # ... |_PAGE_USER|_PAGE_DIRTY for L2-L4 entries
+PTE_RW = 0x2
+INVALID_M2P_ENTRY = (1 << 64) - 1
 START_INFO_MAGIC = b"xen-3.0-x86_64"
 REQUIRED_XEN_VERSION = "xen-3.0"
 REQUIRED_LOADER = "generic"
@@ -81,7 +89,7 @@ class XenNotes:
     guest_os: str
     xen_version: str
     loader: str
-    hypercall_page: int
+    hypercall_page: int | None
     entry: int | None
     virt_base: int
     paddr_offset: int
@@ -95,29 +103,34 @@ class Layout:
     virt_base: int
     image_start: int
     image_end: int
-    hypercall_page: int
+    hypercall_page: int | None
+    p2m: int                 # start_info.mfn_list
     start_info: int
-    console: int
-    xenstore: int
+    page_tables: int         # start_info.pt_base: the L4, then the L3s, L2s and L1s
+    nr_pt_frames: int
     boot_stack: int
     boot_stack_top: int
-    shared_info: int
+    bootstrap_end: int       # end of the 1:1 mapped region
 
     def frame(self, address: int) -> int:
-        """The (pseudo-physical = machine) frame number holding `address`."""
+        """The pseudo-physical (= machine) frame number holding bootstrap address `address`."""
         return (address - self.virt_base) // PAGE_SIZE
 
 
 @dataclass(frozen=True)
 class DomainImage:
-    """Everything a new domain starts from. Memory not written by memory_writes() is zero."""
+    """Everything a new domain starts from. Machine memory not written by memory_writes() is zero."""
 
-    memory_bytes: int  # guest memory mapped at layout.virt_base, shared_info's frame included
-    nr_pages: int  # the domain's own frames (start_info.nr_pages): all but shared_info's and the extra ones
-    extra_frames: range  # frames outside the domain's pages, free for the hypervisor to hand out
+    memory_bytes: int  # the domain's own pages: nr_pages * PAGE_SIZE
+    nr_pages: int  # start_info.nr_pages
+    frame_count: int  # all machine frames: the domain's, the special ones, the extra pool, the m2p table
+    console_frame: int
+    shared_info_frame: int
+    store_frame: int
+    extra_frames: range  # machine frames outside the domain's pages, free for the hypervisor to hand out
+    m2p_frames: range  # the machine-to-phys table
     segments: tuple[Segment, ...]  # the PT_LOAD segments, bss zeroes included
-    hypercall_page: bytes  # its contents (PAGE_SIZE bytes); its address is layout.hypercall_page
-    unmapped_pages: tuple[int, ...]  # frames to leave unmapped: those below the image, the stack guard
+    hypercall_page: bytes  # its contents (PAGE_SIZE bytes) if the image has a HYPERCALL_PAGE note
     entry: int  # initial %rip
     initial_rsi: int  # = layout.start_info
     initial_rsp: int  # = layout.boot_stack_top
@@ -126,18 +139,25 @@ class DomainImage:
     notes: XenNotes
     image_sha256: str  # hex SHA-256 of the image file's bytes
 
+    @property
+    def l4_frame(self) -> int:
+        return self.layout.frame(self.layout.page_tables)
+
     def start_info(self, *, console_evtchn: int, store_evtchn: int) -> bytes:
         """The start_info page contents (sizeof(struct start_info) bytes) with the domain's ports."""
         layout = self.layout
         info = abi.StartInfo(
             magic=START_INFO_MAGIC,
             nr_pages=self.nr_pages,
-            shared_info=layout.shared_info,
+            shared_info=self.shared_info_frame << PAGE_SHIFT,
             flags=0,
-            store_mfn=layout.frame(layout.xenstore),
+            store_mfn=self.store_frame,
             store_evtchn=store_evtchn,
+            pt_base=layout.page_tables,
+            nr_pt_frames=layout.nr_pt_frames,
+            mfn_list=layout.p2m,
         )
-        info.console.domU.mfn = layout.frame(layout.console)
+        info.console.domU.mfn = self.console_frame
         info.console.domU.evtchn = console_evtchn
         raw = bytearray(info)
         cmdline_offset = abi.StartInfo.cmd_line.offset
@@ -146,27 +166,73 @@ class DomainImage:
         return bytes(raw)
 
     def memory_writes(self, *, console_evtchn: int, store_evtchn: int) -> list[tuple[int, bytes]]:
-        """(address, bytes) to write, in order: the segments, the hypercall page, start_info."""
-        writes = [(segment.address, segment.data) for segment in self.segments]
-        writes.append((self.layout.hypercall_page, self.hypercall_page))
-        writes.append(
-            (self.layout.start_info, self.start_info(console_evtchn=console_evtchn, store_evtchn=store_evtchn))
-        )
+        """(machine address, bytes) to write, in order: the segments, the hypercall page, the p2m list,
+        start_info, the page tables, the machine-to-phys table."""
+        layout = self.layout
+
+        def machine(address: int) -> int:
+            return address - layout.virt_base          # the bootstrap region is 1:1 and mfn = pfn
+
+        writes = [(machine(segment.address), segment.data) for segment in self.segments]
+        if layout.hypercall_page is not None:
+            writes.append((machine(layout.hypercall_page), self.hypercall_page))
+        writes.append((machine(layout.p2m), struct.pack(f"<{self.nr_pages}Q", *range(self.nr_pages))))
+        writes.append((machine(layout.start_info),
+                       self.start_info(console_evtchn=console_evtchn, store_evtchn=store_evtchn)))
+        writes.append((machine(layout.page_tables), self._page_tables()))
+        m2p = [pfn if pfn < self.nr_pages else INVALID_M2P_ENTRY for pfn in range(self.frame_count)]
+        writes.append((self.m2p_frames.start * PAGE_SIZE, struct.pack(f"<{len(m2p)}Q", *m2p)))
         return writes
 
-    def read_only_pages(self) -> tuple[int, ...]:
-        """Addresses of the pages that only non-writable segments (code, rodata) occupy: the
-        domain maps them read-only, so a guest store to its own code faults as on real hardware."""
+    def _page_tables(self) -> bytes:
+        """The bootstrap tables as xc_dom_x86.c builds them: the 1:1 map of [VIRT_BASE, bootstrap end),
+        the tables themselves read-only. Frames: the L4, then the L3s, the L2s and the L1s."""
+        layout = self.layout
+        counts = _table_counts(layout.virt_base, layout.bootstrap_end)
+        first_frame = layout.frame(layout.page_tables)
+        first_table = {3: 1, 2: 1 + counts[3], 1: 1 + counts[3] + counts[2]}
+        tables = [[0] * 512 for _ in range(layout.nr_pt_frames)]
+        tables_end = layout.page_tables + layout.nr_pt_frames * PAGE_SIZE
+
+        def table(level: int, address: int) -> int:      # the level-`level` table mapping `address`
+            bits = PAGE_SHIFT + 9 * level
+            return first_table[level] + (address >> bits) - (layout.virt_base >> bits)
+
+        for address in range(layout.virt_base, layout.bootstrap_end, PAGE_SIZE):
+            parent = 0
+            for level in (3, 2, 1):
+                child = table(level, address)
+                index = (address >> (PAGE_SHIFT + 9 * level)) & 511
+                tables[parent][index] = ((first_frame + child) << PAGE_SHIFT) | UPPER_PROT
+                parent = child
+            entry = (layout.frame(address) << PAGE_SHIFT) | L1_PROT
+            if layout.page_tables <= address < tables_end:
+                entry &= ~PTE_RW                    # page tables are read-only
+            tables[parent][(address >> PAGE_SHIFT) & 511] = entry
+        return b"".join(struct.pack("<512Q", *entries) for entries in tables)
+
+    def read_only_frames(self) -> tuple[int, ...]:
+        """Frames that only non-writable segments (code, rodata) occupy: guest stores to them fault
+        whatever the guest's mappings say (the engine runs no self-modifying code)."""
         def pages(segment: Segment) -> range:
             start = _align_down(segment.address, PAGE_SIZE)
             return range(start, _align_up(segment.address + len(segment.data), PAGE_SIZE), PAGE_SIZE)
         writable = {page for segment in self.segments if segment.writable for page in pages(segment)}
-        return tuple(sorted({page for segment in self.segments if not segment.writable
-                             for page in pages(segment)} - writable))
+        code = {page for segment in self.segments if not segment.writable for page in pages(segment)}
+        return tuple(sorted(self.layout.frame(page) for page in code - writable))
+
+
+def _table_counts(start: int, end: int) -> dict[int, int]:
+    """Tables per level (L4, L3, L2, L1) that map [start, end), as xc_dom_x86.c's nr_page_tables counts."""
+    counts = {4: 1}
+    for level, bits in ((3, 39), (2, 30), (1, 21)):
+        mask = (1 << bits) - 1
+        counts[level] = (((end - 1) | mask) - (start & ~mask) >> bits) + 1
+    return counts
 
 
 def build_domain(image: bytes | str | os.PathLike, memory_bytes: int, cmdline: str = "") -> DomainImage:
-    """Check a PV kernel image (its bytes or its path) and lay it out in `memory_bytes` of guest memory."""
+    """Check a PV kernel image (its bytes or its path) and lay it out in `memory_bytes` of domain pages."""
     data = _read_image(image)
     if memory_bytes <= 0 or memory_bytes % PAGE_SIZE:
         raise BuildError(f"guest memory must be a positive multiple of {PAGE_SIZE} bytes, not {memory_bytes}")
@@ -184,14 +250,23 @@ def build_domain(image: bytes | str | os.PathLike, memory_bytes: int, cmdline: s
         raise BuildError(
             f"entry point {entry:#x} is outside the image [{layout.image_start:#x}, {layout.image_end:#x})"
         )
-    guard_frame = layout.frame(layout.boot_stack) - 1
+    nr_pages = memory_bytes // PAGE_SIZE
+    extra_start = nr_pages + 3
+    m2p_start = extra_start + EXTRA_FRAMES
+    m2p_count = 1
+    while (m2p_start + m2p_count) * 8 > m2p_count * PAGE_SIZE:
+        m2p_count += 1
     return DomainImage(
         memory_bytes=memory_bytes,
-        nr_pages=layout.frame(layout.shared_info) - EXTRA_FRAMES,
-        extra_frames=range(layout.frame(layout.shared_info) - EXTRA_FRAMES, layout.frame(layout.shared_info)),
+        nr_pages=nr_pages,
+        frame_count=m2p_start + m2p_count,
+        console_frame=nr_pages,
+        shared_info_frame=nr_pages + 1,
+        store_frame=nr_pages + 2,
+        extra_frames=range(extra_start, m2p_start),
+        m2p_frames=range(m2p_start, m2p_start + m2p_count),
         segments=segments,
         hypercall_page=_hypercall_page(),
-        unmapped_pages=(*range(layout.frame(layout.image_start)), guard_frame),
         entry=entry,
         initial_rsi=layout.start_info,
         initial_rsp=layout.boot_stack_top,
@@ -299,7 +374,6 @@ NOTE_NAMES = {
 
 def _decode_notes(notes: dict[int, bytes]) -> XenNotes:
     for required in (
-        abi.XEN_ELFNOTE_HYPERCALL_PAGE,
         abi.XEN_ELFNOTE_GUEST_OS,
         abi.XEN_ELFNOTE_XEN_VERSION,
         abi.XEN_ELFNOTE_LOADER,
@@ -348,7 +422,6 @@ def _load_segments(elf: ELFFile, data: bytes, notes: XenNotes, memory_bytes: int
             f"guest memory of {memory_bytes // 1024} KiB at VIRT_BASE {notes.virt_base:#x} "
             "runs past the 64-bit address space"
         )
-    own_memory_end = memory_bytes - PAGE_SIZE  # the last frame is shared_info's
     segments = []
     for index, segment in enumerate(elf.iter_segments()):
         if segment["p_type"] != "PT_LOAD" or segment["p_memsz"] == 0:
@@ -359,15 +432,15 @@ def _load_segments(elf: ELFFile, data: bytes, notes: XenNotes, memory_bytes: int
         contents = _file_range(data, segment["p_offset"], file_size, f"segment {index}")
         pseudo_physical = segment["p_paddr"] - notes.paddr_offset
         address = (notes.virt_base + pseudo_physical) % ADDRESS_SPACE_END
-        if pseudo_physical < 0 or pseudo_physical + memory_size > own_memory_end:
-            needed = -(-(pseudo_physical + memory_size + PAGE_SIZE) // 1024)
+        if pseudo_physical < 0 or pseudo_physical + memory_size > memory_bytes:
+            needed = -(-(pseudo_physical + memory_size) // 1024)
             if 0 <= pseudo_physical < ADDRESS_SPACE_END // 2:
                 raise BuildError(f"image too big for the memory: segment {index} [{address:#x}, "
                                  f"{address + memory_size:#x}) alone needs more than {needed} KiB of guest "
                                  f"memory, the domain has {memory_bytes // 1024} KiB")
             raise BuildError(
                 f"segment {index} [{address:#x}, {address + memory_size:#x}) is outside guest memory "
-                f"[{notes.virt_base:#x}, {notes.virt_base + own_memory_end:#x}) of {memory_bytes // 1024} KiB"
+                f"[{notes.virt_base:#x}, {notes.virt_base + memory_bytes:#x}) of {memory_bytes // 1024} KiB"
             )
         writable = bool(segment["p_flags"] & PF_W)
         segments.append(Segment(address, contents + bytes(memory_size - file_size), writable))
@@ -377,35 +450,51 @@ def _load_segments(elf: ELFFile, data: bytes, notes: XenNotes, memory_bytes: int
 
 
 def _plan_layout(segments: tuple[Segment, ...], notes: XenNotes, memory_bytes: int) -> Layout:
+    """The bootstrap region as xc_dom_x86.c lays it out (count_pgtables: page tables for the region
+    including themselves, one stack page and 512 KiB of padding, the end rounded up to 4 MiB)."""
+    virt_base = notes.virt_base
     image_start = _align_down(min(segment.address for segment in segments), PAGE_SIZE)
     image_end = _align_up(max(segment.address + len(segment.data) for segment in segments), PAGE_SIZE)
-    boot_stack = image_end + 4 * PAGE_SIZE
-    boot_stack_top = boot_stack + BOOT_STACK_PAGES * PAGE_SIZE
-    shared_info = notes.virt_base + memory_bytes - PAGE_SIZE
-    if boot_stack_top > shared_info - EXTRA_FRAMES * PAGE_SIZE:
-        needed = (boot_stack_top - notes.virt_base + (1 + EXTRA_FRAMES) * PAGE_SIZE) // 1024
+    nr_pages = memory_bytes // PAGE_SIZE
+    p2m = image_end
+    start_info = p2m + _align_up(nr_pages * 8, PAGE_SIZE)
+    page_tables = start_info + PAGE_SIZE
+    extra = 1 + BOOTSTRAP_PADDING // PAGE_SIZE                      # the stack page and the padding
+    pages = extra
+    while True:
+        end = _align_up(page_tables + pages * PAGE_SIZE, BOOTSTRAP_ALIGN)
+        nr_pt_frames = sum(_table_counts(virt_base, end).values())
+        pages = nr_pt_frames + extra
+        if page_tables + pages * PAGE_SIZE <= end:
+            break
+    boot_stack = page_tables + nr_pt_frames * PAGE_SIZE
+    memory_end = virt_base + memory_bytes
+    if boot_stack + PAGE_SIZE > memory_end:
+        needed = (boot_stack + PAGE_SIZE - virt_base) // 1024
         raise BuildError(
-            f"image too big for the memory: the image, its boot pages and shared_info need {needed} KiB, "
-            f"the domain has {memory_bytes // 1024} KiB"
+            f"image too big for the memory: the image and its bootstrap pages (p2m list, start_info, "
+            f"page tables, stack) need {needed} KiB, the domain has {memory_bytes // 1024} KiB"
         )
     hypercall_page = notes.hypercall_page
-    if hypercall_page % PAGE_SIZE:
-        raise BuildError(f"the hypercall page {hypercall_page:#x} is not page-aligned")
-    if not image_start <= hypercall_page < image_end:
-        raise BuildError(
-            f"the hypercall page {hypercall_page:#x} is outside the image [{image_start:#x}, {image_end:#x})"
-        )
+    if hypercall_page is not None:
+        if hypercall_page % PAGE_SIZE:
+            raise BuildError(f"the hypercall page {hypercall_page:#x} is not page-aligned")
+        if not image_start <= hypercall_page < image_end:
+            raise BuildError(
+                f"the hypercall page {hypercall_page:#x} is outside the image [{image_start:#x}, {image_end:#x})"
+            )
     return Layout(
-        virt_base=notes.virt_base,
+        virt_base=virt_base,
         image_start=image_start,
         image_end=image_end,
         hypercall_page=hypercall_page,
-        start_info=image_end,
-        console=image_end + PAGE_SIZE,
-        xenstore=image_end + 2 * PAGE_SIZE,
+        p2m=p2m,
+        start_info=start_info,
+        page_tables=page_tables,
+        nr_pt_frames=nr_pt_frames,
         boot_stack=boot_stack,
-        boot_stack_top=boot_stack_top,
-        shared_info=shared_info,
+        boot_stack_top=boot_stack + PAGE_SIZE,
+        bootstrap_end=min(end, memory_end),
     )
 
 

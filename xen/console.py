@@ -9,7 +9,7 @@ io/console.h; a guest that corrupts them loses its own output, never the hypervi
 from __future__ import annotations
 
 from xen import abi
-from xen.vcpu import VCpu
+from xen.vcpu import MachineMemory
 
 _INDEX_MASK = 0xFFFFFFFF
 
@@ -17,17 +17,17 @@ _INDEX_MASK = 0xFFFFFFFF
 class ConsoleRing:
     """Backend view of one xencons_interface page."""
 
-    def __init__(self, vcpu: VCpu, address: int):
-        self._vcpu = vcpu
+    def __init__(self, memory: MachineMemory, address: int):
+        self._memory = memory          # Xen reaches this page by its machine address
         self.address = address
         self.in_size = abi.XENCONS_IN_SIZE
         self.out_size = abi.XENCONS_OUT_SIZE
 
     def _index(self, name: str) -> int:
-        return int.from_bytes(self._vcpu.read(self.address + getattr(abi.XenconsInterface, name).offset, 4), "little")
+        return int.from_bytes(self._memory.read(self.address + getattr(abi.XenconsInterface, name).offset, 4), "little")
 
     def _set_index(self, name: str, value: int) -> None:
-        self._vcpu.write(self.address + getattr(abi.XenconsInterface, name).offset,
+        self._memory.write(self.address + getattr(abi.XenconsInterface, name).offset,
                          (value & _INDEX_MASK).to_bytes(4, "little"))
 
     def drain_output(self) -> bytes:
@@ -42,7 +42,7 @@ class ConsoleRing:
         while available:
             offset = consumer % self.out_size
             chunk = min(available, self.out_size - offset)
-            data += self._vcpu.read(base + offset, chunk)
+            data += self._memory.read(base + offset, chunk)
             consumer += chunk
             available -= chunk
         self._set_index("out_cons", consumer)
@@ -74,6 +74,6 @@ class ConsoleRing:
         while written < len(data):
             offset = (producer + written) % self.in_size
             chunk = data[written:written + self.in_size - offset]
-            self._vcpu.write(base + offset, chunk)
+            self._memory.write(base + offset, chunk)
             written += len(chunk)
         self._set_index("in_prod", producer + len(data))

@@ -2,11 +2,12 @@
 
 Owns the digest payload: the general registers, rip and rflags in the clear (so a divergence can
 say which register differs and how), a hash of the complete 87-register state, and optionally a
-hash of all guest memory: a hash of per-page hashes, where only the pages written since the previous
+hash of all guest memory: a hash of per-frame hashes, where only the frames written since the previous
 memory digest are rehashed (the vCPU's dirty-page tracking), so a memory digest costs in proportion to
-what the guest wrote; and a hash of the domain's device state outside guest memory (xenstore, grant
-table: `Domain.device_state`). Invariant: a digest is a pure function of vCPU and device state; two
-equal states give byte-identical digests.
+what the guest wrote, combined with the hash of the guest-virtual map (which frame is mapped where);
+and a hash of the domain's device state outside guest memory (xenstore, grant table:
+`Domain.device_state`). Invariant: a digest is a pure function of vCPU and device state; two equal
+states give byte-identical digests.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class _MemoryHasher:
     def __init__(self, vcpu: VCpu, all_zero: bool):
         self._generation = vcpu.track_dirty_pages()
         if all_zero:
-            self._pages = [_ZERO_PAGE_HASH] * (vcpu.memory_size // PAGE_SIZE)
+            self._pages = [_ZERO_PAGE_HASH] * vcpu.frame_count
         else:
             image = vcpu.memory_image()
             self._pages = [self._page_hash(image[offset:offset + PAGE_SIZE])
@@ -94,8 +95,8 @@ class _MemoryHasher:
         written = vcpu.pages_written_since(self._generation)
         self._generation = vcpu.new_generation()
         for number in written:
-            self._pages[number] = self._page_hash(vcpu.read(vcpu.memory_base + number * PAGE_SIZE, PAGE_SIZE))
-        return hashlib.blake2b(b"".join(self._pages), digest_size=_MEMORY_HASH_BYTES).digest()
+            self._pages[number] = self._page_hash(vcpu.read_frame(number))
+        return hashlib.blake2b(b"".join(self._pages) + vcpu.mapping_digest(), digest_size=_MEMORY_HASH_BYTES).digest()
 
 
 _ZERO_PAGE_HASH = hashlib.blake2b(bytes(PAGE_SIZE), digest_size=_MEMORY_HASH_BYTES).digest()

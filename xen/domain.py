@@ -20,10 +20,11 @@ from xen.digest import Digest, start_memory_digests, take_digest
 from xen.evtchn import Binding, EventChannels
 from xen.grant import GrantTable
 from xen.inject import Funnel
+from xen.mm import L4, MemoryModel
 from xen.timekeeping import GuestTime
 from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
 from xen.upcall import GuestFault, deliver_if_pending
-from xen.vcpu import Exit, ExitReason, VCpu
+from xen.vcpu import AliasError, Exit, ExitReason, VCpu
 from xen.xenstore import XenstoreRing, XenstoreServer
 
 INITIAL_RFLAGS = 0x202
@@ -77,25 +78,27 @@ class Domain:
                  console_output: Callable[[bytes], None] = lambda data: None,
                  hypervisor_console: Callable[[bytes], None] = lambda data: None):
         self.image = image
-        layout = image.layout
-        self.vcpu = VCpu(image.memory_bytes, memory_base=layout.virt_base,
-                         unmapped_pages=image.unmapped_pages, jit=jit)
+        self.vcpu = VCpu(image.frame_count, jit=jit)
         start_memory_digests(self.vcpu)
         for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
-            self.vcpu.write(address, data)
-        self.vcpu.set_read_only(image.read_only_pages())
+            self.vcpu.machine.write(address, data)
+        self.vcpu.set_read_only(image.read_only_frames())
+        self.memory = MemoryModel(self.vcpu, guest_frames=range(image.m2p_frames.start),
+                                  m2p_frames=image.m2p_frames)
+        self.memory.pin(image.l4_frame, L4)          # as the toolstack pins the bootstrap L4
+        self.memory.new_baseptr(image.l4_frame)
         self.domid = DOMID
         self._free_extra_frames = list(image.extra_frames)
-        self.grants = GrantTable(self.vcpu, DOMID, frame_address=lambda frame: layout.virt_base + frame * abi.PAGE_SIZE,
+        self.grants = GrantTable(self.vcpu.machine, DOMID, frame_address=lambda frame: frame * abi.PAGE_SIZE,
                                  allocate_frame=self.allocate_extra_frame, is_domain_frame=self._is_domain_frame)
-        self.events = EventChannels(self.vcpu, layout.shared_info)
+        self.events = EventChannels(self.vcpu.machine, image.shared_info_frame * abi.PAGE_SIZE)
         self.events.allocate(Binding("backend", "console"), port=CONSOLE_PORT)
         self.events.allocate(Binding("backend", "xenstore"), port=STORE_PORT)
         self.events.set_upcall_mask(True)
         self.console_port = CONSOLE_PORT
-        self.console = ConsoleRing(self.vcpu, layout.console)
+        self.console = ConsoleRing(self.vcpu.machine, image.console_frame * abi.PAGE_SIZE)
         self.store_port = STORE_PORT
-        self.store_ring = XenstoreRing(self.vcpu, layout.xenstore)
+        self.store_ring = XenstoreRing(self.vcpu.machine, image.store_frame * abi.PAGE_SIZE)
         self.xenstore: XenstoreServer | None = None       # connect_xenstore(); without one nobody answers
         self.time = GuestTime(self.vcpu, self.events.vcpu_info_address() + abi.VcpuInfo.time.offset)
         self.time.set_periodic(DEFAULT_TIMER_PERIOD_NS)     # Xen starts every PV vCPU with a 100 Hz tick
@@ -124,10 +127,17 @@ class Domain:
         fields["traps"] = self.traps.save_state()
         fields["xenstore"] = None if self.xenstore is None else self.xenstore.save_state()
         fields["grants"] = self.grants.save_state()
-        return DomainState(copy.deepcopy(fields))
+        memory = self.memory.save_state()          # immutable: shared, not copied
+        state = copy.deepcopy(fields)
+        state["memory"] = memory
+        return DomainState(state)
 
     def load_state(self, state: DomainState) -> None:
-        fields = copy.deepcopy(state.fields)
+        """Restore the hypervisor-side state; guest memory must already be restored (the page
+        tables in it define the address space the memory model rebuilds)."""
+        fields = dict(state.fields)
+        self.memory.load_state(fields.pop("memory"))
+        fields = copy.deepcopy(fields)
         self.events.load_state(fields.pop("events"))
         self.time.load_state(fields.pop("time"))
         self.traps.load_state(fields.pop("traps"))
@@ -149,7 +159,7 @@ class Domain:
         return self._free_extra_frames.pop(0) if self._free_extra_frames else None
 
     def _is_domain_frame(self, frame: int) -> bool:
-        return 0 <= frame < self.image.nr_pages and frame not in self.image.unmapped_pages
+        return 0 <= frame < self.image.nr_pages
 
     def digest(self, with_memory: bool) -> Digest:
         """The state digest of the whole domain: vCPU, optionally memory, and device state."""
@@ -260,6 +270,9 @@ class Domain:
                 result = hypercalls.dispatch(self, number, arguments)
             except GuestFault as fault:
                 self.crash(str(fault))
+                return
+            except AliasError as error:             # a mapping the engine cannot realise: refuse loudly
+                self.crash(str(error))
                 return
             if self.alive:
                 vcpu.set_reg("rax", result & (2**64 - 1))

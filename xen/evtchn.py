@@ -12,7 +12,7 @@ import ctypes
 from dataclasses import dataclass
 
 from xen import abi
-from xen.vcpu import VCpu
+from xen.vcpu import MachineMemory
 
 BITS_PER_WORD = 64
 
@@ -28,8 +28,8 @@ class Binding:
 class EventChannels:
     """The domain's event-channel ports, with their pending/mask bits kept in shared_info."""
 
-    def __init__(self, vcpu: VCpu, shared_info_address: int, max_ports: int = abi.EVTCHN_2L_NR_CHANNELS):
-        self._vcpu = vcpu
+    def __init__(self, memory: MachineMemory, shared_info_address: int, max_ports: int = abi.EVTCHN_2L_NR_CHANNELS):
+        self._memory = memory          # Xen reaches this page by its machine address
         self._shared = shared_info_address
         self.max_ports = max_ports
         self._ports: dict[int, Binding] = {}
@@ -73,15 +73,15 @@ class EventChannels:
         return self._shared + abi.SharedInfo.vcpu_info.offset + vcpu_id * ctypes.sizeof(abi.VcpuInfo)
 
     def _test_and_set(self, address: int, bit: int) -> bool:
-        word = self._vcpu.read_u64(address)
-        self._vcpu.write_u64(address, word | (1 << bit))
+        word = self._memory.read_u64(address)
+        self._memory.write_u64(address, word | (1 << bit))
         return bool(word >> bit & 1)
 
     def is_pending(self, port: int) -> bool:
-        return bool(self._vcpu.read_u64(self._word_address("evtchn_pending", port)) >> (port % BITS_PER_WORD) & 1)
+        return bool(self._memory.read_u64(self._word_address("evtchn_pending", port)) >> (port % BITS_PER_WORD) & 1)
 
     def is_masked(self, port: int) -> bool:
-        return bool(self._vcpu.read_u64(self._word_address("evtchn_mask", port)) >> (port % BITS_PER_WORD) & 1)
+        return bool(self._memory.read_u64(self._word_address("evtchn_mask", port)) >> (port % BITS_PER_WORD) & 1)
 
     def set_pending(self, port: int) -> bool:
         """Mark `port` pending as Xen's 2-level ABI does. True when this raised the vCPU's upcall flag."""
@@ -94,7 +94,7 @@ class EventChannels:
     def unmask(self, port: int) -> bool:
         """Clear the mask bit; a port that was pending meanwhile now raises the upcall flag."""
         address = self._word_address("evtchn_mask", port)
-        self._vcpu.write_u64(address, self._vcpu.read_u64(address) & ~(1 << (port % BITS_PER_WORD)))
+        self._memory.write_u64(address, self._memory.read_u64(address) & ~(1 << (port % BITS_PER_WORD)))
         return self.is_pending(port) and self._raise_selector(port)
 
     def _raise_selector(self, port: int) -> bool:
@@ -104,19 +104,19 @@ class EventChannels:
         if self._test_and_set(selector, port // BITS_PER_WORD):
             return False
         pending = info + abi.VcpuInfo.evtchn_upcall_pending.offset
-        already = self._vcpu.read(pending, 1) != b"\0"
-        self._vcpu.write(pending, b"\1")
+        already = self._memory.read(pending, 1) != b"\0"
+        self._memory.write(pending, b"\1")
         return not already
 
     # ---------------------------------------------------------------- the vCPU's upcall flags
     def upcall_pending(self, vcpu_id: int = 0) -> bool:
-        return self._vcpu.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_pending.offset, 1) != b"\0"
+        return self._memory.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_pending.offset, 1) != b"\0"
 
     def upcall_masked(self, vcpu_id: int = 0) -> bool:
-        return self._vcpu.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset, 1) != b"\0"
+        return self._memory.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset, 1) != b"\0"
 
     def set_upcall_mask(self, masked: bool, vcpu_id: int = 0) -> None:
-        self._vcpu.write(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset,
+        self._memory.write(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset,
                          b"\1" if masked else b"\0")
 
     def vcpu_info_address(self, vcpu_id: int = 0) -> int:

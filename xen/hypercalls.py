@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from xen import abi
 from xen.evtchn import Binding
 from xen.traps import VECTOR_NMI, TrapEntry
+from xen.mm import WRITABLE, MmuError
 from xen.upcall import do_iret
 from xen.vcpu import GuestMemoryError
 
@@ -363,6 +364,118 @@ def grant_table_op(domain: "Domain", command: int, argument: int, count: int, *_
     raise HypercallError(abi.XEN_ENOSYS)
 
 
+# --------------------------------------------------------------------------- memory management
+
+_DOMIDS_SELF = (abi.DOMID_SELF, 0)       # DOMID_SELF, or the domain's own id (a domU is not dom0: ours is 0 here)
+
+
+def _mm_call(operation: Callable[[], None]) -> None:
+    try:
+        operation()
+    except MmuError as error:
+        raise HypercallError(error.errno) from None
+
+
+def _report_done(domain: "Domain", done_pointer: int, done: int) -> None:
+    if done_pointer:
+        _write(domain, done_pointer, done.to_bytes(4, "little"))
+
+
+def mmu_update(domain: "Domain", requests: int, count: int, done_pointer: int, foreign_domid: int,
+               *_: int) -> int:
+    """Page-table writes and m2p updates, one struct mmu_update each (xen.h); stops at the first
+    failure, reporting how many were done in *done_pointer (Xen's do_mmu_update)."""
+    count &= 0xFFFFFFFF
+    if foreign_domid & 0xFFFF not in _DOMIDS_SELF:
+        raise HypercallError(abi.XEN_ESRCH)
+    memory = domain.memory
+    done = 0
+    try:
+        for index in range(count):
+            request = _read(domain, requests + index * ctypes.sizeof(abi.MmuUpdate), abi.MmuUpdate)
+            command = request.ptr & 3
+            if command in (abi.MMU_NORMAL_PT_UPDATE, abi.MMU_PT_UPDATE_PRESERVE_AD):
+                address = request.ptr & ~7
+                _mm_call(lambda: memory.update_entry(address >> 12, (address & 0xFFF) // 8, request.val))
+            elif command == abi.MMU_MACHPHYS_UPDATE:
+                frame = request.ptr >> 12
+                if not memory.owns(frame):
+                    raise HypercallError(abi.XEN_EINVAL)
+                memory.set_m2p(frame, request.val)
+            else:
+                raise HypercallError(abi.XEN_ENOSYS)
+            done += 1
+    finally:
+        _report_done(domain, done_pointer, done)
+    return 0
+
+
+def update_va_mapping(domain: "Domain", address: int, value: int, flags: int, *_: int) -> int:
+    """Set the L1 entry that maps `address` (xen.h). The vCPU's mappings follow at once, so every
+    flush type is satisfied; a vCPU-mask pointer in `flags` is read as Xen reads it."""
+    if flags & ~abi.UVMF_FLUSHTYPE_MASK not in (abi.UVMF_LOCAL, abi.UVMF_ALL):
+        _read(domain, flags & ~abi.UVMF_FLUSHTYPE_MASK, ctypes.c_uint64)
+    _mm_call(lambda: domain.memory.update_va_mapping(address, value))
+    return 0
+
+
+_PIN_LEVELS = {abi.MMUEXT_PIN_L1_TABLE: 1, abi.MMUEXT_PIN_L2_TABLE: 2, abi.MMUEXT_PIN_L3_TABLE: 3,
+               abi.MMUEXT_PIN_L4_TABLE: 4}
+_FLUSHES = (abi.MMUEXT_TLB_FLUSH_LOCAL, abi.MMUEXT_INVLPG_LOCAL, abi.MMUEXT_TLB_FLUSH_MULTI,
+            abi.MMUEXT_INVLPG_MULTI, abi.MMUEXT_TLB_FLUSH_ALL, abi.MMUEXT_INVLPG_ALL)
+
+
+def _mmuext(domain: "Domain", op: abi.MmuextOp) -> None:
+    memory = domain.memory
+    command, frame = op.cmd, op.arg1.mfn
+    if command in _PIN_LEVELS:
+        _mm_call(lambda: memory.pin(frame, _PIN_LEVELS[command]))
+    elif command == abi.MMUEXT_UNPIN_TABLE:
+        _mm_call(lambda: memory.unpin(frame))
+    elif command == abi.MMUEXT_NEW_BASEPTR:
+        _mm_call(lambda: memory.new_baseptr(frame))
+    elif command == abi.MMUEXT_NEW_USER_BASEPTR:
+        _mm_call(lambda: memory.new_user_baseptr(frame))
+    elif command in _FLUSHES:
+        if command in (abi.MMUEXT_TLB_FLUSH_MULTI, abi.MMUEXT_INVLPG_MULTI):
+            _read(domain, op.arg2.src_mfn, ctypes.c_uint64)      # the vCPU mask, read as Xen reads it
+    elif command == abi.MMUEXT_SET_LDT:
+        if op.arg2.nr_ents != 0:
+            raise HypercallError(abi.XEN_EINVAL)    # no LDT support: only "no LDT" is accepted
+    elif command == abi.MMUEXT_CLEAR_PAGE:
+        _mm_call(lambda: memory.get_type(frame, WRITABLE))
+        domain.vcpu.write_frame(frame, bytes(abi.PAGE_SIZE))
+        memory.put_type(frame)
+    elif command == abi.MMUEXT_COPY_PAGE:
+        source = op.arg2.src_mfn
+        if not memory.owns(source):
+            raise HypercallError(abi.XEN_EINVAL)
+        _mm_call(lambda: memory.get_type(frame, WRITABLE))
+        domain.vcpu.write_frame(frame, domain.vcpu.read_frame(source))
+        memory.put_type(frame)
+    elif command in (abi.MMUEXT_FLUSH_CACHE, abi.MMUEXT_FLUSH_CACHE_GLOBAL):
+        raise HypercallError(abi.XEN_EACCES)        # a domU without cache-flush permission
+    else:
+        raise HypercallError(abi.XEN_ENOSYS)
+
+
+def mmuext_op(domain: "Domain", operations: int, count: int, done_pointer: int, foreign_domid: int,
+              *_: int) -> int:
+    """Extended MMU operations, one struct mmuext_op each (xen.h): pins, base pointers, flushes;
+    stops at the first failure, reporting how many were done in *done_pointer."""
+    count &= 0xFFFFFFFF
+    if foreign_domid & 0xFFFF not in _DOMIDS_SELF:
+        raise HypercallError(abi.XEN_ESRCH)
+    done = 0
+    try:
+        for index in range(count):
+            _mmuext(domain, _read(domain, operations + index * ctypes.sizeof(abi.MmuextOp), abi.MmuextOp))
+            done += 1
+    finally:
+        _report_done(domain, done_pointer, done)
+    return 0
+
+
 def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
@@ -384,6 +497,9 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_xen_version: xen_version,
     abi.HYPERVISOR_iret: iret,
     abi.HYPERVISOR_grant_table_op: grant_table_op,
+    abi.HYPERVISOR_mmu_update: mmu_update,
+    abi.HYPERVISOR_update_va_mapping: update_va_mapping,
+    abi.HYPERVISOR_mmuext_op: mmuext_op,
     abi.HYPERVISOR_fpu_taskswitch: _accept,
     abi.HYPERVISOR_vm_assist: vm_assist,
     abi.HYPERVISOR_set_trap_table: set_trap_table,

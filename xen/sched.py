@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from xen import abi
 from xen.domain import Domain, RunState
 from xen.inject import Kind
 from xen.timekeeping import ONE_NS_PER_TICK, TimeBase, TimeScale
@@ -128,6 +129,7 @@ class Scheduler:
         self._xenstore_writes = list(xenstore_writes)
         self.wait_for_host = wait_for_host
         self._started = False
+        self._poll_watch_addresses: tuple[int, ...] = ()
 
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
@@ -260,12 +262,22 @@ class Scheduler:
         if not quiet:
             self._disarm_poll_watch()
         elif self._poll_watch_activity is None:
-            self.domain.vcpu.add_watch(self.domain.console.in_prod_address, 4, "r")
+            self._poll_watch_addresses = self._in_prod_addresses()
+            for address in self._poll_watch_addresses:
+                self.domain.vcpu.add_watch(address, 4, "r")
             self._poll_watch_activity = activity
+
+    def _in_prod_addresses(self) -> tuple[int, ...]:
+        """Where the guest reads the console ring's in_prod: the ring is a machine frame the guest
+        maps where it likes (nowhere yet: nothing to watch)."""
+        machine = self.domain.console.in_prod_address
+        offset = machine % abi.PAGE_SIZE
+        return tuple(page + offset for page in self.domain.vcpu.pages_mapping(machine // abi.PAGE_SIZE))
 
     def _disarm_poll_watch(self) -> None:
         if self._poll_watch_activity is not None:
-            self.domain.vcpu.remove_watch(self.domain.console.in_prod_address, 4, "r")
+            for address in self._poll_watch_addresses:
+                self.domain.vcpu.remove_watch(address, 4, "r")
             self._poll_watch_activity = None
 
     def _ring_polled(self) -> Outcome | None:

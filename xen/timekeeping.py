@@ -106,15 +106,15 @@ class GuestTime:
         """Write a new time base into vcpu_time_info, with Xen's odd/even version protocol."""
         fields = abi.VcpuTimeInfo
         version_address = self._address + fields.version.offset
-        version = int.from_bytes(self._vcpu.read(version_address, 4), "little")
-        self._vcpu.write(version_address, ((version + 1) | 1).to_bytes(4, "little"))
+        version = int.from_bytes(self._vcpu.machine.read(version_address, 4), "little")
+        self._vcpu.machine.write(version_address, ((version + 1) | 1).to_bytes(4, "little"))
         self.base_ns = base.system_time
         self.base_icount = self._vcpu.icount
         self.scale = base.scale
         info = fields(version=(version + 1) | 1, tsc_timestamp=self.base_icount, system_time=base.system_time,
                       tsc_to_system_mul=base.scale.mul, tsc_shift=base.scale.shift)
-        self._vcpu.write(self._address, bytes(info))
-        self._vcpu.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
+        self._vcpu.machine.write(self._address, bytes(info))
+        self._vcpu.machine.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
 
     def save_state(self) -> tuple:
         return self.base_ns, self.base_icount, self.scale, TimerState(**vars(self.timers))

@@ -49,8 +49,10 @@ import capstone
 import icicle
 from icicle import ExceptionCode, Icicle, MemoryProtection, RunStatus
 
-PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = ~(PAGE_SIZE - 1)
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PATCH_DIR = Path(__file__).resolve().parent / "sleigh"
@@ -242,6 +244,16 @@ _PROTECTION_FULL = MemoryProtection.ExecuteReadWrite
 _PROTECTION_WRITE_TRAP = MemoryProtection.ExecuteRead
 _PROTECTION_ACCESS_TRAP = MemoryProtection.ExecuteOnly
 
+
+_WRITABLE = (MemoryProtection.ExecuteReadWrite, MemoryProtection.ReadWrite)
+_READABLE = _WRITABLE + (MemoryProtection.ExecuteRead, MemoryProtection.ReadOnly)
+
+
+def _mapping_hash(page: int, mapping: "Mapping") -> int:
+    """One mapping's share of VCpu.mapping_digest() (combined by XOR, so order does not matter)."""
+    text = f"{page:x}:{mapping.frame:x}:{int(mapping.writable)}{int(mapping.executable)}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "little")
+
 # Engine exception codes are not hashable: these tables are keyed by the code's name.
 _FAULT_TEXT = {
     "InvalidInstruction": "invalid instruction",
@@ -338,24 +350,93 @@ def _decode_environment(code: bytes) -> _Decoded | None:
     return None
 
 
-class VCpu:
-    """One vCPU with its guest memory: run to an exact instruction count, exits, traps, snapshots.
+class AliasError(Exception):
+    """A mapping the engine cannot realise: one machine frame at two virtual addresses where one of
+    them is writable (the engine has no MMU: each mapping is a copy of the frame)."""
 
-    Guest memory is one contiguous range [memory_base, memory_base + memory_size); pages listed in
-    `unmapped_pages` (page numbers relative to memory_base) are left out so that stray accesses fault.
+    def __init__(self, frame: int, mapped_at: int, wanted_at: int):
+        super().__init__(f"machine frame {frame:#x} is mapped at {mapped_at:#x} and would also be mapped at "
+                         f"{wanted_at:#x}, one of them writable: aliasing of a writable frame is not supported")
+        self.frame = frame
+        self.mapped_at = mapped_at
+        self.wanted_at = wanted_at
+
+
+class Mapping(NamedTuple):
+    """One guest-virtual page as the guest's page tables define it."""
+    frame: int
+    writable: bool
+    executable: bool = True
+
+
+def _frame_pieces(address: int, length: int) -> list[tuple[int, int, int]]:
+    """(frame, offset, size) pieces of the machine range [address, address+length)."""
+    pieces = []
+    while length > 0:
+        offset = address & ~PAGE_MASK
+        size = min(length, PAGE_SIZE - offset)
+        pieces.append((address >> PAGE_SHIFT, offset, size))
+        address += size
+        length -= size
+    return pieces
+
+
+class MachineMemory:
+    """The hypervisor's own view of machine memory (Xen's direct map): machine addresses, no guest
+    page tables and no guest permissions involved. Used for the pages Xen itself owns or writes by
+    frame number: shared_info, the console and xenstore rings, page tables, the machine-to-phys table."""
+
+    def __init__(self, vcpu: "VCpu"):
+        self._vcpu = vcpu
+
+    def read(self, address: int, length: int) -> bytes:
+        """Bytes at machine address `address`; GuestMemoryError past the last frame."""
+        parts = []
+        for frame, offset, size in _frame_pieces(address, length):
+            parts.append(self._vcpu.read_frame_bytes(frame, offset, size))
+        return b"".join(parts)
+
+    def write(self, address: int, data: bytes) -> None:
+        done = 0
+        for frame, offset, size in _frame_pieces(address, len(data)):
+            self._vcpu.write_frame_bytes(frame, offset, data[done:done + size])
+            done += size
+
+    def read_u64(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 8), "little")
+
+    def write_u64(self, address: int, value: int) -> None:
+        self.write(address, (value & (2**64 - 1)).to_bytes(8, "little"))
+
+
+class VCpu:
+    """One vCPU with its machine memory: run to an exact instruction count, exits, traps, snapshots.
+
+    Memory is `frame_count` machine frames (all zero at first), realised in the engine (which has no
+    MMU) page by page: `map_page(va, frame)` puts the frame's contents at virtual address va, and the
+    engine runs on those flat addresses. A frame mapped nowhere keeps its contents here, in Python.
+    Invariant: each frame's contents exist exactly once - at its mappings (several only when all of
+    them are read-only, kept identical by writing every copy) or in the store - so a frame read is
+    always its current contents, whoever wrote it. Translated code the engine keeps for a virtual
+    page whose frame changed is discarded (the whole translation cache is rebuilt) before the vCPU
+    runs again; pages become executable in the engine only when first executed, which is how the
+    wrapper knows which pages may hold translated code.
     """
 
-    def __init__(self, memory_size: int, memory_base: int = 0, unmapped_pages: tuple[int, ...] = (),
-                 jit: bool = True):
-        if memory_size <= 0 or memory_size % PAGE_SIZE or memory_base % PAGE_SIZE:
-            raise ValueError("guest memory size and base must be positive multiples of 4 KiB")
+    def __init__(self, frame_count: int, jit: bool = True):
+        if frame_count <= 0:
+            raise ValueError("a vCPU needs at least one machine frame")
         self._vm = new_engine(jit=jit)
-        pages_needed = memory_size // PAGE_SIZE + 1024
-        if self._vm.mem_capacity < pages_needed:
-            self._vm.mem_capacity = pages_needed
-        self.memory_base = memory_base
-        self.memory_size = memory_size
-        self._mapped_pages = self._map_memory(memory_base, memory_size, set(unmapped_pages))
+        self.frame_count = frame_count
+        self._ensure_capacity()
+        self._store: dict[int, bytes] = {}                 # frame -> contents, for frames mapped nowhere
+        self._mappings: dict[int, Mapping] = {}            # virtual page -> what the guest maps there
+        self._frame_pages: dict[int, list[int]] = {}       # frame -> virtual pages mapping it
+        self._code_pages: set[int] = set()                 # virtual pages executable in the engine
+        self._stale_code = False                           # a code page changed: flush before running
+        self._mapping_hash = 0                             # XOR of a hash per mapping (for digests)
+        self._hypervisor_ranges: list[tuple[int, int]] = []  # virtual ranges guests may not pass to Xen
+        self.machine = MachineMemory(self)
         self._breakpoints: set[int] = set()
         # Addresses no translated block can cover unchecked: each has been a breakpoint through every
         # execution since its translations were last evicted (None: nothing has executed yet).
@@ -363,128 +444,271 @@ class VCpu:
         self._watches: list[tuple[int, int, str]] = []   # (address, length, "w" | "r" | "a")
         self._access_widths: dict[int, int] = {}          # pc -> bytes its instruction accesses
         self._watch_traps_lifted = False                   # while a trapped access is re-executed
-        # Page protection is computed per page from three facts (see _protection): read-only code,
-        # watched (write or read traps), and clean under dirty tracking (write traps).
-        self._read_only_pages: set[int] = set()
-        self._watched_pages: dict[int, str] = {}     # page -> "w" (writes trap) or "r" (all accesses trap)
+        # Page protection is computed per page from four facts (see _protection): the guest's mapping
+        # (writable or not), read-only frames (code), watched (write or read traps), and clean under
+        # dirty tracking (write traps); pages are executable once executed.
+        self._read_only_frames: set[int] = set()
+        self._watched_pages: dict[int, str] = {}     # virtual page -> "w" (writes trap) or "r" (all accesses trap)
         self._tracking_dirty = False
-        self._clean_pages: set[int] = set()
+        self._clean_frames: set[int] = set()
         self._generation = 0                          # dirty tracking: writes are noted per generation
-        self._last_written: dict[int, int] = {}       # page -> generation of its latest noted write
+        self._last_written: dict[int, int] = {}       # frame -> generation of its latest noted write
         self._pending_random: tuple[_Decoded, int] | None = None
         self._reset_registers()
 
-    # ---------------------------------------------------------------- memory
-    def _map_memory(self, base: int, size: int, holes: set[int]) -> list[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
-        page = 0
-        total = size // PAGE_SIZE
-        while page < total:
-            if page in holes:
-                page += 1
-                continue
-            start = page
-            while page < total and page not in holes:
-                page += 1
-            runs.append((base + start * PAGE_SIZE, (page - start) * PAGE_SIZE))
-        for address, length in runs:
-            self._vm.mem_map(address, length, _PROTECTION_FULL)
-        return runs
+    @classmethod
+    def flat(cls, memory_size: int, memory_base: int = 0, unmapped_pages: tuple[int, ...] = (),
+             jit: bool = True) -> "VCpu":
+        """A vCPU whose frame N is mapped writable at memory_base + N * PAGE_SIZE (for engine tests and
+        benchmarks that run code without a domain); page numbers in `unmapped_pages` are left out."""
+        if memory_size <= 0 or memory_size % PAGE_SIZE or memory_base % PAGE_SIZE:
+            raise ValueError("guest memory size and base must be positive multiples of 4 KiB")
+        vcpu = cls(memory_size // PAGE_SIZE, jit=jit)
+        holes = set(unmapped_pages)
+        for frame in range(vcpu.frame_count):
+            if frame not in holes:
+                vcpu.map_page(memory_base + frame * PAGE_SIZE, frame, writable=True)
+        return vcpu
 
+    @property
+    def memory_size(self) -> int:
+        """Bytes of machine memory."""
+        return self.frame_count * PAGE_SIZE
+
+    def _ensure_capacity(self) -> None:
+        pages_needed = self.frame_count + len(getattr(self, "_mappings", ())) + 1024
+        if self._vm.mem_capacity < pages_needed:
+            self._vm.mem_capacity = pages_needed
+
+    # ---------------------------------------------------------------- mappings (the engine's MMU)
+    def map_page(self, page: int, frame: int, writable: bool, executable: bool = True) -> None:
+        """Make virtual page `page` show machine frame `frame` (replacing what was there). AliasError
+        when the frame is already mapped elsewhere and either mapping is writable: then nothing changed."""
+        if not 0 <= frame < self.frame_count:
+            raise ValueError(f"machine frame {frame:#x} does not exist")
+        wanted = Mapping(frame, writable, executable)
+        old = self._mappings.get(page)
+        if old == wanted:
+            return
+        others = [other for other in self._frame_pages.get(frame, ()) if other != page]
+        if others and (writable or any(self._mappings[other].writable for other in others)):
+            raise AliasError(frame, others[0], page)
+        if old is not None:
+            self.unmap_page(page)
+        if others:
+            contents = bytes(self._vm.mem_read(others[0], PAGE_SIZE))
+        else:
+            contents = self._store.pop(frame, None)
+        self._ensure_capacity()
+        self._vm.mem_map(page, PAGE_SIZE, _PROTECTION_FULL)
+        # Always written, zeros too: the engine may back fresh pages by one shared zero page, and a
+        # host write into such a page has been seen to show through at another (engine quirk).
+        self._vm.mem_write(page, contents if contents is not None else _ZERO_PAGE)
+        self._mappings[page] = wanted
+        self._frame_pages.setdefault(frame, []).append(page)
+        self._mapping_hash ^= _mapping_hash(page, wanted)
+        self._protect(page)
+
+    def unmap_page(self, page: int) -> None:
+        """Remove the guest mapping of virtual page `page` (nothing if there is none)."""
+        mapping = self._mappings.pop(page, None)
+        if mapping is None:
+            return
+        pages = self._frame_pages[mapping.frame]
+        pages.remove(page)
+        if not pages:
+            del self._frame_pages[mapping.frame]
+            self._store[mapping.frame] = bytes(self._vm.mem_read(page, PAGE_SIZE))
+        self._vm.mem_unmap(page, PAGE_SIZE)
+        self._mapping_hash ^= _mapping_hash(page, mapping)
+        if page in self._code_pages:
+            self._code_pages.discard(page)
+            self._stale_code = True
+
+    def mapping(self, page: int) -> Mapping | None:
+        return self._mappings.get(page)
+
+    def pages_mapping(self, frame: int) -> tuple[int, ...]:
+        """The virtual pages at which machine frame `frame` is mapped (none when it is not)."""
+        return tuple(self._frame_pages.get(frame, ()))
+
+    def mappings(self) -> dict[int, Mapping]:
+        """Every mapped virtual page (a copy)."""
+        return dict(self._mappings)
+
+    def mapping_digest(self) -> bytes:
+        """A hash of the whole guest-virtual map (which frame where, with which rights)."""
+        return self._mapping_hash.to_bytes(16, "little")
+
+    def reserve_for_hypervisor(self, start: int, end: int) -> None:
+        """Virtual range [start, end) is Xen's: hypercalls refuse guest pointers into it (-EFAULT)
+        even where the guest can read it (the machine-to-phys table)."""
+        self._hypervisor_ranges.append((start, end))
+
+    def _flush_translations(self) -> None:
+        """Discard all translated code: the engine can only do it by a reset, so memory and registers
+        are put back around it. Guest-visible state is unchanged."""
+        cpu = self.save_cpu()
+        contents = {page: bytes(self._vm.mem_read(page, PAGE_SIZE)) for page in self._mappings}
+        self._vm.reset()
+        self._ensure_capacity()
+        for page, data in contents.items():
+            self._vm.mem_map(page, PAGE_SIZE, _PROTECTION_FULL)
+            self._vm.mem_write(page, data)
+        self._code_pages.clear()
+        self._stale_code = False
+        self._translations_checked = None             # no translation is left to be stale
+        self._access_widths.clear()                   # the code at an address may have changed
+        for page in self._mappings:
+            self._protect(page)
+        for address in self._breakpoints:
+            self._vm.add_breakpoint(address)
+        self.load_cpu(cpu)
+
+    # ---------------------------------------------------------------- memory
     def is_mapped(self, address: int, length: int = 1) -> bool:
-        """True when every byte of [address, address+length) is guest memory."""
+        """True when every byte of [address, address+length) is mapped in the guest's address space."""
         if length <= 0:
             return length == 0
-        end = address + length
-        return any(start <= address and end <= start + size for start, size in self._mapped_pages)
+        return all(page in self._mappings for page in range(address & PAGE_MASK, address + length, PAGE_SIZE))
+
+    def _guest_range_ok(self, address: int, length: int) -> bool:
+        if not self.is_mapped(address, length):
+            return False
+        return not any(address < end and start < address + length for start, end in self._hypervisor_ranges)
 
     def read(self, address: int, length: int) -> bytes:
-        """Guest memory bytes; GuestMemoryError when any of them is not mapped."""
-        if not self.is_mapped(address, length):
+        """Guest-virtual memory, as copy_from_guest reads it; GuestMemoryError when any byte is not mapped."""
+        if not self._guest_range_ok(address, length):
             raise GuestMemoryError(address, length)
         return bytes(self._vm.mem_read(address, length)) if length else b""
 
     def write(self, address: int, data: bytes) -> None:
-        """Write guest memory (ignores watch protection; never counts as a guest access)."""
+        """Write through the guest's mappings with the hypervisor's rights (the debugger, the tests): any
+        mapped page, read-only ones included; watch protection ignored; never counts as a guest access.
+        Every copy of an aliased frame is written. Writes on the guest's behalf use write_for_guest."""
         if not self.is_mapped(address, len(data)):
             raise GuestMemoryError(address, len(data))
+        offset = 0
+        while offset < len(data):
+            page = (address + offset) & PAGE_MASK
+            chunk = min(len(data) - offset, page + PAGE_SIZE - (address + offset))
+            self.write_frame_bytes(self._mappings[page].frame, (address + offset) - page, data[offset:offset + chunk])
+            offset += chunk
+
+    def read_frame(self, frame: int) -> bytes:
+        """The contents of machine frame `frame`."""
+        pages = self._frame_pages.get(frame)
+        if pages:
+            return bytes(self._vm.mem_read(pages[0], PAGE_SIZE))
+        return self._store.get(frame, _ZERO_PAGE)
+
+    def read_frame_bytes(self, frame: int, offset: int, length: int) -> bytes:
+        if not 0 <= frame < self.frame_count or offset + length > PAGE_SIZE:
+            raise GuestMemoryError(frame * PAGE_SIZE + offset, length)
+        pages = self._frame_pages.get(frame)
+        if pages:
+            return bytes(self._vm.mem_read(pages[0] + offset, length))
+        return self._store.get(frame, _ZERO_PAGE)[offset:offset + length]
+
+    def write_frame_bytes(self, frame: int, offset: int, data: bytes) -> None:
+        """Write into machine frame `frame` at `offset` (within the frame), wherever it lives."""
+        if not 0 <= frame < self.frame_count or offset + len(data) > PAGE_SIZE:
+            raise GuestMemoryError(frame * PAGE_SIZE + offset, len(data))
         if not data:
             return
         if self._tracking_dirty:
-            for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE):
-                self._mark_dirty(page)
-        try:
-            self._vm.mem_write(address, bytes(data))
-        except icicle.MemoryException as error:
-            raise EngineError(f"write of {len(data)} bytes at {address:#x} refused by the engine: {error}") from error
+            self._mark_dirty(frame)
+        pages = self._frame_pages.get(frame)
+        if not pages:
+            old = self._store.get(frame, _ZERO_PAGE)
+            self._store[frame] = old[:offset] + bytes(data) + old[offset + len(data):]
+            return
+        for page in pages:
+            if page in self._code_pages and bytes(self._vm.mem_read(page + offset, len(data))) != data:
+                self._flush_translations()      # the engine refuses (or would ignore) a write over translated code
+            try:
+                self._vm.mem_write(page + offset, bytes(data))
+            except icicle.MemoryException as error:
+                raise EngineError(f"write of {len(data)} bytes at {page + offset:#x} refused by the engine: "
+                                  f"{error}") from error
 
     def write_for_guest(self, address: int, data: bytes) -> None:
         """Write guest memory on the guest's behalf (a hypercall's output, a bounce frame) with the
         guest's own permissions, as Xen's copy_to_guest does: GuestMemoryError unless every byte is
-        mapped and writable by the guest. The same check in every mode: dirty tracking and watch
-        traps, which also write-protect pages, do not change what the guest may write."""
-        if not self.is_mapped(address, len(data)) or any(
-                page in self._read_only_pages for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE)):
+        mapped writable by the guest's page tables (and outside Xen's range). The same check in every
+        mode: dirty tracking and watch traps, which also write-protect pages, do not change what the
+        guest may write."""
+        if not self._guest_range_ok(address, len(data)) or not all(
+                self._mappings[page].writable for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE)):
             raise GuestMemoryError(address, len(data), "is not writable by the guest")
         self.write(address, data)
 
-    def set_read_only(self, page_addresses: tuple[int, ...]) -> None:
-        """Map these pages read-only (still executable): guest stores to them fault."""
-        for page in page_addresses:
-            if not self.is_mapped(page, PAGE_SIZE):
-                raise GuestMemoryError(page, PAGE_SIZE)
-            self._read_only_pages.add(page)
-            self._protect(page)
+    def write_frame(self, frame: int, contents: bytes) -> None:
+        """Replace the whole contents of a machine frame."""
+        self.write_frame_bytes(frame, 0, contents)
+
+    def set_read_only(self, frames: tuple[int, ...]) -> None:
+        """These frames hold code: guest stores to them fault whatever the guest's mappings say
+        (the engine cannot run self-modifying code)."""
+        for frame in frames:
+            self._read_only_frames.add(frame)
+            for page in self._frame_pages.get(frame, ()):
+                self._protect(page)
+
+    def _guest_may_write(self, page: int) -> bool:
+        mapping = self._mappings.get(page)
+        return mapping is not None and mapping.writable and mapping.frame not in self._read_only_frames
 
     def _protection(self, page: int, lifted: bool = False) -> MemoryProtection:
         """A page's protection; `lifted` leaves out watch and dirty-tracking traps (read-only stays)."""
+        code = page in self._code_pages
         if not lifted:
             if self._watched_pages.get(page) == "r":
-                return _PROTECTION_ACCESS_TRAP
-            if page in self._watched_pages or page in self._clean_pages:
-                return _PROTECTION_WRITE_TRAP
-        return _PROTECTION_WRITE_TRAP if page in self._read_only_pages else _PROTECTION_FULL
+                return _PROTECTION_ACCESS_TRAP if code else MemoryProtection.NoAccess
+            if page in self._watched_pages or self._mappings[page].frame in self._clean_frames:
+                return _PROTECTION_WRITE_TRAP if code else MemoryProtection.ReadOnly
+        if self._guest_may_write(page):
+            return _PROTECTION_FULL if code else MemoryProtection.ReadWrite
+        return _PROTECTION_WRITE_TRAP if code else MemoryProtection.ReadOnly
 
     def _protect(self, page: int, lifted: bool = False) -> None:
-        self._vm.mem_protect(page, PAGE_SIZE, self._protection(page, lifted))
+        if page in self._mappings:
+            self._vm.mem_protect(page, PAGE_SIZE, self._protection(page, lifted))
 
     # ---------------------------------------------------------------- dirty page tracking
     def track_dirty_pages(self) -> int:
-        """From now on, note every page written (by the guest or the hypervisor). Returns the current
+        """From now on, note every frame written (by the guest or the hypervisor). Returns the current
         generation; `pages_written_since(generation)` then tells what was written. Several users
         (the timeline, the state digests) can each keep their own generation."""
         if not self._tracking_dirty:
             self._tracking_dirty = True
-            self._clean_pages = set().union(*(range(start, start + size, PAGE_SIZE)
-                                              for start, size in self._mapped_pages)) - self._read_only_pages
-            # Every page is now write-trapped (clean, or read-only code); only watched pages differ. One
-            # engine call per mapped run: one per page costs tens of seconds for 4 GiB.
-            for start, size in self._mapped_pages:
-                self._vm.mem_protect(start, size, _PROTECTION_WRITE_TRAP)
-            for page in self._watched_pages:
+            self._clean_frames = set(range(self.frame_count))
+            for page in self._mappings:
                 self._protect(page)
         return self.new_generation()
 
     def new_generation(self) -> int:
-        """Start a new generation: pages written before it are write-trapped again, so the next write to
+        """Start a new generation: frames written before it are write-trapped again, so the next write to
         each is noted in the new one. Returns the new generation's number."""
-        for page, generation in self._last_written.items():
-            if generation == self._generation and page not in self._clean_pages:
-                self._clean_pages.add(page)
-                self._protect(page)
+        for frame, generation in self._last_written.items():
+            if generation == self._generation and frame not in self._clean_frames:
+                self._clean_frames.add(frame)
+                for page in self._frame_pages.get(frame, ()):
+                    self._protect(page)
         self._generation += 1
         return self._generation
 
     def pages_written_since(self, generation: int) -> set[int]:
-        """Page numbers (relative to memory_base) written in `generation` or later."""
-        return {(page - self.memory_base) // PAGE_SIZE
-                for page, written in self._last_written.items() if written >= generation}
+        """Machine frame numbers written in `generation` or later."""
+        return {frame for frame, written in self._last_written.items() if written >= generation}
 
-    def _mark_dirty(self, page: int) -> None:
-        if page in self._clean_pages:
-            self._clean_pages.discard(page)
-            self._last_written[page] = self._generation
-            self._protect(page)
+    def _mark_dirty(self, frame: int) -> None:
+        if frame in self._clean_frames:
+            self._clean_frames.discard(frame)
+            self._last_written[frame] = self._generation
+            for page in self._frame_pages.get(frame, ()):
+                self._protect(page)
 
     def read_u64(self, address: int) -> int:
         return int.from_bytes(self.read(address, 8), "little")
@@ -493,29 +717,23 @@ class VCpu:
         self.write(address, (value & (2**64 - 1)).to_bytes(8, "little"))
 
     def memory_image(self) -> bytes:
-        """All of guest memory as one bytes object (holes read as zeros)."""
-        image = bytearray(self.memory_size)
-        for start, size in self._mapped_pages:
-            offset = start - self.memory_base
-            image[offset:offset + size] = self._vm.mem_read(start, size)
-        return bytes(image)
+        """All of machine memory as one bytes object, frame after frame."""
+        return b"".join(self.read_frame(frame) for frame in range(self.frame_count))
 
     def changed_pages(self, reference: bytes) -> dict[int, bytes]:
-        """Pages (page number -> contents) whose current contents differ from `reference`, a memory_image()."""
-        current = self.memory_image()
+        """Frames (frame number -> contents) whose current contents differ from `reference`, a memory_image()."""
         changed = {}
-        for offset in range(0, self.memory_size, PAGE_SIZE):
-            page = current[offset:offset + PAGE_SIZE]
-            if page != reference[offset:offset + PAGE_SIZE]:
-                changed[offset // PAGE_SIZE] = page
+        for frame in range(self.frame_count):
+            contents = self.read_frame(frame)
+            if contents != reference[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE]:
+                changed[frame] = contents
         return changed
 
     def write_pages(self, pages: dict[int, bytes]) -> None:
-        """Write whole pages back (page number -> contents), only where they differ from guest memory."""
-        for number, contents in pages.items():
-            address = self.memory_base + number * PAGE_SIZE
-            if bytes(self._vm.mem_read(address, PAGE_SIZE)) != contents:
-                self.write(address, contents)
+        """Write whole frames back (frame number -> contents), only where they differ."""
+        for frame, contents in pages.items():
+            if self.read_frame(frame) != contents:
+                self.write_frame(frame, contents)
 
     # ---------------------------------------------------------------- registers
     def _reset_registers(self) -> None:
@@ -660,7 +878,7 @@ class VCpu:
 
     def _access_width(self, pc: int) -> int:
         """Bytes accessed by the instruction at pc: its widest memory operand (8 for the implicit stack
-        accesses of push, pop, call and ret). Code never changes, so each pc is decoded once."""
+        accesses of push, pop, call and ret). Decoded once per pc until the translations are discarded (a remap may change the code)."""
         width = self._access_widths.get(pc)
         if width is None:
             length = next(n for n in range(16, -1, -1) if self.is_mapped(pc, n))
@@ -674,9 +892,11 @@ class VCpu:
         """The page whose protection stopped an access starting at `address`: the access's first page,
         unless that one lets it through (then the access straddles into the next page)."""
         first = address & PAGE_MASK
+        if first not in self._mappings:
+            return first
         protection = self._protection(first, lifted=self._watch_traps_lifted and first in self._watched_pages)
-        lets_through = protection == _PROTECTION_FULL or (not is_write and protection == _PROTECTION_WRITE_TRAP)
-        return first + PAGE_SIZE if lets_through else first
+        allowed = _WRITABLE if is_write else _READABLE
+        return first + PAGE_SIZE if protection in allowed else first
 
     # ---------------------------------------------------------------- execution
     def run(self, until_icount: int) -> Exit:
@@ -684,6 +904,8 @@ class VCpu:
         stop this call (the instruction there executes first), as when a debugger resumes."""
         if self._pending_random is not None:
             raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
+        if self._stale_code:
+            self._flush_translations()
         vm = self._vm
         if vm.icount < until_icount:
             self._note_execution(single_instruction=until_icount == vm.icount + 1)
@@ -710,6 +932,8 @@ class VCpu:
         if self._pending_random is not None:
             raise EngineError("rdrand/rdseed exit not answered: call finish_random() first")
         self._note_execution(single_instruction=True)
+        if self._stale_code:
+            self._flush_translations()
         result = self._execute_one_unbroken()
         return result if result is not None else Exit(ExitReason.LIMIT, self._vm.icount, self._vm.pc)
 
@@ -782,12 +1006,15 @@ class VCpu:
             length = 1 if head[:1] == b"\xcc" else 2
             return self._fault(f"software interrupt int {vector:#x}", None, counted=True,
                                vector=(vector, None), length=length)
+        if code == ExceptionCode.ExecViolation and self._make_executable(vm.exception_value):
+            return None       # first execution on the page: nothing retired, it runs again
         if code in (ExceptionCode.WritePerm, ExceptionCode.ReadPerm):
             is_write = code == ExceptionCode.WritePerm
             page = self._trapping_page(vm.exception_value, is_write)
-            if not (is_write and page in self._read_only_pages):
-                if is_write and page in self._clean_pages:
-                    self._mark_dirty(page)
+            if not is_write or self._guest_may_write(page):
+                frame = self._mappings[page].frame
+                if is_write and frame in self._clean_frames:
+                    self._mark_dirty(frame)
                     if page not in self._watched_pages:
                         vm.icount = vm.icount - 1     # not retired: it runs again on the now writable page
                         return None
@@ -804,6 +1031,20 @@ class VCpu:
             name, address = "Undecodable", None
         return self._fault(_FAULT_TEXT.get(name, f"engine exception {name}"), address,
                            counted=name not in _UNCOUNTED_FAULTS, vector=_FAULT_EXCEPTIONS.get(name))
+
+    def _make_executable(self, address: int) -> bool:
+        """An instruction at `address` was fetched from a page not yet executable in the engine: make
+        its page (or the next one, for an instruction that crosses into it) executable if the guest's
+        mapping allows. False when the fetch is a real fault."""
+        for page in (address & PAGE_MASK, (address & PAGE_MASK) + PAGE_SIZE):
+            mapping = self._mappings.get(page)
+            if mapping is None or not mapping.executable:
+                return False
+            if page not in self._code_pages:
+                self._code_pages.add(page)
+                self._protect(page)
+                return True
+        return False
 
     def _undecodable_at_pc(self) -> bool:
         """An InvalidInstruction is a decode failure (nothing counted, the value is pc) unless the
@@ -866,10 +1107,10 @@ class VCpu:
         vm = self._vm
         vm.icount = vm.icount - 1
         width = self._access_width(vm.pc)
-        watched = list(self._watched_pages)
+        watched = [page for page in self._watched_pages if page in self._mappings]
         for page in watched:
-            if self._tracking_dirty:
-                self._mark_dirty(page)      # it may be written while its traps are lifted
+            if self._tracking_dirty and self._guest_may_write(page):
+                self._mark_dirty(self._mappings[page].frame)   # it may be written while its traps are lifted
             self._protect(page, lifted=True)
         self._watch_traps_lifted = True
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from xen import abi
-from xen.vcpu import VCpu
+from xen.vcpu import MachineMemory
 
 _INDEX_MASK = 0xFFFFFFFF
 _RING_SIZE = abi.XENSTORE_RING_SIZE
@@ -52,15 +52,15 @@ def _offset(name: str) -> int:
 class XenstoreRing:
     """The hypervisor's view of one domain's xenstore page."""
 
-    def __init__(self, vcpu: VCpu, address: int):
-        self._vcpu = vcpu
+    def __init__(self, memory: MachineMemory, address: int):
+        self._memory = memory          # Xen reaches the ring by its machine address
         self.address = address
 
     def _index(self, name: str) -> int:
-        return int.from_bytes(self._vcpu.read(self.address + _offset(name), 4), "little")
+        return int.from_bytes(self._memory.read(self.address + _offset(name), 4), "little")
 
     def _set(self, name: str, value: int) -> None:
-        self._vcpu.write(self.address + _offset(name), (value & _INDEX_MASK).to_bytes(4, "little"))
+        self._memory.write(self.address + _offset(name), (value & _INDEX_MASK).to_bytes(4, "little"))
 
     def _used(self, consumer_name: str, producer_name: str) -> tuple[int, int | None]:
         """(consumer index, bytes between it and the producer); None bytes - and the interface's error
@@ -115,7 +115,7 @@ class XenstoreRing:
         while written < len(data):
             offset = (producer + written) % _RING_SIZE
             chunk = data[written:written + _RING_SIZE - offset]
-            self._vcpu.write(base + offset, chunk)
+            self._memory.write(base + offset, chunk)
             written += len(chunk)
         self._set("rsp_prod", producer + len(data))
         return True
@@ -126,7 +126,7 @@ class XenstoreRing:
         while count:
             offset = consumer % _RING_SIZE
             chunk = min(count, _RING_SIZE - offset)
-            data += self._vcpu.read(base + offset, chunk)
+            data += self._memory.read(base + offset, chunk)
             consumer += chunk
             count -= chunk
         return bytes(data)

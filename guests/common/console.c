@@ -9,11 +9,13 @@
 #include "hypercall.h"
 #include "kernel.h"
 #include "lib.h"
+#include "memory.h"
 
 /* How many times console_flush yields before giving up on a stalled backend. */
 #define FLUSH_MAX_YIELDS 1000
 
 static struct xencons_interface *ring;
+PAGE_WINDOW(console_window);
 static evtchn_port_t port;
 
 #define barrier() asm volatile("" ::: "memory")
@@ -38,7 +40,7 @@ static void on_console_event(evtchn_port_t event_port)
 
 void console_init(void)
 {
-    ring = (struct xencons_interface *)(start_info->console.domU.mfn << 12);
+    ring = map_machine_frame(console_window, start_info->console.domU.mfn);
     port = start_info->console.domU.evtchn;
     event_set_handler(port, on_console_event);
 }

@@ -57,6 +57,23 @@ static inline long HYPERVISOR_set_timer_op(uint64_t deadline_ns)
     return HYPERCALL(__HYPERVISOR_set_timer_op, deadline_ns, 0, 0, 0, 0);
 }
 
+static inline long HYPERVISOR_update_va_mapping(const void *va, uint64_t pte, unsigned long flags)
+{
+    return HYPERCALL(__HYPERVISOR_update_va_mapping, va, pte, flags, 0, 0);
+}
+
+static inline long HYPERVISOR_mmu_update(const struct mmu_update *requests, unsigned int count,
+                                         unsigned int *done, domid_t domid)
+{
+    return HYPERCALL(__HYPERVISOR_mmu_update, requests, count, done, domid, 0);
+}
+
+static inline long HYPERVISOR_mmuext_op(const struct mmuext_op *ops, unsigned int count,
+                                        unsigned int *done, domid_t domid)
+{
+    return HYPERCALL(__HYPERVISOR_mmuext_op, ops, count, done, domid, 0);
+}
+
 static inline long HYPERVISOR_xen_version(int cmd, void *arg)
 {
     return HYPERCALL(__HYPERVISOR_xen_version, cmd, arg, 0, 0, 0);

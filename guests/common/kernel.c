@@ -1,18 +1,22 @@
 /*
  * Kernel core: boot (start_kernel), panic and power-off. Invariant: after
- * start_kernel's set-up, start_info, shared_info, the console and the event
- * callback are valid for the rest of the guest's life.
+ * start_kernel's set-up, start_info, shared_info (mapped by the guest at a
+ * window of its own: start_info gives its machine address), the console and
+ * the event callback are valid for the rest of the guest's life.
  */
 #include "kernel.h"
 #include "console.h"
 #include "events.h"
 #include "hypercall.h"
 #include "lib.h"
+#include "memory.h"
 
 #define START_INFO_MAGIC "xen-3.0-x86_64"
 
 start_info_t *start_info;
 shared_info_t *shared_info;
+
+PAGE_WINDOW(shared_info_window);
 
 static void hypervisor_log(const char *msg)
 {
@@ -60,7 +64,8 @@ void start_kernel(start_info_t *si)
         shutdown(SHUTDOWN_crash);
     }
     start_info = si;
-    shared_info = (shared_info_t *)si->shared_info;
+    memory_init();
+    shared_info = map_machine_frame(shared_info_window, si->shared_info >> PAGE_SHIFT);
     events_init();
     console_init();
     events_unmask();

@@ -80,13 +80,10 @@ static void *addr(unsigned long long a)
     return (void *)(unsigned long)a;
 }
 
-/* The first address past the domain's pages and the shared_info page: unmapped. */
+/* The first address past the domain's pages: unmapped (the bootstrap region ends at or before it). */
 static unsigned long end_of_guest_memory(void)
 {
-    unsigned long pages_end = start_info->nr_pages << 12;
-    unsigned long shared_info_end = start_info->shared_info + 4096;
-
-    return pages_end > shared_info_end ? pages_end : shared_info_end;
+    return start_info->nr_pages << 12;
 }
 
 static void battery_console_io(void)

@@ -1,6 +1,6 @@
 /*
  * The command interpreter: splits a line into WORD and ARG and runs
- * echo, calc, hash, hist, ticks, uptime, bench and halt. Output formats are
+ * echo, calc, hash, hist, ticks, uptime, bench, pages and halt. Output formats are
  * specified in README.md; every output line ends with "\r\n".
  */
 #include "shell.h"
@@ -8,6 +8,8 @@
 #include "kernel.h"
 #include "lib.h"
 #include "clock.h"
+#include "hypercall.h"
+#include "memory.h"
 
 #define FNV1A_OFFSET 0xcbf29ce484222325ull
 #define FNV1A_PRIME 0x100000001b3ull
@@ -193,6 +195,90 @@ static void cmd_bench(const char *arg)
     console_puts("\r\n");
 }
 
+/* ---- pages: the PV memory model at work (README.md) ---- */
+
+#define PTE_PRESENT 0x1ul
+#define PTE_RW 0x2ul
+#define PTE_FRAME 0x000ffffffffff000ul
+#define PTE_DATA (PTE_PRESENT | PTE_RW | 0x60ul)
+
+PAGE_WINDOW(pages_window);
+
+/* Machine address of the L1 entry that maps va, walking the tables from the current L4 through
+ * the bootstrap region's 1:1 map (a table frame's pfn is its mfn there). 0 if none. */
+static uint64_t l1_entry_maddr(unsigned long l4_mfn, unsigned long va)
+{
+    unsigned long mfn = l4_mfn;
+    int level;
+
+    for (level = 4; level > 1; level--) {
+        const uint64_t *table = (const uint64_t *)(mfn << PAGE_SHIFT);
+        uint64_t entry = table[(va >> (PAGE_SHIFT + 9 * (level - 1))) & 511];
+
+        if (!(entry & PTE_PRESENT))
+            return 0;
+        mfn = (entry & PTE_FRAME) >> PAGE_SHIFT;
+    }
+    return (mfn << PAGE_SHIFT) + ((va >> PAGE_SHIFT) & 511) * 8;
+}
+
+static int mmuext(unsigned int cmd, unsigned long mfn)
+{
+    struct mmuext_op op = { .cmd = cmd, .arg1.mfn = mfn };
+    unsigned int done = 0;
+
+    return HYPERVISOR_mmuext_op(&op, 1, &done, DOMID_SELF) == 0 && done == 1;
+}
+
+/* Take the top page of memory, copy the current L4 into it (through a window mapped with
+ * update_va_mapping), pin it, run on it (NEW_BASEPTR), write a word into the window's own frame
+ * through an mmu_update-made mapping, switch back, unpin, restore. Prints a checksum of the L4
+ * copy as read back through that mapping and whether the word survived the switch back; a
+ * refused step prints its name. */
+static void cmd_pages(void)
+{
+    unsigned long top = start_info->nr_pages - 1;
+    unsigned long top_mfn = ((const unsigned long *)start_info->mfn_list)[top];
+    unsigned long l4_mfn = virt_to_mfn((const void *)start_info->pt_base);
+    unsigned long window_mfn = virt_to_mfn(pages_window);
+    uint64_t *window = (uint64_t *)pages_window;
+    uint64_t check = 0;
+    struct mmu_update update;
+    unsigned int done = 0;
+    unsigned i;
+
+    HYPERVISOR_update_va_mapping((void *)(top << PAGE_SHIFT), 0, UVMF_INVLPG);  /* -EINVAL if unmapped */
+    if (HYPERVISOR_update_va_mapping(pages_window, (top_mfn << PAGE_SHIFT) | PTE_DATA, UVMF_INVLPG)) {
+        print_line("pages: update_va_mapping refused");
+        return;
+    }
+    memcpy(window, (const void *)start_info->pt_base, PAGE_SIZE);
+    map_machine_frame(pages_window, window_mfn);
+    if (!mmuext(MMUEXT_PIN_L4_TABLE, top_mfn) || !mmuext(MMUEXT_NEW_BASEPTR, top_mfn)) {
+        print_line("pages: pin or new_baseptr refused");
+        return;
+    }
+    /* running on the copy: map the window onto the top frame again, with mmu_update this time */
+    update.ptr = l1_entry_maddr(l4_mfn, (unsigned long)pages_window) | MMU_NORMAL_PT_UPDATE;  /* the copy shares it */
+    update.val = (top_mfn << PAGE_SHIFT) | PTE_PRESENT;        /* read-only: it is a page table */
+    if (HYPERVISOR_mmu_update(&update, 1, &done, DOMID_SELF) || done != 1) {
+        print_line("pages: mmu_update refused");
+        return;
+    }
+    for (i = 0; i < 512; i++)
+        check = check * 31 + window[i];
+    update.val = (window_mfn << PAGE_SHIFT) | PTE_DATA;
+    HYPERVISOR_mmu_update(&update, 1, &done, DOMID_SELF);
+    window[0] = check;
+    if (!mmuext(MMUEXT_NEW_BASEPTR, l4_mfn) || !mmuext(MMUEXT_UNPIN_TABLE, top_mfn)) {
+        print_line("pages: switching back refused");
+        return;
+    }
+    console_puts("pages: ");
+    console_put_hex64(check);
+    print_line(window[0] == check ? " ok" : " lost");
+}
+
 /* ---- dispatch ---- */
 
 void run_command(const char *line)
@@ -228,6 +314,8 @@ void run_command(const char *line)
         console_puts("\r\n");
     } else if (strcmp(word, "bench") == 0) {
         cmd_bench(arg);
+    } else if (strcmp(word, "pages") == 0) {
+        cmd_pages();
     } else if (strcmp(word, "halt") == 0) {
         poweroff();
     } else {

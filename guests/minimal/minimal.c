@@ -6,9 +6,11 @@
  * stack, its Xen notes live in an unallocated SHT_NOTE section (no PT_NOTE),
  * it stops the default periodic ticker and uses one-shot set_timer_op
  * timers, polls with SCHEDOP_yield while events are masked, and prints
- * through both CONSOLEIO_write and the console ring. README.md gives the
- * transcript. Invariant: the guest only ever touches its image, the boot
- * stack, start_info, shared_info and the console page.
+ * through both CONSOLEIO_write and the console ring. It maps shared_info and
+ * the console ring (named by machine frame) onto two pages of its bss with
+ * update_va_mapping. README.md gives the transcript. Invariant: the guest
+ * only ever touches its image, the boot stack, start_info, shared_info and
+ * the console page.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -300,6 +302,22 @@ __attribute__((used, noreturn)) static void failsafe_crash(void)
     fail("failsafe callback");
 }
 
+/* ---- memory: Xen names shared_info and the console ring by machine frame; we map them ---- */
+
+/* Two pages of our own address space for them (their own frames are simply left unused). */
+static char shared_page[4096] __attribute__((aligned(4096)));
+static char console_page[4096] __attribute__((aligned(4096)));
+
+#define PTE_PRESENT_RW_ACCESSED_DIRTY 0x63ul
+
+static void *map_frame(char *page, unsigned long mfn)
+{
+    if (hypercall(__HYPERVISOR_update_va_mapping, (unsigned long)page,
+                  (mfn << 12) | PTE_PRESENT_RW_ACCESSED_DIRTY, UVMF_INVLPG) != 0)
+        fail("update_va_mapping");
+    return page;
+}
+
 /* ---- the program ---- */
 
 static void check_version(void)
@@ -391,8 +409,8 @@ void _start(unsigned long unused_rdi, start_info_t *si)
     start = si;
     if (si->magic[0] != 'x' || si->magic[12] != '6' || si->magic[13] != '4')
         fail("start_info magic");
-    shared = (shared_info_t *)start->shared_info;
-    ring = (struct xencons_interface *)(start->console.domU.mfn << 12);
+    shared = map_frame(shared_page, start->shared_info >> 12);
+    ring = map_frame(console_page, start->console.domU.mfn);
     console_port = start->console.domU.evtchn;
 
     log_to_hypervisor("minimal: hello from console_io\n");

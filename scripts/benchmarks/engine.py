@@ -103,7 +103,7 @@ class IcicleLoop:
     """The loop on one VCpu, restartable from the same state and sliced however the caller asks."""
 
     def __init__(self, code: bytes, symbols: dict[str, int]):
-        self.vcpu = VCpu(MEMORY_BYTES, memory_base=CODE_ADDRESS)
+        self.vcpu = VCpu.flat(MEMORY_BYTES, memory_base=CODE_ADDRESS)
         self.vcpu.write(CODE_ADDRESS, code)
         self._start, self._done, self._cold = symbols["start"], symbols["done"], symbols["cold"]
 

@@ -97,15 +97,16 @@ class BareBenchLoop:
         self._image = image
         self._cpu: CpuState = vcpu.save_cpu()
         self._memory = vcpu.memory_image()
+        self._mappings = vcpu.mappings()
         self._return_address = vcpu.read_u64(vcpu.reg("rsp"))
 
     def measure(self, iterations: int) -> dict:
         """Restore into a fresh vCPU, run bench_loop(iterations) to its return; instructions, seconds, checksum."""
         image = self._image
-        vcpu = VCpu(image.memory_bytes, memory_base=image.layout.virt_base, unmapped_pages=image.unmapped_pages)
-        page_count = len(self._memory) // 4096
-        vcpu.write_pages({number: self._memory[number * 4096:(number + 1) * 4096] for number in range(page_count)
-                          if vcpu.is_mapped(vcpu.memory_base + number * 4096, 4096)})
+        vcpu = VCpu(image.frame_count)
+        for page, mapping in self._mappings.items():         # the guest's address space as it was
+            vcpu.map_page(page, mapping.frame, mapping.writable, mapping.executable)
+        vcpu.write_pages({number: self._memory[number * 4096:(number + 1) * 4096] for number in range(image.frame_count)})
         vcpu.load_cpu(self._cpu)
         vcpu.set_reg("rdi", iterations)
         vcpu.add_breakpoint(self._return_address)

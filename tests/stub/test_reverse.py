@@ -79,3 +79,58 @@ def test_reverse_steps_back_to_the_start_then_report_the_start_of_history(record
     assert timeline.reverse_step().mark.icount == 1
     assert timeline.reverse_step().mark.icount == 0      # the inputs logged at icount 0 applied
     assert timeline.reverse_step().reason == "history-start" and state(timeline) == start
+
+
+# ---------------------------------------------------------------- across page-table changes
+
+PAGES_KEYS = r"pages\rcalc 1+1\rpages\rhalt\r"
+MEMORY_HYPERCALLS = {1: "mmu_update", 14: "update_va_mapping", 26: "mmuext_op"}
+
+
+@pytest.fixture(scope="module")
+def pages_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+    """kbdshell's `pages`: update_va_mapping, PIN_L4_TABLE, NEW_BASEPTR (there and back),
+    MMU_NORMAL_PT_UPDATE and UNPIN_TABLE, twice."""
+    path = tmp_path_factory.mktemp("pages") / "pages.xrr"
+    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", PAGES_KEYS)
+    assert done.status == 0, done.stderr
+    assert done.stdout.count(" ok\r\n") == 2, done.stdout
+    return path
+
+
+def full_state(timeline: Timeline) -> tuple:
+    """state() plus the guest-virtual map the vCPU runs on."""
+    return state(timeline) + (timeline.vcpu.mappings(),)
+
+
+def test_reverse_step_across_page_table_changes_and_cr3_switches(pages_recording):
+    """Reverse-stepping over update_va_mapping, mmu_update and mmuext_op (a CR3 switch among them)
+    lands exactly where a forward replay is: registers, memory, page types and pins, and the mapping."""
+    reference = Timeline(ReplaySession(pages_recording), checkpoint_interval=10**12)   # forward only
+    after_calls: list[int] = []           # icount right after each memory-management hypercall
+    previous = None
+    while not reference.at_end:
+        vcpu = reference.vcpu
+        pc, rax = vcpu.pc, vcpu.reg("rax")
+        if reference.step().reason != "step":
+            break
+        if previous is not None and vcpu.pc == pc + 2 and bytes(vcpu.read(pc, 2)) == b"\x0f\x05" \
+                and rax in MEMORY_HYPERCALLS:
+            after_calls.append(vcpu.icount)
+        previous = pc
+    calls_per_pages = 1 + 1 + 2 + 1 + 1 + 1 + 2    # the identity unmap, window x2, pin+baseptr, mmu x2, back+unpin
+    assert len(after_calls) >= 2 * (calls_per_pages - 2), after_calls
+    expected = {}
+    replay = Timeline(ReplaySession(pages_recording), checkpoint_interval=10**12)
+    for icount in after_calls:
+        replay.goto_icount(icount - 1)
+        expected[icount - 1] = full_state(replay)
+        replay.step()
+        expected[icount] = full_state(replay)
+    timeline = Timeline(ReplaySession(pages_recording), checkpoint_interval=3_000, max_checkpoints=5)
+    for icount in reversed(after_calls):                   # backwards, each from a later position
+        timeline.goto_icount(icount)
+        assert full_state(timeline) == expected[icount], f"goto icount {icount}"
+        stop = timeline.reverse_step()
+        assert stop.mark.icount == icount - 1
+        assert full_state(timeline) == expected[icount - 1], f"reverse-step over the hypercall at {icount}"

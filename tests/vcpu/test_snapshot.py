@@ -52,7 +52,7 @@ def test_restore_into_same_vcpu_continues_identically(computing_domain):
     first = _run_ahead(vcpu)
     stack_page = vcpu.reg("rsp") & ~0xFFF
     vcpu.write(stack_page, bytes(range(256)) * 16)      # clobber the live stack page
-    assert (stack_page - vcpu.memory_base) // 4096 in vcpu.changed_pages(image)
+    assert vcpu.mapping(stack_page).frame in vcpu.changed_pages(image)
     vcpu.write_pages({number: image[number * 4096:(number + 1) * 4096] for number in vcpu.changed_pages(image)})
     vcpu.load_cpu(cpu)
     assert _state(vcpu) == (cpu, hashlib.sha256(image).hexdigest())
@@ -63,11 +63,10 @@ def test_restore_into_fresh_vcpu_continues_identically(computing_domain):
     vcpu = computing_domain.vcpu
     cpu, image = vcpu.save_cpu(), vcpu.memory_image()
     first = _run_ahead(vcpu)
-    fresh = VCpu(vcpu.memory_size, memory_base=vcpu.memory_base,
-                 unmapped_pages=computing_domain.image.unmapped_pages)
-    fresh.write_pages({number: image[number * 4096:(number + 1) * 4096]
-                       for number in range(len(image) // 4096)
-                       if fresh.is_mapped(fresh.memory_base + number * 4096, 4096)})
+    fresh = VCpu(vcpu.frame_count)
+    for page, mapping in vcpu.mappings().items():      # the same guest-virtual map
+        fresh.map_page(page, mapping.frame, mapping.writable, mapping.executable)
+    fresh.write_pages({number: image[number * 4096:(number + 1) * 4096] for number in range(vcpu.frame_count)})
     fresh.load_cpu(cpu)
     assert _run_ahead(fresh) == first
 

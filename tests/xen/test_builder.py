@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from elftools.elf.elffile import ELFFile
 
 from xen import abi
-from xen.builder import BOOT_STACK_PAGES, EXTRA_FRAMES, PAGE_SIZE, BuildError, DomainImage, build_domain
+import struct
+
+from xen.builder import PAGE_SIZE, BuildError, DomainImage, build_domain
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None or not Path("/usr/include/xen/elfnote.h").exists(),
@@ -127,21 +129,120 @@ def standard(standard_image) -> DomainImage:
 # ---------------------------------------------------------------- layout
 
 
-def test_layout_puts_special_pages_after_the_highest_segment(standard, standard_image):
+def test_layout_is_xens_start_of_day_layout(standard, standard_image):
+    """xen.h "Start-of-day memory layout": image, p2m list, start_info, page tables, stack, each
+    page-aligned and packed; the region ends on a 4 MiB boundary (clipped here to 1 MiB of memory)."""
     layout = standard.layout
     bss_end = symbol(standard_image, "message") + len("data bytes")  # .bss follows .data
     assert layout.virt_base == 0
     assert layout.image_start == 0x1000
     assert layout.image_end % PAGE_SIZE == 0 and bss_end + 0x3000 <= layout.image_end < bss_end + 0x3000 + PAGE_SIZE
-    assert layout.start_info == layout.image_end == standard.initial_rsi
-    assert layout.console == layout.start_info + PAGE_SIZE
-    assert layout.xenstore == layout.console + PAGE_SIZE
-    assert layout.boot_stack == layout.xenstore + 2 * PAGE_SIZE  # a guard page in between
-    assert layout.boot_stack_top == layout.boot_stack + BOOT_STACK_PAGES * PAGE_SIZE == standard.initial_rsp
-    assert layout.shared_info == MEMORY - PAGE_SIZE
-    assert standard.nr_pages == MEMORY // PAGE_SIZE - 1 - EXTRA_FRAMES
-    assert standard.extra_frames == range(standard.nr_pages, standard.nr_pages + EXTRA_FRAMES)
-    assert standard.unmapped_pages == (0, layout.frame(layout.boot_stack) - 1)
+    assert layout.p2m == layout.image_end
+    assert layout.start_info == layout.p2m + PAGE_SIZE == standard.initial_rsi   # 256 entries: one page
+    assert layout.page_tables == layout.start_info + PAGE_SIZE
+    assert layout.nr_pt_frames == 1 + 1 + 1 + 2          # L4, L3, L2, two L1s for 4 MiB
+    assert layout.boot_stack == layout.page_tables + layout.nr_pt_frames * PAGE_SIZE
+    assert layout.boot_stack_top == layout.boot_stack + PAGE_SIZE == standard.initial_rsp
+    assert layout.bootstrap_end == MEMORY
+    assert standard.nr_pages == MEMORY // PAGE_SIZE
+
+
+def test_special_frames_follow_the_domains_pages(standard):
+    nr_pages = MEMORY // PAGE_SIZE
+    assert (standard.console_frame, standard.shared_info_frame, standard.store_frame) == \
+        (nr_pages, nr_pages + 1, nr_pages + 2)
+    assert standard.extra_frames.start == nr_pages + 3 and len(standard.extra_frames) > 0
+    assert standard.m2p_frames.start == standard.extra_frames.stop
+    assert standard.frame_count == standard.m2p_frames.stop
+    assert len(standard.m2p_frames) * PAGE_SIZE >= standard.frame_count * 8
+
+
+def machine(memory: dict[int, int], frame: int) -> bytes:
+    return read(memory, frame * PAGE_SIZE, PAGE_SIZE)
+
+
+def walk(memory: dict[int, int], l4_frame: int) -> dict[int, tuple[int, bool]]:
+    """Virtual page -> (frame, writable) through 4-level tables in machine memory."""
+    pages = {}
+
+    def table(frame: int, level: int, base: int, writable: bool) -> None:
+        for index, entry in enumerate(struct.unpack("<512Q", machine(memory, frame))):
+            if entry & 1:
+                address = base + (index << (12 + 9 * (level - 1)))
+                if level == 4 and index >= 256:
+                    address |= 0xFFFF000000000000         # canonical upper half
+                target, rw = (entry & 0x000FFFFFFFFFF000) >> 12, writable and bool(entry & 2)
+                if level == 1:
+                    pages[address] = (target, rw)
+                else:
+                    table(target, level - 1, address, rw)
+
+    table(l4_frame, 4, 0, True)
+    return pages
+
+
+def test_bootstrap_page_tables_map_the_region_one_to_one_tables_read_only(standard):
+    memory = memory_after(standard)
+    layout = standard.layout
+    info = abi.StartInfo.from_buffer_copy(read(memory, standard.initial_rsi, ctypes.sizeof(abi.StartInfo)))
+    assert info.pt_base == layout.page_tables and info.nr_pt_frames == layout.nr_pt_frames
+    pages = walk(memory, layout.frame(info.pt_base))
+    tables = range(layout.page_tables, layout.page_tables + layout.nr_pt_frames * PAGE_SIZE, PAGE_SIZE)
+    assert pages == {address: (address // PAGE_SIZE, address not in tables)
+                     for address in range(0, layout.bootstrap_end, PAGE_SIZE)}
+
+
+def test_p2m_list_and_machine_to_phys_table(standard):
+    memory = memory_after(standard)
+    info = abi.StartInfo.from_buffer_copy(read(memory, standard.initial_rsi, ctypes.sizeof(abi.StartInfo)))
+    assert info.mfn_list == standard.layout.p2m
+    p2m = struct.unpack(f"<{standard.nr_pages}Q", read(memory, info.mfn_list, standard.nr_pages * 8))
+    assert p2m == tuple(range(standard.nr_pages))
+    m2p_bytes = read(memory, standard.m2p_frames.start * PAGE_SIZE, standard.frame_count * 8)
+    m2p = struct.unpack(f"<{standard.frame_count}Q", m2p_bytes)
+    assert all(m2p[p2m[pfn]] == pfn for pfn in range(standard.nr_pages))
+    assert set(m2p[standard.nr_pages:]) == {(1 << 64) - 1}     # frames that are no pfn of the domain
+
+
+def test_image_without_hypercall_page_note_builds(tmp_path):
+    """HYPERCALL_PAGE is optional (GRUB issues `syscall` itself): nothing is written for it."""
+    domain = build_domain(assemble(tmp_path, without("XEN_ELFNOTE_HYPERCALL_PAGE")), MEMORY)
+    assert domain.layout.hypercall_page is None
+    assert read(memory_after(domain), 0x2000, 16) == bytes(16)
+
+
+UNALIGNED_SCRIPT = """\
+ENTRY(_start)
+PHDRS {{ text PT_LOAD FLAGS(5); data PT_LOAD FLAGS(6); note PT_NOTE; }}
+SECTIONS {{
+    . = 0x1000;
+    .text : {{ *(.text) }} :text
+    .note.Xen : {{ *(.note.Xen) }} :text :note
+    . = . + 0x1f0;
+    .data : {{ *(.data) }} :data
+    .bss : {{ *(.bss) }} :data
+}}
+"""
+
+
+def test_segments_that_share_a_page_load(tmp_path):
+    """GRUB's second PT_LOAD starts at 0x41e1f0, in the page its first one ends in."""
+    source = tmp_path / "guest.S"
+    note_text = "".join(NOTE.format(note_type=name, desc=desc) for name, desc in STANDARD_NOTES.items())
+    source.write_text(SOURCE.format(note_flags="a", notes=note_text, bss_size=0x100))
+    script = tmp_path / "guest.ld"
+    script.write_text(UNALIGNED_SCRIPT.format())
+    image = tmp_path / "guest.elf"
+    subprocess.run(["gcc", "-nostdlib", "-static", "-no-pie", "-T", script, "-Wl,-z,max-page-size=16",
+                    "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments", "-o", image, source],
+                   check=True, capture_output=True)
+    domain = build_domain(image, MEMORY)
+    code, data = sorted(domain.segments, key=lambda segment: segment.address)
+    assert data.address % PAGE_SIZE and data.address // PAGE_SIZE == (code.address + len(code.data) - 1) // PAGE_SIZE
+    memory = memory_after(domain)
+    assert read(memory, symbol(image, "message"), 10) == b"data bytes"
+    assert read(memory, symbol(image, "_start"), 3) == bytes.fromhex("4889f7")
+    assert data.address // PAGE_SIZE not in domain.read_only_frames()   # the shared page holds data
 
 
 def test_entry_defaults_to_the_elf_entry_point(standard, standard_image):
@@ -179,11 +280,14 @@ def test_virt_base_and_paddr_offset_place_a_high_linked_image(tmp_path):
     assert layout.image_start == HIGH_BASE + 0x2000
     assert domain.entry == symbol(image, "_start")
     assert layout.hypercall_page == symbol(image, "hypercall_page")
-    assert layout.shared_info == HIGH_BASE + MEMORY - PAGE_SIZE
-    assert domain.unmapped_pages[:2] == (0, 1)
+    assert layout.bootstrap_end == HIGH_BASE + MEMORY
+    memory = memory_after(domain)
+    pages = walk(memory, domain.l4_frame)
+    assert pages[layout.image_start] == (2, True) and pages[HIGH_BASE] == (0, True)
     info = abi.StartInfo.from_buffer_copy(domain.start_info(console_evtchn=1, store_evtchn=2))
-    assert info.console.domU.mfn == (layout.console - HIGH_BASE) // PAGE_SIZE
-    assert info.shared_info == layout.shared_info
+    assert info.console.domU.mfn == domain.console_frame
+    assert info.shared_info == domain.shared_info_frame * PAGE_SIZE
+    assert info.pt_base == layout.page_tables and info.mfn_list == layout.p2m
 
 
 def test_paddr_offset_defaults_to_zero_as_in_xen(tmp_path):
@@ -233,12 +337,13 @@ def test_start_info_is_what_a_guest_reads(standard):
     layout = standard.layout
     info = abi.StartInfo.from_buffer_copy(read(memory, standard.initial_rsi, ctypes.sizeof(abi.StartInfo)))
     assert info.magic == b"xen-3.0-x86_64"
-    assert info.nr_pages == MEMORY // PAGE_SIZE - 1 - EXTRA_FRAMES
-    assert info.shared_info == layout.shared_info
+    assert info.nr_pages == MEMORY // PAGE_SIZE
+    assert info.shared_info == standard.shared_info_frame * PAGE_SIZE     # a machine address (xen.h)
     assert info.flags == 0
-    assert info.store_mfn == layout.xenstore // PAGE_SIZE and info.store_evtchn == 4
-    assert info.console.domU.mfn == layout.console // PAGE_SIZE and info.console.domU.evtchn == 3
-    assert (info.pt_base, info.nr_pt_frames, info.mfn_list, info.mod_start, info.mod_len) == (0, 0, 0, 0, 0)
+    assert info.store_mfn == standard.store_frame and info.store_evtchn == 4
+    assert info.console.domU.mfn == standard.console_frame and info.console.domU.evtchn == 3
+    assert (info.pt_base, info.nr_pt_frames, info.mfn_list) == (layout.page_tables, layout.nr_pt_frames, layout.p2m)
+    assert (info.mod_start, info.mod_len) == (0, 0)
     assert bytes(info.cmd_line).split(b"\0")[0] == b"console=hvc0 debug"
     assert (info.first_p2m_pfn, info.nr_p2m_frames) == (0, 0)
 
@@ -278,7 +383,7 @@ def without(note: str) -> dict[str, str]:
     return {name: desc for name, desc in STANDARD_NOTES.items() if name != note}
 
 
-@pytest.mark.parametrize("note", ["XEN_ELFNOTE_HYPERCALL_PAGE", "XEN_ELFNOTE_GUEST_OS",
+@pytest.mark.parametrize("note", ["XEN_ELFNOTE_GUEST_OS",
                                   "XEN_ELFNOTE_XEN_VERSION", "XEN_ELFNOTE_LOADER"])
 def test_missing_required_note_is_named(tmp_path, note):
     with pytest.raises(BuildError, match=f"^not a Xen PV image: the {note} note is missing$"):
@@ -343,10 +448,10 @@ def test_segment_beyond_guest_memory_says_how_much_memory_it_needs(tmp_path):
 
 
 def test_image_too_big_for_memory(tmp_path):
-    image = assemble(tmp_path, bss_size=0xF0000)
+    image = assemble(tmp_path, bss_size=0xFA000)
     with pytest.raises(BuildError, match=r"^image too big for the memory: .* need \d+ KiB, the domain has 1024 KiB$"):
         build_domain(image, MEMORY)
-    assert build_domain(image, 2 * MEMORY).layout.image_end > 0xF0000
+    assert build_domain(image, 2 * MEMORY).layout.image_end > 0xFA000
 
 
 def test_hypercall_page_not_page_aligned(tmp_path):
@@ -401,4 +506,4 @@ def test_kbdshell_builds():
     layout = domain.layout
     assert layout.image_start <= layout.hypercall_page < layout.image_end
     assert layout.image_start <= domain.entry < layout.image_end
-    assert layout.image_end <= layout.start_info < layout.boot_stack_top <= layout.shared_info
+    assert layout.image_end <= layout.start_info < layout.boot_stack_top <= layout.bootstrap_end

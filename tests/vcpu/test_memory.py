@@ -1,0 +1,96 @@
+"""The vCPU's machine frames and their realisation at guest-virtual addresses (the engine has no MMU).
+
+Checked on the real engine: a frame keeps its contents wherever it is mapped or when it is mapped
+nowhere; a remapped code page runs its new code (the engine's translated code is keyed by address
+and not flushed on a remap, docs/engine.md, so the wrapper must discard it); a writable alias is
+refused with a report naming the frame and both addresses; read-only aliases show every write.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from xen.vcpu import AliasError, ExitReason, GuestMemoryError, VCpu
+
+CODE = 0x400000
+
+
+def assemble(tmp_path, text: str) -> bytes:
+    source, obj, binary = tmp_path / "code.S", tmp_path / "code.o", tmp_path / "code.bin"
+    source.write_text(".text\n" + text + "\n")
+    subprocess.run(["as", "--64", "-o", obj, source], check=True)
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", obj, binary], check=True)
+    return binary.read_bytes()
+
+
+def run_to_hypercall(vcpu: VCpu, pc: int) -> int:
+    vcpu.pc = pc
+    exit = vcpu.run(vcpu.icount + 100)
+    assert exit.reason == ExitReason.HYPERCALL, exit
+    return vcpu.reg("rax")
+
+
+def test_a_remapped_code_page_runs_its_new_code(tmp_path):
+    vcpu = VCpu(4)
+    vcpu.write_frame(0, assemble(tmp_path, "mov $1, %eax; syscall").ljust(4096, b"\x90"))
+    vcpu.write_frame(1, assemble(tmp_path, "mov $7, %eax; syscall").ljust(4096, b"\x90"))
+    vcpu.map_page(CODE, 0, writable=False)
+    assert run_to_hypercall(vcpu, CODE) == 1
+    vcpu.map_page(CODE, 1, writable=False)       # same address, other frame: the old translation is stale
+    assert run_to_hypercall(vcpu, CODE) == 7
+    vcpu.unmap_page(CODE)
+    vcpu.pc = CODE
+    assert vcpu.run(vcpu.icount + 10).reason == ExitReason.FAULT       # unmapped code no longer runs
+    vcpu.map_page(CODE, 0, writable=False)
+    assert run_to_hypercall(vcpu, CODE) == 1
+
+
+def test_a_hypervisor_write_over_translated_code_takes_effect(tmp_path):
+    vcpu = VCpu(2)
+    vcpu.write_frame(0, assemble(tmp_path, "mov $1, %eax; syscall").ljust(4096, b"\x90"))
+    vcpu.map_page(CODE, 0, writable=False)
+    assert run_to_hypercall(vcpu, CODE) == 1
+    vcpu.write_frame(0, assemble(tmp_path, "mov $3, %eax; syscall").ljust(4096, b"\x90"))   # a restore does this
+    assert run_to_hypercall(vcpu, CODE) == 3
+
+
+def test_frames_keep_their_contents_when_unmapped_and_moved():
+    vcpu = VCpu(3)
+    vcpu.map_page(0x10000, 2, writable=True)
+    vcpu.write(0x10123, b"guest data")
+    vcpu.unmap_page(0x10000)
+    assert vcpu.read_frame(2)[0x123:0x12d] == b"guest data"
+    with pytest.raises(GuestMemoryError):
+        vcpu.read(0x10123, 4)
+    vcpu.map_page(0x7000, 2, writable=True)
+    assert vcpu.read(0x7123, 10) == b"guest data"
+    assert vcpu.machine.read(2 * 4096 + 0x123, 10) == b"guest data"
+
+
+def test_a_writable_alias_is_refused_naming_the_frame_and_both_addresses():
+    vcpu = VCpu(3)
+    vcpu.map_page(0x10000, 1, writable=True)
+    with pytest.raises(AliasError, match=r"^machine frame 0x1 is mapped at 0x10000 and would also be mapped at "
+                                         r"0x20000, one of them writable"):
+        vcpu.map_page(0x20000, 1, writable=False)
+    assert vcpu.mapping(0x20000) is None and vcpu.mapping(0x10000).writable
+
+
+def test_read_only_aliases_show_every_hypervisor_write():
+    vcpu = VCpu(3)
+    vcpu.map_page(0x10000, 1, writable=False)
+    vcpu.map_page(0x20000, 1, writable=False)
+    vcpu.machine.write(4096 + 8, b"both")
+    assert vcpu.read(0x10008, 4) == vcpu.read(0x20008, 4) == b"both"
+    with pytest.raises(GuestMemoryError):
+        vcpu.write(0x10008, b"nope")          # copy_to_guest through a read-only mapping: -EFAULT
+
+
+def test_dirty_tracking_is_per_frame_whatever_the_mapping():
+    vcpu = VCpu(4)
+    vcpu.map_page(0x10000, 3, writable=True)
+    generation = vcpu.track_dirty_pages()
+    vcpu.write(0x10000, b"x")
+    vcpu.machine.write(2 * 4096, b"y")       # a frame mapped nowhere
+    assert vcpu.pages_written_since(generation) == {2, 3}
