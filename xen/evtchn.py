@@ -120,4 +120,5 @@ class EventChannels:
                          b"\1" if masked else b"\0")
 
     def vcpu_info_address(self, vcpu_id: int = 0) -> int:
+        """The machine address of a vCPU's vcpu_info (in shared_info)."""
         return self._vcpu_info(vcpu_id)

@@ -96,8 +96,8 @@ def bounce_exception(vcpu: VCpu, events: EventChannels, entry: TrapEntry, error_
         raise GuestFault(f"cannot push the {describe(entry.vector)} exception frame at {new_rsp:#x}: "
                          f"stack not mapped") from error
     if fault_address is not None:
-        vcpu.write_u64(events.vcpu_info_address() + abi.VcpuInfo.arch.offset + abi.ArchVcpuInfo.cr2.offset,
-                       fault_address)
+        vcpu.machine.write_u64(events.vcpu_info_address() + abi.VcpuInfo.arch.offset + abi.ArchVcpuInfo.cr2.offset,
+                               fault_address)      # shared_info is Xen's page: by machine address
     if entry.flags & TI_MASK_EVENTS:
         events.set_upcall_mask(True)
     vcpu.set_rflags(rflags & ~_RFLAGS_CLEARED_ON_ENTRY)

@@ -636,11 +636,12 @@ class VCpu:
     def write_for_guest(self, address: int, data: bytes) -> None:
         """Write guest memory on the guest's behalf (a hypercall's output, a bounce frame) with the
         guest's own permissions, as Xen's copy_to_guest does: GuestMemoryError unless every byte is
-        mapped writable by the guest's page tables (and outside Xen's range). The same check in every
+        writable by the guest (its page tables allow it and the frame is not code; outside Xen's range).
+        The same check in every
         mode: dirty tracking and watch traps, which also write-protect pages, do not change what the
         guest may write."""
         if not self._guest_range_ok(address, len(data)) or not all(
-                self._mappings[page].writable for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE)):
+                self._guest_may_write(page) for page in range(address & PAGE_MASK, address + len(data), PAGE_SIZE)):
             raise GuestMemoryError(address, len(data), "is not writable by the guest")
         self.write(address, data)
 

@@ -50,8 +50,8 @@ ABSOLUTE = {"jmp unmapped", "jmp zero", "call unmapped", "ret unmapped", "jmp no
 
 
 def _vcpu(code: bytes, jit: bool, at: int = BASE) -> VCpu:
-    vcpu = VCpu(MEMORY, BASE, jit=jit)
-    vcpu.set_read_only((READ_ONLY_PAGE,))
+    vcpu = VCpu.flat(MEMORY, BASE, jit=jit)
+    vcpu.set_read_only(((READ_ONLY_PAGE - BASE) // 4096,))
     vcpu.write(at, code)
     vcpu.pc = at
     vcpu.set_reg("rsp", STACK_TOP)

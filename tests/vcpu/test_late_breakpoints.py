@@ -17,7 +17,7 @@ INC_RBX, INC_RCX, JMP_TOP = CODE_ADDRESS + 3, CODE_ADDRESS + 6, CODE_ADDRESS + 9
 
 
 def _loop_vcpu(jit: bool) -> VCpu:
-    vcpu = VCpu(0x10000, jit=jit)
+    vcpu = VCpu.flat(0x10000, jit=jit)
     vcpu.write(CODE_ADDRESS, LOOP)
     vcpu.pc = CODE_ADDRESS
     return vcpu

@@ -84,7 +84,7 @@ def test_read_only_aliases_show_every_hypervisor_write():
     vcpu.machine.write(4096 + 8, b"both")
     assert vcpu.read(0x10008, 4) == vcpu.read(0x20008, 4) == b"both"
     with pytest.raises(GuestMemoryError):
-        vcpu.write(0x10008, b"nope")          # copy_to_guest through a read-only mapping: -EFAULT
+        vcpu.write_for_guest(0x10008, b"nope")     # copy_to_guest through a read-only mapping: -EFAULT
 
 
 def test_dirty_tracking_is_per_frame_whatever_the_mapping():

@@ -20,7 +20,7 @@ SETUP, PER_ROUND = 2, 7
 
 def _vcpu() -> VCpu:
     code, _ = assemble_source(SOURCE)
-    vcpu = VCpu(0x2000, memory_base=CODE)
+    vcpu = VCpu.flat(0x2000, memory_base=CODE)
     vcpu.write(CODE, code)
     vcpu.pc = CODE
     return vcpu
