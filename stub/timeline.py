@@ -70,11 +70,14 @@ class Checkpoint:
     replayer: ReplayerState
 
 
+MAPPING_CHANGED = -1       # in a segment's pages: the guest's address space changed in it
+
+
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of forward replay (a tenth of a checkpoint interval) and the pages it wrote (page
-    numbers relative to the start of guest memory; a superset: every write noted since the segment
-    began or since a checkpoint restored before it, hypervisor writes included)."""
+    """A stretch of forward replay (a tenth of a checkpoint interval) and the machine frames it wrote
+    (a superset: every write noted since the segment began or since a checkpoint restored before it,
+    hypervisor writes included), with MAPPING_CHANGED when the guest's address space changed in it."""
     end: Mark
     pages: frozenset[int]
 
@@ -123,6 +126,7 @@ class Timeline:
         self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
         self._generation = self.vcpu.track_dirty_pages()
         self._segment_generation = self._generation     # the current segment's writes are noted since it
+        self._segment_mapping = self.vcpu.mapping_digest()   # the address space when the segment began
         self._take_checkpoint()
 
     # ---------------------------------------------------------------- state access
@@ -196,9 +200,10 @@ class Timeline:
         mark = self.position
         if self._checkpoints and self._checkpoints[-1].mark >= mark:
             return
-        pages = self.vcpu.pages_written_since(self._segment_generation) if self._checkpoints else set()
+        pages = self._segment_pages() if self._checkpoints else set()
         self._sync_memory()
         self._segment_generation = self._generation
+        self._segment_mapping = self.vcpu.mapping_digest()
         if self._checkpoints:
             self._add_segment(Segment(mark, frozenset(pages)))
         checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
@@ -233,6 +238,7 @@ class Timeline:
         self._memory = list(checkpoint.pages)
         vcpu.load_cpu(checkpoint.cpu)
         self.session.domain.load_state(checkpoint.domain)
+        self._segment_mapping = vcpu.mapping_digest()
         self.replayer.load_state(checkpoint.replayer, self.session.log.records_from(checkpoint.replayer.next_seq))
 
     def _checkpoint_before(self, mark: Mark, strictly: bool) -> Checkpoint | None:
@@ -276,8 +282,9 @@ class Timeline:
         if self.position.icount >= self._checkpoints[-1].mark.icount + self.checkpoint_interval:
             self._take_checkpoint()
             return
-        pages = self.vcpu.pages_written_since(self._segment_generation)
+        pages = self._segment_pages()
         self._segment_generation = self.vcpu.new_generation()
+        self._segment_mapping = self.vcpu.mapping_digest()
         self._add_segment(Segment(self.position, frozenset(pages)))
 
     def _add_segment(self, segment: Segment) -> None:
@@ -453,19 +460,39 @@ class Timeline:
         read or access watchpoints): then only a segment that wrote one of them can hold a hit."""
         if not self._watches or self.vcpu.breakpoints or any(access != "w" for _, _, access in self._watches):
             return None
-        base = self.vcpu.memory_base
-        return frozenset(page for address, length, _ in self._watches
-                         for page in range((address - base) // PAGE_SIZE, (address + length - 1 - base) // PAGE_SIZE + 1))
+        vcpu = self.vcpu
+        frames = {MAPPING_CHANGED}
+        for address, length, _ in self._watches:
+            for page in range(address & ~(PAGE_SIZE - 1), address + length, PAGE_SIZE):
+                mapping = vcpu.mapping(page)
+                if mapping is None:
+                    return None
+                frames.add(mapping.frame)
+        return frozenset(frames)
 
     def _end_of_last_write(self, bound: Mark, pages: frozenset[int]) -> Mark | None:
         """The end (capped at `bound`) of the latest stretch of replay before `bound` that may have
         written one of `pages`; None if none did. A `bound` beyond the last segment is the current
         position (the first round of a reverse-continue): the pages written since the last memory
         synchronisation, which is never later than the last segment's end, cover that stretch."""
-        if bound > self._frontier() and pages & self.vcpu.pages_written_since(self._segment_generation):
+        current = self._segment_pages()
+        if bound > self._frontier() and pages & current:
             return bound
+        # `pages` names the frames mapped at the watched addresses now: before a change of the mapping
+        # other frames may have been there, so from there on back every segment may hold a write.
+        remapped_later = MAPPING_CHANGED in current
         last = bisect.bisect_left(self._segment_ends, bound)     # the segment holding `bound`, or past the end
-        for index in range(min(last, len(self._segments) - 1), -1, -1):
-            if pages & self._segments[index].pages:
-                return min(self._segments[index].end, bound)
+        for index in range(len(self._segments) - 1, -1, -1):
+            segment = self._segments[index]
+            if index <= last and (remapped_later or pages & segment.pages):
+                return min(segment.end, bound)
+            remapped_later |= MAPPING_CHANGED in segment.pages
         return None
+
+    def _segment_pages(self) -> set[int]:
+        """The frames written in the current segment, and MAPPING_CHANGED if the guest's address space
+        changed in it."""
+        written = set(self.vcpu.pages_written_since(self._segment_generation))
+        if self.vcpu.mapping_digest() != self._segment_mapping:
+            written.add(MAPPING_CHANGED)
+        return written

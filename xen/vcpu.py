@@ -879,7 +879,8 @@ class VCpu:
 
     def _access_width(self, pc: int) -> int:
         """Bytes accessed by the instruction at pc: its widest memory operand (8 for the implicit stack
-        accesses of push, pop, call and ret). Decoded once per pc until the translations are discarded (a remap may change the code)."""
+        accesses of push, pop, call and ret). Decoded once per pc until translations are discarded
+        (a remap may change the code at pc)."""
         width = self._access_widths.get(pc)
         if width is None:
             length = next(n for n in range(16, -1, -1) if self.is_mapped(pc, n))

@@ -32,7 +32,7 @@ def _loop(read: bytes) -> bytes:
 
 
 def _time(read: bytes, instructions: int) -> tuple[float, int]:
-    vcpu = VCpu(0x2000, memory_base=BASE)
+    vcpu = VCpu.flat(0x2000, memory_base=BASE)
     vcpu.write(BASE, _loop(read))
     vcpu.pc = BASE
     vcpu.run(WARM_UP)                                        # translation happens here, untimed

@@ -42,7 +42,7 @@ def vcpus() -> dict[tuple[bool, bool], VCpu]:
     made = {}
     for jit in (True, False):
         for tracking in (False, True):
-            vcpu = made[jit, tracking] = VCpu(0x10000, jit=jit)
+            vcpu = made[jit, tracking] = VCpu.flat(0x10000, jit=jit)
             for instruction, address in SLOTS.items():
                 vcpu.write(address, bytes.fromhex(instruction + SPIN))
             if tracking:
