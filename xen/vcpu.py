@@ -438,6 +438,7 @@ class VCpu:
         self._hypervisor_ranges: list[tuple[int, int]] = []  # virtual ranges guests may not pass to Xen
         self.machine = MachineMemory(self)
         self._breakpoints: set[int] = set()
+        self._lifted_breakpoint: int | None = None         # lifted while the instruction there executes
         # Addresses no translated block can cover unchecked: each has been a breakpoint through every
         # execution since its translations were last evicted (None: nothing has executed yet).
         self._translations_checked: set[int] | None = None
@@ -507,6 +508,8 @@ class VCpu:
         self._mappings[page] = wanted
         self._frame_pages.setdefault(frame, []).append(page)
         self._mapping_hash ^= _mapping_hash(page, wanted)
+        if page - PAGE_SIZE in self._code_pages:
+            self._stale_code = True     # a block there may have been cut short by a failed fetch of this page
         self._protect(page)
 
     def unmap_page(self, page: int) -> None:
@@ -561,7 +564,7 @@ class VCpu:
         self._access_widths.clear()                   # the code at an address may have changed
         for page in self._mappings:
             self._protect(page)
-        for address in self._breakpoints:
+        for address in self._breakpoints - {self._lifted_breakpoint}:
             self._vm.add_breakpoint(address)
         self.load_cpu(cpu)
 
@@ -946,6 +949,7 @@ class VCpu:
         lifted = pc in self._breakpoints
         if lifted:
             vm.remove_breakpoint(pc)
+            self._lifted_breakpoint = pc
         start = vm.icount
         try:
             while True:       # again after a write to a clean page was noted (the instruction did not retire)
@@ -960,7 +964,8 @@ class VCpu:
                     return result
         finally:
             if lifted:
-                vm.add_breakpoint(pc)
+                self._lifted_breakpoint = None
+                self._vm.add_breakpoint(pc)
 
     def finish_random(self, value: int) -> None:
         """Complete a RANDOM exit: write `value` to the destination register, CF=1, pc past the insn."""
@@ -1038,15 +1043,29 @@ class VCpu:
         """An instruction at `address` was fetched from a page not yet executable in the engine: make
         its page (or the next one, for an instruction that crosses into it) executable if the guest's
         mapping allows. False when the fetch is a real fault."""
-        for page in (address & PAGE_MASK, (address & PAGE_MASK) + PAGE_SIZE):
-            mapping = self._mappings.get(page)
-            if mapping is None or not mapping.executable:
+        page = address & PAGE_MASK
+        if page not in self._code_pages:
+            if not self._may_execute(page):
                 return False
-            if page not in self._code_pages:
-                self._code_pages.add(page)
-                self._protect(page)
-                return True
-        return False
+            self._code_pages.add(page)
+            self._protect(page)
+            following = page + PAGE_SIZE        # eagerly: blocks run on across the page boundary
+            if following not in self._code_pages and self._may_execute(following):
+                self._code_pages.add(following)
+                self._protect(following)
+            return True
+        following = page + PAGE_SIZE
+        if following in self._code_pages or not self._may_execute(following):
+            return False
+        # An instruction crossing into a page that was not executable when its block was translated:
+        # that translation ends in the failed fetch and is cached, so it must go.
+        self._code_pages.add(following)
+        self._flush_translations()
+        return True
+
+    def _may_execute(self, page: int) -> bool:
+        mapping = self._mappings.get(page)
+        return mapping is not None and mapping.executable
 
     def _undecodable_at_pc(self) -> bool:
         """An InvalidInstruction is a decode failure (nothing counted, the value is pc) unless the

@@ -1,7 +1,8 @@
 """Determinism of the vCPU under every way the host can slice execution.
 
-kbdshell runs a CPU-heavy session (calc, hash, bench) while console input and timer interrupts are
-injected through the funnel at fixed instruction counts. The same session is driven with different
+kbdshell runs a CPU-heavy session (calc, hash, bench, and `pages`, which remaps pages and switches
+page tables) while console input and timer interrupts are injected through the funnel at fixed
+instruction counts. The same session is driven with different
 stop patterns - one big run per input, random small limits, fixed 10k slices, breakpoints on hot
 code, and single steps - and must produce the same trace: (icount, pc, rax, register hash) at
 every hypercall and at every injection, the same final memory and the same console output.
@@ -19,7 +20,7 @@ from xen.inject import Kind
 from xen.timekeeping import TimeBase
 from xen.vcpu import GPR_NAMES, ExitReason
 
-SESSION = b"calc 12345*678-9\rhash determinism\rbench 20000\recho done\r"
+SESSION = b"calc 12345*678-9\rhash determinism\rpages\rbench 20000\recho done\r"
 MEMORY = 4 * 1024 * 1024
 
 
@@ -110,6 +111,7 @@ def reference(kbdshell_elf):
 def test_reference_session_really_ran(reference):
     assert b"done" in reference["output"]
     assert b"unknown command" not in reference["output"]
+    assert b" ok\r\n" in reference["output"]          # `pages`: update_va_mapping, mmu_update, CR3 switches
     assert sum(1 for entry in reference["trace"] if entry[0] == "hypercall") > 100
 
 

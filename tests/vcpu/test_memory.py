@@ -94,3 +94,22 @@ def test_dirty_tracking_is_per_frame_whatever_the_mapping():
     vcpu.write(0x10000, b"x")
     vcpu.machine.write(2 * 4096, b"y")       # a frame mapped nowhere
     assert vcpu.pages_written_since(generation) == {2, 3}
+
+
+def test_an_instruction_across_into_a_page_made_executable_later_runs(tmp_path):
+    """A block translated while the next page could not be executed ends in the failed fetch; once
+    the guest maps that page executable the instruction runs (the engine keeps cut-short blocks)."""
+    vcpu = VCpu(4)
+    code = assemble(tmp_path, "mov $7, %eax; syscall")          # 5 + 2 bytes: starts 3 bytes before the end
+    vcpu.write_frame(0, bytes(4096 - 3 - 8) + b"\x90" * 8 + code[:3])
+    vcpu.write_frame(1, code[3:].ljust(4096, b"\x90"))
+    vcpu.map_page(CODE, 0, writable=False)
+    vcpu.map_page(CODE + 4096, 1, writable=False, executable=False)
+    start = CODE + 4096 - 3 - 8
+    vcpu.pc = start
+    assert vcpu.run(vcpu.icount + 100).reason == ExitReason.FAULT    # the second page is no-execute
+    vcpu.map_page(CODE + 4096, 1, writable=False, executable=True)
+    assert run_to_hypercall(vcpu, start) == 7
+    vcpu.add_breakpoint(start)                                  # and single steps over it, lifted
+    vcpu.pc = start
+    assert vcpu.step().reason == ExitReason.LIMIT and vcpu.pc == start + 1
