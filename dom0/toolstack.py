@@ -36,7 +36,7 @@ def connect_xenstore(domain: Domain, config: dict) -> Xenstored:
 
 
 def write_domain_tree(store: Xenstored, domain: Domain, domid: int, name: str) -> None:
-    image, layout = domain.image, domain.image.layout
+    image = domain.image
     home = f"/local/domain/{domid}"
     vm_uuid = str(uuid.UUID(image.image_sha256[:32], version=4))
     vm_path = f"/vm/{vm_uuid}"
@@ -68,14 +68,14 @@ def write_domain_tree(store: Xenstored, domain: Domain, domid: int, name: str) -
     memory_kib = image.memory_bytes // 1024
     for key, value in (("memory/static-max", memory_kib), ("memory/target", memory_kib),
                        ("memory/videoram", 0), ("domid", domid),
-                       ("store/port", domain.store_port), ("store/ring-ref", layout.frame(layout.xenstore)),
+                       ("store/port", domain.store_port), ("store/ring-ref", image.store_frame),
                        ("cpu/0/availability", "online")):
         store.write(f"{home}/{key}", str(value).encode())
     backend = f"/local/domain/{DOM0}/backend/console/{domid}/0"
     store.mkdir(f"{home}/console", (("n", domid), ("r", DOM0)))     # a frontend: the backend may read it
     for key, value in (("backend", backend), ("backend-id", DOM0), ("limit", CONSOLE_LIMIT),
                        ("type", "xenconsoled"), ("output", "pty"), ("port", domain.console_port),
-                       ("ring-ref", layout.frame(layout.console))):
+                       ("ring-ref", image.console_frame)):
         store.write(f"{home}/console/{key}", str(value).encode())
     store.mkdir(backend, backend_perms)
     for key, value in (("frontend", f"{home}/console"), ("frontend-id", domid), ("online", 1), ("state", 1),
