@@ -8,11 +8,13 @@
 #include "hypercall.h"
 #include "kernel.h"
 #include "lib.h"
+#include "memory.h"
 
 #define barrier() asm volatile("" ::: "memory")
 #define EVENT_MAX 256
 
 static struct xenstore_domain_interface *ring;
+PAGE_WINDOW(xenstore_window);
 static xs_event_fn event_callback;
 static uint32_t next_req_id = 1;
 
@@ -25,7 +27,7 @@ static void notify(void)
 
 void xs_init(xs_event_fn on_event)
 {
-    ring = (struct xenstore_domain_interface *)(start_info->store_mfn << 12);
+    ring = map_machine_frame(xenstore_window, start_info->store_mfn);
     event_callback = on_event;
 }
 
