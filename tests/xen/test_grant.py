@@ -57,14 +57,14 @@ def grant(domain: Domain, ref: int, frame: int, flags: int = abi.GTF_permit_acce
     """What a frontend does: fill grant entry `ref` (struct grant_entry_v1) in the shared frame."""
     _, _, frames = setup(domain, 1)
     entry = abi.GrantEntryV1(flags=flags, domid=domid, frame=frame)
-    base = domain.image.layout.virt_base + frames[0] * abi.PAGE_SIZE
-    domain.vcpu.write(base + ref * ctypes.sizeof(entry), bytes(entry))
+    base = frames[0] * abi.PAGE_SIZE          # the table frame by machine address (the guest maps it itself)
+    domain.vcpu.machine.write(base + ref * ctypes.sizeof(entry), bytes(entry))
 
 
 def entry_flags(domain: Domain, ref: int) -> int:
     frame = domain.grants.state.frames[0]
-    address = domain.image.layout.virt_base + frame * abi.PAGE_SIZE + ref * ctypes.sizeof(abi.GrantEntryV1)
-    return abi.GrantEntryV1.from_buffer_copy(domain.vcpu.read(address, ctypes.sizeof(abi.GrantEntryV1))).flags
+    address = frame * abi.PAGE_SIZE + ref * ctypes.sizeof(abi.GrantEntryV1)
+    return abi.GrantEntryV1.from_buffer_copy(domain.vcpu.machine.read(address, ctypes.sizeof(abi.GrantEntryV1))).flags
 
 
 def test_setup_table_lists_frames_outside_the_domains_pages(domain):
@@ -87,14 +87,14 @@ def test_setup_table_errors(domain):
     assert setup(domain, MAX_GRANT_FRAMES + 1)[:2] == (0, abi.GNTST_general_error)
     assert setup(domain, 1, dom=0)[:2] == (0, abi.GNTST_permission_denied)     # dom0's table: not ours
     assert setup(domain, 1, dom=7)[:2] == (0, abi.GNTST_bad_domain)
-    unmapped = domain.image.layout.virt_base           # page 0 is not mapped: copy_to_guest fails per frame
+    unmapped = 0x400000000000                          # never mapped: copy_to_guest fails per frame
     assert setup(domain, 1, frame_list=unmapped)[:2] == (0, abi.GNTST_bad_virt_addr)
     assert setup(domain, 1, frame_list=abi.HYPERVISOR_VIRT_START)[0] == -abi.XEN_EFAULT   # not a guest address
     op = abi.GnttabSetupTable(dom=abi.DOMID_SELF, nr_frames=1)
     assert call(domain, abi.GNTTABOP_setup_table, op, count=2)[0] == -abi.XEN_EINVAL
     assert call(domain, abi.GNTTABOP_setup_table, op, count=-1 & 0xFFFFFFFF)[0] == -abi.XEN_EINVAL
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_grant_table_op,
-                               (abi.GNTTABOP_setup_table, 0x10, 1, 0, 0)) == -abi.XEN_EFAULT
+                               (abi.GNTTABOP_setup_table, 0x400000000010, 1, 0, 0)) == -abi.XEN_EFAULT
 
 
 def test_versions(domain):
@@ -152,7 +152,7 @@ def test_backend_copy_through_grants(domain):
 ])
 def test_bad_grants_are_refused_with_xens_status(domain, flags, domid, frame_of, readonly, status):
     layout = domain.image.layout
-    frame = {"page": layout.frame(scratch(domain, 2)), "shared_info": layout.frame(layout.shared_info),
+    frame = {"page": layout.frame(scratch(domain, 2)), "shared_info": domain.image.shared_info_frame,
              "beyond": 0xFFFFFF}[frame_of]
     grant(domain, 3, frame, flags=flags, domid=domid)
     with pytest.raises(GrantError) as failure:
