@@ -20,6 +20,7 @@
 #include "lib.h"
 #include "notes.h"
 #include "xenstore.h"
+#include "memory.h"
 #include <xen/grant_table.h>
 
 XEN_GUEST_NOTES("xsprobe");
@@ -28,6 +29,7 @@ XEN_GUEST_NOTES("xsprobe");
 #define GRANT_REF 8                 /* the first entry not reserved for the toolstack */
 
 static char granted_page[4096] __attribute__((aligned(4096))) = "granted by xsprobe";
+PAGE_WINDOW(grant_window);
 
 static char reply[REPLY_MAX];
 static volatile int shutdown_event;
@@ -144,7 +146,7 @@ static void grant_a_page(void)
     report("setup_table", result, setup.status);
     console_puts(frame >= start_info->nr_pages ? "grant frame outside the domain's pages\r\n"
                                                : "grant frame inside the domain's pages!\r\n");
-    table = (grant_entry_v1_t *)(frame << 12);
+    table = map_machine_frame(grant_window, frame);          /* a machine frame: ours to map */
     table[GRANT_REF].domid = 0;
     table[GRANT_REF].frame = (uint32_t)((unsigned long)granted_page >> 12);
     asm volatile("" ::: "memory");               /* flags last: the entry is valid once they are set */

@@ -32,17 +32,17 @@ class Guest:
         image = build_domain((ROOT / "guests/kbdshell/kbdshell.elf").read_bytes(), 4 << 20)
         self.domain = Domain(image)
         self.store = connect_xenstore(self.domain, xenstore_config(Path("kbdshell.elf")))
-        self.page = image.layout.xenstore
+        self.page = image.store_frame * abi.PAGE_SIZE       # the ring by machine address
         self.next_id = 1
 
     def _field(self, name: str) -> int:
         return getattr(abi.XenstoreDomainInterface, name).offset
 
     def index(self, name: str) -> int:
-        return int.from_bytes(self.domain.vcpu.read(self.page + self._field(name), 4), "little")
+        return int.from_bytes(self.domain.vcpu.machine.read(self.page + self._field(name), 4), "little")
 
     def set_index(self, name: str, value: int) -> None:
-        self.domain.vcpu.write(self.page + self._field(name), (value & 0xFFFFFFFF).to_bytes(4, "little"))
+        self.domain.vcpu.machine.write(self.page + self._field(name), (value & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def put(self, data: bytes) -> None:
         """Write request bytes as a frontend does: as much as the ring has room for, notify, repeat."""
@@ -51,7 +51,7 @@ class Guest:
             room = abi.XENSTORE_RING_SIZE - (producer - self.index("req_cons"))
             for offset, byte in enumerate(data[:room]):
                 address = self.page + self._field("req") + (producer + offset) % abi.XENSTORE_RING_SIZE
-                self.domain.vcpu.write(address, bytes([byte]))
+                self.domain.vcpu.machine.write(address, bytes([byte]))
             self.set_index("req_prod", producer + min(room, len(data)))
             data = data[room:]
             self.notify()
@@ -63,7 +63,7 @@ class Guest:
     def raw(self) -> bytes:
         """Everything the server has put in rsp[] that the guest has not consumed; consumes it."""
         consumer, producer = self.index("rsp_cons"), self.index("rsp_prod")
-        data = bytes(self.domain.vcpu.read(self.page + self._field("rsp") + (consumer + i) % abi.XENSTORE_RING_SIZE,
+        data = bytes(self.domain.vcpu.machine.read(self.page + self._field("rsp") + (consumer + i) % abi.XENSTORE_RING_SIZE,
                                            1)[0] for i in range(producer - consumer))
         self.set_index("rsp_cons", producer)
         return data
