@@ -6,8 +6,7 @@ powers the domain off (SCHEDOP_shutdown, poweroff). Keys typed before the prompt
 Its symbols come from `xenrr grub-symbols` (docs/grub.md).
 
 GRUB needs the Xen start-of-day memory contract and the PV memory model, grant tables and one xenstore
-answer (issue 11); until all of them are on main these tests are expected to fail (xfail, not strict:
-docs/grub.md says how far GRUB gets).
+answer (issue 11).
 """
 from __future__ import annotations
 
@@ -26,8 +25,6 @@ GDB_TIMEOUT = 600              # seconds for one GDB command: a backward watch s
 pytestmark = [
     pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)"),
     pytest.mark.slow,
-    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model and the start-of-day "
-                             "contract (issue 11; docs/grub.md)", strict=False),
 ]
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

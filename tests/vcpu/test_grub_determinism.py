@@ -33,8 +33,6 @@ MAX_INSTRUCTIONS = 300_000_000         # a session that has not powered off by t
 pytestmark = [
     pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)"),
     pytest.mark.slow,
-    pytest.mark.xfail(reason="GRUB does not boot on main yet: it needs the PV memory model and the start-of-day "
-                             "contract (issue 11; docs/grub.md)", strict=False),
 ]
 
 
