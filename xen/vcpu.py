@@ -439,6 +439,7 @@ class VCpu:
         self.machine = MachineMemory(self)
         self._breakpoints: set[int] = set()
         self._lifted_breakpoint: int | None = None         # lifted while the instruction there executes
+        self._exec_retry: tuple[int, int] | None = None    # the last fetch fault retried after a discard
         # Addresses no translated block can cover unchecked: each has been a breakpoint through every
         # execution since its translations were last evicted (None: nothing has executed yet).
         self._translations_checked: set[int] | None = None
@@ -1056,7 +1057,14 @@ class VCpu:
             return True
         following = page + PAGE_SIZE
         if following in self._code_pages or not self._may_execute(following):
-            return False
+            # Both pages executable for us, yet the engine refused the fetch: a translation made
+            # before they were is still cached. Discard them all, once per faulting instruction.
+            retry = (self._vm.icount, address)
+            if not self._may_execute(page) or retry == self._exec_retry:
+                return False
+            self._exec_retry = retry
+            self._flush_translations()
+            return True
         # An instruction crossing into a page that was not executable when its block was translated:
         # that translation ends in the failed fetch and is cached, so it must go.
         self._code_pages.add(following)

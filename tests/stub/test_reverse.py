@@ -134,3 +134,31 @@ def test_reverse_step_across_page_table_changes_and_cr3_switches(pages_recording
         stop = timeline.reverse_step()
         assert stop.mark.icount == icount - 1
         assert full_state(timeline) == expected[icount - 1], f"reverse-step over the hypercall at {icount}"
+
+
+GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GRUB.exists(), reason="GRUB's Xen image is missing: run `make` (grub-xen-host)")
+def test_reverse_continue_over_grub_finds_every_hit_a_forward_replay_finds(tmp_path, xenrr):
+    """GRUB remaps all of memory at boot and runs module code it loaded: a checkpoint restored
+    after that must run on (the engine once kept a translation made before a page was executable,
+    and the scan from a restored checkpoint crashed the domain)."""
+    path = tmp_path / "grub.xrr"
+    done = xenrr("record", GRUB, "-o", path, "--memory", "32", "--clock", "virtual",
+                 "--keys", r"echo one\recho two\rhalt\r", timeout=300)
+    assert done.status == 0, done.stderr
+    dispatcher = 0x41ff          # grub_extcmd_dispatcher in Debian's image (`xenrr grub-symbols`)
+    forward = Timeline(ReplaySession(path), checkpoint_interval=10**12)
+    forward.add_breakpoint(dispatcher)
+    hits = []
+    while (stop := forward.cont()).reason != "history-end":
+        hits.append(stop.mark)
+    timeline = Timeline(ReplaySession(path))
+    timeline.add_breakpoint(dispatcher)
+    timeline.goto(hits[-1])
+    found = []
+    while (stop := timeline.reverse_cont()).reason == "breakpoint":
+        found.append(stop.mark)
+    assert stop.reason == "history-start" and found == hits[-2::-1]
