@@ -271,14 +271,16 @@ class PhysicalCpu:
         self.running = False
         return {}
 
-    def _remove(self, hosted: HostedDomain, why: str) -> None:
+    def _remove(self, hosted: HostedDomain, why: str, tell: bool = True) -> None:
+        """Take a domain off this pCPU (its log ended); `tell` the hypervisor it is gone."""
         hosted.stop_recording(hosted.outcome())
         if hosted.recording_failure is not None:
             why += f"; its log is incomplete: {hosted.recording_failure}"
         del self.domains[hosted.config.name]
         self.credit.remove(hosted.entity)
         hosted.close()
-        self.connection.send(("gone", hosted.config.name, why))
+        if tell:
+            self.connection.send(("gone", hosted.config.name, why))
 
     # ---------------------------------------------------------------- the loop
     def _ended(self, hosted: HostedDomain) -> None:
@@ -290,8 +292,8 @@ class PhysicalCpu:
         if action == "preserve":
             hosted.stop_recording(hosted.outcome())
             return
-        self._remove(hosted, why)
-        if action == "restart":
+        self._remove(hosted, why, tell=action == "destroy")
+        if action == "restart":           # the same name and domid, built again (not recorded again)
             self.op_create({"config": hosted.config, "domid": hosted.domid})
 
     def _wait(self, timeout: float | None) -> None:
@@ -301,25 +303,29 @@ class PhysicalCpu:
 
     def loop(self) -> None:
         while self.running:
-            while self.connection.poll(0):
-                self.handle(self.connection.recv())
-                if not self.running:
-                    return
-            now = time.monotonic_ns()
-            for hosted in self.domains.values():
-                hosted.update_runnable(now)
-            entity = self.credit.pick()
-            if entity is None:
-                self._idle(now)
-                continue
-            hosted = next(hosted for hosted in self.domains.values() if hosted.entity is entity)
-            started = time.monotonic_ns()
-            ran = hosted.run(self.credit.budget(entity))
-            self._busy_ns += time.monotonic_ns() - started
-            self._busy_instructions += ran
-            self.credit.charge(entity, ran)
-            if not hosted.domain.alive:
-                self._ended(hosted)
+            self.step()
+
+    def step(self) -> None:
+        """Answer the requests waiting, then run one quantum (or wait, when no vCPU may run)."""
+        while self.connection.poll(0):
+            self.handle(self.connection.recv())
+            if not self.running:
+                return
+        now = time.monotonic_ns()
+        for hosted in self.domains.values():
+            hosted.update_runnable(now)
+        entity = self.credit.pick()
+        if entity is None:
+            self._idle(now)
+            return
+        hosted = next(hosted for hosted in self.domains.values() if hosted.entity is entity)
+        started = time.monotonic_ns()
+        ran = hosted.run(self.credit.budget(entity))
+        self._busy_ns += time.monotonic_ns() - started
+        self._busy_instructions += ran
+        self.credit.charge(entity, ran)
+        if not hosted.domain.alive:
+            self._ended(hosted)
 
     def _idle(self, now: int) -> None:
         """No vCPU may run: all are blocked, paused, or parked at their cap. Wait for the first wake-up;

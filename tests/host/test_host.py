@@ -227,3 +227,44 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
     replay = subprocess.run([sys.executable, "-m", "dom0.cli", "replay", str(virtual_recording.path)], cwd=ROOT,
                             env=environment, capture_output=True, timeout=120)
     assert replay.returncode == 0 and b"replaying on core" in replay.stderr
+
+
+def _console_until(host, name: str, text: bytes, count: int) -> bytes:
+    """Attach to NAME's console until its output holds `count` times `text`, then detach (Ctrl-])."""
+    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", name, "--socket", str(host.socket)],
+                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    seen = b""
+    try:
+        while seen.count(text) < count:
+            chunk = os.read(console.stdout.fileno(), 4096)
+            assert chunk, seen
+            seen += chunk
+        console.stdin.write(b"\x1d")
+        console.stdin.flush()
+        assert console.wait(timeout=60) == 0
+    finally:
+        if console.poll() is None:
+            console.kill()
+            console.wait()
+        console.stdin.close()
+        console.stdout.close()
+    return seen
+
+
+def test_a_crashing_domain_does_not_disturb_the_others_and_on_crash_is_obeyed(host):
+    host.xenrr("create", host.config("steady", cpus="0"))
+    host.xenrr("create", host.config("kept", guest="hostile", cpus="0", on_crash="preserve"))
+    host.xenrr("create", host.config("reborn", guest="hostile", cpus="0", on_crash="restart"))
+    host.xenrr("create", host.config("dropped", guest="hostile", cpus="0"))
+    for name in ("kept", "reborn", "dropped"):
+        assert host.xenrr("console", name, stdin=b"u\x1d").status == 0
+    host.wait_for(lambda: host.domains().get("kept", {}).get("state") == "crashed", "kept to crash")
+    host.wait_for(lambda: "dropped" not in host.domains(), "dropped to go (on_crash = destroy)")
+    reborn = host.domains()["reborn"]
+    assert reborn["state"] != "crashed" and reborn["domid"] == 3            # restarted with its domid
+    shown = _console_until(host, "reborn", b"hostile ready", 2)          # booted again after the crash
+    assert shown.count(b"hostile: ud2") == 1
+    steady = host.domains()["steady"]["instructions"]
+    host.wait_for(lambda: host.domains()["steady"]["instructions"] > steady, "steady to go on running")
+    assert host.xenrr("destroy", "kept").status == 0
+    assert host.xenrr("destroy", "reborn").status == 0
