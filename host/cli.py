@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import select
+import socket
 import sys
 import time
 from pathlib import Path
@@ -282,12 +283,25 @@ def command_console(args: argparse.Namespace) -> int:
                     connection.sendall(typed)
                 if keys.detached:
                     how = "detached"
+                    _hang_up(connection)
                     break
     finally:
         keys.restore()
         connection.close()
     print(f"\nxenrr: console of {args.name}: {how}", file=sys.stderr)
     return 0
+
+
+def _hang_up(connection) -> None:
+    """Detach without losing the last keys: closing a Unix socket with output still unread would reset
+    the connection and the host could lose what was typed, so say we are done and read to its end."""
+    connection.shutdown(socket.SHUT_WR)
+    connection.settimeout(DOWN_WAIT_SECONDS)
+    try:
+        while connection.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 HOST_COMMANDS = {"up": command_up, "down": command_down, "create": command_create, "list": command_list,
