@@ -100,28 +100,36 @@ def test_bad_configs_requests_and_socket_lines_are_refused_in_one_line(host):
     assert [domain["name"] for domain in answers[3]["domains"]] == ["dup"]
 
 
-def test_console_attach_type_detach_and_poweroff(host):
-    host.xenrr("create", host.config("shell", guest="kbdshell"))
-    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", "shell", "--socket", str(host.socket)],
+def _console_until(host, name: str, text: bytes, count: int, typed: bytes = b"") -> bytes:
+    """Attach to NAME's console, type `typed`, read until the output holds `count` times `text`, then
+    detach (Ctrl-]): the console exits 0 saying so."""
+    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", name, "--socket", str(host.socket)],
                                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
     try:
-        console.stdin.write(b"echo attached\r")
+        console.stdin.write(typed)
         console.stdin.flush()
-        seen = b""
-        while b"attached\r\n" not in seen.replace(b"echo attached", b""):
+        while seen.count(text) < count:
             chunk = os.read(console.stdout.fileno(), 4096)
             assert chunk, seen
             seen += chunk
         console.stdin.write(b"\x1d")
         console.stdin.flush()
         assert console.wait(timeout=60) == 0
-        assert "console of shell: detached" in console.stderr.read().decode()
+        assert f"console of {name}: detached" in console.stderr.read().decode()
     finally:
         if console.poll() is None:
             console.kill()
             console.wait()
         for stream in (console.stdin, console.stdout, console.stderr):
             stream.close()
+    return seen
+
+
+def test_console_attach_type_detach_and_poweroff(host):
+    host.xenrr("create", host.config("shell", guest="kbdshell"))
+    shown = _console_until(host, "shell", b"\nattached\r\n", 1, typed=b"echo attached\r")
+    assert b"> echo attached\r\nattached\r\n" in shown
     again = host.xenrr("console", "shell", stdin=b"halt\r")        # on_poweroff = destroy (the default)
     assert again.status == 0 and "console of shell: the domain is gone" in again.stderr
     assert "shell" not in host.domains()
@@ -227,28 +235,6 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
     replay = subprocess.run([sys.executable, "-m", "dom0.cli", "replay", str(virtual_recording.path)], cwd=ROOT,
                             env=environment, capture_output=True, timeout=120)
     assert replay.returncode == 0 and b"replaying on core" in replay.stderr
-
-
-def _console_until(host, name: str, text: bytes, count: int) -> bytes:
-    """Attach to NAME's console until its output holds `count` times `text`, then detach (Ctrl-])."""
-    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", name, "--socket", str(host.socket)],
-                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    seen = b""
-    try:
-        while seen.count(text) < count:
-            chunk = os.read(console.stdout.fileno(), 4096)
-            assert chunk, seen
-            seen += chunk
-        console.stdin.write(b"\x1d")
-        console.stdin.flush()
-        assert console.wait(timeout=60) == 0
-    finally:
-        if console.poll() is None:
-            console.kill()
-            console.wait()
-        console.stdin.close()
-        console.stdout.close()
-    return seen
 
 
 def test_a_crashing_domain_does_not_disturb_the_others_and_on_crash_is_obeyed(host):
