@@ -68,7 +68,7 @@ class DomainState:
 
 
 _SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
-                 "vm_assist", "_free_extra_frames")
+                 "vm_assist", "gs_base_user", "_free_extra_frames")
 
 
 class Domain:
@@ -110,6 +110,7 @@ class Domain:
         self.failsafe_callback = 0
         self.traps = TrapTable()
         self.vm_assist = 0                  # enabled VMASST_TYPE_* bits
+        self.gs_base_user = 0               # the inactive (guest user mode) GS base, SEGBASE_GS_USER
         self.state = RunState.RUNNING
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
@@ -150,7 +151,8 @@ class Domain:
 
     def device_state(self) -> bytes:
         """A canonical encoding of the device state outside guest memory (for digests)."""
-        return b"grants:" + self.grants.state_bytes() + \
+        return b"gs_base_user:" + self.gs_base_user.to_bytes(8, "little") + \
+            b"grants:" + self.grants.state_bytes() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
 
     def allocate_extra_frame(self) -> int | None:

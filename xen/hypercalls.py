@@ -241,6 +241,28 @@ def vm_assist(domain: "Domain", command: int, kind: int, *_: int) -> int:
     raise HypercallError(abi.XEN_ENOSYS)
 
 
+def set_segment_base(domain: "Domain", which: int, base: int, *_: int) -> int:
+    """HYPERVISOR_set_segment_base as xen/arch/x86/pv/misc-hypercalls.c do_set_segment_base: the FS
+    base, the kernel GS base (the active one, the guest runs in kernel mode) and the user GS base (the
+    inactive one, kept in Domain.gs_base_user) take canonical addresses, else -EINVAL.
+    SEGBASE_GS_USER_SEL loads a user %gs selector: every descriptor a PV guest can name is flat (Xen's
+    GDT; xenrr has no guest LDT/GDT entries), so the user base becomes 0 and the call never fails, as
+    in Xen. Any other `which` is -EINVAL."""
+    which &= 0xFFFFFFFF
+    if which == abi.SEGBASE_GS_USER_SEL:
+        domain.gs_base_user = 0
+        return 0
+    if which not in (abi.SEGBASE_FS, abi.SEGBASE_GS_USER, abi.SEGBASE_GS_KERNEL) or not _is_canonical(base):
+        raise HypercallError(abi.XEN_EINVAL)
+    if which == abi.SEGBASE_FS:
+        domain.vcpu.set_reg("fs_base", base)
+    elif which == abi.SEGBASE_GS_KERNEL:
+        domain.vcpu.set_reg("gs_base", base)
+    else:
+        domain.gs_base_user = base
+    return 0
+
+
 def set_timer_op(domain: "Domain", deadline: int, *_: int) -> int:
     if deadline == 0:
         domain.time.set_singleshot(None)
@@ -504,6 +526,7 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_vm_assist: vm_assist,
     abi.HYPERVISOR_set_trap_table: set_trap_table,
     abi.HYPERVISOR_stack_switch: _accept,
+    abi.HYPERVISOR_set_segment_base: set_segment_base,
 }
 
 

@@ -183,6 +183,28 @@ static void probe_callbacks(void)
     report("callback_op_bad_cmd", hypercall2(__HYPERVISOR_callback_op, 9, (unsigned long)&nmi));
 }
 
+static void probe_segment_base(void)
+{
+    static volatile unsigned long fs_target = 0x1234, gs_target = 0x5678;
+    unsigned long seen;
+
+    report("segbase_fs", hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_FS, (unsigned long)&fs_target));
+    asm volatile("movq %%fs:0, %0" : "=r"(seen) :: "memory");
+    report("segbase_fs_read_through_fs", (long)seen);
+    report("segbase_gs_kernel", hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_KERNEL,
+                                           (unsigned long)&gs_target));
+    asm volatile("movq %%gs:0, %0" : "=r"(seen) :: "memory");
+    report("segbase_gs_kernel_read_through_gs", (long)seen);
+    report("segbase_gs_user", hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_USER, 0x10000));
+    report("segbase_gs_user_sel", hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_USER_SEL, 0));
+    report("segbase_fs_noncanonical", hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_FS, a(NONCANONICAL_ADDR)));
+    report("segbase_gs_user_noncanonical",
+           hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_USER, a(NONCANONICAL_ADDR)));
+    report("segbase_bad_which", hypercall2(__HYPERVISOR_set_segment_base, 4, 0));
+    hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_FS, 0);
+    hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_KERNEL, 0);
+}
+
 void guest_main(void)
 {
     console_puts("abiprobe\r\n");
@@ -192,6 +214,7 @@ void guest_main(void)
     probe_features();
     probe_events();
     probe_callbacks();
+    probe_segment_base();
     console_puts("abiprobe done\r\n");
     poweroff();
 }
