@@ -123,7 +123,10 @@ def command_up(args: argparse.Namespace) -> int:
     except HostError as error:
         raise HostCommandError(str(error)) from None
     print(f"xenrr: host up: {args.pcpus} pCPUs, control socket {path}", file=sys.stderr, flush=True)
-    host.serve()
+    try:
+        host.serve()
+    except HostError as error:
+        raise HostCommandError(str(error)) from None
     print("xenrr: host down", file=sys.stderr, flush=True)
     return 0
 
@@ -154,7 +157,10 @@ def _up_in_background(args: argparse.Namespace, path: Path) -> int:
         else:
             os.write(ready_write, b"ok")
             os.close(ready_write)
-            host.serve()
+            try:
+                host.serve()
+            except HostError:
+                status = 1
     finally:
         os._exit(status)
 

@@ -88,12 +88,16 @@ class Hypervisor:
     def _call(self, worker: Worker, request: dict) -> dict:
         """Send a request to a worker and wait for its reply (console output meanwhile is passed on)."""
         request_id = next(self._request_ids)
-        worker.connection.send({**request, "id": request_id})
-        while True:
-            message = worker.connection.recv()
-            if message[0] == "reply" and message[1] == request_id:
-                return message[2]
-            self._worker_message(message)
+        try:
+            worker.connection.send({**request, "id": request_id})
+            while True:
+                message = worker.connection.recv()
+                if message[0] == "reply" and message[1] == request_id:
+                    return message[2]
+                self._worker_message(message)
+        except (EOFError, OSError):
+            raise HostError(f"pCPU {worker.index} worker died (exit status {worker.process.exitcode}); "
+                            "the host stops") from None
 
     def _worker_message(self, message: tuple) -> None:
         if message[0] == "console":
@@ -255,8 +259,12 @@ class Hypervisor:
                         self._accept()
                     elif kind == "worker":
                         worker = self.workers[data]
-                        while self.running and worker.connection.poll(0):
-                            self._worker_message(worker.connection.recv())
+                        try:
+                            while self.running and worker.connection.poll(0):
+                                self._worker_message(worker.connection.recv())
+                        except (EOFError, OSError):
+                            raise HostError(f"pCPU {worker.index} worker died (exit status "
+                                            f"{worker.process.join(5) or worker.process.exitcode}); the host stops") from None
                     elif kind == "client":
                         self._client_readable(key.fileobj, data)
                     elif kind == "console":
@@ -265,7 +273,8 @@ class Hypervisor:
                         break
                 for worker in self.workers:
                     if not worker.process.is_alive():
-                        raise HostError(f"pCPU {worker.index} worker died (exit status {worker.process.exitcode})")
+                        raise HostError(f"pCPU {worker.index} worker died (exit status {worker.process.exitcode}); "
+                                        "the host stops")
         finally:
             self.stop()
 
@@ -339,7 +348,7 @@ class Hypervisor:
             try:
                 if worker.process.is_alive():
                     self._call(worker, {"op": "quit"})
-            except (OSError, EOFError):
+            except HostError:
                 pass
         for worker in self.workers:
             worker.process.join(timeout=10)

@@ -254,3 +254,13 @@ def test_a_crashing_domain_does_not_disturb_the_others_and_on_crash_is_obeyed(ho
     host.wait_for(lambda: host.domains()["steady"]["instructions"] > steady, "steady to go on running")
     assert host.xenrr("destroy", "kept").status == 0
     assert host.xenrr("destroy", "reborn").status == 0
+
+
+def test_a_dead_worker_stops_the_host_in_one_line_and_the_rest_exits(host):
+    host.xenrr("create", host.config("victim", cpus="0"))
+    workers = _workers(host)
+    os.kill(workers[0], 9)
+    assert host.process.wait(timeout=60) == 2
+    stderr = host.process.stderr.read().decode()
+    assert "xenrr: error: pCPU" in stderr and "worker died" in stderr and "Traceback" not in stderr, stderr
+    assert not host.socket.exists()
