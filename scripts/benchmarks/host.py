@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def run(quick: bool) -> dict:
         results["idle_overhead"] = idle
     finally:
         host.down()
+        shutil.rmtree(directory, ignore_errors=True)
     return results
 
 

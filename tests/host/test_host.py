@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket as sockets
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def test_daemon_mode_detaches_and_down_stops_it(tmp_path):
         assert run_xenrr("list", "--socket", socket).status == 0
     finally:
         down = run_xenrr("down", "--socket", socket)
+        shutil.rmtree(directory, ignore_errors=True)
     assert down.status == 0 and not os.path.exists(socket)
 
 
