@@ -62,13 +62,20 @@ class CrashReport:
 
 
 @dataclass(frozen=True)
+class Poll:
+    """A vCPU blocked in SCHEDOP_poll: `port` is the one port polled (Xen's poll_evtchn), None when
+    several (or none) were: then any port that becomes pending wakes it, as in Xen."""
+    port: int | None
+
+
+@dataclass(frozen=True)
 class DomainState:
     """Everything about a domain that is not in its vCPU registers or guest memory (for checkpoints)."""
     fields: dict[str, Any]
 
 
 _SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
-                 "vm_assist", "gs_base_user", "_free_extra_frames")
+                 "vm_assist", "gs_base_user", "poll", "_free_extra_frames")
 
 
 class Domain:
@@ -112,6 +119,7 @@ class Domain:
         self.vm_assist = 0                  # enabled VMASST_TYPE_* bits
         self.gs_base_user = 0               # the inactive (guest user mode) GS base, SEGBASE_GS_USER
         self.state = RunState.RUNNING
+        self.poll: Poll | None = None       # set while blocked in SCHEDOP_poll
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.vcpu.set_reg("rsp", image.initial_rsp)
@@ -152,6 +160,7 @@ class Domain:
     def device_state(self) -> bytes:
         """A canonical encoding of the device state outside guest memory (for digests)."""
         return b"gs_base_user:" + self.gs_base_user.to_bytes(8, "little") + \
+            b"poll:" + repr(self.poll).encode() + \
             b"grants:" + self.grants.state_bytes() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
 
@@ -187,6 +196,22 @@ class Domain:
         if not self.events.upcall_pending():
             self.state = RunState.BLOCKED
 
+    def start_poll(self, port: int | None, timeout: int) -> None:
+        """SCHEDOP_poll found nothing pending: block (events stay as masked as they are) until a
+        polled port becomes pending, an upcall is newly raised, or guest time reaches `timeout`
+        (0: none) - xen/common/sched/core.c do_poll, evtchn_check_pollers, poll_timer_fn."""
+        self.state = RunState.BLOCKED
+        self.poll = Poll(port)
+        if timeout:
+            self.time.set_poll_timeout(timeout)
+            self.expire_timers()
+
+    def _end_poll(self) -> None:
+        self.poll = None
+        self.time.set_poll_timeout(None)
+        if self.state == RunState.BLOCKED:
+            self.state = RunState.RUNNING
+
     def shutdown(self, reason: int) -> None:
         self.state = RunState.SHUTDOWN
         self.shutdown_reason = reason
@@ -204,7 +229,10 @@ class Domain:
     # ---------------------------------------------------------------- events
     def notify_guest(self, port: int) -> None:
         """Raise an event on `port` towards the guest (from a backend or a timer)."""
-        self.events.set_pending(port)
+        newly_pending = not self.events.is_pending(port)
+        raised_upcall = self.events.set_pending(port)
+        if self.poll is not None and (raised_upcall or newly_pending and self.poll.port in (None, port)):
+            self._end_poll()
 
     def raise_virq(self, virq: int) -> None:
         port = self.events.port_for_virq(virq)
@@ -224,16 +252,19 @@ class Domain:
                 self.notify_guest(self.store_port)
 
     def expire_timers(self) -> None:
-        """Fire timers already due at the current guest time (a guest armed one in the past)."""
-        if self.time.expire(self.time.now()):
+        """Fire timers due at the current guest time (a guest armed one in the past, or time moved)."""
+        now = self.time.now()
+        if self.time.expire(now):
             self.raise_virq(abi.VIRQ_TIMER)
+        if self.poll is not None and self.time.expire_poll(now):
+            self._end_poll()
 
     def return_to_guest(self) -> None:
         """Wake on a pending upcall and deliver it if unmasked, as Xen does on every return to the guest."""
         if not self.alive:
             return
         if self.state == RunState.BLOCKED:
-            if not self.events.upcall_pending():
+            if self.poll is not None or not self.events.upcall_pending():   # a poller wakes in _end_poll
                 return
             self.state = RunState.RUNNING
         try:

@@ -79,10 +79,39 @@ def sched_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     if command == abi.SCHEDOP_block:
         domain.block()
         return 0
+    if command == abi.SCHEDOP_poll:
+        return _sched_poll(domain, _read(domain, argument, abi.SchedPoll))
     if command == abi.SCHEDOP_shutdown:
         domain.shutdown(_read(domain, argument, abi.SchedShutdown).reason)   # Xen passes any code on
         return 0
     raise HypercallError(abi.XEN_ENOSYS)
+
+
+MAX_POLL_PORTS = 128                     # xen/common/sched/core.c do_poll: "fairly arbitrary limit"
+
+
+def _sched_poll(domain: "Domain", request: abi.SchedPoll) -> int:
+    """SCHEDOP_poll as do_poll: -EINVAL for more than 128 ports, -EFAULT for a port list outside the
+    guest's half; 0 at once when an unmasked upcall is pending or a polled port is (reading the list
+    stops there: a bad port after it is not seen); a bad port -EINVAL; else block (Domain.start_poll)."""
+    ports = request.ports.p
+    count = request.nr_ports
+    if count > MAX_POLL_PORTS:
+        raise HypercallError(abi.XEN_EINVAL)
+    if not (_address_ok(ports) and _address_ok(ports + 4 * count)):
+        raise HypercallError(abi.XEN_EFAULT)
+    events = domain.events
+    if events.upcall_pending() and not events.upcall_masked():
+        return 0
+    port = 0
+    for index in range(count):
+        port = _read(domain, ports + 4 * index, ctypes.c_uint32).value
+        if port >= events.max_ports:
+            raise HypercallError(abi.XEN_EINVAL)
+        if events.is_pending(port):
+            return 0
+    domain.start_poll(port if count == 1 else None, request.timeout)
+    return 0
 
 
 def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> int:

@@ -16,7 +16,6 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from xen import abi
 from xen.digest import Digest, end_payload, parse_end_payload
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
 from xen.timekeeping import TimeBase
@@ -181,8 +180,7 @@ class Funnel:
         base = self._time_base(payload)
         domain = self._domain
         domain.time.publish(base)
-        if domain.time.expire(base.system_time):
-            domain.raise_virq(abi.VIRQ_TIMER)
+        domain.expire_timers()
 
     def _random(self, payload: bytes) -> None:
         self._domain.vcpu.finish_random(int.from_bytes(payload, "little"))

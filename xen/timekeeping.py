@@ -81,6 +81,7 @@ class TimerState:
     singleshot: int | None = None
     periodic_next: int | None = None
     period: int = 0
+    poll_timeout: int | None = None      # SCHEDOP_poll's timeout: wakes the poller, raises no VIRQ
 
 
 class GuestTime:
@@ -125,7 +126,8 @@ class GuestTime:
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> int | None:
-        armed = [d for d in (self.timers.singleshot, self.timers.periodic_next) if d is not None]
+        armed = [d for d in (self.timers.singleshot, self.timers.periodic_next, self.timers.poll_timeout)
+                 if d is not None]
         return min(armed) if armed else None
 
     def set_singleshot(self, deadline: int | None) -> None:
@@ -136,6 +138,16 @@ class GuestTime:
             self.timers.period, self.timers.periodic_next = 0, None
         else:
             self.timers.period, self.timers.periodic_next = period, self.now() + period
+
+    def set_poll_timeout(self, deadline: int | None) -> None:
+        self.timers.poll_timeout = deadline
+
+    def expire_poll(self, now: int) -> bool:
+        """Retire the poll timeout if due at `now`; True when it fired (the poller then wakes)."""
+        if self.timers.poll_timeout is None or self.timers.poll_timeout > now:
+            return False
+        self.timers.poll_timeout = None
+        return True
 
     def expire(self, now: int) -> bool:
         """Retire every timer due at `now`; True when any fired (VIRQ_TIMER is then raised by the caller)."""

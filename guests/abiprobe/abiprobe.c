@@ -10,6 +10,7 @@
 #include "hypercall.h"
 #include "kernel.h"
 #include "notes.h"
+#include "clock.h"
 #include <xen/callback.h>
 
 XEN_GUEST_NOTES("abiprobe");
@@ -205,6 +206,63 @@ static void probe_segment_base(void)
     hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_GS_KERNEL, 0);
 }
 
+static long poll(evtchn_port_t *ports, unsigned int count, uint64_t timeout)
+{
+    struct sched_poll request = { .nr_ports = count, .timeout = timeout };
+
+    set_xen_guest_handle(request.ports, ports);
+    return HYPERVISOR_sched_op(SCHEDOP_poll, &request);
+}
+
+static int port_pending(evtchn_port_t port)
+{
+    return (shared_info->evtchn_pending[port / 64] >> (port % 64)) & 1;
+}
+
+static void clear_port(evtchn_port_t port)
+{
+    __atomic_and_fetch(&shared_info->evtchn_pending[port / 64], ~(1ul << (port % 64)), __ATOMIC_SEQ_CST);
+}
+
+/* The timer port stays masked: SCHEDOP_poll sees pending ports whether masked or not. */
+static void probe_poll(void)
+{
+    struct sched_poll unmapped_ports = { .nr_ports = 1 };
+    evtchn_port_t timer_port, ports[2], bad_port = 5000;
+    uint64_t start;
+    uint8_t upcall_mask = shared_info->vcpu_info[0].evtchn_upcall_mask;
+
+    report("sched_poll_unmapped_argument", HYPERVISOR_sched_op(SCHEDOP_poll, (void *)a(UNMAPPED_ADDR)));
+    report("sched_poll_too_many_ports", poll(ports, 129, 0));
+    report("sched_poll_noncanonical_ports", poll((evtchn_port_t *)a(NONCANONICAL_ADDR), 1, 0));
+    set_xen_guest_handle(unmapped_ports.ports, (evtchn_port_t *)a(UNMAPPED_ADDR));
+    report("sched_poll_unmapped_ports", HYPERVISOR_sched_op(SCHEDOP_poll, &unmapped_ports));
+    report("sched_poll_bad_port", poll(&bad_port, 1, 0));
+
+    HYPERVISOR_vcpu_op(VCPUOP_stop_periodic_timer, 0, 0);
+    timer_port = event_bind_virq(VIRQ_TIMER);
+    HYPERVISOR_set_timer_op(system_time_ns());           /* due at once: the port is pending */
+    report("sched_poll_pending_port", poll(&timer_port, 1, 0));
+    ports[0] = timer_port;
+    ports[1] = bad_port;
+    report("sched_poll_pending_port_before_bad_one", poll(ports, 2, 0));
+    clear_port(timer_port);
+
+    start = system_time_ns();
+    report("sched_poll_timeout", poll(&timer_port, 1, start + 2000000));
+    report("sched_poll_timeout_waited_2ms", system_time_ns() - start >= 2000000);
+    report("sched_poll_timeout_port_pending", port_pending(timer_port));
+    report("sched_poll_timeout_in_past", poll(&timer_port, 1, 1));
+
+    start = system_time_ns();
+    HYPERVISOR_set_timer_op(start + 3000000);
+    report("sched_poll_woken_by_port", poll(&timer_port, 1, 0));
+    report("sched_poll_woken_by_port_waited_3ms", system_time_ns() - start >= 3000000);
+    report("sched_poll_woken_by_port_pending", port_pending(timer_port));
+    report("sched_poll_upcall_mask_unchanged", shared_info->vcpu_info[0].evtchn_upcall_mask == upcall_mask);
+    clear_port(timer_port);
+}
+
 void guest_main(void)
 {
     console_puts("abiprobe\r\n");
@@ -215,6 +273,7 @@ void guest_main(void)
     probe_events();
     probe_callbacks();
     probe_segment_base();
+    probe_poll();
     console_puts("abiprobe done\r\n");
     poweroff();
 }

@@ -12,7 +12,7 @@ import pytest
 
 from xen import abi, hypercalls
 from xen.builder import build_domain
-from xen.domain import Domain
+from xen.domain import Domain, RunState
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +37,58 @@ def test_kernel_gs_and_fs_bases_are_the_vcpus_registers(domain):
     hypercalls.dispatch(domain, abi.HYPERVISOR_set_segment_base, (abi.SEGBASE_FS, 0x1000, 0, 0, 0))
     hypercalls.dispatch(domain, abi.HYPERVISOR_set_segment_base, (abi.SEGBASE_GS_KERNEL, 0x2000, 0, 0, 0))
     assert (domain.vcpu.reg("fs_base"), domain.vcpu.reg("gs_base")) == (0x1000, 0x2000)
+
+
+def scratch(domain: Domain) -> int:
+    """A free page of the domain's own (its last one, above everything the builder placed)."""
+    return domain.image.layout.virt_base + (domain.image.nr_pages - 1) * abi.PAGE_SIZE
+
+
+def poll(domain: Domain, ports: list[int], timeout: int) -> int:
+    """SCHEDOP_poll as a guest makes it: the port list, then struct sched_poll, in guest memory."""
+    ports_address = scratch(domain)
+    request_address = ports_address + 256
+    domain.vcpu.write(ports_address, b"".join(port.to_bytes(4, "little") for port in ports))
+    request = abi.SchedPoll(nr_ports=len(ports), timeout=timeout)
+    request.ports.p = ports_address
+    domain.vcpu.write(request_address, bytes(request))
+    return hypercalls.dispatch(domain, abi.HYPERVISOR_sched_op, (abi.SCHEDOP_poll, request_address, 0, 0, 0))
+
+
+def mask_port(domain: Domain, port: int) -> None:
+    """What a guest does to mask a port: set its bit in shared_info.evtchn_mask."""
+    address = domain.image.shared_info_frame * abi.PAGE_SIZE + abi.SharedInfo.evtchn_mask.offset
+    domain.vcpu.machine.write(address, (1 << port).to_bytes(8, "little"))
+
+
+def test_a_poller_wakes_when_its_port_becomes_pending_and_not_for_a_masked_other(domain):
+    mask_port(domain, 6)
+    assert poll(domain, [5], timeout=0) == 0
+    assert domain.state == RunState.BLOCKED
+    domain.notify_guest(6)                    # masked: no upcall, and not the polled port
+    domain.return_to_guest()
+    assert domain.state == RunState.BLOCKED
+    domain.notify_guest(5)
+    domain.return_to_guest()
+    assert domain.state == RunState.RUNNING and domain.poll is None
+
+
+def test_a_new_upcall_wakes_a_poller_even_with_events_masked(domain):
+    """Xen's vcpu_mark_events_pending kicks (unblocks) the vCPU whatever its upcall mask."""
+    assert poll(domain, [5], timeout=0) == 0
+    domain.notify_guest(6)                    # unmasked port: raises evtchn_upcall_pending
+    domain.return_to_guest()
+    assert domain.state == RunState.RUNNING and domain.events.upcall_masked()
+
+
+def test_a_poll_is_checkpointed_and_digested(domain):
+    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    assert poll(domain, [5, 6], timeout=domain.time.now() + 10**9) == 0
+    assert domain.state == RunState.BLOCKED and domain.time.next_deadline() is not None
+    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    blocked = domain.save_state()
+    domain.load_state(saved)
+    assert domain.state == RunState.RUNNING and domain.poll is None
+    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    domain.load_state(blocked)
+    assert domain.state == RunState.BLOCKED and domain.poll is not None
