@@ -133,11 +133,18 @@ NR_VIRQS = 24
 VCPUOP_up = 1
 VCPUOP_down = 2
 VCPUOP_is_up = 3
+VCPUOP_get_runstate_info = 4
+VCPUOP_register_runstate_memory_area = 5
 VCPUOP_set_periodic_timer = 6
 VCPUOP_stop_periodic_timer = 7
 VCPUOP_set_singleshot_timer = 8
 VCPUOP_stop_singleshot_timer = 9
 VCPU_SSHOTTMR_future = 1
+VCPUOP_register_vcpu_info = 10
+RUNSTATE_running = 0
+RUNSTATE_runnable = 1
+RUNSTATE_blocked = 2
+RUNSTATE_offline = 3
 
 # --- console_io (xen.h) ---
 CONSOLEIO_write = 0
@@ -481,6 +488,30 @@ class VcpuSetPeriodicTimer(_Struct):
     """struct vcpu_set_periodic_timer (VCPUOP_set_periodic_timer)."""
 
     _fields_ = [("period_ns", _u64)]
+
+
+class MulticallEntry(_Struct):
+    """struct multicall_entry (HYPERVISOR_multicall): one hypercall and its result."""
+
+    _fields_ = [("op", _u64), ("result", _u64), ("args", _u64 * 6)]
+
+
+class VcpuRunstateInfo(_Struct):
+    """struct vcpu_runstate_info (VCPUOP_get_runstate_info, the registered runstate area)."""
+
+    _fields_ = [("state", ctypes.c_int), ("state_entry_time", _u64), ("time", _u64 * 4)]
+
+
+class VcpuRegisterRunstateMemoryArea(_Struct):
+    """struct vcpu_register_runstate_memory_area: addr.v, a guest virtual address."""
+
+    _fields_ = [("addr", _u64)]
+
+
+class VcpuRegisterVcpuInfo(_Struct):
+    """struct vcpu_register_vcpu_info (VCPUOP_register_vcpu_info)."""
+
+    _fields_ = [("mfn", _u64), ("offset", _u32), ("rsvd", _u32)]
 
 
 class VcpuSetSingleshotTimer(_Struct):

@@ -9,6 +9,7 @@ funnel injection (recorded); nothing here reads the host clock or host input.
 from __future__ import annotations
 
 import copy
+import ctypes
 import enum
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,10 +22,11 @@ from xen.evtchn import Binding, EventChannels
 from xen.grant import GrantTable
 from xen.inject import Funnel
 from xen.mm import L4, MemoryModel
+from xen.runstate import Runstate
 from xen.timekeeping import GuestTime
 from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
 from xen.upcall import GuestFault, deliver_if_pending
-from xen.vcpu import AliasError, Exit, ExitReason, VCpu
+from xen.vcpu import AliasError, Exit, ExitReason, GuestMemoryError, VCpu
 from xen.xenstore import XenstoreRing, XenstoreServer
 
 INITIAL_RFLAGS = 0x202
@@ -75,7 +77,7 @@ class DomainState:
 
 
 _SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
-                 "vm_assist", "gs_base_user", "poll", "_free_extra_frames")
+                 "vm_assist", "gs_base_user", "poll", "runstate", "_free_extra_frames")
 
 
 class Domain:
@@ -120,6 +122,7 @@ class Domain:
         self.gs_base_user = 0               # the inactive (guest user mode) GS base, SEGBASE_GS_USER
         self.state = RunState.RUNNING
         self.poll: Poll | None = None       # set while blocked in SCHEDOP_poll
+        self.runstate = Runstate()
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.vcpu.set_reg("rsp", image.initial_rsp)
@@ -160,7 +163,8 @@ class Domain:
     def device_state(self) -> bytes:
         """A canonical encoding of the device state outside guest memory (for digests)."""
         return b"gs_base_user:" + self.gs_base_user.to_bytes(8, "little") + \
-            b"poll:" + repr(self.poll).encode() + \
+            b"poll:" + repr(self.poll).encode() + b"runstate:" + self.runstate.state_bytes() + \
+            b"vcpu_info:" + repr(self.events.vcpu_info_override).encode() + \
             b"grants:" + self.grants.state_bytes() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
 
@@ -194,13 +198,13 @@ class Domain:
         """SCHEDOP_block: unmask events; block unless an upcall is already pending."""
         self.events.set_upcall_mask(False)
         if not self.events.upcall_pending():
-            self.state = RunState.BLOCKED
+            self._set_blocked(True)
 
     def start_poll(self, port: int | None, timeout: int) -> None:
         """SCHEDOP_poll found nothing pending: block (events stay as masked as they are) until a
         polled port becomes pending, an upcall is newly raised, or guest time reaches `timeout`
         (0: none) - xen/common/sched/core.c do_poll, evtchn_check_pollers, poll_timer_fn."""
-        self.state = RunState.BLOCKED
+        self._set_blocked(True)
         self.poll = Poll(port)
         if timeout:
             self.time.set_poll_timeout(timeout)
@@ -210,7 +214,31 @@ class Domain:
         self.poll = None
         self.time.set_poll_timeout(None)
         if self.state == RunState.BLOCKED:
-            self.state = RunState.RUNNING
+            self._set_blocked(False)
+
+    def _set_blocked(self, blocked: bool) -> None:
+        """Block or wake the vCPU; its runstate follows, as on Xen's context switch out and in."""
+        self.state = RunState.BLOCKED if blocked else RunState.RUNNING
+        self.runstate.change(abi.RUNSTATE_blocked if blocked else abi.RUNSTATE_running, self.time.now(),
+                             self.copy_runstate)
+
+    def copy_runstate(self, address: int, data: bytes) -> None:
+        """Xen's __copy_to_guest of the runstate area: with the guest's permissions, failures ignored."""
+        try:
+            self.vcpu.write_for_guest(address, data)
+        except GuestMemoryError:
+            pass
+
+    def move_vcpu_info(self, address: int) -> None:
+        """VCPUOP_register_vcpu_info (common/domain.c map_vcpu_info): the vcpu_info is copied to the
+        machine address `address` and lives there from now on; every pending selector bit and the
+        upcall flag are set ("so nothing gets lost"), and time is published there at once."""
+        old = self.events.vcpu_info_address()
+        self.vcpu.machine.write(address, self.vcpu.machine.read(old, ctypes.sizeof(abi.VcpuInfo)))
+        self.events.vcpu_info_override = address
+        self.vcpu.machine.write_u64(address + abi.VcpuInfo.evtchn_pending_sel.offset, 2**64 - 1)
+        self.vcpu.machine.write(address + abi.VcpuInfo.evtchn_upcall_pending.offset, b"\1")
+        self.time.move(address + abi.VcpuInfo.time.offset)
 
     def shutdown(self, reason: int) -> None:
         self.state = RunState.SHUTDOWN
@@ -266,7 +294,7 @@ class Domain:
         if self.state == RunState.BLOCKED:
             if self.poll is not None or not self.events.upcall_pending():   # a poller wakes in _end_poll
                 return
-            self.state = RunState.RUNNING
+            self._set_blocked(False)
         try:
             deliver_if_pending(self.vcpu, self.events, self.event_callback)
         except GuestFault as fault:

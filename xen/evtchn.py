@@ -34,6 +34,7 @@ class EventChannels:
         self.max_ports = max_ports
         self._ports: dict[int, Binding] = {}
         self._virq_ports: dict[int, int] = {}
+        self.vcpu_info_override: int | None = None    # VCPUOP_register_vcpu_info's machine address
 
     # ---------------------------------------------------------------- port table
     def allocate(self, binding: Binding, port: int | None = None) -> int:
@@ -59,17 +60,20 @@ class EventChannels:
         if binding.kind == "virq":
             del self._virq_ports[int(binding.target)]
 
-    def save_state(self) -> tuple[dict[int, Binding], dict[int, int]]:
-        return dict(self._ports), dict(self._virq_ports)
+    def save_state(self) -> tuple[dict[int, Binding], dict[int, int], int | None]:
+        return dict(self._ports), dict(self._virq_ports), self.vcpu_info_override
 
-    def load_state(self, state: tuple[dict[int, Binding], dict[int, int]]) -> None:
+    def load_state(self, state: tuple[dict[int, Binding], dict[int, int], int | None]) -> None:
         self._ports, self._virq_ports = dict(state[0]), dict(state[1])
+        self.vcpu_info_override = state[2]
 
     # ---------------------------------------------------------------- bits in shared_info
     def _word_address(self, array_field: str, port: int) -> int:
         return self._shared + getattr(abi.SharedInfo, array_field).offset + (port // BITS_PER_WORD) * 8
 
     def _vcpu_info(self, vcpu_id: int = 0) -> int:
+        if self.vcpu_info_override is not None:
+            return self.vcpu_info_override
         return self._shared + abi.SharedInfo.vcpu_info.offset + vcpu_id * ctypes.sizeof(abi.VcpuInfo)
 
     def _test_and_set(self, address: int, bit: int) -> bool:
@@ -120,5 +124,5 @@ class EventChannels:
                          b"\1" if masked else b"\0")
 
     def vcpu_info_address(self, vcpu_id: int = 0) -> int:
-        """The machine address of a vCPU's vcpu_info (in shared_info)."""
+        """The machine address of a vCPU's vcpu_info (in shared_info unless the guest registered one)."""
         return self._vcpu_info(vcpu_id)

@@ -325,7 +325,43 @@ def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int
     if command == abi.VCPUOP_stop_singleshot_timer:
         domain.time.set_singleshot(None)
         return 0
+    if command == abi.VCPUOP_get_runstate_info:
+        _write(domain, argument, bytes(domain.runstate.info(domain.time.now())))
+        return 0
+    if command == abi.VCPUOP_register_runstate_memory_area:
+        return _register_runstate_area(domain, _read(domain, argument, abi.VcpuRegisterRunstateMemoryArea).addr)
+    if command == abi.VCPUOP_register_vcpu_info:
+        return _register_vcpu_info(domain, _read(domain, argument, abi.VcpuRegisterVcpuInfo))
     raise HypercallError(abi.XEN_ENOSYS)
+
+
+def _register_runstate_area(domain: "Domain", address: int) -> int:
+    """common/domain.c VCPUOP_register_runstate_memory_area: only guest_handle_okay can fail it
+    (-EFAULT); the area is copied at once and on every runstate change, a failed copy ignored;
+    address 0 unregisters."""
+    size = ctypes.sizeof(abi.VcpuRunstateInfo)
+    if not (_address_ok(address) and _address_ok(address + size)):
+        raise HypercallError(abi.XEN_EFAULT)
+    domain.runstate.area = address
+    domain.runstate.publish(domain.time.now(), domain.copy_runstate)
+    return 0
+
+
+def _register_vcpu_info(domain: "Domain", request: abi.VcpuRegisterVcpuInfo) -> int:
+    """common/domain.c map_vcpu_info: -EINVAL when the vcpu_info would cross the page, is not 8-byte
+    aligned, was registered already, or the frame is not a writable page of the domain's (the frame
+    keeps that writable type reference for good, as in Xen)."""
+    offset = request.offset
+    if offset > abi.PAGE_SIZE - ctypes.sizeof(abi.VcpuInfo) or offset % 8:
+        raise HypercallError(abi.XEN_EINVAL)
+    if domain.events.vcpu_info_override is not None:
+        raise HypercallError(abi.XEN_EINVAL)
+    try:
+        domain.memory.get_type(request.mfn, WRITABLE)
+    except MmuError:
+        raise HypercallError(abi.XEN_EINVAL) from None
+    domain.move_vcpu_info(request.mfn * abi.PAGE_SIZE + offset)
+    return 0
 
 
 def xen_version(domain: "Domain", command: int, argument: int, *_: int) -> int:
@@ -531,6 +567,30 @@ def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
 
+def multicall(domain: "Domain", entries: int, count: int, *_: int) -> int:
+    """HYPERVISOR_multicall as xen/common/multicall.c do_multicall: -EFAULT when the array is outside
+    the guest's half; each entry goes through `dispatch` and its result is copied back (a failed copy
+    ends the call with -EFAULT); a nested multicall is refused with -EINVAL in its entry (Xen's
+    re-entry check); an `iret` entry ends the batch (mc_exit). Xen's preemption points are not taken:
+    a batch always completes in one call."""
+    count &= 0xFFFFFFFF
+    size = ctypes.sizeof(abi.MulticallEntry)
+    if not (_address_ok(entries) and _address_ok(entries + size * count)):
+        raise HypercallError(abi.XEN_EFAULT)
+    result_offset = abi.MulticallEntry.result.offset
+    for index in range(count):
+        address = entries + index * size
+        entry = _read(domain, address, abi.MulticallEntry)
+        if entry.op == abi.HYPERVISOR_multicall:
+            result = -abi.XEN_EINVAL
+        else:
+            result = dispatch(domain, entry.op, tuple(entry.args))
+        _write(domain, address + result_offset, (result & (2**64 - 1)).to_bytes(8, "little"))
+        if entry.op == abi.HYPERVISOR_iret or not domain.alive:
+            break
+    return 0
+
+
 def _accept(domain: "Domain", *_: int) -> int:
     """Hypercalls a PV kernel makes at boot whose effect we do not model (documented in docs)."""
     return 0
@@ -556,10 +616,11 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_set_trap_table: set_trap_table,
     abi.HYPERVISOR_stack_switch: _accept,
     abi.HYPERVISOR_set_segment_base: set_segment_base,
+    abi.HYPERVISOR_multicall: multicall,
 }
 
 
-def dispatch(domain: "Domain", number: int, arguments: tuple[int, int, int, int, int]) -> int:
+def dispatch(domain: "Domain", number: int, arguments: tuple[int, ...]) -> int:
     """Run hypercall `number`; returns the value for rax (negative Xen errno on failure)."""
     handler = HANDLERS.get(number)
     if handler is None:

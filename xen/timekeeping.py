@@ -117,11 +117,17 @@ class GuestTime:
         self._vcpu.machine.write(self._address, bytes(info))
         self._vcpu.machine.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
 
+    def move(self, time_info_address: int) -> None:
+        """The vcpu_info moved (VCPUOP_register_vcpu_info): publish there from now on, at once as
+        Xen's force_update_vcpu_system_time does."""
+        self._address = time_info_address
+        self.publish(TimeBase(self.now(), self.scale))
+
     def save_state(self) -> tuple:
-        return self.base_ns, self.base_icount, self.scale, TimerState(**vars(self.timers))
+        return self.base_ns, self.base_icount, self.scale, TimerState(**vars(self.timers)), self._address
 
     def load_state(self, state: tuple) -> None:
-        self.base_ns, self.base_icount, self.scale, timers = state
+        self.base_ns, self.base_icount, self.scale, timers, self._address = state
         self.timers = TimerState(**vars(timers))
 
     # ---------------------------------------------------------------- timers

@@ -11,6 +11,7 @@
 #include "kernel.h"
 #include "notes.h"
 #include "clock.h"
+#include "memory.h"
 #include <xen/callback.h>
 
 XEN_GUEST_NOTES("abiprobe");
@@ -263,6 +264,86 @@ static void probe_poll(void)
     clear_port(timer_port);
 }
 
+static void probe_runstate(void)
+{
+    static struct vcpu_runstate_info area, now;
+    struct vcpu_register_runstate_memory_area noncanonical = { .addr.p = a(NONCANONICAL_ADDR) };
+    struct vcpu_register_runstate_memory_area unmapped = { .addr.p = a(UNMAPPED_ADDR) };
+    struct vcpu_register_runstate_memory_area valid = { .addr.p = (unsigned long)&area };
+    evtchn_port_t never = 4095;
+    uint64_t start, blocked_before, blocked;
+
+    report("runstate_get", HYPERVISOR_vcpu_op(VCPUOP_get_runstate_info, 0, &now));
+    report("runstate_get_state", now.state);
+    report("runstate_get_unmapped", HYPERVISOR_vcpu_op(VCPUOP_get_runstate_info, 0, (void *)a(UNMAPPED_ADDR)));
+    report("runstate_register_noncanonical",
+           HYPERVISOR_vcpu_op(VCPUOP_register_runstate_memory_area, 0, &noncanonical));
+    report("runstate_register_unmapped", HYPERVISOR_vcpu_op(VCPUOP_register_runstate_memory_area, 0, &unmapped));
+    report("runstate_register", HYPERVISOR_vcpu_op(VCPUOP_register_runstate_memory_area, 0, &valid));
+    report("runstate_area_state", area.state);
+    report("runstate_area_matches_get", area.time[RUNSTATE_blocked] == now.time[RUNSTATE_blocked]);
+    blocked_before = area.time[RUNSTATE_blocked];
+    start = system_time_ns();
+    poll(&never, 1, start + 1000000);                    /* blocked for 1 ms */
+    report("runstate_area_state_after_block", area.state);
+    blocked = area.time[RUNSTATE_blocked] - blocked_before;   /* from the poll call to the timeout */
+    report("runstate_area_blocked_almost_1ms_more", blocked > 990000 && blocked <= 1000000);
+    report("runstate_area_entry_time_is_the_wake", area.state_entry_time == start + 1000000);
+}
+
+static void probe_multicall(void)
+{
+    static multicall_entry_t batch[5], nested[1];
+    static unsigned long fs_seen;
+    unsigned long seen;
+
+    batch[0] = (multicall_entry_t){ .op = __HYPERVISOR_xen_version, .args = { XENVER_version } };
+    batch[1] = (multicall_entry_t){ .op = __HYPERVISOR_vm_assist, .args = { VMASST_CMD_enable, 31 } };
+    batch[2] = (multicall_entry_t){ .op = __HYPERVISOR_set_segment_base,
+                                    .args = { SEGBASE_FS, (unsigned long)&fs_seen } };
+    batch[3] = (multicall_entry_t){ .op = __HYPERVISOR_multicall, .args = { (unsigned long)nested, 1 } };
+    batch[4] = (multicall_entry_t){ .op = 60 };
+    nested[0] = (multicall_entry_t){ .op = __HYPERVISOR_xen_version, .args = { XENVER_version } };
+    fs_seen = 0x4242;
+    report("multicall", hypercall2(__HYPERVISOR_multicall, (unsigned long)batch, 5));
+    report("multicall_xen_version_result", (long)batch[0].result);
+    report("multicall_vm_assist_bad_type_result", (long)batch[1].result);
+    report("multicall_set_segment_base_result", (long)batch[2].result);
+    asm volatile("movq %%fs:0, %0" : "=r"(seen) :: "memory");
+    report("multicall_set_segment_base_took_effect", seen == 0x4242);
+    report("multicall_nested_result", (long)batch[3].result);
+    report("multicall_nested_entry_not_run", nested[0].result == 0);
+    report("multicall_unknown_op_result", (long)batch[4].result);
+    report("multicall_noncanonical_array", hypercall2(__HYPERVISOR_multicall, a(NONCANONICAL_ADDR), 1));
+    report("multicall_unmapped_array", hypercall2(__HYPERVISOR_multicall, a(UNMAPPED_ADDR), 1));
+    report("multicall_empty", hypercall2(__HYPERVISOR_multicall, a(UNMAPPED_ADDR), 0));
+    hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_FS, 0);
+}
+
+static void probe_vcpu_info(void)
+{
+    static uint8_t page[4096] __attribute__((aligned(4096)));
+    struct vcpu_register_vcpu_info request = { .mfn = virt_to_mfn(page), .offset = 4096 - 56 };
+    vcpu_info_t *moved = (vcpu_info_t *)(page + 128);
+
+    report("vcpu_info_crossing_the_page", HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, &request));
+    request.offset = 132;
+    report("vcpu_info_misaligned", HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, &request));
+    request.mfn = virt_to_mfn((void *)start_info->pt_base);
+    request.offset = 128;
+    report("vcpu_info_page_table_frame", HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, &request));
+    report("vcpu_info_unmapped_argument",
+           HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, (void *)a(UNMAPPED_ADDR)));
+    shared_info->vcpu_info[0].evtchn_upcall_mask = 1;   /* the copy comes with events masked */
+    request.mfn = virt_to_mfn(page);
+    report("vcpu_info_register", HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, &request));
+    report("vcpu_info_moved_upcall_pending", moved->evtchn_upcall_pending);
+    report("vcpu_info_moved_pending_sel_all_set", moved->evtchn_pending_sel == ~0ul);
+    report("vcpu_info_moved_mask_copied", moved->evtchn_upcall_mask);
+    report("vcpu_info_moved_time_published", moved->time.system_time != 0 && !(moved->time.version & 1));
+    report("vcpu_info_register_again", HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, &request));
+}
+
 void guest_main(void)
 {
     console_puts("abiprobe\r\n");
@@ -274,6 +355,9 @@ void guest_main(void)
     probe_callbacks();
     probe_segment_base();
     probe_poll();
+    probe_runstate();
+    probe_multicall();
+    probe_vcpu_info();              /* last: the common code keeps using shared_info's vcpu_info */
     console_puts("abiprobe done\r\n");
     poweroff();
 }

@@ -92,3 +92,33 @@ def test_a_poll_is_checkpointed_and_digested(domain):
     assert domain.digest(with_memory=False).device_hash == digest.device_hash
     domain.load_state(blocked)
     assert domain.state == RunState.BLOCKED and domain.poll is not None
+
+
+def test_the_runstate_and_its_guest_area_are_checkpointed_and_digested(domain):
+    area = scratch(domain) + 512
+    request = abi.VcpuRegisterRunstateMemoryArea(addr=area)
+    domain.vcpu.write(scratch(domain), bytes(request))
+    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    assert hypercalls.dispatch(domain, abi.HYPERVISOR_vcpu_op,
+                               (abi.VCPUOP_register_runstate_memory_area, 0, scratch(domain), 0, 0)) == 0
+    assert poll(domain, [5], timeout=0) == 0              # blocks: the runstate goes to the area
+    copied = abi.VcpuRunstateInfo.from_buffer_copy(domain.vcpu.read(area, 48))
+    assert copied.state == abi.RUNSTATE_blocked
+    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    domain.load_state(saved)
+    assert domain.runstate.state == abi.RUNSTATE_running and domain.runstate.area == 0
+    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+
+
+def test_a_moved_vcpu_info_is_checkpointed_and_events_follow_it(domain):
+    page = scratch(domain)
+    request = abi.VcpuRegisterVcpuInfo(mfn=domain.image.layout.frame(page), offset=64)
+    domain.vcpu.write(page + 2048, bytes(request))
+    saved = domain.save_state()
+    assert hypercalls.dispatch(domain, abi.HYPERVISOR_vcpu_op,
+                               (abi.VCPUOP_register_vcpu_info, 0, page + 2048, 0, 0)) == 0
+    moved = domain.events.vcpu_info_address()
+    assert moved == request.mfn * abi.PAGE_SIZE + 64 and domain.events.upcall_pending()
+    domain.load_state(saved)
+    assert domain.events.vcpu_info_address() != moved
+    assert not domain.events.upcall_pending()          # shared_info's vcpu_info again
