@@ -146,6 +146,19 @@ RUNSTATE_runnable = 1
 RUNSTATE_blocked = 2
 RUNSTATE_offline = 3
 
+# --- memory_op (memory.h) ---
+XENMEM_increase_reservation = 0
+XENMEM_decrease_reservation = 1
+XENMEM_maximum_ram_page = 2
+XENMEM_current_reservation = 3
+XENMEM_maximum_reservation = 4
+XENMEM_memory_map = 9
+XENMEM_machphys_mapping = 12
+MEMOP_EXTENT_SHIFT = 6
+MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+MACH2PHYS_VIRT_START = 0xFFFF800000000000
+MACH2PHYS_VIRT_END = 0xFFFF804000000000
+
 # --- console_io (xen.h) ---
 CONSOLEIO_write = 0
 CONSOLEIO_read = 1
@@ -494,6 +507,18 @@ class MulticallEntry(_Struct):
     """struct multicall_entry (HYPERVISOR_multicall): one hypercall and its result."""
 
     _fields_ = [("op", _u64), ("result", _u64), ("args", _u64 * 6)]
+
+
+class XenMachphysMapping(_Struct):
+    """struct xen_machphys_mapping (XENMEM_machphys_mapping)."""
+
+    _fields_ = [("v_start", _u64), ("v_end", _u64), ("max_mfn", _u64)]
+
+
+class XenMemoryMap(_Struct):
+    """struct xen_memory_map (XENMEM_memory_map): nr_entries, then a handle to e820 entries."""
+
+    _fields_ = [("nr_entries", _u32), ("buffer", _u64)]
 
 
 class VcpuRunstateInfo(_Struct):

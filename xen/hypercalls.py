@@ -567,6 +567,38 @@ def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
 
+def memory_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    """HYPERVISOR_memory_op, the informational sub-ops a PV kernel asks at boot (xen/common/memory.c
+    do_memory_op, arch/x86/mm.c arch_memory_op, arch/x86/x86_64/mm.c subarch_memory_op). The host's
+    RAM is xenrr's machine frames (max_page = their count); the domain's reservation is its pages
+    (the toolstack's maxmem = memory). A PV domU has no e820 unless the toolstack set one (libxl only
+    does with e820_host): XENMEM_memory_map is -ENOSYS and the kernel falls back to nr_pages of RAM.
+    Changing the reservation (increase/decrease/populate) is not modelled: -ENOSYS."""
+    operation, start_extent = command & abi.MEMOP_CMD_MASK, (command & 0xFFFFFFFF) >> abi.MEMOP_EXTENT_SHIFT
+    if operation == abi.XENMEM_maximum_ram_page:
+        if start_extent:
+            raise HypercallError(abi.XEN_EINVAL)
+        return domain.image.frame_count
+    if operation in (abi.XENMEM_current_reservation, abi.XENMEM_maximum_reservation):
+        if start_extent:
+            raise HypercallError(abi.XEN_EINVAL)
+        domid = _read(domain, argument, ctypes.c_uint16).value
+        if domid == 0:
+            raise HypercallError(abi.XEN_EPERM)      # dom0 exists; XSM_TARGET refuses a domU
+        if domid not in (abi.DOMID_SELF, domain.domid):
+            raise HypercallError(abi.XEN_ESRCH)
+        return domain.image.nr_pages
+    if operation == abi.XENMEM_memory_map:
+        _read(domain, argument, abi.XenMemoryMap)
+        raise HypercallError(abi.XEN_ENOSYS)
+    if operation == abi.XENMEM_machphys_mapping:
+        mapping = abi.XenMachphysMapping(v_start=abi.MACH2PHYS_VIRT_START, v_end=abi.MACH2PHYS_VIRT_END,
+                                         max_mfn=domain.image.frame_count - 1)
+        _write(domain, argument, bytes(mapping))
+        return 0
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
 def multicall(domain: "Domain", entries: int, count: int, *_: int) -> int:
     """HYPERVISOR_multicall as xen/common/multicall.c do_multicall: -EFAULT when the array is outside
     the guest's half; each entry goes through `dispatch` and its result is copied back (a failed copy
@@ -617,6 +649,7 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_stack_switch: _accept,
     abi.HYPERVISOR_set_segment_base: set_segment_base,
     abi.HYPERVISOR_multicall: multicall,
+    abi.HYPERVISOR_memory_op: memory_op,
 }
 
 

@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "memory.h"
 #include <xen/callback.h>
+#include <xen/memory.h>
 
 XEN_GUEST_NOTES("abiprobe");
 
@@ -320,6 +321,40 @@ static void probe_multicall(void)
     hypercall2(__HYPERVISOR_set_segment_base, SEGBASE_FS, 0);
 }
 
+static void probe_memory_op(void)
+{
+    domid_t self = DOMID_SELF, dom0 = 0, nobody = 77;
+    struct xen_machphys_mapping mapping;
+    struct xen_memory_map map = { .nr_entries = 4 };
+    long max_ram_page = hypercall2(__HYPERVISOR_memory_op, XENMEM_maximum_ram_page, 0);
+
+    report("memory_maximum_ram_page_above_the_domain", max_ram_page > (long)start_info->nr_pages);
+    report("memory_maximum_ram_page_start_extent",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_maximum_ram_page | (1 << 6), 0));
+    report("memory_current_reservation_is_nr_pages",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_current_reservation, (unsigned long)&self)
+           == (long)start_info->nr_pages);
+    report("memory_maximum_reservation_is_nr_pages",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_maximum_reservation, (unsigned long)&self)
+           == (long)start_info->nr_pages);
+    report("memory_current_reservation_dom0",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_current_reservation, (unsigned long)&dom0));
+    report("memory_current_reservation_no_such_domain",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_current_reservation, (unsigned long)&nobody));
+    report("memory_current_reservation_unmapped",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_current_reservation, a(UNMAPPED_ADDR)));
+    report("memory_machphys_mapping", hypercall2(__HYPERVISOR_memory_op, XENMEM_machphys_mapping,
+                                                 (unsigned long)&mapping));
+    report("memory_machphys_mapping_v_start_is_m2p", mapping.v_start == MACH2PHYS_VIRT_START);
+    report("memory_machphys_mapping_v_end_is_m2p_end", mapping.v_end == MACH2PHYS_VIRT_END);
+    report("memory_machphys_mapping_max_mfn", mapping.max_mfn == (unsigned long)max_ram_page - 1);
+    report("memory_machphys_mapping_unmapped",
+           hypercall2(__HYPERVISOR_memory_op, XENMEM_machphys_mapping, a(UNMAPPED_ADDR)));
+    report("memory_memory_map", hypercall2(__HYPERVISOR_memory_op, XENMEM_memory_map, (unsigned long)&map));
+    report("memory_memory_map_unmapped", hypercall2(__HYPERVISOR_memory_op, XENMEM_memory_map, a(UNMAPPED_ADDR)));
+    report("memory_unknown_op", hypercall2(__HYPERVISOR_memory_op, 63, 0));
+}
+
 static void probe_vcpu_info(void)
 {
     static uint8_t page[4096] __attribute__((aligned(4096)));
@@ -357,6 +392,7 @@ void guest_main(void)
     probe_poll();
     probe_runstate();
     probe_multicall();
+    probe_memory_op();
     probe_vcpu_info();              /* last: the common code keeps using shared_info's vcpu_info */
     console_puts("abiprobe done\r\n");
     poweroff();
