@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dom0.logfile import FORMAT_VERSION, LogFormatError, LogHeader, LogReader, LogWriter
+from xen import logrecord
 from xen.logrecord import (
     FIRST_INPUT_KIND,
     KIND_DIGEST,
@@ -151,7 +152,16 @@ def test_encoder_refuses_what_it_cannot_encode_and_appends_nothing():
     assert len(out) == size and encoder.next_seq == 1
 
 
-def test_kind_names_for_dumps():
+@pytest.fixture
+def kind_registry():
+    """The process-wide kind registry, restored afterwards: other tests list every registered kind."""
+    saved = dict(logrecord._kind_names)
+    yield
+    logrecord._kind_names.clear()
+    logrecord._kind_names.update(saved)
+
+
+def test_kind_names_for_dumps(kind_registry):
     assert kind_name(KIND_END) == "end" and kind_name(KIND_DIGEST) == "digest"
     assert register_kind(FIRST_INPUT_KIND + 40, "test-kind") == FIRST_INPUT_KIND + 40
     assert kind_name(FIRST_INPUT_KIND + 40) == "test-kind"

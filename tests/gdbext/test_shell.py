@@ -144,7 +144,13 @@ def test_errors_are_one_line_and_the_shell_goes_on(shell):
     assert "sizeof(ed.line) = 64" in shell.run("p sizeof(ed.line)")
 
 
-def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
+def _input_icounts(session: Path) -> list[int]:
+    """The instruction count of each input event of a recording: element n - 1 is event n's."""
+    with LogReader(session) as reader:
+        return [record.icount for record in reader.records() if record.kind >= FIRST_INPUT_KIND]
+
+
+def test_events_by_kind_goto_icount_when_and_bookmarks(shell, long_line):
     keys = shell.run("events --kind console-input 66 69")
     assert [line.split()[-1] for line in keys.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     after = shell.run("events 66 69 --kind console-input")                  # options anywhere
@@ -152,14 +158,17 @@ def test_events_by_kind_goto_icount_when_and_bookmarks(shell):
     assert f"--kind one or more of {', '.join(kind_names(FIRST_INPUT_KIND))}" in helped, helped
     assert [line.split()[-1] for line in after.splitlines()[1:5]] == ["'A'", "'B'", "'C'", "'D'"]
     assert "guest time 0.000000000 s" in shell.run("events --kind time")
-    output = shell.run("goto-icount 23110")
-    assert "instruction 23110" in output
-    shell.wait_for("event 69/80 | instruction 23110")            # the toolbar follows
-    assert "event 69/80 applied, instruction 23110" in shell.run("when")
-    assert "bookmark here: event 69/80, instruction 23110" in shell.run("bookmark here")
+    icounts = _input_icounts(long_line)
+    between = (icounts[68] + icounts[69]) // 2                   # after event 69 ('D'), before event 70
+    assert icounts[68] < between < icounts[69]
+    output = shell.run(f"goto-icount {between}")
+    assert f"instruction {between}" in output
+    shell.wait_for(f"event 69/80 | instruction {between}")       # the toolbar follows
+    assert f"event 69/80 applied, instruction {between}" in shell.run("when")
+    assert f"bookmark here: event 69/80, instruction {between}" in shell.run("bookmark here")
     shell.run("goto 2")
-    assert "here             instruction 23110" in shell.run("bookmark")
-    assert "[event 69/80, instruction 23110" in shell.run("goto here")
+    assert f"here             instruction {between}" in shell.run("bookmark")
+    assert f"[event 69/80, instruction {between}" in shell.run("goto here")
     assert "error: no bookmark named 'there'" in shell.run("goto there")
 
 
@@ -183,8 +192,9 @@ def test_a_damaged_log_opens_saying_what_was_lost(recorder, kbdshell_elf, tmp_pa
 def test_goto_option_opens_the_shell_at_an_event(long_line, tmp_path):
     shell = TmuxShell(long_line, tmp_path / "state", "--goto", "70")
     try:
-        shell.wait_for("event 69/80 | instruction 23230")           # the toolbar, drawn with the first prompt
-        assert "[event 69/80, instruction 23230" in shell.screen()
+        event_70 = _input_icounts(long_line)[69]                     # goto N stops just before event N
+        shell.wait_for(f"event 69/80 | instruction {event_70}")      # the toolbar, drawn with the first prompt
+        assert f"[event 69/80, instruction {event_70}" in shell.screen()
     finally:
         shell.close()
 
