@@ -24,6 +24,7 @@ from dom0.consoleinput import MAX_PAUSE_MS, KeyScript, KeyScriptError, TerminalI
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.logfile import LogFormatError, LogReader
+from dom0.logschema import check_header
 from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.terminal import Terminal
@@ -394,6 +395,11 @@ def command_dump(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.session}: {error.strerror}") from None
     with reader:
         header = reader.header
+        try:
+            check_header(header)
+            header_error = None
+        except LogFormatError as error:        # shown all the same (dump is how one looks at a bad log), then refused
+            header_error = str(error)
         records = []
         total = event = 0
         for logged in reader.records():
@@ -410,8 +416,9 @@ def command_dump(args: argparse.Namespace) -> int:
         damage = str(reader.damage) if reader.damage else None
     if args.json:
         print(json.dumps({"image_sha256": header.image_sha256.hex(), "config": header.config,
-                          "initial_state": header.initial_state, "records": records, "damage": damage}, indent=1))
-        return EXIT_OK
+                          "initial_state": header.initial_state, "records": records, "damage": damage,
+                          **({"error": header_error, "status": EXIT_USAGE} if header_error else {})}, indent=1))
+        return _header_verdict(header_error)
     print(f"image sha256  {header.image_sha256.hex()}")
     for key, value in sorted(header.config.items()):
         print(f"{key:13} {value}")
@@ -423,7 +430,15 @@ def command_dump(args: argparse.Namespace) -> int:
     shown = (f"{len(records)} of {_count(total, 'record')} ({args.kind})" if kinds is not None
              else _count(total, 'record'))
     print(f"{shown}, {_count(event, 'input event')}" + (f"; damage: {damage}" if damage else ""))
-    return EXIT_OK
+    return _header_verdict(header_error)
+
+
+def _header_verdict(header_error: str | None) -> int:
+    """dump's status: a header no replay may trust is a usage error, said in one line after the listing."""
+    if header_error is None:
+        return EXIT_OK
+    _terminal.say(f"xenrr: error: {header_error}")
+    return EXIT_USAGE
 
 
 COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,

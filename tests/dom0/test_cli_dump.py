@@ -6,6 +6,8 @@ import json
 import pytest
 
 import xen.inject  # noqa: F401  (registers the input kinds)
+from dom0.logfile import LogHeader, LogReader
+from tests.conftest import write_log
 from xen.logrecord import FIRST_INPUT_KIND, kind_names
 
 
@@ -53,3 +55,19 @@ def test_kind_help_names_every_registered_kind(xenrr):
     assert f"only records of these kinds: {', '.join(kind_names(FIRST_INPUT_KIND))} (input events), digest, end" \
         in helped
     assert "xenstore-write" in helped
+
+
+def test_dump_shows_a_malformed_header_then_refuses_it(xenrr, virtual_recording, tmp_path):
+    """A header whose CRC was recomputed over edited content: listed for inspection, then one error line and
+    exit 2, as every command that reads logs refuses it."""
+    with LogReader(virtual_recording.path) as reader:
+        header, records = reader.header, [record._replace(payload=bytes(record.payload)) for record in reader.records()]
+    config = {**header.config, "memory_bytes": 2**36}
+    edited = write_log(tmp_path / "edited.xrr", LogHeader(header.image_sha256, config, header.initial_state), records)
+    run = xenrr("dump", edited)
+    assert run.status == 2 and "console-input" in run.stdout
+    assert run.stderr == "xenrr: error: log header is malformed: config/memory_bytes: " \
+                         f"{2**36} is greater than the maximum of {4096 * 1024 * 1024}\n"
+    as_json = xenrr("dump", edited, "--json")
+    assert as_json.status == 2 and json.loads(as_json.stdout)["status"] == 2
+    assert xenrr("replay", edited).status == 2
