@@ -10,13 +10,19 @@ answer (issue 11).
 """
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.stub.test_server_gdb import EXTENSION, Gdb, Server
 
 GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
@@ -157,3 +163,50 @@ def test_gdb_loads_the_symbols_of_grubs_loaded_modules(grub_recording, grub_symb
     finally:
         gdb.close()
         server.finish()
+
+
+class TerminalSession:
+    """`xenrr run` with its standard input and output on a terminal (a pty), as a person runs it."""
+
+    def __init__(self, *args: str | Path):
+        self.controller, terminal = pty.openpty()
+        self.process = subprocess.Popen([sys.executable, "-m", "dom0.cli", *map(str, args)], cwd=ROOT,
+                                        stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+        os.close(terminal)
+        self.shown = ""
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in screen_text(self.shown):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{text!r} never showed; the terminal: {screen_text(self.shown)[-600:]!r}"
+            ready, _, _ = select.select([self.controller], [], [], min(remaining, 1.0))
+            if ready:
+                try:
+                    self.shown += os.read(self.controller, 65536).decode(errors="replace")
+                except OSError:          # EIO: xenrr closed the terminal
+                    break
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.controller, keys)
+
+    def close(self) -> int:
+        try:
+            return self.process.wait(timeout=300)
+        finally:
+            os.close(self.controller)
+
+
+def test_a_person_gets_the_grub_prompt_from_interactive_run():
+    session = TerminalSession("run", GRUB, "--memory", MEMORY_MIB)
+    try:
+        session.wait_for("grub> ")
+        session.type(b"echo typed by a person\r")
+        session.wait_for("\ntyped by a person\n")
+        session.type(b"halt\r")
+        session.wait_for("domain shut down (poweroff)")
+        assert session.close() == 0
+    finally:
+        if session.process.poll() is None:
+            session.process.kill()
+            session.process.wait()
