@@ -154,8 +154,6 @@ XENMEM_current_reservation = 3
 XENMEM_maximum_reservation = 4
 XENMEM_memory_map = 9
 XENMEM_machphys_mapping = 12
-MEMOP_EXTENT_SHIFT = 6
-MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
 MACH2PHYS_VIRT_START = 0xFFFF800000000000
 MACH2PHYS_VIRT_END = 0xFFFF804000000000
 
@@ -178,8 +176,6 @@ XEN_CHANGESET_INFO_LEN = 64
 HYPERVISOR_VIRT_START = 0xFFFF800000000000
 HYPERVISOR_VIRT_END = 0xFFFF880000000000
 # The machine-to-phys table, readable by 64-bit PV guests (arch-x86/xen-x86_64.h).
-MACH2PHYS_VIRT_START = 0xFFFF800000000000
-MACH2PHYS_VIRT_END = 0xFFFF804000000000
 
 # --- Memory management: mmu_update, update_va_mapping, mmuext_op (xen.h) ---
 MMU_NORMAL_PT_UPDATE = 0
@@ -518,7 +514,7 @@ class XenMachphysMapping(_Struct):
 class XenMemoryMap(_Struct):
     """struct xen_memory_map (XENMEM_memory_map): nr_entries, then a handle to e820 entries."""
 
-    _fields_ = [("nr_entries", _u32), ("buffer", _u64)]
+    _fields_ = [("nr_entries", _u32), ("buffer", GuestHandle)]
 
 
 class VcpuRunstateInfo(_Struct):
@@ -527,10 +523,16 @@ class VcpuRunstateInfo(_Struct):
     _fields_ = [("state", ctypes.c_int), ("state_entry_time", _u64), ("time", _u64 * 4)]
 
 
-class VcpuRegisterRunstateMemoryArea(_Struct):
-    """struct vcpu_register_runstate_memory_area: addr.v, a guest virtual address."""
+class RunstateAreaAddress(_Union):
+    """vcpu_register_runstate_memory_area.addr: the area's guest virtual address (member p)."""
 
-    _fields_ = [("addr", _u64)]
+    _fields_ = [("p", _u64)]
+
+
+class VcpuRegisterRunstateMemoryArea(_Struct):
+    """struct vcpu_register_runstate_memory_area."""
+
+    _fields_ = [("addr", RunstateAreaAddress)]
 
 
 class VcpuRegisterVcpuInfo(_Struct):

@@ -329,7 +329,7 @@ def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int
         _write(domain, argument, bytes(domain.runstate.info(domain.time.now())))
         return 0
     if command == abi.VCPUOP_register_runstate_memory_area:
-        return _register_runstate_area(domain, _read(domain, argument, abi.VcpuRegisterRunstateMemoryArea).addr)
+        return _register_runstate_area(domain, _read(domain, argument, abi.VcpuRegisterRunstateMemoryArea).addr.p)
     if command == abi.VCPUOP_register_vcpu_info:
         return _register_vcpu_info(domain, _read(domain, argument, abi.VcpuRegisterVcpuInfo))
     raise HypercallError(abi.XEN_ENOSYS)
@@ -567,6 +567,12 @@ def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
 
+# memory.h keeps these for Xen itself (__XEN__): a memory_op command's low bits are the sub-op, the rest
+# a continuation's start extent.
+MEMOP_EXTENT_SHIFT = 6
+MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+
+
 def memory_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     """HYPERVISOR_memory_op, the informational sub-ops a PV kernel asks at boot (xen/common/memory.c
     do_memory_op, arch/x86/mm.c arch_memory_op, arch/x86/x86_64/mm.c subarch_memory_op). The host's
@@ -574,7 +580,7 @@ def memory_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     (the toolstack's maxmem = memory). A PV domU has no e820 unless the toolstack set one (libxl only
     does with e820_host): XENMEM_memory_map is -ENOSYS and the kernel falls back to nr_pages of RAM.
     Changing the reservation (increase/decrease/populate) is not modelled: -ENOSYS."""
-    operation, start_extent = command & abi.MEMOP_CMD_MASK, (command & 0xFFFFFFFF) >> abi.MEMOP_EXTENT_SHIFT
+    operation, start_extent = command & MEMOP_CMD_MASK, (command & 0xFFFFFFFF) >> MEMOP_EXTENT_SHIFT
     if operation == abi.XENMEM_maximum_ram_page:
         if start_extent:
             raise HypercallError(abi.XEN_EINVAL)

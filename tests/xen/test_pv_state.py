@@ -96,7 +96,8 @@ def test_a_poll_is_checkpointed_and_digested(domain):
 
 def test_the_runstate_and_its_guest_area_are_checkpointed_and_digested(domain):
     area = scratch(domain) + 512
-    request = abi.VcpuRegisterRunstateMemoryArea(addr=area)
+    request = abi.VcpuRegisterRunstateMemoryArea()
+    request.addr.p = area
     domain.vcpu.write(scratch(domain), bytes(request))
     saved, digest = domain.save_state(), domain.digest(with_memory=False)
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_vcpu_op,
