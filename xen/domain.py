@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from xen import abi, hypercalls
+from xen import abi, hypercalls, privop
 from xen.builder import DomainImage
 from xen.console import ConsoleRing
 from xen.digest import Digest, start_memory_digests, take_digest
@@ -24,7 +24,7 @@ from xen.inject import Funnel
 from xen.mm import L4, MemoryModel
 from xen.runstate import Runstate
 from xen.timekeeping import GuestTime
-from xen.traps import VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
+from xen.traps import VECTOR_GENERAL_PROTECTION, VECTOR_PAGE_FAULT, TrapTable, bounce_exception, describe
 from xen.upcall import GuestFault, deliver_if_pending
 from xen.vcpu import AliasError, Exit, ExitReason, GuestMemoryError, VCpu
 from xen.xenstore import XenstoreRing, XenstoreServer
@@ -303,6 +303,12 @@ class Domain:
     def guest_exception(self, exit: Exit) -> None:
         """A guest fault: bounce it to the handler the guest registered for its vector, as Xen does;
         without one (or for a fault no x86 exception describes) the domain crashes with the report."""
+        if exit.vector == VECTOR_GENERAL_PROTECTION:
+            move = self.vcpu.control_move_at_pc()
+            if move is not None and privop.emulate(self, move):
+                self.vcpu.retire_emulated(move.length)
+                self.return_to_guest()
+                return
         entry = self.traps.handler(exit.vector) if exit.vector is not None else None
         if entry is None:
             detail = exit.detail

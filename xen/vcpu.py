@@ -350,6 +350,34 @@ def _decode_environment(code: bytes) -> _Decoded | None:
     return None
 
 
+_GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+@dataclass(frozen=True)
+class ControlMove:
+    """A `mov` to or from a control register (0f 20 / 0f 22): which CR, which GPR, its length."""
+    control: int
+    register: str
+    to_register: bool
+    length: int
+
+
+def _decode_control_move(code: bytes) -> ControlMove | None:
+    """`mov %crN, %reg` / `mov %reg, %crN` (REX.R extends N, REX.B the register; mod is ignored, as
+    the CPU does), else None."""
+    index = 0
+    while index < len(code) and code[index] in _PREFIX_BYTES:
+        index += 1
+    rex = code[index] if index < len(code) and 0x40 <= code[index] <= 0x4F else 0
+    index += 1 if rex else 0
+    if len(code) < index + 3 or code[index] != 0x0F or code[index + 1] not in (0x20, 0x22):
+        return None
+    modrm = code[index + 2]
+    return ControlMove(((modrm >> 3) & 7) | ((rex & 4) << 1), _GPR_NAMES[(modrm & 7) | ((rex & 1) << 3)],
+                       code[index + 1] == 0x20, index + 3)
+
+
 class AliasError(Exception):
     """A mapping the engine cannot realise: one machine frame at two virtual addresses where one of
     them is writable (the engine has no MMU: each mapping is a copy of the frame)."""
@@ -1100,6 +1128,12 @@ class VCpu:
         number, error_code = vector if vector is not None else (None, None)
         return Exit(ExitReason.FAULT, vm.icount, vm.pc, address=address, detail=text, vector=number,
                     error_code=error_code, length=length)
+
+    def control_move_at_pc(self) -> ControlMove | None:
+        """The control-register move at pc, if that is what raised a #GP (a privileged instruction)."""
+        pc = self._vm.pc
+        return _decode_control_move(bytes(self._vm.mem_read(pc, 16)) if self.is_mapped(pc, 16)
+                                    else bytes(self._vm.mem_read(pc, 1)) if self.is_mapped(pc, 1) else b"")
 
     def retire_emulated(self, length: int) -> None:
         """Retire the instruction at pc as executed by the hypervisor: pc moves past its `length` bytes

@@ -121,13 +121,37 @@ static void probe_exceptions(void)
     report("trap_frame_rflags_if", (long)((last.frame.rflags >> 9) & 1));
     report("trap_frame_ss", (long)last.frame.ss);
 
-    FAULT("trap_pf_read", 3, "1: movq (%[p]), %[v]\n", [p] "r"(a(FAULT_READ_ADDR)), [v] "r"(value));
+    FAULT("trap_pf_read", 3, "1: movq (%[p]), %%rdx\n", [p] "c"(a(FAULT_READ_ADDR)));
     report("trap_pf_read_cr2_is_address", last.cr2 == FAULT_READ_ADDR);
     FAULT("trap_pf_write", 3, "1: movq %[v], (%[p])\n", [p] "r"(a(FAULT_WRITE_ADDR)), [v] "r"(value));
     report("trap_pf_write_cr2_is_address", last.cr2 == FAULT_WRITE_ADDR);
     FAULT("trap_gp_privileged", 4, "1: lgdt (%%rsp)\n");
     FAULT("trap_de", 3, "1: divq %[z]\n", [z] "r"(zero));
     FAULT("trap_int3", 0, "1: int3\n");
+}
+
+static void probe_control_registers(void)
+{
+    static uint8_t not_a_table[4096] __attribute__((aligned(4096)));
+    unsigned long cr0, cr2, cr3, cr4, same, bad_cr0, bad_cr3;
+
+    last.count = 0;
+    asm volatile("mov %%cr0, %0" : "=r"(cr0));
+    asm volatile("mov %%cr2, %0" : "=r"(cr2));
+    asm volatile("mov %%cr3, %0" : "=r"(cr3));
+    asm volatile("mov %%cr4, %0" : "=r"(cr4));
+    report("cr0_read", (long)cr0);
+    report("cr2_read_is_last_fault_address", cr2 == FAULT_WRITE_ADDR);
+    report("cr3_read_is_l4_machine_address", cr3 == virt_to_mfn((void *)start_info->pt_base) << 12);
+    report("cr4_read_pae", (long)((cr4 >> 5) & 1));
+    same = cr3;
+    asm volatile("mov %0, %%cr3" :: "r"(same) : "memory");
+    report("cr_moves_took_no_trap", last.count);
+    bad_cr3 = virt_to_mfn(not_a_table) << 12;
+    bad_cr0 = cr0 & ~1ul;
+    FAULT("cr3_write_not_a_table", 3, "1: mov %[v], %%cr3\n", [v] "c"(bad_cr3));
+    FAULT("cr0_write_clearing_pe", 3, "1: mov %[v], %%cr0\n", [v] "c"(bad_cr0));
+    FAULT("cr8_read", 4, "1: mov %%cr8, %%rax\n", "r"(0));
 }
 
 static void probe_vm_assist(void)
@@ -156,9 +180,15 @@ static void probe_features(void)
 
 static void probe_events(void)
 {
+    static const struct evtchn_bind_virq read_only = { .virq = VIRQ_DEBUG };   /* in .rodata */
+    struct evtchn_bind_virq again = { .virq = VIRQ_DEBUG };
     struct evtchn_unmask unmask = { .port = 0 };
 
     report("evtchn_unmask_port_0", HYPERVISOR_event_channel_op(EVTCHNOP_unmask, &unmask));
+    report("evtchn_bind_virq_read_only_struct",
+           HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, (void *)&read_only));
+    report("evtchn_bind_virq_read_only_struct_unchanged", read_only.port == 0);
+    report("evtchn_bind_virq_read_only_then_again", HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &again));
 }
 
 static void probe_callbacks(void)
@@ -384,6 +414,7 @@ void guest_main(void)
     console_puts("abiprobe\r\n");
     probe_trap_table();
     probe_exceptions();
+    probe_control_registers();
     probe_vm_assist();
     probe_features();
     probe_events();
