@@ -249,6 +249,10 @@ SEGBASE_GS_USER_SEL = 3
 FLAT_KERNEL_CS = 0xE033
 FLAT_KERNEL_SS = 0xE02B
 FLAT_KERNEL_DS = 0x0000
+# The guest's GDT may use entries below the ones Xen reserves (arch-x86/xen.h).
+FIRST_RESERVED_GDT_PAGE = 14
+FIRST_RESERVED_GDT_BYTE = FIRST_RESERVED_GDT_PAGE * 4096
+FIRST_RESERVED_GDT_ENTRY = FIRST_RESERVED_GDT_BYTE // 8
 # The cs Xen pushes in an event-upcall bounce frame: FLAT_KERNEL_CS with the privilege bits cleared.
 BOUNCE_FRAME_CS = FLAT_KERNEL_CS & ~3
 VGCF_in_syscall = 1 << 8

@@ -166,6 +166,7 @@ class Domain:
             b"poll:" + repr(self.poll).encode() + b"runstate:" + self.runstate.state_bytes() + \
             b"vcpu_info:" + repr(self.events.vcpu_info_override).encode() + \
             b"grants:" + self.grants.state_bytes() + \
+            b"gdt:" + repr((self.memory.gdt, self.memory.gdt_entries)).encode() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
 
     def allocate_extra_frame(self) -> int | None:

@@ -563,6 +563,27 @@ def mmuext_op(domain: "Domain", operations: int, count: int, done_pointer: int, 
     return 0
 
 
+def set_gdt(domain: "Domain", frame_list: int, entries: int, *_: int) -> int:
+    """Install the guest's GDT (Xen's do_set_gdt, arch/x86/pv/descriptor-tables.c): more entries
+    than FIRST_RESERVED_GDT_ENTRY -EINVAL, an unreadable frame list -EFAULT, a frame that cannot be a
+    descriptor page -EINVAL (xen/mm.py `set_gdt`). Kept and checkpointed; never used for segmentation."""
+    entries &= 0xFFFFFFFF
+    if entries > abi.FIRST_RESERVED_GDT_ENTRY:
+        raise HypercallError(abi.XEN_EINVAL)
+    count = -(-entries // (abi.PAGE_SIZE // 8))          # 512 descriptors a frame
+    frames = [_read(domain, frame_list + index * 8, ctypes.c_uint64).value for index in range(count)]
+    _mm_call(lambda: domain.memory.set_gdt(frames, entries))
+    return 0
+
+
+def update_descriptor(domain: "Domain", machine_address: int, descriptor: int, *_: int) -> int:
+    """Write one segment descriptor at a machine address (Xen's do_update_descriptor): misaligned,
+    refused by check_descriptor, not the domain's frame or a page-table frame: -EINVAL."""
+    _mm_call(lambda: domain.memory.update_descriptor(machine_address // abi.PAGE_SIZE,
+                                                     machine_address & (abi.PAGE_SIZE - 1), descriptor))
+    return 0
+
+
 def iret(domain: "Domain", *_: int) -> int:
     return do_iret(domain.vcpu, domain.events)
 
@@ -656,6 +677,8 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_set_segment_base: set_segment_base,
     abi.HYPERVISOR_multicall: multicall,
     abi.HYPERVISOR_memory_op: memory_op,
+    abi.HYPERVISOR_set_gdt: set_gdt,
+    abi.HYPERVISOR_update_descriptor: update_descriptor,
 }
 
 

@@ -1,9 +1,9 @@
 """The PV memory model: machine frames, their page types, the guest's page tables and its address space.
 
 Owns what Xen's x86 direct-paging code owns for a 64-bit PV domain: which machine frames the domain
-may map, the type of each frame (L1..L4 page table, writable page, none) with its type count, the
-pinned tables, the current base pointer (CR3), the machine-to-phys table, and the guest-virtual ->
-machine map the page tables reachable from CR3 define. The engine has no MMU, so every change of that
+may map, the type of each frame (L1..L4 page table, descriptor page, writable page, none) with its type count, the
+pinned tables, the current base pointer (CR3), the guest's GDT frames (set_gdt), the machine-to-phys
+table, and the guest-virtual -> machine map the page tables reachable from CR3 define. The engine has no MMU, so every change of that
 map is realised in the vCPU (`VCpu.map_page`/`unmap_page`, xen/vcpu.py) at once: the vCPU always runs
 on exactly the mappings the guest's tables define (the TLB is never stale, which is one of the
 behaviours real hardware may show).
@@ -15,9 +15,13 @@ Invariants (Xen's, checked on every update as Xen's mod_lN_entry/get_page_type d
 - every present entry of a validated table holds a type reference on what it points to (an L2 entry
   on an L1 table, ...; a writable L1 entry on a writable page) and releases it when it changes; a
   table whose count drops to 0 releases all of its entries' references;
-- slots 256-271 of an L4 are Xen's: guests cannot write them, walks ignore them.
+- slots 256-271 of an L4 are Xen's: guests cannot write them, walks ignore them;
+- a GDT frame has the descriptor-page type (Xen's PGT_seg_desc_page) for as long as it is in the GDT:
+  every descriptor in it passed `checked_descriptor` (xen/descriptors.py), so it cannot be mapped
+  writable and changes only through update_descriptor. xenrr has no segmentation (every selector is
+  flat in the engine): the GDT is validated and kept, as Xen keeps it, but never used to translate.
 The contents of the tables are guest memory (frames): digests and checkpoints cover them with the rest
-of memory; the types, counts, pins and CR3 are `save_state()`; the address space is derived from
+of memory; the types, counts, pins, CR3 and GDT are `save_state()`; the address space is derived from
 those two and rebuilt by `load_state()`.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import struct
 from dataclasses import dataclass
 
 from xen import abi
+from xen.descriptors import checked_descriptor
 from xen.vcpu import PAGE_SHIFT, PAGE_SIZE, Mapping, VCpu
 
 PTE_PRESENT = 0x1
@@ -40,8 +45,8 @@ ENTRIES = 512
 _TABLE = struct.Struct(f"<{ENTRIES}Q")
 
 # Page types (Xen's PGT_l1_page_table ... PGT_writable_page); NONE: no type reference held.
-NONE, L1, L2, L3, L4, WRITABLE = 0, 1, 2, 3, 4, 7
-TYPE_NAMES = {NONE: "none", L1: "L1", L2: "L2", L3: "L3", L4: "L4", WRITABLE: "writable"}
+NONE, L1, L2, L3, L4, SEG_DESC, WRITABLE = 0, 1, 2, 3, 4, 5, 7
+TYPE_NAMES = {NONE: "none", L1: "L1", L2: "L2", L3: "L3", L4: "L4", SEG_DESC: "descriptors", WRITABLE: "writable"}
 XEN_L4_SLOTS = range(256, 272)       # 0xffff800000000000-0xffff87ffffffffff: Xen's (HYPERVISOR_VIRT_START..END)
 INVALID_M2P_ENTRY = (1 << 64) - 1
 M2P_ENTRY = struct.Struct("<Q")
@@ -73,6 +78,8 @@ class MemoryState:
     pinned: frozenset[int]
     cr3: int | None
     user_cr3: int
+    gdt: tuple[int, ...] = ()
+    gdt_entries: int = 0
 
 
 class MemoryModel:
@@ -87,6 +94,8 @@ class MemoryModel:
         self.pinned: set[int] = set()
         self.cr3: int | None = None
         self.user_cr3 = 0
+        self.gdt: tuple[int, ...] = ()            # the GDT's frames (each of type SEG_DESC) ...
+        self.gdt_entries = 0                      # ... and its size in descriptors
         self._validating: set[int] = set()
         self._pages: dict[int, Mapping] = {}     # the guest-virtual map from CR3 (Xen's slots excluded)
         # Each table reachable from CR3 -> where it sits: (virtual base, rights inherited from above).
@@ -129,6 +138,8 @@ class MemoryModel:
                     self._validate(frame, page_type)
                 finally:
                     self._validating.discard(frame)
+            elif page_type == SEG_DESC:
+                self._validate_descriptors(frame)
             self._types[frame] = page_type
         elif self._types[frame] != page_type:
             raise MmuError(abi.XEN_EINVAL)
@@ -156,6 +167,15 @@ class MemoryModel:
             for entry in taken:
                 self._put_entry(entry, level)
             raise
+
+    def _validate_descriptors(self, frame: int) -> None:
+        """Xen's alloc_segdesc_page: every descriptor must pass; the fixed-up ones are written back."""
+        descriptors = _TABLE.unpack(self.vcpu.read_frame(frame))
+        checked = [checked_descriptor(descriptor) for descriptor in descriptors]
+        if None in checked:
+            raise MmuError(abi.XEN_EINVAL)
+        if checked != list(descriptors):
+            self.vcpu.write_frame_bytes(frame, 0, _TABLE.pack(*checked))
 
     @staticmethod
     def _is_guest_entry(level: int, index: int) -> bool:
@@ -264,6 +284,39 @@ class MemoryModel:
         if old:
             self.put_type(old)
 
+    # ---------------------------------------------------------------- descriptor tables
+    def set_gdt(self, frames: list[int], entries: int) -> None:
+        """Install the GDT (Xen's pv_set_gdt): every frame must be the domain's and take the
+        descriptor-page type (not mapped writable, not a table, every descriptor valid), else -EINVAL
+        and the old GDT stays; on success the old GDT's frames are released."""
+        if entries > abi.FIRST_RESERVED_GDT_ENTRY:
+            raise MmuError(abi.XEN_EINVAL)
+        taken: list[int] = []
+        try:
+            for frame in frames:
+                self.get_type(frame, SEG_DESC)
+                taken.append(frame)
+        except MmuError:
+            for frame in taken:
+                self.put_type(frame)
+            raise
+        for frame in self.gdt:
+            self.put_type(frame)
+        self.gdt, self.gdt_entries = tuple(frames), entries
+
+    def update_descriptor(self, frame: int, offset: int, descriptor: int) -> None:
+        """Xen's do_update_descriptor: write one checked descriptor into a descriptor page or into a
+        page that may be writable (not a page table)."""
+        stored = checked_descriptor(descriptor)
+        if offset % 8 or stored is None or not self.owns(frame):
+            raise MmuError(abi.XEN_EINVAL)
+        in_use = self._types[frame] if self._counts[frame] else NONE
+        self.get_type(frame, SEG_DESC if in_use == SEG_DESC else WRITABLE)
+        try:
+            self.vcpu.write_frame_bytes(frame, offset, stored.to_bytes(8, "little"))
+        finally:
+            self.put_type(frame)
+
     # ---------------------------------------------------------------- the address space
     def _refresh(self) -> None:
         """Bring the vCPU's mappings in line with the tables reachable from CR3 (a full walk; only
@@ -315,7 +368,8 @@ class MemoryModel:
 
     # ---------------------------------------------------------------- checkpoints
     def save_state(self) -> MemoryState:
-        return MemoryState(tuple(self._types), tuple(self._counts), frozenset(self.pinned), self.cr3, self.user_cr3)
+        return MemoryState(tuple(self._types), tuple(self._counts), frozenset(self.pinned), self.cr3, self.user_cr3,
+                           self.gdt, self.gdt_entries)
 
     def load_state(self, state: MemoryState) -> None:
         """Restore the types, pins and CR3 (guest memory, with the tables in it, is restored first)."""
@@ -324,4 +378,5 @@ class MemoryModel:
         self.pinned = set(state.pinned)
         self.cr3 = state.cr3
         self.user_cr3 = state.user_cr3
+        self.gdt, self.gdt_entries = state.gdt, state.gdt_entries
         self._refresh()

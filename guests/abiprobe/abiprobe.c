@@ -385,6 +385,65 @@ static void probe_memory_op(void)
     report("memory_unknown_op", hypercall2(__HYPERVISOR_memory_op, 63, 0));
 }
 
+#define DESC_CODE64_DPL0        0x00209a0000000000ull   /* present long-mode code segment, DPL 0 */
+#define DESC_CODE64_DPL3        0x0020fa0000000000ull
+#define DESC_DATA_DPL0          0x00cf92000000ffffull
+#define DESC_DATA_DPL3          0x00cff2000000ffffull
+#define DESC_TSS64              0x0000890000000000ull   /* present 64-bit TSS: a system descriptor */
+#define DESC_GATE_KERNEL_CS     0x0000ec00e0331234ull   /* present call gate, DPL 3, to FLAT_KERNEL_CS */
+#define DESC_GATE_AS_STORED     0x00008c00e0331234ull   /* DPL 0, the old DPL in the selector's RPL */
+#define DESC_GATE_RESERVED_BITS 0x0000ec01e0331234ull
+#define DESC_GATE_XEN_SELECTOR  0x0000ec00e0401234ull   /* selector 0xe040: in Xen's reserved GDT entries */
+#define PTE_READ_ONLY           0x21ull                 /* present, accessed */
+#define PTE_WRITABLE            0x23ull
+
+static long update_descriptor(unsigned long long maddr, unsigned long long descriptor)
+{
+    return hypercall2(__HYPERVISOR_update_descriptor, (unsigned long)maddr, (unsigned long)descriptor);
+}
+
+static void probe_descriptor_tables(void)
+{
+    static uint64_t gdt[512] __attribute__((aligned(4096)));
+    static uint64_t data[512] __attribute__((aligned(4096)));
+    unsigned long frames[1] = { virt_to_mfn(gdt) };
+    unsigned long long gdt_maddr = (unsigned long long)frames[0] << 12;
+    unsigned long long table_maddr = (unsigned long long)virt_to_mfn((void *)start_info->pt_base) << 12;
+
+    report("set_gdt_too_many_entries",
+           hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, FIRST_RESERVED_GDT_ENTRY + 1));
+    report("set_gdt_unmapped_frame_list", hypercall2(__HYPERVISOR_set_gdt, a(UNMAPPED_ADDR), 1));
+    report("set_gdt_writable_frame", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 16));
+    frames[0] = table_maddr >> 12;
+    report("set_gdt_page_table_frame", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 16));
+    frames[0] = 1ul << 40;
+    report("set_gdt_foreign_frame", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 16));
+    frames[0] = gdt_maddr >> 12;
+    gdt[1] = DESC_TSS64;
+    report("gdt_page_made_read_only", HYPERVISOR_update_va_mapping(gdt, gdt_maddr | PTE_READ_ONLY, UVMF_INVLPG));
+    report("set_gdt_bad_descriptor", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 16));
+    report("update_descriptor_read_only_page", update_descriptor(gdt_maddr + 8, 0));
+    report("set_gdt", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 16));
+    report("set_gdt_page_mapped_writable",
+           HYPERVISOR_update_va_mapping(gdt, gdt_maddr | PTE_WRITABLE, UVMF_INVLPG));
+    report("update_descriptor_misaligned", update_descriptor(gdt_maddr + 4, DESC_CODE64_DPL0));
+    report("update_descriptor_code64", update_descriptor(gdt_maddr + 16, DESC_CODE64_DPL0));
+    report("update_descriptor_code64_dpl_raised_to_3", gdt[2] == DESC_CODE64_DPL3);
+    report("update_descriptor_tss", update_descriptor(gdt_maddr + 24, DESC_TSS64));
+    report("update_descriptor_call_gate", update_descriptor(gdt_maddr + 24, DESC_GATE_KERNEL_CS));
+    report("update_descriptor_call_gate_stored", gdt[3] == DESC_GATE_AS_STORED);
+    report("update_descriptor_call_gate_reserved_bits", update_descriptor(gdt_maddr + 40, DESC_GATE_RESERVED_BITS));
+    report("update_descriptor_call_gate_xen_selector", update_descriptor(gdt_maddr + 40, DESC_GATE_XEN_SELECTOR));
+    report("update_descriptor_page_table_frame", update_descriptor(table_maddr, 0));
+    report("update_descriptor_foreign_frame", update_descriptor(1ull << 52, 0));
+    report("update_descriptor_writable_page",
+           update_descriptor((unsigned long long)virt_to_mfn(data) << 12, DESC_DATA_DPL0));
+    report("update_descriptor_writable_page_dpl_raised_to_3", data[0] == DESC_DATA_DPL3);
+    report("set_gdt_empty", hypercall2(__HYPERVISOR_set_gdt, (unsigned long)frames, 0));
+    report("gdt_page_writable_after_release",
+           HYPERVISOR_update_va_mapping(gdt, gdt_maddr | PTE_WRITABLE, UVMF_INVLPG));
+}
+
 static void probe_vcpu_info(void)
 {
     static uint8_t page[4096] __attribute__((aligned(4096)));
@@ -424,6 +483,7 @@ void guest_main(void)
     probe_runstate();
     probe_multicall();
     probe_memory_op();
+    probe_descriptor_tables();
     probe_vcpu_info();              /* last: the common code keeps using shared_info's vcpu_info */
     console_puts("abiprobe done\r\n");
     poweroff();

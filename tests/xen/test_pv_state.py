@@ -123,3 +123,24 @@ def test_a_moved_vcpu_info_is_checkpointed_and_events_follow_it(domain):
     domain.load_state(saved)
     assert domain.events.vcpu_info_address() != moved
     assert not domain.events.upcall_pending()          # shared_info's vcpu_info again
+
+
+def test_the_gdt_is_checkpointed_digested_and_keeps_its_frame_from_writable_mappings(domain):
+    page, frame_list = scratch(domain), scratch(domain) - abi.PAGE_SIZE
+    frame = domain.image.layout.frame(page)
+    domain.vcpu.write(frame_list, frame.to_bytes(8, "little"))
+
+    def remap(flags: int) -> int:
+        return hypercalls.dispatch(domain, abi.HYPERVISOR_update_va_mapping,
+                                   (page, frame * abi.PAGE_SIZE | flags, abi.UVMF_INVLPG, 0, 0))
+
+    assert remap(0x21) == 0                              # present, read-only: it may become a GDT page
+    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    assert hypercalls.dispatch(domain, abi.HYPERVISOR_set_gdt, (frame_list, 16, 0, 0, 0)) == 0
+    assert domain.memory.page_type(frame) == ("descriptors", 1)
+    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert remap(0x23) == -abi.XEN_EINVAL               # Xen: a descriptor page is never writable
+    domain.load_state(saved)
+    assert (domain.memory.gdt, domain.memory.page_type(frame)) == ((), ("none", 0))
+    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert remap(0x23) == 0
