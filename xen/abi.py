@@ -267,6 +267,36 @@ XEN_ELFNOTE_GUEST_OS = 6
 XEN_ELFNOTE_LOADER = 8
 XEN_ELFNOTE_FEATURES = 10
 
+# --- physdev_op (physdev.h) ---
+PHYSDEVOP_irq_status_query = 5
+PHYSDEVOP_set_iopl = 6
+PHYSDEVOP_set_iobitmap = 7
+PHYSDEVOP_apic_read = 8
+PHYSDEVOP_apic_write = 9
+PHYSDEVOP_alloc_irq_vector = 10
+PHYSDEVOP_free_irq_vector = 11
+PHYSDEVOP_eoi = 12
+PHYSDEVOP_map_pirq = 13
+PHYSDEVOP_unmap_pirq = 14
+PHYSDEVOP_manage_pci_add = 15
+PHYSDEVOP_manage_pci_remove = 16
+PHYSDEVOP_pirq_eoi_gmfn_v1 = 17
+PHYSDEVOP_restore_msi = 19
+PHYSDEVOP_manage_pci_add_ext = 20
+PHYSDEVOP_setup_gsi = 21
+PHYSDEVOP_get_free_pirq = 23
+PHYSDEVOP_pci_mmcfg_reserved = 24
+PHYSDEVOP_pci_device_add = 25
+PHYSDEVOP_pci_device_remove = 26
+PHYSDEVOP_restore_msi_ext = 27
+PHYSDEVOP_pirq_eoi_gmfn_v2 = 28
+PHYSDEVOP_dbgp_op = 29
+PHYSDEVOP_prepare_msix = 30
+PHYSDEVOP_release_msix = 31
+XENIRQSTAT_needs_eoi = 1
+MAP_PIRQ_TYPE_MSI = 0
+MAP_PIRQ_TYPE_GSI = 1
+
 # --- Sizes ---
 XEN_LEGACY_MAX_VCPUS = 32
 MAX_GUEST_CMDLINE = 1024
@@ -718,3 +748,53 @@ class MmuextOp(_Struct):
     """struct mmuext_op (mmuext_op)."""
 
     _fields_ = [("cmd", ctypes.c_uint), ("arg1", MmuextOpArg1), ("arg2", MmuextOpArg2)]
+
+
+# --- physdev_op arguments (physdev.h) ---
+class PhysdevEoi(_Struct):
+    """struct physdev_eoi (PHYSDEVOP_eoi)."""
+
+    _fields_ = [("irq", _u32)]
+
+
+class PhysdevPirqEoiGmfn(_Struct):
+    """struct physdev_pirq_eoi_gmfn (PHYSDEVOP_pirq_eoi_gmfn_v1/v2)."""
+
+    _fields_ = [("gmfn", _u64)]
+
+
+class PhysdevIrqStatusQuery(_Struct):
+    """struct physdev_irq_status_query (PHYSDEVOP_irq_status_query)."""
+
+    _fields_ = [("irq", _u32), ("flags", _u32)]
+
+
+class PhysdevSetIopl(_Struct):
+    """struct physdev_set_iopl (PHYSDEVOP_set_iopl)."""
+
+    _fields_ = [("iopl", _u32)]
+
+
+class PhysdevSetIobitmap(_Struct):
+    """struct physdev_set_iobitmap (PHYSDEVOP_set_iobitmap): bitmap.p -> uint8_t[8192]."""
+
+    _fields_ = [("bitmap", GuestHandle), ("nr_ports", _u32)]
+
+
+class PhysdevGetFreePirq(_Struct):
+    """struct physdev_get_free_pirq (PHYSDEVOP_get_free_pirq)."""
+
+    _fields_ = [("type", ctypes.c_int), ("pirq", _u32)]
+
+
+class PhysdevMapPirq(_Struct):
+    """struct physdev_map_pirq (PHYSDEVOP_map_pirq)."""
+
+    _fields_ = [("domid", _u16), ("type", ctypes.c_int), ("index", ctypes.c_int), ("pirq", ctypes.c_int),
+                ("bus", ctypes.c_int), ("devfn", ctypes.c_int), ("entry_nr", ctypes.c_int), ("table_base", _u64)]
+
+
+class PhysdevUnmapPirq(_Struct):
+    """struct physdev_unmap_pirq (PHYSDEVOP_unmap_pirq)."""
+
+    _fields_ = [("domid", _u16), ("pirq", ctypes.c_int)]

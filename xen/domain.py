@@ -77,7 +77,8 @@ class DomainState:
 
 
 _SAVED_FIELDS = ("event_callback", "failsafe_callback", "state", "shutdown_reason", "crash_report", "yielded",
-                 "vm_assist", "gs_base_user", "poll", "runstate", "_free_extra_frames")
+                 "vm_assist", "gs_base_user", "poll", "runstate", "_free_extra_frames", "iopl", "io_bitmap",
+                 "pirq_eoi_frame", "pirq_auto_unmask", "pirqs")
 
 
 class Domain:
@@ -120,6 +121,11 @@ class Domain:
         self.traps = TrapTable()
         self.vm_assist = 0                  # enabled VMASST_TYPE_* bits
         self.gs_base_user = 0               # the inactive (guest user mode) GS base, SEGBASE_GS_USER
+        self.iopl = 0                       # PHYSDEVOP_set_iopl: kept; port I/O is not emulated
+        self.io_bitmap = (0, 0)             # PHYSDEVOP_set_iobitmap: (guest address, nr_ports), kept
+        self.pirq_eoi_frame: int | None = None   # PHYSDEVOP_pirq_eoi_gmfn: holds a writable type reference
+        self.pirq_auto_unmask = False       # registered with the v1 call
+        self.pirqs: tuple[int, ...] = ()    # pirqs handed out by PHYSDEVOP_get_free_pirq
         self.state = RunState.RUNNING
         self.poll: Poll | None = None       # set while blocked in SCHEDOP_poll
         self.runstate = Runstate()
@@ -167,6 +173,8 @@ class Domain:
             b"vcpu_info:" + repr(self.events.vcpu_info_override).encode() + \
             b"grants:" + self.grants.state_bytes() + \
             b"gdt:" + repr((self.memory.gdt, self.memory.gdt_entries)).encode() + \
+            b"physdev:" + repr((self.iopl, self.io_bitmap, self.pirq_eoi_frame, self.pirq_auto_unmask,
+                                self.pirqs)).encode() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
 
     def allocate_extra_frame(self) -> int | None:

@@ -650,6 +650,94 @@ def multicall(domain: "Domain", entries: int, count: int, *_: int) -> int:
     return 0
 
 
+# Xen sizes a domU's pirq space as nr_irqs_gsi + extra_domU_irqs (common/domain.c): xenrr's host has
+# one 24-pin IO-APIC (nr_irqs_gsi 24) and Xen's default extra_domU_irqs is 32.
+NR_IRQS_GSI = 24
+NR_PIRQS = NR_IRQS_GSI + 32
+IOBMP_BYTES = 8192
+# Operations Xen leaves to a privileged domain (XSM_PRIV with the dummy policy): -EPERM for a domU.
+_PHYSDEV_PRIVILEGED = frozenset((
+    abi.PHYSDEVOP_apic_read, abi.PHYSDEVOP_apic_write, abi.PHYSDEVOP_alloc_irq_vector,
+    abi.PHYSDEVOP_manage_pci_add, abi.PHYSDEVOP_manage_pci_remove, abi.PHYSDEVOP_manage_pci_add_ext,
+    abi.PHYSDEVOP_pci_device_add, abi.PHYSDEVOP_pci_device_remove, abi.PHYSDEVOP_setup_gsi,
+    abi.PHYSDEVOP_pci_mmcfg_reserved, abi.PHYSDEVOP_dbgp_op, abi.PHYSDEVOP_prepare_msix,
+    abi.PHYSDEVOP_release_msix))
+
+
+def physdev_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
+    """Physical-device operations as Xen's do_physdev_op (arch/x86/physdev.c) answers a PV domU with
+    no passthrough device: the argument is copied first (-EFAULT); set_iopl (kept, never enforced:
+    the guest kernel's port I/O is not emulated) and set_iobitmap are kept; irq_status_query says
+    "needs EOI" for any pirq below NR_PIRQS; eoi of a pirq the domain does not have is -EINVAL;
+    pirq_eoi_gmfn registers one writable page of the domain's (then -EBUSY); get_free_pirq hands out
+    pirqs as Xen's get_free_pirq; map/unmap_pirq are refused (-EPERM for this domain or dom0,
+    -ESRCH for any other); the privileged operations are -EPERM whatever their argument (Xen copies
+    some arguments before its permission check: a bad pointer there is -EFAULT in Xen); anything else,
+    restore_msi included (Xen: -ENODEV or -EPERM, depending on the host's PCI devices), -ENOSYS."""
+    command &= 0xFFFFFFFF
+    if command == abi.PHYSDEVOP_set_iopl:
+        iopl = _read(domain, argument, abi.PhysdevSetIopl).iopl
+        if iopl > 3:
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.iopl = iopl
+        return 0
+    if command == abi.PHYSDEVOP_set_iobitmap:
+        request = _read(domain, argument, abi.PhysdevSetIobitmap)
+        if not _address_ok(request.bitmap.p) or request.nr_ports > 65536:
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.io_bitmap = (request.bitmap.p, request.nr_ports)
+        return 0
+    if command == abi.PHYSDEVOP_irq_status_query:
+        query = _read(domain, argument, abi.PhysdevIrqStatusQuery)
+        if query.irq >= NR_PIRQS:
+            raise HypercallError(abi.XEN_EINVAL)
+        query.flags = abi.XENIRQSTAT_needs_eoi
+        _write(domain, argument, bytes(query))
+        return 0
+    if command == abi.PHYSDEVOP_eoi:
+        if _read(domain, argument, abi.PhysdevEoi).irq not in domain.pirqs:
+            raise HypercallError(abi.XEN_EINVAL)
+        return 0
+    if command in (abi.PHYSDEVOP_pirq_eoi_gmfn_v1, abi.PHYSDEVOP_pirq_eoi_gmfn_v2):
+        return _register_pirq_eoi_page(domain, _read(domain, argument, abi.PhysdevPirqEoiGmfn).gmfn,
+                                       auto_unmask=command == abi.PHYSDEVOP_pirq_eoi_gmfn_v1)
+    if command == abi.PHYSDEVOP_get_free_pirq:
+        request = _read(domain, argument, abi.PhysdevGetFreePirq)
+        request.pirq = _free_pirq(domain, request.type)
+        domain.pirqs = tuple(sorted((*domain.pirqs, request.pirq)))
+        _write(domain, argument, bytes(request))
+        return 0
+    if command in (abi.PHYSDEVOP_map_pirq, abi.PHYSDEVOP_unmap_pirq):
+        request_type = abi.PhysdevMapPirq if command == abi.PHYSDEVOP_map_pirq else abi.PhysdevUnmapPirq
+        if _read(domain, argument, request_type).domid not in _DOMIDS_SELF:
+            raise HypercallError(abi.XEN_ESRCH)
+        raise HypercallError(abi.XEN_EPERM)
+    if command in _PHYSDEV_PRIVILEGED:
+        raise HypercallError(abi.XEN_EPERM)
+    raise HypercallError(abi.XEN_ENOSYS)
+
+
+def _register_pirq_eoi_page(domain: "Domain", frame: int, auto_unmask: bool) -> int:
+    """The pirq EOI bitmap page holds a writable type reference for as long as the domain lives."""
+    _mm_call(lambda: domain.memory.get_type(frame, WRITABLE))
+    if domain.pirq_eoi_frame is not None:
+        domain.memory.put_type(frame)
+        raise HypercallError(abi.XEN_EBUSY)
+    domain.pirq_eoi_frame = frame
+    domain.pirq_auto_unmask = auto_unmask
+    return 0
+
+
+def _free_pirq(domain: "Domain", pirq_type: int) -> int:
+    """Xen's get_free_pirq: a GSI-type pirq from 16 up below nr_irqs_gsi, else from the top down."""
+    candidates = list(range(16, NR_IRQS_GSI)) if pirq_type == abi.MAP_PIRQ_TYPE_GSI else []
+    candidates += range(NR_PIRQS - 1, NR_IRQS_GSI - 1, -1)
+    for pirq in candidates:
+        if pirq not in domain.pirqs:
+            return pirq
+    raise HypercallError(abi.XEN_ENOSPC)
+
+
 def _accept(domain: "Domain", *_: int) -> int:
     """Hypercalls a PV kernel makes at boot whose effect we do not model (documented in docs)."""
     return 0
@@ -679,6 +767,7 @@ HANDLERS: dict[int, Handler] = {
     abi.HYPERVISOR_memory_op: memory_op,
     abi.HYPERVISOR_set_gdt: set_gdt,
     abi.HYPERVISOR_update_descriptor: update_descriptor,
+    abi.HYPERVISOR_physdev_op: physdev_op,
 }
 
 

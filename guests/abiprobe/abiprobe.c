@@ -14,6 +14,7 @@
 #include "memory.h"
 #include <xen/callback.h>
 #include <xen/memory.h>
+#include <xen/physdev.h>
 
 XEN_GUEST_NOTES("abiprobe");
 
@@ -444,6 +445,65 @@ static void probe_descriptor_tables(void)
            HYPERVISOR_update_va_mapping(gdt, gdt_maddr | PTE_WRITABLE, UVMF_INVLPG));
 }
 
+static long physdev(unsigned int command, unsigned long argument)
+{
+    return hypercall2(__HYPERVISOR_physdev_op, command, argument);
+}
+
+static void probe_physdev(void)
+{
+    static uint8_t eoi_map[4096] __attribute__((aligned(4096)));
+    struct physdev_set_iopl iopl = { .iopl = 3 };
+    struct physdev_set_iobitmap iobitmap = { .nr_ports = 1024 };
+    struct physdev_irq_status_query query = { .irq = 0, .flags = 0 };
+    struct physdev_eoi eoi = { .irq = 0 };
+    struct physdev_get_free_pirq free_pirq = { .type = MAP_PIRQ_TYPE_MSI };
+    struct physdev_pirq_eoi_gmfn gmfn = { .gmfn = virt_to_mfn((void *)start_info->pt_base) };
+    struct physdev_map_pirq map = { .domid = DOMID_SELF, .type = MAP_PIRQ_TYPE_GSI, .index = 1, .pirq = 1 };
+    struct physdev_unmap_pirq unmap = { .domid = DOMID_SELF, .pirq = 1 };
+    struct physdev_manage_pci pci = { .bus = 0, .devfn = 0 };
+
+    report("physdev_set_iopl", physdev(PHYSDEVOP_set_iopl, (unsigned long)&iopl));
+    iopl.iopl = 4;
+    report("physdev_set_iopl_4", physdev(PHYSDEVOP_set_iopl, (unsigned long)&iopl));
+    report("physdev_set_iopl_unmapped", physdev(PHYSDEVOP_set_iopl, a(UNMAPPED_ADDR)));
+    set_xen_guest_handle(iobitmap.bitmap, eoi_map);
+    report("physdev_set_iobitmap", physdev(PHYSDEVOP_set_iobitmap, (unsigned long)&iobitmap));
+    iobitmap.nr_ports = 65537;
+    report("physdev_set_iobitmap_too_many_ports", physdev(PHYSDEVOP_set_iobitmap, (unsigned long)&iobitmap));
+    iobitmap.nr_ports = 1024;
+    set_xen_guest_handle(iobitmap.bitmap, (uint8_t *)a(0xffff800000000000ull));
+    report("physdev_set_iobitmap_in_xen", physdev(PHYSDEVOP_set_iobitmap, (unsigned long)&iobitmap));
+    report("physdev_set_iobitmap_unmapped", physdev(PHYSDEVOP_set_iobitmap, a(UNMAPPED_ADDR)));
+    report("physdev_irq_status_query", physdev(PHYSDEVOP_irq_status_query, (unsigned long)&query));
+    report("physdev_irq_status_query_flags", query.flags);
+    query.irq = 1u << 20;
+    report("physdev_irq_status_query_past_the_pirqs", physdev(PHYSDEVOP_irq_status_query, (unsigned long)&query));
+    report("physdev_irq_status_query_unmapped", physdev(PHYSDEVOP_irq_status_query, a(UNMAPPED_ADDR)));
+    report("physdev_eoi_no_such_pirq", physdev(PHYSDEVOP_eoi, (unsigned long)&eoi));
+    report("physdev_eoi_unmapped", physdev(PHYSDEVOP_eoi, a(UNMAPPED_ADDR)));
+    report("physdev_get_free_pirq_msi", physdev(PHYSDEVOP_get_free_pirq, (unsigned long)&free_pirq));
+    report("physdev_get_free_pirq_msi_pirq", free_pirq.pirq);
+    free_pirq.type = MAP_PIRQ_TYPE_GSI;
+    report("physdev_get_free_pirq_gsi", physdev(PHYSDEVOP_get_free_pirq, (unsigned long)&free_pirq));
+    report("physdev_get_free_pirq_gsi_pirq", free_pirq.pirq);
+    eoi.irq = free_pirq.pirq;
+    report("physdev_eoi_allocated_pirq", physdev(PHYSDEVOP_eoi, (unsigned long)&eoi));
+    report("physdev_get_free_pirq_unmapped", physdev(PHYSDEVOP_get_free_pirq, a(UNMAPPED_ADDR)));
+    report("physdev_pirq_eoi_gmfn_page_table", physdev(PHYSDEVOP_pirq_eoi_gmfn_v2, (unsigned long)&gmfn));
+    gmfn.gmfn = virt_to_mfn(eoi_map);
+    report("physdev_pirq_eoi_gmfn", physdev(PHYSDEVOP_pirq_eoi_gmfn_v2, (unsigned long)&gmfn));
+    report("physdev_pirq_eoi_gmfn_again", physdev(PHYSDEVOP_pirq_eoi_gmfn_v1, (unsigned long)&gmfn));
+    report("physdev_pirq_eoi_gmfn_unmapped", physdev(PHYSDEVOP_pirq_eoi_gmfn_v2, a(UNMAPPED_ADDR)));
+    report("physdev_map_pirq_self", physdev(PHYSDEVOP_map_pirq, (unsigned long)&map));
+    map.domid = 7;
+    report("physdev_map_pirq_no_such_domain", physdev(PHYSDEVOP_map_pirq, (unsigned long)&map));
+    report("physdev_map_pirq_unmapped", physdev(PHYSDEVOP_map_pirq, a(UNMAPPED_ADDR)));
+    report("physdev_unmap_pirq_self", physdev(PHYSDEVOP_unmap_pirq, (unsigned long)&unmap));
+    report("physdev_manage_pci_add", physdev(PHYSDEVOP_manage_pci_add, (unsigned long)&pci));
+    report("physdev_unknown_op", physdev(99, 0));
+}
+
 static void probe_vcpu_info(void)
 {
     static uint8_t page[4096] __attribute__((aligned(4096)));
@@ -484,6 +544,7 @@ void guest_main(void)
     probe_multicall();
     probe_memory_op();
     probe_descriptor_tables();
+    probe_physdev();
     probe_vcpu_info();              /* last: the common code keeps using shared_info's vcpu_info */
     console_puts("abiprobe done\r\n");
     poweroff();

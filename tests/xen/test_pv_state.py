@@ -144,3 +144,18 @@ def test_the_gdt_is_checkpointed_digested_and_keeps_its_frame_from_writable_mapp
     assert (domain.memory.gdt, domain.memory.page_type(frame)) == ((), ("none", 0))
     assert domain.digest(with_memory=False).device_hash == digest.device_hash
     assert remap(0x23) == 0
+
+
+def test_physdev_state_is_checkpointed_and_digested(domain):
+    argument = scratch(domain)
+    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    domain.vcpu.write(argument, bytes(abi.PhysdevSetIopl(iopl=3)))
+    assert hypercalls.dispatch(domain, abi.HYPERVISOR_physdev_op, (abi.PHYSDEVOP_set_iopl, argument, 0, 0, 0)) == 0
+    domain.vcpu.write(argument, bytes(abi.PhysdevGetFreePirq(type=abi.MAP_PIRQ_TYPE_GSI)))
+    assert hypercalls.dispatch(domain, abi.HYPERVISOR_physdev_op,
+                               (abi.PHYSDEVOP_get_free_pirq, argument, 0, 0, 0)) == 0
+    assert (domain.iopl, domain.pirqs) == (3, (16,))
+    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    domain.load_state(saved)
+    assert (domain.iopl, domain.pirqs) == (0, ())
+    assert domain.digest(with_memory=False).device_hash == digest.device_hash
