@@ -359,12 +359,16 @@ class Timeline:
 
     def _reverse_cont(self, interrupted: Callable[[], bool] | None) -> Stop:
         bound = self.position            # no hit at or after `bound` is left to find
+        origin_mark = bound
         origin = bound.icount
         written_only = self._watched_pages_if_write_watches_only()
+        # What replay wrote past the last segment up to here: later rounds restore and scan, after
+        # which the vCPU's notes no longer describe that stretch.
+        beyond_segments = frozenset(self._segment_pages()) if bound > self._frontier() else frozenset()
         while True:
             upper = bound
             if written_only is not None:
-                upper = self._end_of_last_write(bound, written_only)
+                upper = self._end_of_last_write(bound, origin_mark, written_only, beyond_segments)
             checkpoint = self._checkpoint_before(upper, strictly=True) if upper is not None else None
             if checkpoint is None:
                 self.goto(START)
@@ -470,19 +474,21 @@ class Timeline:
                 frames.add(mapping.frame)
         return frozenset(frames)
 
-    def _end_of_last_write(self, bound: Mark, pages: frozenset[int]) -> Mark | None:
+    def _end_of_last_write(self, bound: Mark, origin: Mark, pages: frozenset[int],
+                           beyond_segments: frozenset[int]) -> Mark | None:
         """The end (capped at `bound`) of the latest stretch of replay before `bound` that may have
-        written one of `pages`; None if none did. A `bound` beyond the last segment is the current
-        position (the first round of a reverse-continue): the pages written since the last memory
-        synchronisation, which is never later than the last segment's end, cover that stretch."""
-        current = self._segment_pages()
-        if bound > self._frontier() and pages & current:
+        written one of `pages`, the frames mapped at the watched addresses at `origin` (where the
+        reverse-continue started); None if none did. `beyond_segments` holds the frames written from
+        the last segment's end (or earlier) up to `origin` when `origin` is past the last segment."""
+        if bound > self._frontier() and pages & beyond_segments:
             return bound
-        # `pages` names the frames mapped at the watched addresses now: before a change of the mapping
-        # other frames may have been there, so from there on back every segment may hold a write.
-        remapped_later = MAPPING_CHANGED in current
+        # Before a change of the mapping other frames may have been at the watched addresses, so from a
+        # change between a segment and `origin` on back every segment may hold a write. Changes after
+        # `origin` do not matter: `pages` are the frames mapped there.
+        remapped_later = MAPPING_CHANGED in beyond_segments
         last = bisect.bisect_left(self._segment_ends, bound)     # the segment holding `bound`, or past the end
-        for index in range(len(self._segments) - 1, -1, -1):
+        latest = min(bisect.bisect_left(self._segment_ends, origin), len(self._segments) - 1)
+        for index in range(latest, -1, -1):
             segment = self._segments[index]
             if index <= last and (remapped_later or pages & segment.pages):
                 return min(segment.end, bound)

@@ -84,6 +84,25 @@ def test_write_watch_reverse_continue_skips_segments_that_did_not_write_its_page
     assert stop.reason == "history-start" and found == expected[::-1]
 
 
+def test_write_watch_reverse_continue_after_a_goto_scans_the_same_at_any_distance(recording, stack_bottom):
+    """The benchmark's pattern: find the write, go far after it, reverse-continue. The replay from the
+    restored start crosses the guest's boot-time remap, which must not count as a remap after the write."""
+    timeline = Timeline(ReplaySession(recording), checkpoint_interval=INTERVAL, max_checkpoints=8)
+    timeline.cont()
+    timeline.add_watchpoint(deepest_stack_word(timeline, stack_bottom), 8, "w")
+    write = timeline.reverse_cont()
+    assert write.reason == "watchpoint"
+    scanned = {}
+    for distance in (100_000, 2_000_000):
+        timeline.goto_icount(write.mark.icount + distance)
+        timeline.drop_kept_hits()
+        before = timeline.instructions_scanned
+        stop = timeline.reverse_cont()
+        assert (stop.reason, stop.mark) == ("watchpoint", write.mark)
+        scanned[distance] = timeline.instructions_scanned - before
+    assert scanned[100_000] == scanned[2_000_000] <= write.mark.icount + INTERVAL // SEGMENTS_PER_CHECKPOINT
+
+
 def test_segments_keep_the_pages_they_wrote_when_checkpoints_are_thinned(recording):
     timeline = Timeline(ReplaySession(recording), checkpoint_interval=INTERVAL, max_checkpoints=8)
     start_memory = timeline.vcpu.memory_image()
