@@ -655,13 +655,16 @@ def multicall(domain: "Domain", entries: int, count: int, *_: int) -> int:
 NR_IRQS_GSI = 24
 NR_PIRQS = NR_IRQS_GSI + 32
 IOBMP_BYTES = 8192
-# Operations Xen leaves to a privileged domain (XSM_PRIV with the dummy policy): -EPERM for a domU.
-_PHYSDEV_PRIVILEGED = frozenset((
-    abi.PHYSDEVOP_apic_read, abi.PHYSDEVOP_apic_write, abi.PHYSDEVOP_alloc_irq_vector,
-    abi.PHYSDEVOP_manage_pci_add, abi.PHYSDEVOP_manage_pci_remove, abi.PHYSDEVOP_manage_pci_add_ext,
-    abi.PHYSDEVOP_pci_device_add, abi.PHYSDEVOP_pci_device_remove, abi.PHYSDEVOP_setup_gsi,
-    abi.PHYSDEVOP_pci_mmcfg_reserved, abi.PHYSDEVOP_dbgp_op, abi.PHYSDEVOP_prepare_msix,
-    abi.PHYSDEVOP_release_msix))
+# Operations Xen 4.17 leaves to a privileged domain (XSM_PRIV with the dummy policy: -EPERM for a
+# domU), with the size of the argument each copies before its permission check (a bad pointer is then
+# -EFAULT); 0: checked before anything is read (pci_mmcfg_reserved, dbgp_op).
+_PHYSDEV_PRIVILEGED = {
+    abi.PHYSDEVOP_apic_read: 16, abi.PHYSDEVOP_apic_write: 16, abi.PHYSDEVOP_alloc_irq_vector: 8,
+    abi.PHYSDEVOP_manage_pci_add: 2, abi.PHYSDEVOP_manage_pci_remove: 2, abi.PHYSDEVOP_manage_pci_add_ext: 6,
+    abi.PHYSDEVOP_pci_device_add: 12, abi.PHYSDEVOP_pci_device_remove: 4, abi.PHYSDEVOP_prepare_msix: 4,
+    abi.PHYSDEVOP_release_msix: 4, abi.PHYSDEVOP_restore_msi: 2, abi.PHYSDEVOP_restore_msi_ext: 4,
+    abi.PHYSDEVOP_pci_mmcfg_reserved: 0, abi.PHYSDEVOP_dbgp_op: 0,
+}
 
 
 def physdev_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
@@ -671,9 +674,9 @@ def physdev_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     "needs EOI" for any pirq below NR_PIRQS; eoi of a pirq the domain does not have is -EINVAL;
     pirq_eoi_gmfn registers one writable page of the domain's (then -EBUSY); get_free_pirq hands out
     pirqs as Xen's get_free_pirq; map/unmap_pirq are refused (-EPERM for this domain or dom0,
-    -ESRCH for any other); the privileged operations are -EPERM whatever their argument (Xen copies
-    some arguments before its permission check: a bad pointer there is -EFAULT in Xen); anything else,
-    restore_msi included (Xen: -ENODEV or -EPERM, depending on the host's PCI devices), -ENOSYS."""
+    -ESRCH for any other); the privileged operations are -EPERM after the argument checks Xen makes
+    first (restore_msi as for a device the host has: Xen gives -ENODEV for a bus/devfn it has not);
+    anything else -ENOSYS."""
     command &= 0xFFFFFFFF
     if command == abi.PHYSDEVOP_set_iopl:
         iopl = _read(domain, argument, abi.PhysdevSetIopl).iopl
@@ -712,7 +715,13 @@ def physdev_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
         if _read(domain, argument, request_type).domid not in _DOMIDS_SELF:
             raise HypercallError(abi.XEN_ESRCH)
         raise HypercallError(abi.XEN_EPERM)
+    if command == abi.PHYSDEVOP_setup_gsi:
+        if not 0 <= _read(domain, argument, ctypes.c_int32).value < NR_IRQS_GSI:
+            raise HypercallError(abi.XEN_EINVAL)
+        raise HypercallError(abi.XEN_EPERM)
     if command in _PHYSDEV_PRIVILEGED:
+        if _PHYSDEV_PRIVILEGED[command]:
+            _read(domain, argument, ctypes.c_uint8 * _PHYSDEV_PRIVILEGED[command])
         raise HypercallError(abi.XEN_EPERM)
     raise HypercallError(abi.XEN_ENOSYS)
 

@@ -501,6 +501,9 @@ static void probe_physdev(void)
     report("physdev_map_pirq_unmapped", physdev(PHYSDEVOP_map_pirq, a(UNMAPPED_ADDR)));
     report("physdev_unmap_pirq_self", physdev(PHYSDEVOP_unmap_pirq, (unsigned long)&unmap));
     report("physdev_manage_pci_add", physdev(PHYSDEVOP_manage_pci_add, (unsigned long)&pci));
+    report("physdev_manage_pci_add_unmapped", physdev(PHYSDEVOP_manage_pci_add, a(UNMAPPED_ADDR)));
+    report("physdev_pci_mmcfg_reserved_unmapped", physdev(PHYSDEVOP_pci_mmcfg_reserved, a(UNMAPPED_ADDR)));
+    report("physdev_apic_read_unmapped", physdev(PHYSDEVOP_apic_read, a(UNMAPPED_ADDR)));
     report("physdev_unknown_op", physdev(99, 0));
 }
 
