@@ -126,7 +126,7 @@ class Timeline:
         self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
         self._generation = self.vcpu.track_dirty_pages()
         self._segment_generation = self._generation     # the current segment's writes are noted since it
-        self._segment_mapping = self.vcpu.mapping_digest()   # the address space when the segment began
+        self._segment_mapping_changes = self.vcpu.mapping_changes   # the address space changes before the segment
         self._take_checkpoint()
 
     # ---------------------------------------------------------------- state access
@@ -203,7 +203,7 @@ class Timeline:
         pages = self._segment_pages() if self._checkpoints else set()
         self._sync_memory()
         self._segment_generation = self._generation
-        self._segment_mapping = self.vcpu.mapping_digest()
+        self._segment_mapping_changes = self.vcpu.mapping_changes
         if self._checkpoints:
             self._add_segment(Segment(mark, frozenset(pages)))
         checkpoint = Checkpoint(mark, self.vcpu.save_cpu(), tuple(self._memory), self.session.domain.save_state(),
@@ -238,7 +238,7 @@ class Timeline:
         self._memory = list(checkpoint.pages)
         vcpu.load_cpu(checkpoint.cpu)
         self.session.domain.load_state(checkpoint.domain)
-        self._segment_mapping = vcpu.mapping_digest()
+        self._segment_mapping_changes = vcpu.mapping_changes
         self.replayer.load_state(checkpoint.replayer, self.session.log.records_from(checkpoint.replayer.next_seq))
 
     def _checkpoint_before(self, mark: Mark, strictly: bool) -> Checkpoint | None:
@@ -284,7 +284,7 @@ class Timeline:
             return
         pages = self._segment_pages()
         self._segment_generation = self.vcpu.new_generation()
-        self._segment_mapping = self.vcpu.mapping_digest()
+        self._segment_mapping_changes = self.vcpu.mapping_changes
         self._add_segment(Segment(self.position, frozenset(pages)))
 
     def _add_segment(self, segment: Segment) -> None:
@@ -499,6 +499,6 @@ class Timeline:
         """The frames written in the current segment, and MAPPING_CHANGED if the guest's address space
         changed in it."""
         written = set(self.vcpu.pages_written_since(self._segment_generation))
-        if self.vcpu.mapping_digest() != self._segment_mapping:
+        if self.vcpu.mapping_changes != self._segment_mapping_changes:    # a change undone is one too
             written.add(MAPPING_CHANGED)
         return written

@@ -463,6 +463,8 @@ class VCpu:
         self._code_pages: set[int] = set()                 # virtual pages executable in the engine
         self._stale_code = False                           # a code page changed: flush before running
         self._mapping_hash = 0                             # XOR of a hash per mapping (for digests)
+        # Mapping changes so far (never restored): a change undone later leaves the hash as it was, this not.
+        self.mapping_changes = 0
         self._hypervisor_ranges: list[tuple[int, int]] = []  # virtual ranges guests may not pass to Xen
         self.machine = MachineMemory(self)
         self._breakpoints: set[int] = set()
@@ -537,6 +539,7 @@ class VCpu:
         self._mappings[page] = wanted
         self._frame_pages.setdefault(frame, []).append(page)
         self._mapping_hash ^= _mapping_hash(page, wanted)
+        self.mapping_changes += 1
         if page - PAGE_SIZE in self._code_pages:
             self._stale_code = True     # a block there may have been cut short by a failed fetch of this page
         self._protect(page)
@@ -553,6 +556,7 @@ class VCpu:
             self._store[mapping.frame] = bytes(self._vm.mem_read(page, PAGE_SIZE))
         self._vm.mem_unmap(page, PAGE_SIZE)
         self._mapping_hash ^= _mapping_hash(page, mapping)
+        self.mapping_changes += 1
         if page in self._code_pages:
             self._code_pages.discard(page)
             self._stale_code = True

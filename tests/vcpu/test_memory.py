@@ -113,3 +113,18 @@ def test_an_instruction_across_into_a_page_made_executable_later_runs(tmp_path):
     vcpu.add_breakpoint(start)                                  # and single steps over it, lifted
     vcpu.pc = start
     assert vcpu.step().reason == ExitReason.LIMIT and vcpu.pc == start + 1
+
+
+def test_a_mapping_change_undone_still_counts_as_a_change():
+    """Reverse watches skip replay that changed no mapping (stub/timeline.py): a frame switched away and
+    back leaves the map's hash as it was, so the count of changes is what tells it."""
+    vcpu = VCpu(3)
+    vcpu.map_page(0x10000, 1, writable=True)
+    digest, changes = vcpu.mapping_digest(), vcpu.mapping_changes
+    vcpu.map_page(0x10000, 2, writable=True)
+    vcpu.write(0x10000, b"written through the other frame")
+    vcpu.map_page(0x10000, 1, writable=True)
+    assert vcpu.mapping_digest() == digest
+    assert vcpu.mapping_changes > changes
+    vcpu.map_page(0x10000, 1, writable=True)         # the same mapping again changes nothing
+    assert vcpu.mapping_changes == changes + 4
