@@ -48,8 +48,10 @@ engine: $(SPEC)
 guests: $(SYSDEPS)
 	$(MAKE) -C guests
 
+# On every core (pytest-xdist); --dist loadscope keeps a module's tests, and so its module-scoped recordings,
+# on one worker.
 test: all
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadscope tests
 
 # The five reliability campaigns at soak size (tests/*: campaign_size): log mutation, SIGKILL of recorder
 # and daemon, RSP fuzz, random hypercalls + faults, CLI limits. Long: run it when touching those parts.

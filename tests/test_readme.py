@@ -18,11 +18,16 @@ def test_the_demo_record_and_replay_lines_match_a_real_run(xenrr, kbdshell_elf, 
     log = tmp_path / "long-line.xrr"
     recorded = xenrr("record", kbdshell_elf, "-o", log, "--force", "--clock", "virtual", "--keys", DEMO_KEYS)
     replayed = xenrr("replay", log, "--quiet")
-    size_here = log.stat().st_size
-    size_there = size_here - (len(str(kbdshell_elf.resolve())) - len(f"{README_CHECKOUT}/guests/kbdshell/kbdshell.elf"))
-    expected_record = recorded.stderr.strip().replace(str(log), "build/demo/long-line.xrr").replace(
-        f"({size_here} bytes)", f"({size_there} bytes)")
-    assert _transcript_line("xenrr: domain shut down (poweroff) after") == expected_record
+    # The log's size depends on how many blocks the daemon flushed (a flush also happens on a timer, so a
+    # loaded machine writes a few more block headers): the README's figure must be this run's within 10 %.
+    readme_line = _transcript_line("xenrr: domain shut down (poweroff) after")
+    readme_size = int(re.search(r"\((\d+) bytes\)", readme_line).group(1))
+    size_there = log.stat().st_size - (len(str(kbdshell_elf.resolve())) -
+                                       len(f"{README_CHECKOUT}/guests/kbdshell/kbdshell.elf"))
+    assert abs(readme_size - size_there) <= size_there // 10, (readme_size, size_there)
+    expected_record = re.sub(r"\(\d+ bytes\)", f"({readme_size} bytes)",
+                             recorded.stderr.strip().replace(str(log), "build/demo/long-line.xrr"))
+    assert readme_line == expected_record
     assert _transcript_line("xenrr: replayed to the end") == replayed.stderr.strip()
     command = _transcript_line("$ xenrr record guests/kbdshell/kbdshell.elf -o build/demo/long-line.xrr")
     assert re.sub(r"x{3}\.\.\.x{3}", "x" * 59, command).endswith(f"--force --clock virtual --keys '{DEMO_KEYS}'")

@@ -57,7 +57,14 @@ class TmuxShell:
         return self._tmux("capture-pane", "-p", "-S", "-200")
 
     def toolbar(self) -> str:
-        return self._tmux("capture-pane", "-p").rstrip("\n").splitlines()[-1]
+        """The bottom toolbar once prompt_toolkit has drawn it (it is drawn after the prompt: until then the
+        bottom line is the prompt itself)."""
+        deadline = time.monotonic() + SCREEN_TIMEOUT
+        while True:
+            bottom = self._tmux("capture-pane", "-p").rstrip("\n").splitlines()[-1]
+            if not bottom.startswith(PROMPT_SHOWN) or time.monotonic() > deadline:
+                return bottom
+            time.sleep(0.05)
 
     def wait_for(self, text: str, count: int = 1) -> str:
         """The screen once `text` shows on it `count` times (a new prompt: pass one more than before)."""
