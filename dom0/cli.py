@@ -31,7 +31,7 @@ from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from dom0.xenstored import format_perms, is_valid_path
-from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands
+from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands, refuse_to_record_a_running_domain
 from host.pinning import pinned_replay
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
@@ -264,6 +264,8 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_record(args: argparse.Namespace) -> int:
     _check_numbers(args)
+    if not args.guest.exists():
+        refuse_to_record_a_running_domain(str(args.guest))
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:

@@ -29,6 +29,7 @@ def xenstore_config(guest: Path) -> dict:
 
 def connect_xenstore(domain: Domain, config: dict) -> Xenstored:
     """Start a xenstored holding the tree libxl writes for `domain` and introduce the domain to it."""
+    domain.domid = config["domid"]
     store = Xenstored(config["domid"])
     write_domain_tree(store, domain, config["domid"], config["name"])
     domain.connect_xenstore(store)

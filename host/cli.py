@@ -310,6 +310,24 @@ def _hang_up(connection) -> None:
         pass
 
 
+def refuse_to_record_a_running_domain(name: str) -> None:
+    """`xenrr record NAME -o LOG` where NAME is no guest file but a domain running on the host (at the
+    default socket): refused in one line saying why and what to do instead. A log replays from a
+    freshly built domain (its header, then every input from the first instruction), so a recording
+    cannot begin in the middle of a domain's run."""
+    path = control.default_socket_path()
+    if not path.exists():
+        return
+    try:
+        domains = control.call(path, {"cmd": "list"})["domains"]
+    except ControlError:
+        return
+    if any(domain["name"] == name for domain in domains):
+        raise HostCommandError(f"{name} is a domain already running on the host at {path}: a log starts where its "
+                               "domain is built, so recording cannot begin in the middle of a run; record it from "
+                               "its first instruction with `xenrr create CFG --record LOG`")
+
+
 HOST_COMMANDS = {"up": command_up, "down": command_down, "create": command_create, "list": command_list,
                  "console": command_console, "shutdown": _simple("shutdown"), "destroy": _simple("destroy"),
                  "pause": _simple("pause"), "unpause": _simple("unpause"), "vcpu-list": command_vcpu_list,

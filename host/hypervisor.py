@@ -80,6 +80,7 @@ class Hypervisor:
             self.workers.append(Worker(index, core, process, parent))
             self.selector.register(parent, selectors.EVENT_READ, ("worker", index))
         self.domains: dict[str, DomainEntry] = {}
+        self.offers: dict[int, set[tuple[int, int]]] = {}    # domid -> (domid, port) unbound ports offered to it
         self._domids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self.running = True
@@ -104,12 +105,36 @@ class Hypervisor:
             entry = self.domains.get(message[1])
             if entry is not None:
                 self._console_output(entry, message[2])
+        elif message[0] == "interdomain":
+            self._interdomain(*message[1:])
         elif message[0] == "gone":
             entry = self.domains.pop(message[1], None)
             if entry is not None:
+                self.offers.pop(entry.domid, None)
                 self.workers[entry.pcpu].domains.discard(entry.name)
                 for client in entry.consoles:
                     self._drop(client)
+
+    def _interdomain(self, change: str, domid: int, port: int, remote_dom: int, remote_port: int) -> None:
+        """Route a domain's event-channel action to the domain it concerns; offers to a domain not
+        created yet wait for it (domids are never reused)."""
+        if change == "offer":
+            self.offers.setdefault(remote_dom, set()).add((domid, port))
+        elif change == "withdraw":
+            self.offers.get(remote_dom, set()).discard((domid, port))
+        elif change == "bound":
+            self.offers.get(domid, set()).discard((remote_dom, remote_port))
+        entry = next((entry for entry in self.domains.values() if entry.domid == remote_dom), None)
+        if entry is not None:
+            self._tell(entry, {"change": change, "port": remote_port, "remote_dom": domid, "remote_port": port})
+
+    def _tell(self, entry: DomainEntry, fields: dict) -> None:
+        """An inter-domain action for `entry`'s worker; its reply is not waited for."""
+        try:
+            self.workers[entry.pcpu].connection.send({"op": "interdomain", "id": next(self._request_ids),
+                                                      "name": entry.name, **fields})
+        except OSError:
+            pass                    # the worker died: the serve loop stops the host
 
     def _console_output(self, entry: DomainEntry, data: bytes) -> None:
         entry.history.append(data)
@@ -165,6 +190,8 @@ class Hypervisor:
             del self.domains[config.name]
             raise ControlError(result["error"])
         worker.domains.add(config.name)
+        for offerer, port in sorted(self.offers.get(domid, ())):
+            self._tell(entry, {"change": "offer", "port": 0, "remote_dom": offerer, "remote_port": port})
         return {"name": config.name, "domid": domid, "pcpu": worker.index}
 
     def cmd_list(self, request: dict, client) -> dict:

@@ -10,7 +10,11 @@ idle domains cost no CPU. What a guest writes to its console goes up the pipe as
 Requests (dicts with an "op" and an "id") get exactly one reply `("reply", id, result)`, result a dict
 with "error" when the request failed; unprompted messages are `("console", name, bytes)` and
 `("gone", name, why)` when a domain left (shut down or crashed with on_poweroff/on_crash=destroy,
-or destroyed). Invariant: only this process touches its domains; the hypervisor process sees them
+or destroyed), and `("interdomain", change, domid, port, remote domid, remote port)`: an event-channel
+action of one of our domains that another domain must learn (sent after the quantum it happened in;
+the hypervisor routes it to the worker of the other domain as an "interdomain" request, which
+injects it into that domain's funnel - so it is logged when that domain is recorded).
+Invariant: only this process touches its domains; the hypervisor process sees them
 only through this pipe, so no guest state is shared between processes.
 """
 from __future__ import annotations
@@ -29,7 +33,7 @@ from host.credit import CreditScheduler, Entity
 from host.xlcfg import DomainConfig
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain, RunState
-from xen.inject import Kind
+from xen.inject import InterdomainChange, Kind
 from xen.sched import Outcome, Scheduler
 
 MIB = 1024 * 1024
@@ -100,6 +104,8 @@ class HostedDomain:
         self.domain = Domain(image, console_output=output, hypervisor_console=output)
         xenstore = {"domid": domid, "name": config.name}
         connect_xenstore(self.domain, xenstore)
+        self.outbox: list[tuple[str, int, int, int]] = []     # event-channel actions for other domains
+        self.domain.interdomain_out = self._to_other_domain
         self.recording: Recording | None = None
         if record is not None:
             try:
@@ -113,6 +119,37 @@ class HostedDomain:
         self.wake_ns: int | None = None
         self.affinity = config.cpus[0]
         self.recording_failure: str | None = None
+
+    def _to_other_domain(self, change: str, port: int, remote_dom: int, remote_port: int) -> None:
+        """Kept until the quantum ends; a port notified again before then is one notification (an
+        event is one pending bit, however often it is sent), so a flooding guest sends at most one
+        per port and quantum."""
+        message = (change, port, remote_dom, remote_port)
+        if change != "notify" or message not in self.outbox:
+            self.outbox.append(message)
+
+    def disconnect(self) -> None:
+        """The domain goes: its channels with other domains close and its offers are withdrawn, as
+        Xen's domain destruction closes every port (the other ends become unbound)."""
+        for port, binding in self.domain.events.ports().items():
+            if binding.kind == "interdomain" and binding.target != self.domid:
+                self._to_other_domain("closed", port, int(binding.target), binding.remote_port)
+            elif binding.kind == "unbound" and binding.target != self.domid:
+                self._to_other_domain("withdraw", port, int(binding.target), 0)
+
+    def remote_change(self, change: InterdomainChange) -> str | None:
+        """Another domain's action on a channel with us, as an input of this domain (logged when it is
+        recorded) if it still fits our ports; when it does not (we closed the port they bound
+        meanwhile), what to answer them ("closed"), else None."""
+        events = self.domain.events
+        if not self.domain.alive or not events.remote_change_applies(change.change, change.port, change.remote_dom,
+                                                                     change.remote_port):
+            return "closed" if change.change == "bound" else None
+        self.domain.funnel.inject(Kind.INTERDOMAIN, change.to_bytes())
+        self.idle = False
+        if change.change == "closed":          # our end is unbound again, for them to bind (Xen's evtchn_close)
+            self._to_other_domain("offer", change.port, change.remote_dom, 0)
+        return None
 
     @property
     def state(self) -> str:
@@ -258,6 +295,21 @@ class PhysicalCpu:
         self._domain(request).affinity = request["cpus"]
         return {}
 
+    def op_interdomain(self, request: dict) -> dict:
+        """Another domain's event-channel action towards one of ours (the hypervisor routes them)."""
+        hosted = self._domain(request)
+        change = InterdomainChange(request["change"], request["port"], request["remote_dom"], request["remote_port"])
+        answer = hosted.remote_change(change)
+        if answer is not None:
+            hosted.outbox.append((answer, change.port, change.remote_dom, change.remote_port))
+        self._send_outbox(hosted)
+        return {}
+
+    def _send_outbox(self, hosted: HostedDomain) -> None:
+        for change, port, remote_dom, remote_port in hosted.outbox:
+            self.connection.send(("interdomain", change, hosted.domid, port, remote_dom, remote_port))
+        hosted.outbox.clear()
+
     def op_console_in(self, request: dict) -> dict:
         self._domain(request).input.feed(request["data"])
         return {}
@@ -276,6 +328,8 @@ class PhysicalCpu:
         hosted.stop_recording(hosted.outcome())
         if hosted.recording_failure is not None:
             why += f"; its log is incomplete: {hosted.recording_failure}"
+        hosted.disconnect()
+        self._send_outbox(hosted)
         del self.domains[hosted.config.name]
         self.credit.remove(hosted.entity)
         hosted.close()
@@ -321,6 +375,7 @@ class PhysicalCpu:
         hosted = next(hosted for hosted in self.domains.values() if hosted.entity is entity)
         started = time.monotonic_ns()
         ran = hosted.run(self.credit.budget(entity))
+        self._send_outbox(hosted)
         self._busy_ns += time.monotonic_ns() - started
         self._busy_instructions += ran
         self.credit.charge(entity, ran)

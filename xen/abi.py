@@ -468,6 +468,12 @@ class EvtchnAllocUnbound(_Struct):
     _fields_ = [("dom", _u16), ("remote_dom", _u16), ("port", _u32)]
 
 
+class EvtchnBindInterdomain(_Struct):
+    """struct evtchn_bind_interdomain (EVTCHNOP_bind_interdomain)."""
+
+    _fields_ = [("remote_dom", _u16), ("remote_port", _u32), ("local_port", _u32)]
+
+
 class EvtchnBindVirq(_Struct):
     """struct evtchn_bind_virq (EVTCHNOP_bind_virq)."""
 

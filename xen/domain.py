@@ -20,7 +20,7 @@ from xen.console import ConsoleRing
 from xen.digest import Digest, start_memory_digests, take_digest
 from xen.evtchn import Binding, EventChannels
 from xen.grant import GrantTable
-from xen.inject import Funnel
+from xen.inject import Funnel, InterdomainChange
 from xen.mm import L4, MemoryModel
 from xen.runstate import Runstate
 from xen.timekeeping import GuestTime
@@ -98,6 +98,10 @@ class Domain:
         self.memory.pin(image.l4_frame, L4)          # as the toolstack pins the bootstrap L4
         self.memory.new_baseptr(image.l4_frame)
         self.domid = DOMID
+        # Where this domain's event-channel actions towards other domains go (the host's pCPU worker):
+        # called with (change, our port, remote domid, remote port); None alone (a replay): they go nowhere,
+        # which changes nothing in this domain.
+        self.interdomain_out: Callable[[str, int, int, int], None] | None = None
         self._free_extra_frames = list(image.extra_frames)
         self.grants = GrantTable(self.vcpu.machine, DOMID, frame_address=lambda frame: frame * abi.PAGE_SIZE,
                                  allocate_frame=self.allocate_extra_frame, is_domain_frame=self._is_domain_frame)
@@ -175,7 +179,8 @@ class Domain:
             b"gdt:" + repr((self.memory.gdt, self.memory.gdt_entries)).encode() + \
             b"physdev:" + repr((self.iopl, self.io_bitmap, self.pirq_eoi_frame, self.pirq_auto_unmask,
                                 self.pirqs)).encode() + \
-            b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes())
+            b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes()) + \
+            (b"interdomain:" + interdomain if (interdomain := self.events.interdomain_state()) else b"")
 
     def allocate_extra_frame(self) -> int | None:
         """A frame outside the domain's pages for the hypervisor to hand to the guest (a grant-table
@@ -270,6 +275,19 @@ class Domain:
         raised_upcall = self.events.set_pending(port)
         if self.poll is not None and (raised_upcall or newly_pending and self.poll.port in (None, port)):
             self._end_poll()
+
+    def tell_remote(self, change: str, port: int, remote_dom: int, remote_port: int) -> None:
+        """An event-channel action of ours that another domain must learn (offer, withdraw, bound,
+        closed, notify), handed to the host; nothing happens here."""
+        if self.interdomain_out is not None:
+            self.interdomain_out(change, port, remote_dom, remote_port)
+
+    def remote_event(self, change: InterdomainChange) -> None:
+        """Another domain's action on a channel with us (a funnel input): the port table changes, or
+        for a notification the port is raised as Xen's evtchn_send raises the remote end."""
+        self.events.apply_remote_change(change.change, change.port, change.remote_dom, change.remote_port)
+        if change.change == "notify":
+            self.notify_guest(change.port)
 
     def raise_virq(self, virq: int) -> None:
         port = self.events.port_for_virq(virq)

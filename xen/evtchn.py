@@ -1,6 +1,8 @@
 """Event channels: the port table and the 2-level pending/mask bitmaps in the guest's shared_info.
 
-Owns which port is bound to what (a VIRQ, a backend device, or nothing) and the event bits as Xen
+Owns which port is bound to what (a VIRQ, a backend device, another domain's port, or nothing yet),
+the ports other domains offer this one (their EVTCHNOP_alloc_unbound naming it: what a
+bind_interdomain may bind to, learnt only through logged inputs) and the event bits as Xen
 lays them out: shared_info.evtchn_pending[] / evtchn_mask[], vcpu_info.evtchn_pending_sel and
 evtchn_upcall_pending. Invariant: the bits in guest memory are the only event state; this module
 keeps no shadow copy of them, so a snapshot of guest memory is a snapshot of all event state.
@@ -9,7 +11,7 @@ Upcall delivery itself (the bounce frame) is xen/upcall.py's.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xen import abi
 from xen.vcpu import MachineMemory
@@ -19,10 +21,12 @@ BITS_PER_WORD = 64
 
 @dataclass
 class Binding:
-    """What a port is connected to: ("virq", number), ("backend", device name) or ("unbound", remote domid)."""
+    """What a port is connected to: ("virq", number), ("backend", device name), ("unbound", remote domid)
+    or ("interdomain", remote domid) with the remote domain's port in `remote_port`."""
     kind: str
     target: int | str
     vcpu: int = 0
+    remote_port: int = 0
 
 
 class EventChannels:
@@ -34,6 +38,7 @@ class EventChannels:
         self.max_ports = max_ports
         self._ports: dict[int, Binding] = {}
         self._virq_ports: dict[int, int] = {}
+        self.offers: set[tuple[int, int]] = set()     # (domid, port): unbound ports of other domains, offered to us
         self.vcpu_info_override: int | None = None    # VCPUOP_register_vcpu_info's machine address
 
     # ---------------------------------------------------------------- port table
@@ -55,17 +60,60 @@ class EventChannels:
     def port_for_virq(self, virq: int) -> int | None:
         return self._virq_ports.get(virq)
 
+    def rebind(self, port: int, binding: Binding) -> None:
+        """Change what a bound port (not a VIRQ's) is connected to; its vCPU stays."""
+        self._ports[port] = replace(binding, vcpu=self._ports[port].vcpu)
+
+    def remote_change_applies(self, change: str, port: int, remote_dom: int, remote_port: int) -> bool:
+        """Whether another domain's `change` to a channel with this domain finds the state it expects:
+        "bound" an unbound port offered to `remote_dom`; "closed" and "notify" a port connected to
+        (`remote_dom`, `remote_port`); "withdraw" an offer we hold. An "offer" always applies."""
+        binding = self._ports.get(port)
+        if change == "offer":
+            return True
+        if change == "withdraw":
+            return (remote_dom, remote_port) in self.offers
+        if change == "bound":
+            return binding is not None and binding.kind == "unbound" and binding.target == remote_dom
+        return binding is not None and binding.kind == "interdomain" and binding.target == remote_dom \
+            and binding.remote_port == remote_port
+
+    def apply_remote_change(self, change: str, port: int, remote_dom: int, remote_port: int) -> None:
+        """The port table after another domain's change (`remote_change_applies` must hold): an offer
+        kept or dropped, our unbound port connected to theirs, or our connected port unbound again when
+        they closed theirs (as Xen's evtchn_close leaves the other end ECS_UNBOUND). "notify" changes
+        no table (the caller raises the event)."""
+        if change == "offer":
+            self.offers.add((remote_dom, remote_port))
+        elif change == "withdraw":
+            self.offers.discard((remote_dom, remote_port))
+        elif change == "bound":
+            self.rebind(port, Binding("interdomain", remote_dom, remote_port=remote_port))
+        elif change == "closed":
+            self.rebind(port, Binding("unbound", remote_dom))
+
     def close(self, port: int) -> None:
         binding = self._ports.pop(port)
         if binding.kind == "virq":
             del self._virq_ports[int(binding.target)]
 
-    def save_state(self) -> tuple[dict[int, Binding], dict[int, int], int | None]:
-        return dict(self._ports), dict(self._virq_ports), self.vcpu_info_override
+    def ports(self) -> dict[int, Binding]:
+        """Every bound port (a copy)."""
+        return dict(self._ports)
 
-    def load_state(self, state: tuple[dict[int, Binding], dict[int, int], int | None]) -> None:
+    def interdomain_state(self) -> bytes:
+        """The ports connected to or offered to other domains, canonically (for digests); empty without any."""
+        remote = sorted((port, binding.kind, binding.target, binding.remote_port) for port, binding in self._ports.items()
+                        if binding.kind == "interdomain" or binding.kind == "unbound")
+        return repr((remote, sorted(self.offers))).encode() if remote or self.offers else b""
+
+    def save_state(self) -> tuple[dict[int, Binding], dict[int, int], int | None, frozenset[tuple[int, int]]]:
+        return dict(self._ports), dict(self._virq_ports), self.vcpu_info_override, frozenset(self.offers)
+
+    def load_state(self, state: tuple[dict[int, Binding], dict[int, int], int | None, frozenset[tuple[int, int]]]) -> None:
         self._ports, self._virq_ports = dict(state[0]), dict(state[1])
         self.vcpu_info_override = state[2]
+        self.offers = set(state[3])
 
     # ---------------------------------------------------------------- bits in shared_info
     def _word_address(self, array_field: str, port: int) -> int:

@@ -119,8 +119,15 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
     if command == abi.EVTCHNOP_send:
         port = _read(domain, argument, abi.EvtchnSend).port
         _check_port(domain, port)
-        if events.binding(port).kind == "virq":
+        binding = events.binding(port)
+        if binding.kind == "virq":
             raise HypercallError(abi.XEN_EINVAL)
+        if binding.kind == "interdomain":             # raise the other end (an unbound port: dropped, as Xen does)
+            if binding.target == domain.domid:
+                domain.notify_guest(binding.remote_port)
+            else:
+                domain.tell_remote("notify", port, int(binding.target), binding.remote_port)
+            return 0
         domain.guest_notified(port)
         return 0
     if command == abi.EVTCHNOP_bind_virq:
@@ -139,17 +146,31 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
         return 0
     if command == abi.EVTCHNOP_alloc_unbound:
         request = _read(domain, argument, abi.EvtchnAllocUnbound)
+        if request.dom not in (abi.DOMID_SELF, domain.domid):
+            raise HypercallError(abi.XEN_EPERM)       # a port in another domain: XSM_TARGET refuses a domU
         if not events.has_free_port():
             raise HypercallError(abi.XEN_ENOSPC)
-        request.port = events.allocate(Binding("unbound", request.remote_dom))
+        remote = domain.domid if request.remote_dom == abi.DOMID_SELF else request.remote_dom
+        request.port = events.allocate(Binding("unbound", remote))
+        if remote != domain.domid:
+            domain.tell_remote("offer", request.port, remote, 0)
         _write(domain, argument, bytes(request))
         return 0
+    if command == abi.EVTCHNOP_bind_interdomain:
+        return _bind_interdomain(domain, argument)
     if command == abi.EVTCHNOP_close:
         port = _read(domain, argument, abi.EvtchnClose).port
         _check_port(domain, port)
-        if events.binding(port).kind == "backend":
+        binding = events.binding(port)
+        if binding.kind == "backend":
             raise HypercallError(abi.XEN_EINVAL)    # device ports belong to the toolstack
         events.close(port)
+        if binding.kind == "interdomain" and binding.target == domain.domid:     # the other end is ours
+            events.rebind(binding.remote_port, Binding("unbound", domain.domid))
+        elif binding.kind == "interdomain":
+            domain.tell_remote("closed", port, int(binding.target), binding.remote_port)
+        elif binding.kind == "unbound" and binding.target != domain.domid:
+            domain.tell_remote("withdraw", port, int(binding.target), 0)
         return 0
     if command == abi.EVTCHNOP_unmask:
         port = _read(domain, argument, abi.EvtchnUnmask).port
@@ -160,6 +181,36 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
     if command == abi.EVTCHNOP_status:
         return _evtchn_status(domain, argument)
     raise HypercallError(abi.XEN_ENOSYS)
+
+
+def _bind_interdomain(domain: "Domain", argument: int) -> int:
+    """EVTCHNOP_bind_interdomain as xen/common/event_channel.c: the remote port must be unbound and
+    offered to us (-EINVAL otherwise); the new local port is connected to it and, as Xen does for
+    notifications the unbound port may have missed, marked pending. Another domain's offers are known
+    only from the host's logged inputs (EventChannels.offers), so the answer is a function of this
+    domain's state and replays alone. A domain id nobody uses is -EINVAL here, not Xen's -ESRCH: a
+    domain does not know which others exist."""
+    events = domain.events
+    request = _read(domain, argument, abi.EvtchnBindInterdomain)
+    remote = domain.domid if request.remote_dom == abi.DOMID_SELF else request.remote_dom
+    if not events.has_free_port():
+        raise HypercallError(abi.XEN_ENOSPC)
+    if remote == domain.domid:
+        peer = events.binding(request.remote_port)
+        if peer is None or peer.kind != "unbound" or peer.target != domain.domid:
+            raise HypercallError(abi.XEN_EINVAL)
+    elif (remote, request.remote_port) not in events.offers:
+        raise HypercallError(abi.XEN_EINVAL)
+    local = events.allocate(Binding("interdomain", remote, remote_port=request.remote_port))
+    if remote == domain.domid:
+        events.rebind(request.remote_port, Binding("interdomain", remote, remote_port=local))
+    else:
+        events.offers.discard((remote, request.remote_port))
+        domain.tell_remote("bound", local, remote, request.remote_port)
+    domain.notify_guest(local)
+    request.local_port = local
+    _write(domain, argument, bytes(request))
+    return 0
 
 
 def _evtchn_status(domain: "Domain", argument: int) -> int:
@@ -175,6 +226,10 @@ def _evtchn_status(domain: "Domain", argument: int) -> int:
     elif binding.kind == "virq":
         request.status = abi.EVTCHNSTAT_virq
         request.u.virq = int(binding.target)
+    elif binding.kind == "interdomain":
+        request.status = abi.EVTCHNSTAT_interdomain
+        request.u.interdomain.dom = int(binding.target)
+        request.u.interdomain.port = binding.remote_port
     elif binding.kind == "backend":
         request.status = abi.EVTCHNSTAT_interdomain
         request.u.interdomain.dom = 0

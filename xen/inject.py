@@ -1,8 +1,8 @@
 """The input funnel: the one path by which anything from outside the vCPU enters a domain.
 
 Every nondeterministic input - console bytes written into the ring, timer interrupts, the time
-values in vcpu_time_info, rdrand values - is an `Injection` (kind, vcpu, icount, rip, payload)
-applied by `Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
+values in vcpu_time_info, rdrand values, what other domains do to event channels with this one - is
+an `Injection` (kind, vcpu, icount, rip, payload) applied by `Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
 type adds a `Kind` and one handler in `Funnel._handlers`, never a second path.
 
 Invariant: an injection changes guest-visible state only here, at the instruction count stamped
@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from xen.digest import Digest, end_payload, parse_end_payload
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
@@ -31,6 +31,7 @@ class Kind(enum.IntEnum):
     TIME = 18            # payload: a TimeBase; publishes time only (e.g. on waking from idle)
     RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
     XENSTORE_WRITE = 20  # payload: path, a nul, the value; a dom0 write into the domain's xenstore
+    INTERDOMAIN = 24     # payload: an InterdomainChange; another domain acted on an event channel with this one
 
 
 for _kind in Kind:
@@ -55,6 +56,8 @@ def describe_payload(kind: int, payload: bytes) -> str:
         if kind == Kind.XENSTORE_WRITE:
             path, _, value = payload.partition(b"\0")
             return f"xenstore write {path.decode('latin-1')} = {value.decode('latin-1')!r}"
+        if kind == Kind.INTERDOMAIN:
+            return f"inter-domain event channel: {InterdomainChange.from_bytes(payload)}"
         if kind == KIND_DIGEST:
             return _describe_digest(Digest.from_bytes(payload))
         if kind == KIND_END:
@@ -67,6 +70,35 @@ def describe_payload(kind: int, payload: bytes) -> str:
 
 def _describe_digest(digest: Digest) -> str:
     return f"state digest {digest.state_hash.hex()}" + (" with memory" if digest.memory_hash is not None else "")
+
+
+INTERDOMAIN_CHANGES = ("offer", "withdraw", "bound", "closed", "notify")
+
+
+@dataclass(frozen=True)
+class InterdomainChange:
+    """What another domain did to an event channel with this domain, as the host delivers it: offered
+    us its unbound port (`remote_port`) or withdrew the offer, bound our unbound `port` to its
+    `remote_port`, closed its end of our connected `port`, or notified us on it (EVTCHNOP_send)."""
+    change: str
+    port: int
+    remote_dom: int
+    remote_port: int
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<BHII")
+
+    def to_bytes(self) -> bytes:
+        return self.FORMAT.pack(INTERDOMAIN_CHANGES.index(self.change), self.remote_dom, self.remote_port, self.port)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "InterdomainChange":
+        code, remote_dom, remote_port, port = cls.FORMAT.unpack(payload)
+        if code >= len(INTERDOMAIN_CHANGES):
+            raise ValueError(f"unknown inter-domain change {code}")
+        return cls(INTERDOMAIN_CHANGES[code], port, remote_dom, remote_port)
+
+    def __str__(self) -> str:
+        return f"d{self.remote_dom} port {self.remote_port}: {self.change} " + \
+            ("(an offer to us)" if self.change in ("offer", "withdraw") else f"our port {self.port}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,8 @@ class UnknownInputKind(UnusableRecord):
 
 
 # The payload size of each fixed-size input kind (CONSOLE_INPUT: one byte or more).
-PAYLOAD_BYTES = {Kind.TIMER: TimeBase.SIZE, Kind.TIME: TimeBase.SIZE, Kind.RANDOM: 8}
+PAYLOAD_BYTES = {Kind.TIMER: TimeBase.SIZE, Kind.TIME: TimeBase.SIZE, Kind.RANDOM: 8,
+                 Kind.INTERDOMAIN: InterdomainChange.FORMAT.size}
 
 
 class Funnel:
@@ -112,6 +145,7 @@ class Funnel:
             Kind.TIME: self._time,
             Kind.RANDOM: self._random,
             Kind.XENSTORE_WRITE: self._xenstore_write,
+            Kind.INTERDOMAIN: self._interdomain,
         }
 
     def inject(self, kind: Kind, payload: bytes, vcpu_id: int = 0) -> Injection:
@@ -192,3 +226,13 @@ class Funnel:
         path, _, value = payload.partition(b"\0")
         domain.xenstore.write(path.decode("latin-1"), value)
         domain.xenstore_changed()
+
+    def _interdomain(self, payload: bytes) -> None:
+        try:
+            change = InterdomainChange.from_bytes(payload)
+        except ValueError as error:
+            raise UnusableRecord(f"the log holds a malformed inter-domain input: {error}") from None
+        if not self._domain.events.remote_change_applies(change.change, change.port, change.remote_dom,
+                                                         change.remote_port):
+            raise UnusableRecord(f"the log's inter-domain input ({change}) does not fit the domain's event channels")
+        self._domain.remote_event(change)

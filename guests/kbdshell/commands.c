@@ -1,6 +1,6 @@
 /*
  * The command interpreter: splits a line into WORD and ARG and runs
- * echo, calc, hash, hist, ticks, uptime, bench, pages and halt. Output formats are
+ * echo, calc, hash, hist, ticks, uptime, bench, pages, evtchn (evtchn.c) and halt. Output formats are
  * specified in README.md; every output line ends with "\r\n".
  */
 #include "shell.h"
@@ -316,6 +316,8 @@ void run_command(const char *line)
         cmd_bench(arg);
     } else if (strcmp(word, "pages") == 0) {
         cmd_pages();
+    } else if (strcmp(word, "evtchn") == 0) {
+        cmd_evtchn(arg);
     } else if (strcmp(word, "halt") == 0) {
         poweroff();
     } else {

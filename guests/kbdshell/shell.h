@@ -31,6 +31,9 @@ void print_history(void);
 /* commands.c */
 void run_command(const char *line);
 
+/* evtchn.c */
+void cmd_evtchn(const char *arg);
+
 /* main.c */
 uint64_t timer_ticks(void);
 

@@ -63,6 +63,31 @@ class Host:
         assert listed.status == 0, listed.stderr
         return {domain["name"]: domain for domain in json.loads(listed.stdout)}
 
+    def console_until(self, name: str, text: bytes, count: int, typed: bytes = b"") -> bytes:
+        """Attach to NAME's console, type `typed`, read until the output holds `count` times `text`, then
+        detach (Ctrl-]): the console exits 0 saying so."""
+        console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", name, "--socket", str(self.socket)],
+                                   cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = b""
+        try:
+            console.stdin.write(typed)
+            console.stdin.flush()
+            while seen.count(text) < count:
+                chunk = os.read(console.stdout.fileno(), 4096)
+                assert chunk, seen
+                seen += chunk
+            console.stdin.write(b"\x1d")
+            console.stdin.flush()
+            assert console.wait(timeout=60) == 0
+            assert f"console of {name}: detached" in console.stderr.read().decode()
+        finally:
+            if console.poll() is None:
+                console.kill()
+                console.wait()
+            for stream in (console.stdin, console.stdout, console.stderr):
+                stream.close()
+        return seen
+
     def wait_for(self, predicate, what: str, timeout: float = 120.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -101,35 +101,9 @@ def test_bad_configs_requests_and_socket_lines_are_refused_in_one_line(host):
     assert [domain["name"] for domain in answers[3]["domains"]] == ["dup"]
 
 
-def _console_until(host, name: str, text: bytes, count: int, typed: bytes = b"") -> bytes:
-    """Attach to NAME's console, type `typed`, read until the output holds `count` times `text`, then
-    detach (Ctrl-]): the console exits 0 saying so."""
-    console = subprocess.Popen([sys.executable, "-m", "dom0.cli", "console", name, "--socket", str(host.socket)],
-                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = b""
-    try:
-        console.stdin.write(typed)
-        console.stdin.flush()
-        while seen.count(text) < count:
-            chunk = os.read(console.stdout.fileno(), 4096)
-            assert chunk, seen
-            seen += chunk
-        console.stdin.write(b"\x1d")
-        console.stdin.flush()
-        assert console.wait(timeout=60) == 0
-        assert f"console of {name}: detached" in console.stderr.read().decode()
-    finally:
-        if console.poll() is None:
-            console.kill()
-            console.wait()
-        for stream in (console.stdin, console.stdout, console.stderr):
-            stream.close()
-    return seen
-
-
 def test_console_attach_type_detach_and_poweroff(host):
     host.xenrr("create", host.config("shell", guest="kbdshell"))
-    shown = _console_until(host, "shell", b"\nattached\r\n", 1, typed=b"echo attached\r")
+    shown = host.console_until("shell", b"\nattached\r\n", 1, typed=b"echo attached\r")
     assert b"> echo attached\r\nattached\r\n" in shown
     again = host.xenrr("console", "shell", stdin=b"halt\r")        # on_poweroff = destroy (the default)
     assert again.status == 0 and "console of shell: the domain is gone" in again.stderr
@@ -250,7 +224,7 @@ def test_a_crashing_domain_does_not_disturb_the_others_and_on_crash_is_obeyed(ho
     host.wait_for(lambda: "dropped" not in host.domains(), "dropped to go (on_crash = destroy)")
     reborn = host.domains()["reborn"]
     assert reborn["state"] != "crashed" and reborn["domid"] == 3            # restarted with its domid
-    shown = _console_until(host, "reborn", b"hostile ready", 2)          # booted again after the crash
+    shown = host.console_until("reborn", b"hostile ready", 2)          # booted again after the crash
     assert shown.count(b"hostile: ud2") == 1
     steady = host.domains()["steady"]["instructions"]
     host.wait_for(lambda: host.domains()["steady"]["instructions"] > steady, "steady to go on running")

@@ -41,6 +41,7 @@ C_TYPES: dict[type, str] = {
     abi.SchedShutdown: "struct sched_shutdown",
     abi.SchedPoll: "struct sched_poll",
     abi.EvtchnAllocUnbound: "struct evtchn_alloc_unbound",
+    abi.EvtchnBindInterdomain: "struct evtchn_bind_interdomain",
     abi.EvtchnBindVirq: "struct evtchn_bind_virq",
     abi.EvtchnClose: "struct evtchn_close",
     abi.EvtchnSend: "struct evtchn_send",
