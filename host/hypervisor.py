@@ -8,7 +8,9 @@ affinity (`cpus=`) allows and forwards each request to the worker that runs the 
 console` turns a connection into a byte stream: the domain's console output (what it wrote lately
 first), and keys typed go to the guest.
 
-Invariant: a domain's name is unique, and it exists on exactly one worker; when the host stops
+`vcpu-pin` to pCPUs without the domain's current one moves it to another worker (its whole state
+handed over between two quanta). Invariant: a domain's name is unique, and it exists on exactly one
+worker (outside a move, which no other request interleaves with); when the host stops
 (`xenrr down`, SIGTERM, Ctrl-C in the foreground) every domain is destroyed, every worker has
 exited and the socket is removed.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
 from host.pcpu import pcpu_main
+from host.xlcfg import DomainConfig
 
 WORKER_START_SECONDS = 120
 
@@ -49,6 +52,8 @@ class DomainEntry:
     name: str
     domid: int
     pcpu: int
+    config: DomainConfig
+    moving: list | None = None                          # inter-domain actions held while it changes pCPU
     history: deque = field(default_factory=lambda: deque())
     history_bytes: int = 0
     consoles: list = field(default_factory=list)        # attached client sockets
@@ -129,7 +134,11 @@ class Hypervisor:
             self._tell(entry, {"change": change, "port": remote_port, "remote_dom": domid, "remote_port": port})
 
     def _tell(self, entry: DomainEntry, fields: dict) -> None:
-        """An inter-domain action for `entry`'s worker; its reply is not waited for."""
+        """An inter-domain action for `entry`'s worker; its reply is not waited for. While the domain
+        changes pCPU it is held, and told to the new worker once the domain is there."""
+        if entry.moving is not None:
+            entry.moving.append(fields)
+            return
         try:
             self.workers[entry.pcpu].connection.send({"op": "interdomain", "id": next(self._request_ids),
                                                       "name": entry.name, **fields})
@@ -180,7 +189,7 @@ class Hypervisor:
             raise ControlError(f"{config.source}: cpus names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
         worker = min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index))
         domid = next(self._domids)
-        entry = DomainEntry(config.name, domid, worker.index)
+        entry = DomainEntry(config.name, domid, worker.index, config)
         self.domains[config.name] = entry
         record = request.get("record")
         if record is not None and not isinstance(record, str):
@@ -235,10 +244,36 @@ class Hypervisor:
         if not allowed:
             raise ControlError(f"that names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
         if entry.pcpu not in allowed:
-            raise ControlError(f"{entry.name} runs on pCPU {entry.pcpu}: moving a running domain to another "
-                               "pCPU is not supported yet (pin it with cpus= in its config)")
-        self._forward(request, "pin", cpus=cpus)
-        return {}
+            self._move(entry, min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index)),
+                       cpus)
+        else:
+            self._forward(request, "pin", cpus=cpus)
+        return {"pcpu": entry.pcpu}
+
+    def _move(self, entry: DomainEntry, worker: Worker, cpus: frozenset[int] | None) -> None:
+        """Move a running domain to another pCPU worker between two of its quanta: the old worker hands
+        over its whole state (and forgets it), the new one rebuilds it and goes on. Inter-domain actions
+        for it meanwhile wait and follow it."""
+        source = self.workers[entry.pcpu]
+        entry.moving = []
+        try:
+            left = self._call(source, {"op": "leave", "name": entry.name})
+            if "error" in left:
+                raise ControlError(left["error"])
+            source.domains.discard(entry.name)
+            moved = {**left["moved"], "affinity": cpus}
+            arrived = self._call(worker, {"op": "arrive", "config": entry.config, "domid": entry.domid, "moved": moved})
+            if "error" in arrived:         # it cannot run there: back where it was
+                self._call(source, {"op": "arrive", "config": entry.config, "domid": entry.domid,
+                                    "moved": left["moved"]})
+                source.domains.add(entry.name)
+                raise ControlError(f"{entry.name} could not move to pCPU {worker.index}: {arrived['error']}")
+            worker.domains.add(entry.name)
+            entry.pcpu = worker.index
+        finally:
+            held, entry.moving = entry.moving, None
+            for fields in held:
+                self._tell(entry, fields)
 
     def cmd_console(self, request: dict, client) -> dict:
         entry = self._entry(request)

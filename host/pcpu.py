@@ -7,6 +7,10 @@ clock), charge it, and between quanta answer the hypervisor's requests on the co
 domain is not runnable until its next timer or console input (`Outcome("idle", wake_ns=...)`), so
 idle domains cost no CPU. What a guest writes to its console goes up the pipe as it is written.
 
+A domain moving to another pCPU leaves with its whole state (`leave`: registers, guest memory, the
+hypervisor's and the scheduler's state) and arrives in the other worker (`arrive`), rebuilt from its
+config and restored.
+
 Requests (dicts with an "op" and an "id") get exactly one reply `("reply", id, result)`, result a dict
 with "error" when the request failed; unprompted messages are `("console", name, bytes)` and
 `("gone", name, why)` when a domain left (shut down or crashed with on_poweroff/on_crash=destroy,
@@ -31,6 +35,7 @@ from dom0.record import Recording, RecordingFailed, RecordingRefused
 from dom0.toolstack import connect_xenstore
 from host.credit import CreditScheduler, Entity
 from host.xlcfg import DomainConfig
+from xen import abi
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain, RunState
 from xen.inject import InterdomainChange, Kind
@@ -53,6 +58,9 @@ class HostConsoleInput:
     def feed(self, data: bytes) -> None:
         self._pending += data
         os.write(self._wakeup_write, b"k")
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
     def take(self, now_ns: int, limit: int) -> bytes:
         data = bytes(self._pending[:limit])
@@ -89,7 +97,8 @@ class HostConsoleInput:
 class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
-    def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None) -> None:
+    def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None,
+                 moved: dict | None = None) -> None:
         self.config = config
         self.domid = domid
         self.input = HostConsoleInput()
@@ -119,6 +128,40 @@ class HostedDomain:
         self.wake_ns: int | None = None
         self.affinity = config.cpus[0]
         self.recording_failure: str | None = None
+        if moved is not None:
+            self._arrive(moved)
+
+    def leave(self) -> dict:
+        """Everything this domain is between two quanta - registers, all of guest memory, the
+        hypervisor-side state, where its run stands, keys not yet delivered, its scheduling - for it
+        to go on in another pCPU worker (`HostedDomain(..., moved=...)`). A recorded domain stays:
+        its log daemon and ring belong to this process."""
+        if self.recording is not None:
+            raise ValueError(f"{self.config.name} is being recorded: it stays on its pCPU until its recording "
+                             "ends (choose its pCPUs with cpus= in its config)")
+        vcpu = self.domain.vcpu
+        return {"cpu": vcpu.save_cpu(), "memory": vcpu.memory_image(), "domain": self.domain.save_state(),
+                "scheduler": self.scheduler.save_state(), "keys": self.input.take(0, len(self.input)),
+                "paused": self.paused, "idle": self.idle, "wake_ns": self.wake_ns, "affinity": self.affinity,
+                "weight": self.entity.weight, "cap": self.entity.cap}
+
+    def _arrive(self, moved: dict) -> None:
+        """Become the domain another worker's `leave` described (this one is freshly built from the
+        same config, so only the frames that differ are written)."""
+        vcpu = self.domain.vcpu
+        memory = moved["memory"]
+        for frame in range(vcpu.frame_count):
+            page = memory[frame * abi.PAGE_SIZE:(frame + 1) * abi.PAGE_SIZE]
+            if vcpu.read_frame(frame) != page:
+                vcpu.write_frame(frame, page)
+        vcpu.load_cpu(moved["cpu"])
+        self.domain.load_state(moved["domain"])
+        self.scheduler.load_state(moved["scheduler"])
+        if moved["keys"]:
+            self.input.feed(moved["keys"])
+        self.paused, self.idle, self.wake_ns = moved["paused"], moved["idle"], moved["wake_ns"]
+        self.affinity = moved["affinity"]
+        self.entity.weight, self.entity.cap = moved["weight"], moved["cap"]
 
     def _to_other_domain(self, change: str, port: int, remote_dom: int, remote_port: int) -> None:
         """Kept until the quantum ends; a port notified again before then is one notification (an
@@ -258,6 +301,24 @@ class PhysicalCpu:
         config: DomainConfig = request["config"]
         record = request.get("record")
         hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record))
+        self.domains[config.name] = hosted
+        self.credit.add(hosted.entity)
+        return {}
+
+    def op_leave(self, request: dict) -> dict:
+        """The domain moves to another pCPU: its state for the other worker, and it is gone from here
+        (without a "gone": it lives on, channels with other domains included)."""
+        hosted = self._domain(request)
+        moved = hosted.leave()
+        self._send_outbox(hosted)
+        del self.domains[hosted.config.name]
+        self.credit.remove(hosted.entity)
+        hosted.close()
+        return {"moved": moved}
+
+    def op_arrive(self, request: dict) -> dict:
+        config: DomainConfig = request["config"]
+        hosted = HostedDomain(config, request["domid"], self.send_console, moved=request["moved"])
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
         return {}

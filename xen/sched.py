@@ -131,6 +131,18 @@ class Scheduler:
         self._started = False
         self._poll_watch_addresses: tuple[int, ...] = ()
 
+    def save_state(self) -> dict:
+        """Where a run in quanta stands, for the host to go on with it in another process (a domain
+        moved to another pCPU): every field but the domain and its input. The read watch for polling
+        is disarmed first (the next quiet slice arms it again); the host's monotonic clock is the
+        same in every process, so the real clock's origin stays valid."""
+        self._disarm_poll_watch()
+        return {name: value for name, value in vars(self).items() if name not in ("domain", "input")}
+
+    def load_state(self, state: dict) -> None:
+        """Go on from `save_state`'s point (the domain already restored to the same instant)."""
+        vars(self).update(state)
+
     # ---------------------------------------------------------------- clocks
     def _host_ns(self) -> int:
         return time.monotonic_ns() - self._host_start

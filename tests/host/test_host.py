@@ -87,8 +87,9 @@ def test_bad_configs_requests_and_socket_lines_are_refused_in_one_line(host):
     assert "a domain named 'dup' already exists" in host.xenrr("create", host.config("dup")).stderr
     pinned = host.xenrr("create", host.config("far", cpus="7"))
     assert pinned.status == 2 and "cpus names no pCPU of this host (it has pCPUs 0-1)" in pinned.stderr
-    moved = host.xenrr("vcpu-pin", "dup", "0", "0")
-    assert moved.status == 2 and "not supported yet" in moved.stderr
+    nowhere = host.xenrr("vcpu-pin", "dup", "0", "7")
+    assert nowhere.status == 2 and "that names no pCPU of this host (it has pCPUs 0-1)" in nowhere.stderr
+    assert host.domains()["dup"]["pcpu"] == 1
     with sockets.socket(sockets.AF_UNIX) as client:           # the raw protocol: one JSON reply per line
         client.connect(str(host.socket))
         client.sendall(b'not json\n["list"]\n{"cmd": "fly"}\n{"cmd": "list"}\n')

@@ -41,8 +41,10 @@ def test_a_loopback_channel_within_one_domain_as_xen_keeps_it():
 
 @pytest.mark.slow
 def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays_alone(host, tmp_path, monkeypatch):
-    """a (recorded, pCPU 0) offers b (pCPU 1) a port; b binds it and notifies; a sees the events and
-    b's end in its status, notifies back, and when b is destroyed a's end is unbound again. a's log
+    """a (recorded, pCPU 0) offers b (pCPU 1) a port; b binds it, moves to pCPU 0 while it runs
+    (`vcpu-pin`; its guest time goes on) and notifies; a sees the events and b's end in its status,
+    notifies back; b moves back to pCPU 1, and when b is destroyed a's end is unbound again. A recorded
+    domain does not move (one line). a's log
     holds b's actions as inter-domain inputs and replays alone, verified, with the same output.
     `xenrr record b -o LOG` on the running host is refused in one line (a log starts at the build)."""
     log = tmp_path / "a.xrr"
@@ -64,6 +66,15 @@ def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays
 
     assert "port 4" in type_and_wait("a", ["evtchn alloc 2"], "m1")
     assert host.wait_for(lambda: "port 4\r\n> " in type_and_wait("b", ["evtchn bind 1 4"], "m2"), "b to bind a's port")
+    before = [int(line) for line in re.findall(r"uptime\r\n(\d+)", type_and_wait("b", ["uptime"], "m2b"))][-1]
+    moved = host.xenrr("vcpu-pin", "b", "0", "0")               # b moves to a's pCPU while it runs
+    assert moved.status == 0, moved.stderr
+    assert (host.domains()["b"]["pcpu"], host.domains()["b"]["pinning"]) == (0, "0")
+    after = [int(line) for line in re.findall(r"uptime\r\n(\d+)", type_and_wait("b", ["uptime"], "m2c"))][-1]
+    assert after > before                  # guest time goes on where it was; the console history came along
+    stays = host.xenrr("vcpu-pin", "a", "0", "1")
+    assert stays.status == 2 and "a is being recorded: it stays on its pCPU" in stays.stderr
+    assert host.domains()["a"]["pcpu"] == 0
     type_and_wait("b", ["evtchn send 4"], "m3")
     shown = host.wait_for(lambda: (text := type_and_wait("a", ["evtchn count 4", "evtchn status 4"], "m4"))
                           and "events 1" in text.split("m3")[-1] and text, "b's notification to reach a")
@@ -71,6 +82,7 @@ def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays
     type_and_wait("a", ["evtchn send 4"], "m5")
     host.wait_for(lambda: "events 2" in type_and_wait("b", ["evtchn count 4"], "m6").split("m5")[-1],
                   "a's notification to reach b (b counts the pending bit of its bind and a's send)")
+    assert host.xenrr("vcpu-pin", "b", "all", "1").status == 0 and host.domains()["b"]["pcpu"] == 1
     assert host.xenrr("destroy", "b").status == 0
     host.wait_for(lambda: "unbound d2" in type_and_wait("a", ["evtchn status 4"], "m7").split("m6")[-1],
                   "a's end to be unbound when b went")
