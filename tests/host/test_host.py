@@ -187,9 +187,12 @@ def _workers(host) -> list[int]:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a pinned replay needs a core to spare")
 def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_recording):
+    """The pinned replay: its own core, which the host's workers leave; with CAP_SYS_NICE the highest
+    priority for it and its autogroup (put back when it ends, also on SIGTERM)."""
     host.xenrr("create", host.config("neighbour", cpus="1"))
     workers = _workers(host)
     before = {pid: _allowed_cpus(pid) for pid in workers}
+    autogroup = Path("/proc/self/autogroup").read_text()
     environment = dict(os.environ, XENRR_SOCKET=str(host.socket))
     serve = subprocess.Popen([sys.executable, "-m", "dom0.cli", "serve", str(virtual_recording.path)], cwd=ROOT,
                              env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -200,6 +203,9 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
         for pid in workers:
             assert core not in _allowed_cpus(pid).replace("-", ",").split(","), (core, _allowed_cpus(pid))
         assert host.domains()["neighbour"]["state"] == "running"
+        if os.geteuid() == 0:
+            assert os.getpriority(os.PRIO_PROCESS, serve.pid) == -20
+            assert "nice -20" in Path(f"/proc/{serve.pid}/autogroup").read_text()
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -207,6 +213,7 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
         stderr = serve.stderr.read().decode()
         serve.stderr.close()
     assert f"replaying on core {core}, kept free of the host's domains" in stderr
+    assert Path("/proc/self/autogroup").read_text() == autogroup
     host.wait_for(lambda: {pid: _allowed_cpus(pid) for pid in workers} == before, "the workers to get their cores back",
                   timeout=30)
     replay = subprocess.run([sys.executable, "-m", "dom0.cli", "replay", str(virtual_recording.path)], cwd=ROOT,
