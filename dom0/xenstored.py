@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 from xen import abi
 from xen.xenstore import XenstoreProtocolError
@@ -34,6 +35,9 @@ MAX_TRANSACTIONS = 10
 MAX_WATCHES = 128
 MAX_ENTRY_BYTES = 2048
 MAX_NODES = 1000
+# Types a client may send that have no operation (replies and events, XS_RESTRICT's removed number 20,
+# anything from XS_TYPE_COUNT on): C xenstored answers ENOSYS ("Client unknown operation").
+_NO_OPERATION = (abi.XS_WATCH_EVENT, abi.XS_ERROR, abi.XS_SET_TARGET + 1)
 _PRIVILEGED_ONLY = (abi.XS_CONTROL, abi.XS_INTRODUCE, abi.XS_RELEASE, abi.XS_IS_DOMAIN_INTRODUCED,
                     abi.XS_RESUME, abi.XS_SET_TARGET)
 
@@ -95,6 +99,9 @@ class Xenstored:
         self._next_transaction = 1
         self._input = bytearray()
         self._output = bytearray()
+        self._dom0_watches: list[tuple[str, Callable[[str], None]]] = []    # a backend's: configuration
+        self._dom0_events: list[tuple[Callable[[str], None], str]] = []    # queued while a request runs
+        self._delivering = False
 
     # ------------------------------------------------------------------ XenstoreServer
     def receive(self, data: bytes) -> None:
@@ -108,6 +115,7 @@ class Xenstored:
             payload = bytes(self._input[_HEADER.size:_HEADER.size + length])
             del self._input[:_HEADER.size + length]
             self._request(kind, req_id, tx_id, payload)
+            self._deliver_dom0_events()
 
     def take_output(self, limit: int) -> bytes:
         data = bytes(self._output[:limit])
@@ -133,8 +141,29 @@ class Xenstored:
 
     # ------------------------------------------------------------------ dom0's own access (the toolstack)
     def write(self, path: str, value: bytes) -> None:
-        """Write as dom0 (outside any transaction); fires the guest's watches."""
+        """Write as dom0 (outside any transaction); fires the guest's watches and dom0's."""
         self._write(self._nodes, None, DOM0, self._canonical(path, DOM0), value)
+        self._deliver_dom0_events()
+
+    def watch_dom0(self, path: str, callback: Callable[[str], None]) -> None:
+        """A dom0 backend's watch: `callback(changed path)` runs for every change at or below the absolute
+        `path` once the request that made it has been answered (a backend is a separate client of
+        xenstored: it sees the change after the writer's reply), in order, never re-entered.
+        Like a guest's watch it fires once when registered."""
+        self._dom0_watches.append((path, callback))
+        self._dom0_events.append((callback, path))
+        self._deliver_dom0_events()
+
+    def _deliver_dom0_events(self) -> None:
+        if self._delivering:
+            return              # a callback's own writes: their events run after it, from the loop below
+        self._delivering = True
+        try:
+            while self._dom0_events:
+                callback, path = self._dom0_events.pop(0)
+                callback(path)
+        finally:
+            self._delivering = False
 
     def mkdir(self, path: str, perms: Perms | None = None) -> None:
         """Create `path` as dom0 if missing, then (if given) set its permissions."""
@@ -143,6 +172,7 @@ class Xenstored:
             self._create(self._nodes, None, DOM0, absolute, b"")
         if perms is not None:
             self._set_perms(self._nodes, None, DOM0, absolute, perms)
+        self._deliver_dom0_events()
 
     def read(self, path: str) -> bytes | None:
         node = self._nodes.get(self._canonical(path, DOM0))
@@ -180,6 +210,8 @@ class Xenstored:
 
     def _dispatch(self, kind: int, tx_id: int, payload: bytes) -> tuple[bytes, list[bytes]]:
         caller = self.domid
+        if kind in _NO_OPERATION or kind >= abi.XS_TYPE_COUNT:
+            raise XenstoreError("ENOSYS")
         if kind in _PRIVILEGED_ONLY:
             raise XenstoreError("EACCES")
         if kind == abi.XS_WATCH:
@@ -253,7 +285,7 @@ class Xenstored:
             absolute = self._canonical(path, caller)
             self._set_perms(nodes, transaction, caller, absolute, tuple(_parse_perm(text) for text in texts))
             return b"OK\0", []
-        raise XenstoreError("EINVAL")        # XS_WATCH_EVENT, XS_ERROR, unknown types
+        raise XenstoreError("ENOSYS")
 
     # ------------------------------------------------------------------ paths and permissions
     def _canonical(self, path: str, caller: int) -> str:
@@ -418,20 +450,30 @@ class Xenstored:
         raise XenstoreError("ENOENT")
 
     def _fire(self, path: str, removal: bool, readable: bool) -> None:
-        """Queue the events of a change at `path` (a recursive removal if `removal`) for matching watches."""
+        """Queue the events of a change at `path` (a recursive removal if `removal`) for matching watches:
+        the guest's if it may read the node, dom0's always."""
+        for target, callback in self._dom0_watches:
+            event_path = _watch_event_path(target, path, removal)
+            if event_path is not None:
+                self._dom0_events.append((callback, event_path))
         if not readable:
             return
         for watch in self._watches:
-            target = watch.absolute
-            if target.startswith("@"):
-                continue
-            if path == target or target == "/" or path.startswith(target + "/"):
-                event_path = path
-            elif removal and target.startswith(path + "/"):
-                event_path = target
-            else:
-                continue
-            self._send(abi.XS_WATCH_EVENT, 0, 0, _event_payload(self._relative(watch, event_path), watch.token))
+            event_path = _watch_event_path(watch.absolute, path, removal)
+            if event_path is not None:
+                self._send(abi.XS_WATCH_EVENT, 0, 0, _event_payload(self._relative(watch, event_path), watch.token))
+
+
+def _watch_event_path(target: str, path: str, removal: bool) -> str | None:
+    """The path a watch on `target` reports for a change at `path` (None: the watch does not fire): the
+    changed path at or below the target; the target itself when a removal took it away with an ancestor."""
+    if target.startswith("@"):
+        return None
+    if path == target or target == "/" or path.startswith(target + "/"):
+        return path
+    if removal and target.startswith(path + "/"):
+        return target
+    return None
 
 
 # ---------------------------------------------------------------------- helpers

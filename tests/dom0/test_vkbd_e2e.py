@@ -1,0 +1,104 @@
+"""The PV keyboard end to end: the real `xenrr` CLI, a hostile frontend guest, and the long-line hunt in GDB.
+
+Fidelity: the handshake is io/xenbus.h's (XenbusState numbers in the transcript: 2 InitWait, 4 Connected,
+5 Closing, 6 Closed); what the hostile frontend breaks is io/kbdif.h's contract (page-gref a grant for
+the backend, event-channel a port allocated for it, in_prod the backend's index, in_cons within
+XENKBD_IN_RING_LEN of it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gdbext.api import xenrr_debug
+from tests.conftest import ROOT, guest_path
+
+EXTENSION = ROOT / "gdbext" / "xenrr_gdb.py"
+LINE = "echo " + "x" * 59 + "ABCD"
+ABCD = int.from_bytes(b"ABCD", "little")
+
+HOSTILE_TRANSCRIPT = """kbdhostile ready
+start: backend state 2, grant free, port unbound
+wrong-order: backend state 6, grant free, port unbound
+start-over: backend state 2, grant free, port unbound
+not-a-state: backend state 6, grant free, port unbound
+bad-gref: backend state 6, grant free, port unbound
+ungranted: backend state 6, grant free, port unbound
+bad-port: backend state 6, grant free, port unbound
+no-ring: backend state 6, grant free, port unbound
+connected: backend state 4, grant in use, port bound
+ring-indices: backend state 6, grant free, port unbound
+in-prod: backend state 6, grant free, port unbound
+connected: backend state 4, grant in use, port bound
+closing: backend state 5, grant free, port unbound
+closed: backend state 6, grant free, port unbound
+kbdhostile done
+""".replace("\n", "\r\n")
+HOSTILE_REASONS = [
+    "frontend Connected while the backend is InitWait (it never published Initialised)",
+    "frontend state '9' is not a XenbusState",
+    "page-gref 100000 does not map (GNTST -3: grant reference 100000 is beyond the table (512 entries))",
+    "page-gref 9 does not map (GNTST -1: grant 9: bad flags 0x0 or domain 0 (expected d0))",
+    "event-channel 1 is not a port the frontend allocated for dom0",
+    "neither page-gref nor page-ref was published",
+    "in_cons 1000 is out of range for in_prod 0 (ring of 51 events)",
+    "in_prod was moved to 7 by the frontend (the backend left it at 0)",
+]
+
+
+@pytest.fixture(scope="module")
+def keyboard_recording(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
+    path = tmp_path_factory.mktemp("vkbd") / "long-line-pv.xrr"
+    run = xenrr("record", kbdshell_elf, "-o", path, "--keyboard", "pv", "--clock", "virtual",
+                "--keys", LINE + r"\rhist\rhalt\r")
+    assert run.status == 0, run.stderr
+    assert "kbdshell ready (PV keyboard)" in run.stdout and f"\r\n{ABCD + 2}\r\n" in run.stdout
+    return path
+
+
+def test_a_hostile_frontend_gets_the_device_closed_with_one_line_each_time(xenrr):
+    """Each misbehaviour closes the device (backend Closed, grant unmapped, port unbound) with one line on
+    the hypervisor console; the domain runs on, starts the device over and finally connects properly."""
+    run = xenrr("run", guest_path("kbdhostile"), "--keyboard", "pv", "--clock", "virtual", "--keys", "")
+    assert run.status == 0, run.stderr
+    assert run.stdout == HOSTILE_TRANSCRIPT
+    lines = run.stderr.splitlines()
+    assert lines[:-1] == [f"vkbd: domain 1's keyboard frontend misbehaved: {reason}; device closed"
+                          for reason in HOSTILE_REASONS]
+    assert lines[-1].startswith("xenrr: domain shut down (poweroff)") and "Traceback" not in run.stderr
+
+
+def test_record_dump_and_replay_show_key_events(keyboard_recording, xenrr):
+    replay = xenrr("replay", keyboard_recording, "--quiet")
+    assert replay.status == 0 and "replayed to the end of the recording" in replay.stderr
+    dump = xenrr("dump", keyboard_recording, "--kind", "keyboard")
+    rows = [line.split(None, 5) for line in dump.stdout.splitlines() if " keyboard " in line]
+    details = [row[5] for row in rows]
+    assert details[:4] == ["key-press KEY_E", "key-release KEY_E", "key-press KEY_C", "key-release KEY_C"]
+    first_a = details.index("key-press KEY_A")
+    assert details[first_a - 1:first_a + 3] == ["key-press KEY_LEFTSHIFT", "key-press KEY_A", "key-release KEY_A",
+                                                "key-release KEY_LEFTSHIFT"]
+    typed = len(LINE + "\rhist\rhalt\r")
+    # a press and a release per key, Shift pressed and released around A-D; the guest powers off on the
+    # last Enter's press, before its release is due
+    assert len(rows) == 2 * typed + 2 * 4 - 1 and details[-1] == "key-press KEY_ENTER"
+    ls = xenrr("xenstore-ls", keyboard_recording)
+    assert 'page-gref = "8"' in ls.stdout and 'feature-disable-pointer = "1"' in ls.stdout
+
+
+@pytest.mark.slow
+def test_rr_goto_a_key_press_then_watch_and_reverse_continue_find_the_long_line_writer(keyboard_recording):
+    with xenrr_debug(keyboard_recording) as d:
+        keys = d.events(kind="keyboard")
+        enter = next(event for event in keys if event.detail == "key-press KEY_ENTER")
+        d.gdb(f"source {EXTENSION}")
+        d.gdb(f"rr-goto {enter.number}")
+        assert d.when()[0] == enter.number - 1
+        assert d.eval("ed.hist_count") == ABCD
+        d.watch("ed.hist_count")
+        stop = d.reverse_continue()
+        assert stop.reason == "watchpoint" and stop.function == "line_insert"
+        assert [frame.function for frame in d.backtrace()][:3] == ["line_insert", "handle_key", "guest_main"]
+        assert d.event(stop.event).detail == "key-press KEY_D"
+        assert d.eval("c") == "D"
