@@ -23,6 +23,7 @@ from dom0.cliargs import add_image_option, add_kind_option, add_session_argument
 from dom0.consoleinput import MAX_PAUSE_MS, KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
+from dom0.keyboard import KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogFormatError, LogReader
 from dom0.logschema import check_header
 from dom0.record import RecordingFailed, RecordingRefused, record
@@ -70,6 +71,12 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
                       help="like --keys, with the script read from FILE: its bytes are the keys as they are (a carriage "
                            "return stays a carriage return, a line feed a line feed), escapes as in --keys")
+    parser.add_argument("--keyboard", choices=("console", "pv"), default="console",
+                        help="where typed keys go: console (default) writes them into the PV console ring; pv gives "
+                             "the domain a PV keyboard (kbdif) and types them on it as key presses and releases "
+                             r"with Linux keycodes (docs/keyboard.md); --keys may then also name keys: \d{NAME} "
+                             r"presses and holds, \u{NAME} releases, \k{NAME} taps (e.g. \d{LEFTSHIFT}abc\u{LEFTSHIFT}, "
+                             r"\k{UP})")
     parser.add_argument("--xenstore-write", metavar="PATH=VALUE", action="append", default=[],
                         help="write VALUE at PATH in the domain's xenstore, as the toolstack (dom0) does, the first "
                              "time the guest idles (e.g. control/shutdown=poweroff, as `xl shutdown`); a relative "
@@ -173,15 +180,23 @@ def _version() -> str:
 
 
 def _console_input(args: argparse.Namespace):
-    if args.keys is not None:
-        return KeyScript(parse_key_script(args.keys))
+    """The host's keys as the input the chosen device takes: console bytes or PV keyboard events."""
+    pv = args.keyboard == "pv"
+    script: str | bytes | None = args.keys
     if args.keys_file is not None:
         try:
             script = args.keys_file.read_bytes()
         except OSError as error:
             raise UsageError(f"cannot read key script {args.keys_file}: {error.strerror}") from None
-        return KeyScript(parse_key_script(script))
-    return TerminalInput(sys.stdin.fileno())
+    if script is not None:
+        return KeyEventScript(script) if pv else KeyScript(parse_key_script(script))
+    terminal = TerminalInput(sys.stdin.fileno())
+    return KeyboardTerminal(terminal) if pv else terminal
+
+
+def _restore_terminal(console_input) -> None:
+    if isinstance(console_input, (TerminalInput, KeyboardTerminal)):
+        console_input.restore()
 
 
 def _xenstore_writes(args: argparse.Namespace) -> list[tuple[str, bytes]]:
@@ -209,8 +224,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--linger must be between 0 and {MAX_PAUSE_MS // 1000} seconds, not {args.linger}")
 
 
-def load_domain(guest: Path, memory_mib: int) -> Domain:
-    """Build a live domain from a guest kernel file, with console output wired to stdout/stderr."""
+def load_domain(guest: Path, memory_mib: int, keyboard: str = "console") -> Domain:
+    """Build a live domain from a guest kernel file, with console output wired to stdout/stderr (and a
+    PV keyboard device with keyboard "pv")."""
     try:
         image_bytes = guest.read_bytes()
     except OSError as error:
@@ -218,7 +234,7 @@ def load_domain(guest: Path, memory_mib: int) -> Domain:
     image = build_domain(image_bytes, memory_mib * 1024 * 1024)
     domain = Domain(image, console_output=_terminal.write_console,
                     hypervisor_console=_terminal.write_hypervisor_console)
-    connect_xenstore(domain, xenstore_config(guest))
+    connect_xenstore(domain, xenstore_config(guest, keyboard))
     return domain
 
 
@@ -252,12 +268,12 @@ def command_run(args: argparse.Namespace) -> int:
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:
-        domain = load_domain(args.guest, args.memory)
+        domain = load_domain(args.guest, args.memory, args.keyboard)
         outcome = Scheduler(domain, console_input, clock=args.clock, max_instructions=args.max_instructions,
-                            linger_ns=int(args.linger * NS_PER_SECOND), xenstore_writes=writes).run()
+                            linger_ns=int(args.linger * NS_PER_SECOND), xenstore_writes=writes,
+                            keyboard=args.keyboard == "pv").run()
     finally:
-        if isinstance(console_input, TerminalInput):
-            console_input.restore()
+        _restore_terminal(console_input)
     _terminal.say(f"xenrr: {_describe(outcome)}")
     return _exit_status(outcome)
 
@@ -269,16 +285,16 @@ def command_record(args: argparse.Namespace) -> int:
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:
-        domain = load_domain(args.guest, args.memory)
+        domain = load_domain(args.guest, args.memory, args.keyboard)
         result = record(domain, args.guest, console_input, args.output, clock=args.clock,
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
-                        overwrite=args.force, xenstore_writes=writes)
+                        overwrite=args.force, xenstore_writes=writes,
+                        xenstore=xenstore_config(args.guest, args.keyboard), keyboard=args.keyboard == "pv")
     except RecordingFailed as error:
         _terminal.say(f"xenrr: error: recording stopped: {error}")
         return EXIT_LOG_FAILED
     finally:
-        if isinstance(console_input, TerminalInput):
-            console_input.restore()
+        _restore_terminal(console_input)
     size = result.path.stat().st_size
     _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
     return _exit_status(result.outcome)

@@ -8,7 +8,9 @@ full: the rest simply stays due).
 Key script syntax: text with C escapes \\r \\n \\t \\\\ \\xNN, and \\pN = pause N milliseconds before
 the next key (on the guest's clock with --clock virtual, on the host's with --clock real); a `;` may end
 the number, so that a digit can follow (`\\p20;0`). The pauses before one key add up to at most
-MAX_PAUSE_MS (one hour).
+MAX_PAUSE_MS (one hour). For the PV keyboard (`named_keys`) a script may also name keys:
+\\d{NAME} presses a key and holds it, \\u{NAME} releases it, \\k{NAME} taps it (NAME a Linux key name
+such as LEFTSHIFT or KEY_UP; dom0/keyboard.py turns everything into key events).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import select
 import termios
 import tty
 from collections import deque
+from typing import NamedTuple
 
 DETACH_KEY = 0x1D          # Ctrl-], as `xl console`
 _SIMPLE_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\", "e": b"\x1b"}
@@ -24,14 +27,25 @@ NS_PER_MS = 1_000_000
 MAX_PAUSE_MS = 3_600_000   # one hour: a longer pause under the virtual clock would simulate days of timer ticks
 
 
+NAMED_KEY_ACTIONS = {"d": "press", "u": "release", "k": "tap"}
+
+
 class KeyScriptError(ValueError):
     """A key script that cannot be parsed (message says where)."""
 
 
-def parse_key_script(script: str | bytes) -> list[tuple[int, int]]:
-    """Parse a key script into (pause_before_ns, byte) pairs. A key file is given as its bytes; a str
-    (a --keys argument) stands for the bytes it came from (os.fsencode). Every byte outside an escape
-    is a key as it is: a carriage return stays a carriage return."""
+class NamedKey(NamedTuple):
+    """A key a PV keyboard script names: \\d{NAME} (press), \\u{NAME} (release), \\k{NAME} (tap)."""
+    action: str
+    name: str
+    offset: int          # where the escape starts in the script (for error messages)
+
+
+def parse_key_script(script: str | bytes, named_keys: bool = False) -> list[tuple[int, int | NamedKey]]:
+    """Parse a key script into (pause_before_ns, key) pairs, a key being a byte or (with `named_keys`,
+    for the PV keyboard) a NamedKey. A key file is given as its bytes; a str (a --keys argument) stands
+    for the bytes it came from (os.fsencode). Every byte outside an escape is a key as it is: a
+    carriage return stays a carriage return."""
     text = os.fsencode(script).decode("latin-1")    # one character per byte: no byte changed or merged
     keys: list[tuple[int, int]] = []
     pause = 0
@@ -69,24 +83,38 @@ def parse_key_script(script: str | bytes) -> list[tuple[int, int]]:
                 raise KeyScriptError(f"\\p pauses before one key add up to more than {MAX_PAUSE_MS} ms "
                                      f"(one hour) (offset {index})")
             index = end + 1 if text[end:end + 1] == ";" else end     # `\p20;0`: pause 20 ms, then the key 0
+        elif escape in NAMED_KEY_ACTIONS and named_keys:
+            end = text.find("}", index + 3)
+            if text[index + 2:index + 3] != "{" or end < 0 or end == index + 3:
+                raise KeyScriptError(f"\\{escape} needs a key name in braces, e.g. \\{escape}{{LEFTSHIFT}} (offset {index})")
+            keys.append((pause, NamedKey(NAMED_KEY_ACTIONS[escape], text[index + 3:end], index)))
+            pause = 0
+            index = end + 1
+        elif escape in NAMED_KEY_ACTIONS:
+            raise KeyScriptError(f"\\{escape}{{NAME}} names a key of the PV keyboard: it needs --keyboard pv "
+                                 f"(offset {index})")
         else:
             raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\xNN \\pN")
     return keys
 
 
 class KeyScript:
-    """Scripted keys: each byte is due `pause` ns after the previous byte was taken."""
+    """Scripted keys: each key is due `pause` ns after the previous one was taken. Keys are console
+    bytes (`take` returns bytes); a subclass may schedule other items the same way (`take_items`)."""
 
-    def __init__(self, keys: list[tuple[int, int]]):
+    def __init__(self, keys: list[tuple[int, object]]):
         self._keys = deque(keys)
         self._last_taken_ns = 0
 
-    def take(self, now_ns: int, limit: int) -> bytes:
-        taken = bytearray()
+    def take_items(self, now_ns: int, limit: int) -> list:
+        taken = []
         while self._keys and len(taken) < limit and self._last_taken_ns + self._keys[0][0] <= now_ns:
             taken.append(self._keys.popleft()[1])
             self._last_taken_ns = now_ns
-        return bytes(taken)
+        return taken
+
+    def take(self, now_ns: int, limit: int) -> bytes:
+        return bytes(self.take_items(now_ns, limit))
 
     def next_due_ns(self, now_ns: int) -> int | None:
         if not self._keys:

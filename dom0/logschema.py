@@ -36,6 +36,7 @@ HEADER_SCHEMA = {
                         "domid": {"type": "integer", "minimum": 1, "maximum": 0x7FEF},     # below DOMID_FIRST_RESERVED
                         "name": {"type": "string", "minLength": 1, "maxLength": 64,
                                  "pattern": "^[A-Za-z0-9_.@-]+$"},
+                        "keyboard": {"const": "pv"},
                     },
                 },
             },

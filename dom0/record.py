@@ -178,16 +178,20 @@ class Recording:
 def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path, *, clock: str,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
            slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False,
-           xenstore_writes: Sequence[tuple[str, bytes]] = ()) -> RecordResult:
+           xenstore_writes: Sequence[tuple[str, bytes]] = (), xenstore: dict | None = None,
+           keyboard: bool = False) -> RecordResult:
     """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
-    replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest."""
-    recording = Recording(domain, guest, path, clock=clock, ring_bytes=ring_bytes, overwrite=overwrite)
+    replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest.
+    `xenstore`: the domain's xenstore config for the header (default: xenstore_config(guest));
+    `keyboard`: the input goes to the domain's PV keyboard."""
+    recording = Recording(domain, guest, path, clock=clock, ring_bytes=ring_bytes, overwrite=overwrite,
+                          xenstore=xenstore)
     outcome: Outcome | None = None
     failure: str | None = None
     try:
         outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
                             linger_ns=linger_ns, slice_instructions=slice_instructions,
-                            xenstore_writes=xenstore_writes).run()
+                            xenstore_writes=xenstore_writes, keyboard=keyboard).run()
     except RecordingFailed as error:
         failure = str(error)
     finally:

@@ -4,7 +4,7 @@ Owns what `xl create` leaves in xenstore for a PV domain before it is unpaused (
 libxl__domain_make and libxl__build_post, libxl__device_console_add): the domain's home
 /local/domain/N (dom0 owns it, the domain may read it) with name, domid, vm, cpu, memory, control
 (the nodes the guest answers in are its own), store and console entries, the /vm/<uuid> node and the
-console backend directory. Invariant: the tree is a pure function of the domain's image and the
+console backend directory; a PV keyboard's device directories are dom0/vkbd.py's. Invariant: the tree is a pure function of the domain's image and the
 recorded configuration (`xenstore_config`), so a replay rebuilds exactly what the recording started with.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import uuid
 from pathlib import Path
 
+from dom0.vkbd import VkbdBackend
 from dom0.xenstored import DOM0, Perms, Xenstored
 from xen.domain import DOMID as GUEST_DOMID
 from xen.domain import Domain
@@ -20,19 +21,26 @@ from xen.domain import Domain
 CONSOLE_LIMIT = 1048576          # libxl's default console log limit
 
 
-def xenstore_config(guest: Path) -> dict:
+def xenstore_config(guest: Path, keyboard: str = "console") -> dict:
     """The configuration of a new domain's xenstore, as stored in a recording's header: the domain is
-    named after the guest file (characters outside [A-Za-z0-9_.@-] become '_', at most 64)."""
+    named after the guest file (characters outside [A-Za-z0-9_.@-] become '_', at most 64); with
+    keyboard "pv" it has a PV keyboard device (xl.cfg `vkb = [ "" ]`)."""
     name = re.sub(r"[^A-Za-z0-9_.@-]", "_", guest.stem)[:64] or "domain"
-    return {"domid": GUEST_DOMID, "name": name}
+    config = {"domid": GUEST_DOMID, "name": name}
+    if keyboard == "pv":
+        config["keyboard"] = "pv"
+    return config
 
 
 def connect_xenstore(domain: Domain, config: dict) -> Xenstored:
-    """Start a xenstored holding the tree libxl writes for `domain` and introduce the domain to it."""
+    """Start a xenstored holding the tree libxl writes for `domain` (and its PV keyboard backend, if
+    configured) and introduce the domain to it."""
     domain.domid = config["domid"]
     store = Xenstored(config["domid"])
     write_domain_tree(store, domain, config["domid"], config["name"])
     domain.connect_xenstore(store)
+    if config.get("keyboard") == "pv":
+        domain.connect_keyboard(VkbdBackend(domain, store))
     return store
 
 

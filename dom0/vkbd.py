@@ -168,8 +168,9 @@ class VkbdBackend:
             address = pfn * abi.PAGE_SIZE
         self.state = dataclasses.replace(self.state, handle=handle, ring_address=address)
         port = self._frontend_number("event-channel")
-        if port is None or not domain.events.bind_interdomain(port, DEVICE):
+        if port is None or not domain.events.remote_change_applies("bound", port, DOM0, port):
             raise _Misbehaviour(f"event-channel {port} is not a port the frontend allocated for dom0")
+        domain.events.apply_remote_change("bound", port, DOM0, port)     # dom0's end: the same number
         self.state = dataclasses.replace(self.state, port=port)
         ring = KeyboardRing(domain.vcpu.machine, address)
         try:
@@ -184,8 +185,9 @@ class VkbdBackend:
         held = self.state
         if held.handle is not None:
             self._domain.grants.unmap(held.handle)
-        if held.port is not None:
-            self._domain.events.unbind_interdomain(held.port, DEVICE)
+        events = self._domain.events
+        if held.port is not None and events.remote_change_applies("closed", held.port, DOM0, held.port):
+            events.apply_remote_change("closed", held.port, DOM0, held.port)    # the guest's end unbound again
         self.state = VkbdState(state=held.state)
         if held.state != state:
             self._switch(state)
@@ -199,8 +201,10 @@ class VkbdBackend:
 
     # ---------------------------------------------------------------- the ring (KeyboardDevice)
     def _ring(self) -> KeyboardRing | None:
+        """The ring while connected (None also once the frontend closed its event channel)."""
         held = self.state
-        if held.state != abi.XenbusStateConnected or held.ring_address is None:
+        if held.state != abi.XenbusStateConnected or held.ring_address is None or held.port is None \
+                or not self._domain.events.remote_change_applies("closed", held.port, DOM0, held.port):
             return None
         return KeyboardRing(self._domain.vcpu.machine, held.ring_address, held.in_prod)
 

@@ -804,3 +804,43 @@ class PhysdevUnmapPirq(_Struct):
     """struct physdev_unmap_pirq (PHYSDEVOP_unmap_pirq)."""
 
     _fields_ = [("domid", _u16), ("pirq", ctypes.c_int)]
+
+
+# --- Xenbus states (io/xenbus.h) ---
+XenbusStateUnknown = 0
+XenbusStateInitialising = 1
+XenbusStateInitWait = 2
+XenbusStateInitialised = 3
+XenbusStateConnected = 4
+XenbusStateClosing = 5
+XenbusStateClosed = 6
+XenbusStateReconfiguring = 7
+XenbusStateReconfigured = 8
+
+# --- The PV keyboard/pointer device (io/kbdif.h) ---
+XENKBD_TYPE_MOTION = 1
+XENKBD_TYPE_RESERVED = 2
+XENKBD_TYPE_KEY = 3
+XENKBD_TYPE_POS = 4
+XENKBD_TYPE_MTOUCH = 5
+XENKBD_IN_EVENT_SIZE = 40
+XENKBD_OUT_EVENT_SIZE = 40
+XENKBD_IN_RING_SIZE = 2048
+XENKBD_IN_RING_LEN = XENKBD_IN_RING_SIZE // XENKBD_IN_EVENT_SIZE
+XENKBD_IN_RING_OFFS = 1024
+XENKBD_OUT_RING_SIZE = 1024
+XENKBD_OUT_RING_LEN = XENKBD_OUT_RING_SIZE // XENKBD_OUT_EVENT_SIZE
+XENKBD_OUT_RING_OFFS = XENKBD_IN_RING_OFFS + XENKBD_IN_RING_SIZE
+
+
+class XenkbdPage(_Struct):
+    """struct xenkbd_page (io/kbdif.h): the ring indices at the start of the shared page; the in ring
+    (backend -> frontend) starts at XENKBD_IN_RING_OFFS, the out ring at XENKBD_OUT_RING_OFFS."""
+
+    _fields_ = [("in_cons", _u32), ("in_prod", _u32), ("out_cons", _u32), ("out_prod", _u32)]
+
+
+class XenkbdKey(_Struct):
+    """struct xenkbd_key (io/kbdif.h): a key press or release, a Linux input keycode."""
+
+    _fields_ = [("type", _u8), ("pressed", _u8), ("keycode", _u32)]

@@ -21,6 +21,7 @@ from xen.digest import Digest, start_memory_digests, take_digest
 from xen.evtchn import Binding, EventChannels
 from xen.grant import GrantTable
 from xen.inject import Funnel, InterdomainChange
+from xen.kbdif import KeyboardDevice
 from xen.mm import L4, MemoryModel
 from xen.runstate import Runstate
 from xen.timekeeping import GuestTime
@@ -114,6 +115,7 @@ class Domain:
         self.store_port = STORE_PORT
         self.store_ring = XenstoreRing(self.vcpu.machine, image.store_frame * abi.PAGE_SIZE)
         self.xenstore: XenstoreServer | None = None       # connect_xenstore(); without one nobody answers
+        self.keyboard: KeyboardDevice | None = None       # connect_keyboard(): a PV keyboard backend
         self.time = GuestTime(self.vcpu, self.events.vcpu_info_address() + abi.VcpuInfo.time.offset)
         self.time.set_periodic(DEFAULT_TIMER_PERIOD_NS)     # Xen starts every PV vCPU with a 100 Hz tick
         self.yielded = False
@@ -149,6 +151,7 @@ class Domain:
         fields["traps"] = self.traps.save_state()
         fields["xenstore"] = None if self.xenstore is None else self.xenstore.save_state()
         fields["grants"] = self.grants.save_state()
+        fields["keyboard"] = None if self.keyboard is None else self.keyboard.save_state()
         memory = self.memory.save_state()          # immutable: shared, not copied
         state = copy.deepcopy(fields)
         state["memory"] = memory
@@ -165,6 +168,9 @@ class Domain:
         self.traps.load_state(fields.pop("traps"))
         self.grants.load_state(fields.pop("grants"))
         xenstore = fields.pop("xenstore")
+        keyboard = fields.pop("keyboard")
+        if self.keyboard is not None:
+            self.keyboard.load_state(keyboard)
         if self.xenstore is not None:
             self.xenstore.load_state(xenstore)
         for name, value in fields.items():
@@ -180,6 +186,7 @@ class Domain:
             b"physdev:" + repr((self.iopl, self.io_bitmap, self.pirq_eoi_frame, self.pirq_auto_unmask,
                                 self.pirqs)).encode() + \
             b"xenstore:" + (b"-" if self.xenstore is None else self.xenstore.state_bytes()) + \
+            b"keyboard:" + (b"-" if self.keyboard is None else self.keyboard.state_bytes()) + \
             (b"interdomain:" + interdomain if (interdomain := self.events.interdomain_state()) else b"")
 
     def allocate_extra_frame(self) -> int | None:
@@ -198,6 +205,10 @@ class Domain:
         """Introduce the domain to a xenstored (before it runs): the store ring is served from now on."""
         self.xenstore = server
         self.store_ring.connect()
+
+    def connect_keyboard(self, device: KeyboardDevice) -> None:
+        """Attach a PV keyboard backend (before the domain runs; it connects through xenstore)."""
+        self.keyboard = device
 
     def xenstore_changed(self) -> None:
         """dom0 changed the store (a funnel input): send the guest any watch events it caused."""
@@ -305,6 +316,13 @@ class Domain:
                 and self.xenstore is not None:
             if self.store_ring.serve(self.xenstore):
                 self.notify_guest(self.store_port)
+        elif binding is not None and binding.kind == "interdomain" and self.dom0_backend_port(port):
+            self.keyboard.notified()
+
+    def dom0_backend_port(self, port: int) -> bool:
+        """Whether `port` is connected to a dom0 backend running in this process (the PV keyboard's):
+        the guest's sends go to it directly, not to another domain through the host."""
+        return self.keyboard is not None and self.keyboard.owns_port(port)
 
     def expire_timers(self) -> None:
         """Fire timers due at the current guest time (a guest armed one in the past, or time moved)."""

@@ -22,7 +22,8 @@ BITS_PER_WORD = 64
 @dataclass
 class Binding:
     """What a port is connected to: ("virq", number), ("backend", device name), ("unbound", remote domid)
-    or ("interdomain", remote domid) with the remote domain's port in `remote_port`."""
+    or ("interdomain", remote domid) with the remote domain's port in `remote_port` (remote domid 0: a
+    dom0 backend in this process, e.g. the PV keyboard's)."""
     kind: str
     target: int | str
     vcpu: int = 0

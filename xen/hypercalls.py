@@ -122,7 +122,8 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
         binding = events.binding(port)
         if binding.kind == "virq":
             raise HypercallError(abi.XEN_EINVAL)
-        if binding.kind == "interdomain":             # raise the other end (an unbound port: dropped, as Xen does)
+        if binding.kind == "interdomain" and not domain.dom0_backend_port(port):
+            # raise the other end (an unbound port: dropped, as Xen does)
             if binding.target == domain.domid:
                 domain.notify_guest(binding.remote_port)
             else:
@@ -167,7 +168,7 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
         events.close(port)
         if binding.kind == "interdomain" and binding.target == domain.domid:     # the other end is ours
             events.rebind(binding.remote_port, Binding("unbound", domain.domid))
-        elif binding.kind == "interdomain":
+        elif binding.kind == "interdomain" and not domain.dom0_backend_port(port):
             domain.tell_remote("closed", port, int(binding.target), binding.remote_port)
         elif binding.kind == "unbound" and binding.target != domain.domid:
             domain.tell_remote("withdraw", port, int(binding.target), 0)

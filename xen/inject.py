@@ -1,8 +1,9 @@
 """The input funnel: the one path by which anything from outside the vCPU enters a domain.
 
-Every nondeterministic input - console bytes written into the ring, timer interrupts, the time
-values in vcpu_time_info, rdrand values, what other domains do to event channels with this one - is
-an `Injection` (kind, vcpu, icount, rip, payload) applied by `Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
+Every nondeterministic input - console bytes written into the ring, PV keyboard events put on its
+ring, timer interrupts, the time values in vcpu_time_info, rdrand values, what other domains do to
+event channels with this one - is an `Injection` (kind, vcpu, icount, rip, payload) applied by
+`Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
 type adds a `Kind` and one handler in `Funnel._handlers`, never a second path.
 
 Invariant: an injection changes guest-visible state only here, at the instruction count stamped
@@ -16,7 +17,10 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
+from xen import abi
 from xen.digest import Digest, end_payload, parse_end_payload
+from xen.kbdif import EVENT_PAYLOAD_BYTES, decode_key_event
+from xen.keycodes import keycode_name
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
 from xen.timekeeping import TimeBase
 
@@ -31,6 +35,7 @@ class Kind(enum.IntEnum):
     TIME = 18            # payload: a TimeBase; publishes time only (e.g. on waking from idle)
     RANDOM = 19          # payload: 8 bytes little-endian, the rdrand/rdseed value
     XENSTORE_WRITE = 20  # payload: path, a nul, the value; a dom0 write into the domain's xenstore
+    KEYBOARD = 21        # payload: one PV keyboard event, 2 bytes (xen/kbdif.py: type, pressed, keycode)
     INTERDOMAIN = 24     # payload: an InterdomainChange; another domain acted on an event channel with this one
 
 
@@ -58,6 +63,10 @@ def describe_payload(kind: int, payload: bytes) -> str:
             return f"xenstore write {path.decode('latin-1')} = {value.decode('latin-1')!r}"
         if kind == Kind.INTERDOMAIN:
             return f"inter-domain event channel: {InterdomainChange.from_bytes(payload)}"
+        if kind == Kind.KEYBOARD:
+            event = decode_key_event(payload)
+            if event.type == abi.XENKBD_TYPE_KEY:
+                return f"key-{'press' if event.pressed else 'release'} {keycode_name(event.keycode)}"
         if kind == KIND_DIGEST:
             return _describe_digest(Digest.from_bytes(payload))
         if kind == KIND_END:
@@ -130,7 +139,7 @@ class UnknownInputKind(UnusableRecord):
 
 # The payload size of each fixed-size input kind (CONSOLE_INPUT: one byte or more).
 PAYLOAD_BYTES = {Kind.TIMER: TimeBase.SIZE, Kind.TIME: TimeBase.SIZE, Kind.RANDOM: 8,
-                 Kind.INTERDOMAIN: InterdomainChange.FORMAT.size}
+                 Kind.INTERDOMAIN: InterdomainChange.FORMAT.size, Kind.KEYBOARD: EVENT_PAYLOAD_BYTES}
 
 
 class Funnel:
@@ -146,6 +155,7 @@ class Funnel:
             Kind.RANDOM: self._random,
             Kind.XENSTORE_WRITE: self._xenstore_write,
             Kind.INTERDOMAIN: self._interdomain,
+            Kind.KEYBOARD: self._keyboard,
         }
 
     def inject(self, kind: Kind, payload: bytes, vcpu_id: int = 0) -> Injection:
@@ -236,3 +246,13 @@ class Funnel:
                                                          change.remote_port):
             raise UnusableRecord(f"the log's inter-domain input ({change}) does not fit the domain's event channels")
         self._domain.remote_event(change)
+
+    def _keyboard(self, payload: bytes) -> None:
+        keyboard = self._domain.keyboard
+        if keyboard is None:
+            raise UnknownInputKind("the log has a keyboard event but the domain has no PV keyboard")
+        event = decode_key_event(payload)
+        if event.type != abi.XENKBD_TYPE_KEY:
+            raise UnusableRecord(f"the log has a keyboard event of type {event.type}: only key events "
+                                 f"(XENKBD_TYPE_KEY) are recorded")
+        keyboard.push(event)

@@ -1,8 +1,8 @@
 """The scheduler loop of a live (run or record) domain: vCPU slices, idling, timers and input.
 
 Owns *when* outside inputs are injected. The vCPU runs in bounded instruction slices; at slice
-boundaries and while the domain is blocked, due timers and due console input are injected through
-the funnel. Two clocks (docs/architecture.md, "Time"):
+boundaries and while the domain is blocked, due timers and due console input (or PV keyboard events,
+as far as the keyboard ring has free slots) are injected through the funnel. Two clocks (docs/architecture.md, "Time"):
 - virtual: guest time is the instruction count (1 ns per instruction) plus idle time skipped to the
   next timer; timers fire at exact instruction counts and scripted keys arrive one per idle period,
   so a run is reproducible without a log;
@@ -68,10 +68,11 @@ DETACH_GRACE_INSTRUCTIONS = 50_000_000
 
 
 class ConsoleInput(Protocol):
-    """Host-side console input: a key script or a terminal (implementations live in dom0/)."""
+    """Host-side input: a key script or a terminal (implementations live in dom0/). For the console it
+    gives bytes; for the PV keyboard (`Scheduler(keyboard=True)`) a list of 2-byte key events."""
 
     def take(self, now_ns: int, limit: int) -> bytes:
-        """Bytes due at `now_ns` (on the input's own timeline), at most `limit`."""
+        """Bytes (or key events) due at `now_ns` (on the input's own timeline), at most `limit`."""
 
     def next_due_ns(self, now_ns: int) -> int | None:
         """When the next byte becomes due (None: nothing scheduled, e.g. waiting on a terminal)."""
@@ -103,11 +104,14 @@ class Scheduler:
     def __init__(self, domain: Domain, console_input: ConsoleInput, clock: str = "real",
                  max_instructions: int | None = None, linger_ns: int = DEFAULT_LINGER_NS,
                  slice_instructions: int = SLICE_INSTRUCTIONS, xenstore_writes: Sequence[tuple[str, bytes]] = (),
-                 wait_for_host: bool = True):
+                 wait_for_host: bool = True, keyboard: bool = False):
         if clock not in ("real", "virtual"):
             raise ValueError("clock must be 'real' or 'virtual'")
         self.domain = domain
         self.input = console_input
+        if keyboard and domain.keyboard is None:
+            raise ValueError("input for the PV keyboard needs a domain with a keyboard device")
+        self.keyboard = keyboard    # input goes to the PV keyboard (events) rather than the console ring (bytes)
         self.virtual = clock == "virtual"
         self.max_instructions = max_instructions
         self.linger_ns = linger_ns
@@ -245,7 +249,13 @@ class Scheduler:
         if deadline is not None and now >= deadline:
             self._publish(Kind.TIMER, now)
         if not self.virtual or self.input.fileno() is not None:
-            self._inject_input(limit=domain.console.input_space())
+            self._inject_input(limit=self._input_space())
+
+    def _input_space(self) -> int:
+        """How much input the device takes now: bytes of the console ring, or PV keyboard events."""
+        if self.keyboard:
+            return self.domain.keyboard.free_slots()
+        return self.domain.console.input_space()
 
     # ---------------------------------------------------------------- polling guests
     def _activity(self) -> tuple[int, ...]:
@@ -312,7 +322,7 @@ class Scheduler:
         if self.virtual and self.input.fileno() is None:
             wake = self._next_wake(self._input_clock())
             if not self._skip_time_to(wake):
-                self._inject_input(limit=min(1, domain.console.input_space()))
+                self._inject_input(limit=min(1, self._input_space()))
         else:
             self._slice_boundary()
         return None
@@ -327,9 +337,16 @@ class Scheduler:
         if limit <= 0:
             return False
         data = self.input.take(self._input_clock(), limit)
-        if data:
-            self.domain.funnel.inject(Kind.CONSOLE_INPUT, data)
+        self._deliver(data)
         return bool(data)
+
+    def _deliver(self, data) -> None:
+        """Input taken from the host: console bytes as one input, PV keyboard events one input each."""
+        if self.keyboard:
+            for event in data:
+                self.domain.funnel.inject(Kind.KEYBOARD, event)
+        elif data:
+            self.domain.funnel.inject(Kind.CONSOLE_INPUT, data)
 
     def _linger_over(self) -> Outcome | None:
         """At an idle moment: the run ends once the input is exhausted and the guest idled on for the
@@ -344,7 +361,7 @@ class Scheduler:
         """When the idle guest next has something to do: a timer, a due key or the end of lingering."""
         domain = self.domain
         wakes = [domain.time.next_deadline()]
-        if domain.console.input_space():
+        if self._input_space():
             wakes.append(self.input.next_due_ns(now))
         if self._exhausted_at is not None:
             wakes.append(self._exhausted_at + self.linger_ns)
@@ -368,7 +385,7 @@ class Scheduler:
         if self.virtual and self.input.fileno() is None:
             self._skip_time_to(wake)
             if domain.state == RunState.BLOCKED:
-                self._inject_input(limit=min(1, domain.console.input_space()))
+                self._inject_input(limit=min(1, self._input_space()))
         else:
             self._wait_until(wake)
         return None
@@ -396,15 +413,14 @@ class Scheduler:
             time.sleep(timeout)
         if self.virtual:
             deadline = domain.time.next_deadline()
-            if not self._inject_input(limit=domain.console.input_space()) and deadline is not None:
+            if not self._inject_input(limit=self._input_space()) and deadline is not None:
                 self._publish(Kind.TIMER, max(deadline, domain.time.now()))
             return
         now = self._publishable_time()
         deadline = domain.time.next_deadline()
-        data = self.input.take(self._host_ns(), domain.console.input_space())
+        data = self.input.take(self._host_ns(), self._input_space())
         if deadline is not None and now >= deadline:
             self._publish(Kind.TIMER, now)
         elif data:
             self._publish(Kind.TIME, now)
-        if data:
-            domain.funnel.inject(Kind.CONSOLE_INPUT, data)
+        self._deliver(data)

@@ -74,6 +74,11 @@ static inline long HYPERVISOR_mmuext_op(const struct mmuext_op *ops, unsigned in
     return HYPERCALL(__HYPERVISOR_mmuext_op, ops, count, done, domid, 0);
 }
 
+static inline long HYPERVISOR_grant_table_op(unsigned int cmd, void *op, unsigned int count)
+{
+    return HYPERCALL(__HYPERVISOR_grant_table_op, cmd, op, count, 0, 0);
+}
+
 static inline long HYPERVISOR_xen_version(int cmd, void *arg)
 {
     return HYPERCALL(__HYPERVISOR_xen_version, cmd, arg, 0, 0, 0);

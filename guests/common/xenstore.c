@@ -25,10 +25,11 @@ static void notify(void)
     HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
 }
 
-void xs_init(xs_event_fn on_event)
+int xs_init(xs_event_fn on_event)
 {
     ring = map_machine_frame(xenstore_window, start_info->store_mfn);
     event_callback = on_event;
+    return ring->server_features != 0;
 }
 
 static void put(const void *data, uint32_t len)

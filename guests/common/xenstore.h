@@ -11,7 +11,10 @@
 
 typedef void (*xs_event_fn)(const char *path, const char *token);
 
-void xs_init(xs_event_fn on_event);
+/* Map the store ring. Returns 0 when no xenstored was introduced to the domain (the ring's
+ * server_features field is still 0: every xenstored xenrr runs advertises XENSTORE_SERVER_FEATURE_ERROR),
+ * so that a guest can go on without xenstore instead of waiting forever for a reply. */
+int xs_init(xs_event_fn on_event);
 
 /*
  * Send request `type` (payload `len` bytes) in transaction `tx` and wait for

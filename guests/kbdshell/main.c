@@ -1,11 +1,13 @@
 /*
  * kbdshell: the 100 Hz VIRQ_TIMER tick counter and the input loop, which
- * idles in SCHEDOP_block until the console has input.
+ * idles in SCHEDOP_block until there is input: from the PV keyboard when the
+ * domain has one that connects, from the console otherwise.
  */
 #include "shell.h"
 #include "console.h"
 #include "events.h"
 #include "hypercall.h"
+#include "kbdfront.h"
 #include "kernel.h"
 #include "notes.h"
 
@@ -38,12 +40,15 @@ static void start_timer(void)
 
 void guest_main(void)
 {
+    int keyboard;
+
     start_timer();
-    console_puts("kbdshell ready\r\n");
+    keyboard = kbdfront_init();
+    console_puts(keyboard ? "kbdshell ready (PV keyboard)\r\n" : "kbdshell ready\r\n");
     print_prompt();
     for (;;) {
         char keys[64];
-        size_t n = console_read_wait(keys, sizeof(keys)), i;
+        size_t n = keyboard ? kbdfront_read_wait(keys, sizeof(keys)) : console_read_wait(keys, sizeof(keys)), i;
 
         for (i = 0; i < n; i++)
             handle_key(keys[i]);

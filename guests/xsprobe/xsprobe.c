@@ -104,11 +104,6 @@ static uint32_t start_transaction(const char *label)
     return (uint32_t)id;
 }
 
-static long grant_table_op(unsigned int cmd, void *op)
-{
-    return HYPERCALL(__HYPERVISOR_grant_table_op, cmd, op, 1, 0, 0);
-}
-
 static void report(const char *label, long result, long value)
 {
     console_puts(label);
@@ -132,17 +127,17 @@ static void grant_a_page(void)
 
     long result;
 
-    result = grant_table_op(GNTTABOP_set_version, &set);
+    result = HYPERVISOR_grant_table_op(GNTTABOP_set_version, &set, 1);
     report("set_version 2", result, set.version);       /* not offered: the current version comes back */
     set.version = 1;
-    result = grant_table_op(GNTTABOP_set_version, &set);
+    result = HYPERVISOR_grant_table_op(GNTTABOP_set_version, &set, 1);
     report("set_version 1", result, set.version);
-    result = grant_table_op(GNTTABOP_get_version, &get);
+    result = HYPERVISOR_grant_table_op(GNTTABOP_get_version, &get, 1);
     report("get_version", result, get.version);
-    result = grant_table_op(GNTTABOP_query_size, &query);
+    result = HYPERVISOR_grant_table_op(GNTTABOP_query_size, &query, 1);
     report("query_size", result, query.max_nr_frames);
     set_xen_guest_handle(setup.frame_list, &frame);
-    result = grant_table_op(GNTTABOP_setup_table, &setup);
+    result = HYPERVISOR_grant_table_op(GNTTABOP_setup_table, &setup, 1);
     report("setup_table", result, setup.status);
     console_puts(frame >= start_info->nr_pages ? "grant frame outside the domain's pages\r\n"
                                                : "grant frame inside the domain's pages!\r\n");

@@ -8,13 +8,15 @@ kbdshell's own kbdfront (guests/common/kbdfront.c), built by gcc, run on the rea
 """
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dom0.keyboard import KEY_MAP, KeyEventScript
+from dom0.consoleinput import TerminalInput
+from dom0.keyboard import KEY_MAP, KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogReader
 from dom0.record import record
 from dom0.replay import ReplaySession
@@ -145,3 +147,21 @@ def test_a_keyboard_recording_walks_backwards_and_forwards_exactly(kbdshell_elf,
         naive.replayer.run(mark)
         assert naive.domain.digest(with_memory=True) == visited[mark], f"state differs at {mark}"
     assert len(visited) > 15
+
+
+def test_the_terminal_types_on_the_keyboard_arrows_included_and_ctrl_bracket_detaches():
+    reader, writer = os.pipe()
+    try:
+        os.write(writer, b"hI\x1b[A\x03\xff\x1dignored")
+        keys = KeyboardTerminal(TerminalInput(reader))
+        events = keys.take(0, 100)
+        shift, ctrl = keycode("LEFTSHIFT"), keycode("LEFTCTRL")
+        assert [tuple(decode_key_event(event))[1:] for event in events] == [
+            (keycode("H"), True), (keycode("H"), False),
+            (shift, True), (keycode("I"), True), (keycode("I"), False), (shift, False),
+            (keycode("UP"), True), (keycode("UP"), False),
+            (ctrl, True), (keycode("C"), True), (keycode("C"), False), (ctrl, False)]     # 0xff: no key, dropped
+        assert keys.detached and keys.take(0, 100) == []
+    finally:
+        os.close(reader)
+        os.close(writer)

@@ -71,6 +71,8 @@ C_TYPES: dict[type, str] = {
     abi.GnttabGetVersion: "struct gnttab_get_version",
     abi.MmuUpdate: "struct mmu_update",
     abi.MmuextOp: "struct mmuext_op",
+    abi.XenkbdPage: "struct xenkbd_page",
+    abi.XenkbdKey: "struct xenkbd_key",
 }
 
 # Constants whose C spelling differs from the Python name (see xen/abi.py's docstring).
@@ -95,6 +97,8 @@ HEADERS = [
     "xen/io/console.h",
     "xen/io/xs_wire.h",
     "xen/grant_table.h",
+    "xen/io/xenbus.h",
+    "xen/io/kbdif.h",
 ]
 CFLAGS = ["-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__", "-Wall", "-Werror"]
 
