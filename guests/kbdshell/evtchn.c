@@ -134,8 +134,12 @@ void cmd_evtchn(const char *arg)
         put_result(rc, "port ", bind.local_port);
     } else if (have_a && strcmp(op, "send") == 0) {
         struct evtchn_send send = { .port = (evtchn_port_t)a };
+        uint64_t times = next_number(&rest, &b) ? b : 1, i;
+        int rc = 0;
 
-        put_result(HYPERVISOR_event_channel_op(EVTCHNOP_send, &send), "ok", 0);
+        for (i = 0; i < times && rc == 0; i++)
+            rc = HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
+        put_result(rc, "ok", 0);
     } else if (have_a && strcmp(op, "close") == 0) {
         struct evtchn_close close = { .port = (evtchn_port_t)a };
 
@@ -151,6 +155,6 @@ void cmd_evtchn(const char *arg)
     } else if (have_a && strcmp(op, "status") == 0) {
         status((evtchn_port_t)a);
     } else {
-        console_puts("error: usage: evtchn alloc D | bind D P | send P | close P | count P | status P\r\n");
+        console_puts("error: usage: evtchn alloc D | bind D P | send P [N] | close P | count P | status P\r\n");
     }
 }
