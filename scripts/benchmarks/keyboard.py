@@ -79,10 +79,10 @@ def _key_records(path: Path, device: str) -> tuple[list[bytes], int]:
     return payloads, key_bytes
 
 
-def flood(image: DomainImage, directory: Path, device: str, clock: str, keys: int) -> dict:
+def flood(image: DomainImage, directory: Path, device: str, clock: str, keys: int, repeat: int) -> dict:
     text = flood_text(keys)
     script = _script(text)
-    path = directory / f"flood-{device}-{clock}.xrr"
+    path = directory / f"flood-{device}-{clock}-{repeat}.xrr"
     session = _session(image, device, script, clock, path)
     payloads, _ = _key_records(path, device)
     if device == "pv":
@@ -117,11 +117,11 @@ def run(quick: bool) -> dict:
     floods: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="xenrr-bench-keyboard-") as name:
         directory = Path(name)
-        for _ in range(REPEATS[quick]):
+        for repeat in range(REPEATS[quick]):
             for clock in ("real", "virtual"):
                 for device in DEVICES:                                   # interleaved, side by side
                     floods.setdefault(f"{device}-{clock}", []).append(
-                        flood(image, directory, device, clock, FLOOD_KEYS[quick][clock]))
+                        flood(image, directory, device, clock, FLOOD_KEYS[quick][clock], repeat))
         bytes_per_event = [paced(image, directory, device, PACED_KEYS[quick]) for device in DEVICES]
     summary = []
     for key, runs in floods.items():
