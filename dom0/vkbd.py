@@ -185,9 +185,8 @@ class VkbdBackend:
         held = self.state
         if held.handle is not None:
             self._domain.grants.unmap(held.handle)
-        events = self._domain.events
-        if held.port is not None and events.remote_change_applies("closed", held.port, DOM0, held.port):
-            events.apply_remote_change("closed", held.port, DOM0, held.port)    # the guest's end unbound again
+        if held.port is not None and self._bound(held.port):
+            self._domain.events.apply_remote_change("closed", held.port, DOM0, held.port)   # guest's end: unbound
         self.state = VkbdState(state=held.state)
         if held.state != state:
             self._switch(state)
@@ -204,7 +203,7 @@ class VkbdBackend:
         """The ring while connected (None also once the frontend closed its event channel)."""
         held = self.state
         if held.state != abi.XenbusStateConnected or held.ring_address is None or held.port is None \
-                or not self._domain.events.remote_change_applies("closed", held.port, DOM0, held.port):
+                or not self._bound(held.port):
             return None
         return KeyboardRing(self._domain.vcpu.machine, held.ring_address, held.in_prod)
 
@@ -241,7 +240,11 @@ class VkbdBackend:
         ring.consume_output()
 
     def owns_port(self, port: int) -> bool:
-        return self.state.port == port
+        return self.state.port == port and self._bound(port)
+
+    def _bound(self, port: int) -> bool:
+        """The guest's `port` is still connected to the backend's end (the guest may have closed it)."""
+        return self._domain.events.remote_change_applies("closed", port, DOM0, port)
 
     # ---------------------------------------------------------------- state
     def save_state(self) -> VkbdState:

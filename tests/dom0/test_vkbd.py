@@ -13,8 +13,6 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from dom0.consoleinput import TerminalInput
 from dom0.keyboard import KEY_MAP, KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogReader
