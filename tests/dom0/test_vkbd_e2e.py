@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from dom0.logfile import LogHeader, LogReader
 from gdbext.api import xenrr_debug
-from tests.conftest import ROOT, guest_path
+from tests.conftest import ROOT, guest_path, write_log
+from tests.dom0.test_grub import TerminalSession
 
 EXTENSION = ROOT / "gdbext" / "xenrr_gdb.py"
 LINE = "echo " + "x" * 59 + "ABCD"
@@ -87,7 +89,6 @@ def test_record_dump_and_replay_show_key_events(keyboard_recording, xenrr):
     assert 'page-gref = "8"' in ls.stdout and 'feature-disable-pointer = "1"' in ls.stdout
 
 
-@pytest.mark.slow
 def test_rr_goto_a_key_press_then_watch_and_reverse_continue_find_the_long_line_writer(keyboard_recording):
     with xenrr_debug(keyboard_recording) as d:
         keys = d.events(kind="keyboard")
@@ -102,3 +103,31 @@ def test_rr_goto_a_key_press_then_watch_and_reverse_continue_find_the_long_line_
         assert [frame.function for frame in d.backtrace()][:3] == ["line_insert", "handle_key", "guest_main"]
         assert d.event(stop.event).detail == "key-press KEY_D"
         assert d.eval("c") == "D"
+
+
+def test_a_person_types_on_the_pv_keyboard_from_a_terminal(kbdshell_elf):
+    """Interactive `xenrr run --keyboard pv` on a real pty: the terminal's raw bytes become key events
+    (Shift for capitals and symbols, ESC [ A an arrow kbdshell ignores) and kbdshell echoes the line."""
+    session = TerminalSession("run", kbdshell_elf, "--keyboard", "pv")
+    try:
+        session.wait_for("kbdshell ready (PV keyboard)")
+        session.type(b"echo Typed On A Keyboard!\x1b[A\r")
+        session.wait_for("\nTyped On A Keyboard!")
+        session.type(b"halt\r")
+        session.wait_for("domain shut down (poweroff)")
+        assert session.close() == 0
+    finally:
+        if session.process.poll() is None:
+            session.process.kill()
+            session.process.wait()
+
+
+def test_a_log_whose_header_lost_or_garbled_the_keyboard_is_refused_in_one_line(keyboard_recording, xenrr, tmp_path):
+    with LogReader(keyboard_recording) as reader:
+        header, records = reader.header, [record._replace(payload=bytes(record.payload)) for record in reader.records()]
+    for name, store in (("lost", {"domid": 1, "name": "kbdshell"}), ("garbled", {"domid": 1, "name": "kbdshell",
+                                                                              "keyboard": "usb"})):
+        edited = write_log(tmp_path / f"{name}.xrr", LogHeader(header.image_sha256, {**header.config, "xenstore": store},
+                                                               header.initial_state), records)
+        run = xenrr("replay", edited, "--quiet")
+        assert run.status == 2 and run.stderr.startswith("xenrr: error: ") and run.stderr.count("\n") == 1, run.stderr
