@@ -42,8 +42,7 @@ def kbdshell_image(kbdshell_elf) -> bytes:
     return kbdshell_elf.read_bytes()
 
 
-@pytest.mark.slow
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(script=key_scripts, slice_instructions=st.sampled_from([100, 5000, 1_000_000]))
 def test_replay_reproduces_a_keyboard_recording(tmp_path_factory, kbdshell_elf, kbdshell_image, script,
                                                 slice_instructions):
