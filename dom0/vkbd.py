@@ -15,8 +15,10 @@ and the XenbusState handshake (io/xenbus.h) driven by a dom0 watch on the fronte
 
 A frontend that misbehaves - a grant that does not map, a port that is not its unbound port for dom0,
 ring indices out of range or moved where only the backend moves them, a state out of order or not a
-XenbusState - gets the device closed (unmapped, unbound, backend state Closed, the reason in the
-backend's `error` node) and one line on the hypervisor console, never an exception.
+XenbusState - gets the device closed as a Linux backend's xenbus_dev_fatal closes it: the page unmapped,
+the port unbound, the reason written to dom0's error/<backend path>/error node, the backend switched to
+Closing (the frontend answers Closed, and may start over) - and one line on the hypervisor console,
+never an exception.
 Invariant: the backend changes state only in a guest request to xenstore or a notification on its port
 (hypercalls, deterministic) or in a logged keyboard event (the funnel), and its whole state -
 `VkbdState` - is in checkpoints and digests; the ring page is guest memory.
@@ -193,9 +195,10 @@ class VkbdBackend:
 
     def _close(self, reason: str) -> None:
         """A misbehaving frontend: the device is closed, the reason said once on the hypervisor console."""
-        self._disconnect(abi.XenbusStateClosed)
+        self._disconnect(abi.XenbusStateClosing)
         message = f"vkbd: domain {self._domid}'s keyboard frontend misbehaved: {reason}; device closed"
-        self._store.write(f"{self._backend}/error", message.encode())
+        self._store.write(f"/local/domain/{DOM0}/error{self._backend.removeprefix(f'/local/domain/{DOM0}')}/error",
+                          message.encode())
         self._domain.hypervisor_console((message + "\n").encode())
 
     # ---------------------------------------------------------------- the ring (KeyboardDevice)

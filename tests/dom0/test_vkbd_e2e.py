@@ -22,16 +22,16 @@ ABCD = int.from_bytes(b"ABCD", "little")
 
 HOSTILE_TRANSCRIPT = """kbdhostile ready
 start: backend state 2, grant free, port unbound
-wrong-order: backend state 6, grant free, port unbound
+wrong-order: backend state 5, grant free, port unbound
 start-over: backend state 2, grant free, port unbound
-not-a-state: backend state 6, grant free, port unbound
-bad-gref: backend state 6, grant free, port unbound
-ungranted: backend state 6, grant free, port unbound
-bad-port: backend state 6, grant free, port unbound
-no-ring: backend state 6, grant free, port unbound
+not-a-state: backend state 5, grant free, port unbound
+bad-gref: backend state 5, grant free, port unbound
+ungranted: backend state 5, grant free, port unbound
+bad-port: backend state 5, grant free, port unbound
+no-ring: backend state 5, grant free, port unbound
 connected: backend state 4, grant in use, port bound
-ring-indices: backend state 6, grant free, port unbound
-in-prod: backend state 6, grant free, port unbound
+ring-indices: backend state 5, grant free, port unbound
+in-prod: backend state 5, grant free, port unbound
 connected: backend state 4, grant in use, port bound
 closing: backend state 5, grant free, port unbound
 closed: backend state 6, grant free, port unbound
@@ -59,16 +59,25 @@ def keyboard_recording(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
     return path
 
 
-def test_a_hostile_frontend_gets_the_device_closed_with_one_line_each_time(xenrr):
-    """Each misbehaviour closes the device (backend Closed, grant unmapped, port unbound) with one line on
-    the hypervisor console; the domain runs on, starts the device over and finally connects properly."""
-    run = xenrr("run", guest_path("kbdhostile"), "--keyboard", "pv", "--clock", "virtual", "--keys", "")
+def test_a_hostile_frontend_gets_the_device_closed_with_one_line_each_time(xenrr, tmp_path):
+    """Each misbehaviour closes the device as xenbus_dev_fatal does (backend Closing, grant unmapped, port
+    unbound, the reason in dom0's error/<backend>/error node) with one line on the hypervisor console; the
+    domain runs on, starts the device over and finally connects properly. The session replays exactly."""
+    log = tmp_path / "hostile.xrr"
+    run = xenrr("record", guest_path("kbdhostile"), "-o", log, "--keyboard", "pv", "--clock", "virtual", "--keys", "")
     assert run.status == 0, run.stderr
     assert run.stdout == HOSTILE_TRANSCRIPT
     lines = run.stderr.splitlines()
     assert lines[:-1] == [f"vkbd: domain 1's keyboard frontend misbehaved: {reason}; device closed"
                           for reason in HOSTILE_REASONS]
     assert lines[-1].startswith("xenrr: domain shut down (poweroff)") and "Traceback" not in run.stderr
+    replay = xenrr("replay", log)
+    assert replay.status == 0 and replay.stdout == HOSTILE_TRANSCRIPT
+    tree = xenrr("xenstore-ls", log).stdout
+    message = f"vkbd: domain 1's keyboard frontend misbehaved: {HOSTILE_REASONS[-1]}; device closed"
+    error_node = ['   error = ""', '    backend = ""', '     vkbd = ""', '      1 = ""', '       0 = ""',
+                  f'        error = "{message}"']                      # /local/domain/0/error/backend/vkbd/1/0/error
+    assert "\n".join(error_node) in tree
 
 
 def test_record_dump_and_replay_show_key_events(keyboard_recording, xenrr):
