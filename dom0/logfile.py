@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 from xen.logrecord import KIND_END, BytesLike, Decoder, Record, RecordError, kind_name
 
 FILE_MAGIC = b"XENRRLOG"
-FORMAT_VERSION = 1
+# 2: compact state digests (xen/digest.py). A version-1 log's digests cannot be checked by this xenrr,
+# so it is refused in one line rather than replayed unverified.
+FORMAT_VERSION = 2
 BLOCK_MAGIC = b"XRBK"
 FOOTER_MAGIC = b"XRIX"
 TRAILER_MAGIC = b"XRRTRAIL"
@@ -85,6 +87,9 @@ def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
         raise LogFormatError(f"log format version {version} is newer than this xenrr reads (up to {FORMAT_VERSION})")
     if version == 0:
         raise LogFormatError("log format version 0 is not a valid version")
+    if version < FORMAT_VERSION:
+        raise LogFormatError(f"log format version {version} was written by an older xenrr (its state digests are "
+                             f"in a form this xenrr no longer checks): record the session again")
     end = _FILE_PREFIX.size + body_length + _CRC.size
     if end > size:
         raise LogFormatError("log header is truncated")

@@ -82,7 +82,7 @@ class ReplaySession:
             recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
         except ValueError as error:
             raise ReplaySetupError(f"log header is malformed: initial_state/digest: {error}") from None
-        differences = recorded.differences(self.domain.digest(with_memory=True))
+        differences = recorded.differences(self.domain.digest(with_memory=True, in_clear=recorded.in_clear))
         if differences:
             raise ReplaySetupError("the rebuilt domain does not start in the recorded state: " + "; ".join(differences))
         self.replayer = Replayer(self.domain, self.log.records())

@@ -1,13 +1,21 @@
 """State digests: what record writes into the log so replay can prove it reproduces the run.
 
-Owns the digest payload: the general registers, rip and rflags in the clear (so a divergence can
-say which register differs and how), a hash of the complete 87-register state, and optionally a
-hash of all guest memory: a hash of per-frame hashes, where only the frames written since the previous
-memory digest are rehashed (the vCPU's dirty-page tracking), so a memory digest costs in proportion to
-what the guest wrote, combined with the hash of the guest-virtual map (which frame is mapped where);
-and a hash of the domain's device state outside guest memory (xenstore, grant table:
-`Domain.device_state`). Invariant: a digest is a pure function of vCPU and device state; two equal
-states give byte-identical digests.
+Owns the digest payload. Every digest holds a 4-byte hash of the vCPU's complete state (all 87
+registers, rip and the instruction count) together with the domain's device state outside guest
+memory (xenstore, grant table, PV vCPU state: `Domain.device_state`). A *full* digest adds an 8-byte
+hash of all guest memory - a hash of per-frame hashes, where only the frames written since the
+previous memory digest are rehashed (the vCPU's dirty-page tracking), combined with the hash of the
+guest-virtual map - and an 8-byte hash of the device state alone, so a divergence there is named. A
+digest *in the clear* (the log header's initial state and the END record) also carries the general
+registers, rip and rflags, so a divergence at the end names the register and both values.
+
+Why so small (docs/log-format.md, "State digests"): a busy guest logs a digest every 2^24
+instructions, about 140 a second; at 153 bytes each they were 90 % of its log. A periodic digest is
+now 4 bytes of payload (12-13 with its record), a full one 21: under 2 KB per busy second. A
+diverged state still fails the first digest after the divergence (a 32-bit hash misses a difference
+once in 4 x 10^9, and the next digest checks again); the replay names rip from the record itself.
+Invariant: a digest is a pure function of vCPU and device state; two equal states give
+byte-identical digests.
 """
 from __future__ import annotations
 
@@ -19,58 +27,82 @@ from dataclasses import dataclass
 from xen.vcpu import GPR_NAMES, PAGE_SIZE, VCpu
 
 _REGISTERS = GPR_NAMES + ("rip", "rflags")
-_CLEAR = struct.Struct(f"<B{len(_REGISTERS)}Q8s")
-_MEMORY_HASH_BYTES = 16
-_DEVICE_HASH_BYTES = 16
-_HAS_MEMORY, _HAS_DEVICES = 1, 2
+_CLEAR = struct.Struct(f"<{len(_REGISTERS)}Q")
+STATE_HASH_BYTES = 4
+_PAGE_HASH_BYTES = 16
+_MEMORY_HASH_BYTES = 8
+_DEVICE_HASH_BYTES = 8
+_HAS_MEMORY, _HAS_DEVICES, _HAS_CLEAR = 1, 2, 4
+_OTHER_REGISTERS = "flags, segment bases, SSE/x87"
 
 
 @dataclass(frozen=True)
 class Digest:
-    registers: tuple[int, ...]
+    """`state_hash` covers registers and device state; the optional parts are present in full digests
+    (memory and device hashes) and digests in the clear (`registers`: rax..r15, rip, rflags)."""
     state_hash: bytes
-    memory_hash: bytes | None
+    memory_hash: bytes | None = None
     device_hash: bytes | None = None
+    registers: tuple[int, ...] | None = None
 
     def to_bytes(self) -> bytes:
+        """The state hash alone (a periodic digest), or followed by a flags byte and the parts it names."""
         flags = (_HAS_MEMORY if self.memory_hash is not None else 0) | \
-            (_HAS_DEVICES if self.device_hash is not None else 0)
-        return _CLEAR.pack(flags, *self.registers, self.state_hash) + (self.memory_hash or b"") + \
-            (self.device_hash or b"")
+            (_HAS_DEVICES if self.device_hash is not None else 0) | (_HAS_CLEAR if self.registers is not None else 0)
+        if not flags:
+            return self.state_hash
+        return self.state_hash + bytes([flags]) + (self.memory_hash or b"") + (self.device_hash or b"") + \
+            (_CLEAR.pack(*self.registers) if self.registers is not None else b"")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Digest":
-        """ValueError unless `data` is exactly a digest: the clear part, then the memory and device hashes if flagged."""
-        if len(data) < _CLEAR.size:
+        """ValueError unless `data` is exactly a digest: the state hash, then optionally flags and the flagged parts."""
+        if len(data) < STATE_HASH_BYTES:
             raise ValueError(f"state digest of {len(data)} bytes is truncated")
-        flags, *values = _CLEAR.unpack_from(data)
-        if flags & ~(_HAS_MEMORY | _HAS_DEVICES):
+        if len(data) == STATE_HASH_BYTES:
+            return cls(bytes(data))
+        flags = data[STATE_HASH_BYTES]
+        if not flags or flags & ~(_HAS_MEMORY | _HAS_DEVICES | _HAS_CLEAR):
             raise ValueError(f"state digest has unknown flags {flags:#x}")
-        expected = _CLEAR.size + (_MEMORY_HASH_BYTES if flags & _HAS_MEMORY else 0) + \
-            (_DEVICE_HASH_BYTES if flags & _HAS_DEVICES else 0)
+        sizes = [(_HAS_MEMORY, _MEMORY_HASH_BYTES), (_HAS_DEVICES, _DEVICE_HASH_BYTES), (_HAS_CLEAR, _CLEAR.size)]
+        expected = STATE_HASH_BYTES + 1 + sum(size for flag, size in sizes if flags & flag)
         if len(data) != expected:
             raise ValueError(f"state digest of {len(data)} bytes, expected {expected}")
-        offset = _CLEAR.size
-        memory = device = None
-        if flags & _HAS_MEMORY:
-            memory = bytes(data[offset:offset + _MEMORY_HASH_BYTES])
-            offset += _MEMORY_HASH_BYTES
-        if flags & _HAS_DEVICES:
-            device = bytes(data[offset:offset + _DEVICE_HASH_BYTES])
-        return cls(tuple(values[:-1]), values[-1], memory, device)
+        parts: list[bytes | None] = []
+        offset = STATE_HASH_BYTES + 1
+        for flag, size in sizes:
+            parts.append(bytes(data[offset:offset + size]) if flags & flag else None)
+            offset += size if flags & flag else 0
+        memory, device, clear = parts
+        return cls(bytes(data[:STATE_HASH_BYTES]), memory, device,
+                   _CLEAR.unpack(clear) if clear is not None else None)
+
+    @property
+    def in_clear(self) -> bool:
+        return self.registers is not None
 
     def differences(self, actual: "Digest") -> list[str]:
-        """What differs between this (recorded) digest and `actual` (replayed), one phrase each."""
-        found = [f"{name} recorded {want:#x} replayed {got:#x}"
-                 for name, want, got in zip(_REGISTERS, self.registers, actual.registers) if want != got]
-        if not found and self.state_hash != actual.state_hash:
-            found.append("other register state (flags, segment bases, SSE/x87)")
+        """What differs between this (recorded) digest and `actual` (replayed, taken with the same parts),
+        one phrase each: registers by name where both are in the clear, else the kind of state."""
+        found = []
+        if self.registers is not None and actual.registers is not None:
+            found = [f"{name} recorded {want:#x} replayed {got:#x}"
+                     for name, want, got in zip(_REGISTERS, self.registers, actual.registers) if want != got]
+        devices_compared = self.device_hash is not None and actual.device_hash is not None
+        device_differs = devices_compared and self.device_hash != actual.device_hash
+        if self.state_hash != actual.state_hash and not found and not device_differs:
+            if self.registers is not None and actual.registers is not None:
+                found.append(f"other register state ({_OTHER_REGISTERS})")
+            elif devices_compared:
+                found.append(f"registers (general, {_OTHER_REGISTERS})")
+            else:
+                found.append(f"registers (general, {_OTHER_REGISTERS}) or device state (xenstore, grant table, "
+                             "PV vCPU state)")
         if self.memory_hash is not None and actual.memory_hash is not None \
                 and self.memory_hash != actual.memory_hash:
             found.append("guest memory")
-        if self.device_hash is not None and actual.device_hash is not None \
-                and self.device_hash != actual.device_hash:
-            found.append("device state (xenstore, grant table)")
+        if device_differs:
+            found.append("device state (xenstore, grant table, PV vCPU state)")
         return found
 
 
@@ -89,7 +121,7 @@ class _MemoryHasher:
 
     @staticmethod
     def _page_hash(page: bytes) -> bytes:
-        return hashlib.blake2b(page, digest_size=_MEMORY_HASH_BYTES).digest()
+        return hashlib.blake2b(page, digest_size=_PAGE_HASH_BYTES).digest()
 
     def hash(self, vcpu: VCpu) -> bytes:
         written = vcpu.pages_written_since(self._generation)
@@ -99,7 +131,7 @@ class _MemoryHasher:
         return hashlib.blake2b(b"".join(self._pages) + vcpu.mapping_digest(), digest_size=_MEMORY_HASH_BYTES).digest()
 
 
-_ZERO_PAGE_HASH = hashlib.blake2b(bytes(PAGE_SIZE), digest_size=_MEMORY_HASH_BYTES).digest()
+_ZERO_PAGE_HASH = hashlib.blake2b(bytes(PAGE_SIZE), digest_size=_PAGE_HASH_BYTES).digest()
 # One hasher per vCPU, dropped with it (a hasher holds no reference to its vCPU).
 _hashers: "weakref.WeakKeyDictionary[VCpu, _MemoryHasher]" = weakref.WeakKeyDictionary()
 
@@ -110,18 +142,20 @@ def start_memory_digests(fresh_vcpu: VCpu) -> None:
     _hashers[fresh_vcpu] = _MemoryHasher(fresh_vcpu, all_zero=True)
 
 
-def take_digest(vcpu: VCpu, with_memory: bool, device_state: bytes | None = None) -> Digest:
-    """The digest of a vCPU's state; `device_state` is the domain's canonical device-state encoding."""
+def take_digest(vcpu: VCpu, with_memory: bool, device_state: bytes = b"", in_clear: bool = False) -> Digest:
+    """The digest of a vCPU's state; `device_state` is the domain's canonical device-state encoding.
+    `with_memory`: a full digest (memory and device hashes); `in_clear`: with the named registers too."""
     cpu = vcpu.save_cpu()
-    state_hash = hashlib.blake2b(repr((cpu.registers, cpu.pc, cpu.icount)).encode(), digest_size=8).digest()
-    memory_hash = None
+    state = hashlib.blake2b(repr((cpu.registers, cpu.pc, cpu.icount)).encode(), digest_size=STATE_HASH_BYTES)
+    state.update(device_state)
+    memory_hash = device_hash = None
     if with_memory:
         if vcpu not in _hashers:
             _hashers[vcpu] = _MemoryHasher(vcpu, all_zero=False)
         memory_hash = _hashers[vcpu].hash(vcpu)
-    device_hash = None if device_state is None else \
-        hashlib.blake2b(device_state, digest_size=_DEVICE_HASH_BYTES).digest()
-    return Digest(tuple(vcpu.reg(name) for name in _REGISTERS), state_hash, memory_hash, device_hash)
+        device_hash = hashlib.blake2b(device_state, digest_size=_DEVICE_HASH_BYTES).digest()
+    registers = tuple(vcpu.reg(name) for name in _REGISTERS) if in_clear else None
+    return Digest(state.digest(), memory_hash, device_hash, registers)
 
 
 def end_payload(digest: Digest, outcome: str) -> bytes:

@@ -197,9 +197,10 @@ class Domain:
     def _is_domain_frame(self, frame: int) -> bool:
         return 0 <= frame < self.image.nr_pages
 
-    def digest(self, with_memory: bool) -> Digest:
-        """The state digest of the whole domain: vCPU, optionally memory, and device state."""
-        return take_digest(self.vcpu, with_memory, self.device_state())
+    def digest(self, with_memory: bool, in_clear: bool = False) -> Digest:
+        """The state digest of the whole domain: vCPU and device state; `with_memory` a full digest
+        (memory and device state hashed apart), `in_clear` with the named registers (xen/digest.py)."""
+        return take_digest(self.vcpu, with_memory, self.device_state(), in_clear)
 
     def connect_xenstore(self, server: XenstoreServer) -> None:
         """Introduce the domain to a xenstored (before it runs): the store ring is served from now on."""

@@ -178,7 +178,7 @@ class Funnel:
         """Record mode: the last record - the final full digest and how the run ended."""
         if self.sink is not None:
             vcpu = self._domain.vcpu
-            payload = end_payload(self._domain.digest(with_memory=True), outcome)
+            payload = end_payload(self._domain.digest(with_memory=True, in_clear=True), outcome)
             self.sink.append(Injection(KIND_END, 0, vcpu.icount, vcpu.pc, payload))
 
     def replay(self, injection: Injection) -> None:

@@ -178,8 +178,11 @@ class Replayer:
                                  f"{error}") from None
 
     def _check_digest(self, recorded: Digest, record: Record) -> None:
-        actual = self.domain.digest(with_memory=recorded.memory_hash is not None)
+        actual = self.domain.digest(with_memory=recorded.memory_hash is not None, in_clear=recorded.in_clear)
         differences = recorded.differences(actual)
+        pc = self.domain.vcpu.pc
+        if differences and not recorded.in_clear and record.rip != pc:     # the record names rip itself
+            differences.insert(0, f"rip recorded {record.rip:#x} replayed {pc:#x}")
         if differences:
             raise ReplayDivergence(f"state differs at icount {record.icount} (record {self.next_seq}): "
                                    + "; ".join(differences))

@@ -295,6 +295,7 @@ def header_bytes(version: int = FORMAT_VERSION) -> bytes:
         (b"\x7fELF\x02\x01\x01" + bytes(100), "not a xenrr log"),
         (b"XENRRLOG\x01", "log header is truncated"),
         (header_bytes(FORMAT_VERSION + 1), f"log format version {FORMAT_VERSION + 1} is newer than this xenrr reads"),
+        (header_bytes(1), "log format version 1 was written by an older xenrr .*: record the session again"),
         (header_bytes()[:-1] + bytes([header_bytes()[-1] ^ 1]), "log header fails its CRC check"),
     ],
 )

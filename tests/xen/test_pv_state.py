@@ -23,14 +23,14 @@ def domain() -> Domain:
 
 
 def test_user_gs_base_is_checkpointed_and_digested(domain):
-    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    saved, digest = domain.save_state(), domain.digest(with_memory=True)
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_set_segment_base,
                                (abi.SEGBASE_GS_USER, 0x7000_0000, 0, 0, 0)) == 0
     assert domain.gs_base_user == 0x7000_0000
-    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert domain.digest(with_memory=True).device_hash != digest.device_hash
     domain.load_state(saved)
     assert domain.gs_base_user == 0
-    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert domain.digest(with_memory=True).device_hash == digest.device_hash
 
 
 def test_kernel_gs_and_fs_bases_are_the_vcpus_registers(domain):
@@ -82,14 +82,14 @@ def test_a_new_upcall_wakes_a_poller_even_with_events_masked(domain):
 
 
 def test_a_poll_is_checkpointed_and_digested(domain):
-    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    saved, digest = domain.save_state(), domain.digest(with_memory=True)
     assert poll(domain, [5, 6], timeout=domain.time.now() + 10**9) == 0
     assert domain.state == RunState.BLOCKED and domain.time.next_deadline() is not None
-    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert domain.digest(with_memory=True).device_hash != digest.device_hash
     blocked = domain.save_state()
     domain.load_state(saved)
     assert domain.state == RunState.RUNNING and domain.poll is None
-    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert domain.digest(with_memory=True).device_hash == digest.device_hash
     domain.load_state(blocked)
     assert domain.state == RunState.BLOCKED and domain.poll is not None
 
@@ -99,16 +99,16 @@ def test_the_runstate_and_its_guest_area_are_checkpointed_and_digested(domain):
     request = abi.VcpuRegisterRunstateMemoryArea()
     request.addr.p = area
     domain.vcpu.write(scratch(domain), bytes(request))
-    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    saved, digest = domain.save_state(), domain.digest(with_memory=True)
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_vcpu_op,
                                (abi.VCPUOP_register_runstate_memory_area, 0, scratch(domain), 0, 0)) == 0
     assert poll(domain, [5], timeout=0) == 0              # blocks: the runstate goes to the area
     copied = abi.VcpuRunstateInfo.from_buffer_copy(domain.vcpu.read(area, 48))
     assert copied.state == abi.RUNSTATE_blocked
-    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert domain.digest(with_memory=True).device_hash != digest.device_hash
     domain.load_state(saved)
     assert domain.runstate.state == abi.RUNSTATE_running and domain.runstate.area == 0
-    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert domain.digest(with_memory=True).device_hash == digest.device_hash
 
 
 def test_a_moved_vcpu_info_is_checkpointed_and_events_follow_it(domain):
@@ -135,27 +135,27 @@ def test_the_gdt_is_checkpointed_digested_and_keeps_its_frame_from_writable_mapp
                                    (page, frame * abi.PAGE_SIZE | flags, abi.UVMF_INVLPG, 0, 0))
 
     assert remap(0x21) == 0                              # present, read-only: it may become a GDT page
-    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    saved, digest = domain.save_state(), domain.digest(with_memory=True)
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_set_gdt, (frame_list, 16, 0, 0, 0)) == 0
     assert domain.memory.page_type(frame) == ("descriptors", 1)
-    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert domain.digest(with_memory=True).device_hash != digest.device_hash
     assert remap(0x23) == -abi.XEN_EINVAL               # Xen: a descriptor page is never writable
     domain.load_state(saved)
     assert (domain.memory.gdt, domain.memory.page_type(frame)) == ((), ("none", 0))
-    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert domain.digest(with_memory=True).device_hash == digest.device_hash
     assert remap(0x23) == 0
 
 
 def test_physdev_state_is_checkpointed_and_digested(domain):
     argument = scratch(domain)
-    saved, digest = domain.save_state(), domain.digest(with_memory=False)
+    saved, digest = domain.save_state(), domain.digest(with_memory=True)
     domain.vcpu.write(argument, bytes(abi.PhysdevSetIopl(iopl=3)))
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_physdev_op, (abi.PHYSDEVOP_set_iopl, argument, 0, 0, 0)) == 0
     domain.vcpu.write(argument, bytes(abi.PhysdevGetFreePirq(type=abi.MAP_PIRQ_TYPE_GSI)))
     assert hypercalls.dispatch(domain, abi.HYPERVISOR_physdev_op,
                                (abi.PHYSDEVOP_get_free_pirq, argument, 0, 0, 0)) == 0
     assert (domain.iopl, domain.pirqs) == (3, (16,))
-    assert domain.digest(with_memory=False).device_hash != digest.device_hash
+    assert domain.digest(with_memory=True).device_hash != digest.device_hash
     domain.load_state(saved)
     assert (domain.iopl, domain.pirqs) == (0, ())
-    assert domain.digest(with_memory=False).device_hash == digest.device_hash
+    assert domain.digest(with_memory=True).device_hash == digest.device_hash
