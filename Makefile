@@ -13,8 +13,8 @@ SYSDEPS  := build/.sysdeps
 # grub-common (grub-mkimage, to build other GRUB images).
 APT_PKGS := gdb libxen-dev patch tmux grub-xen-host grub-xen-bin grub-xen-dbg grub-common
 
-.PHONY: all test soak demo bench guests engine sysdeps clean
-all: $(SYSDEPS) $(STAMP) $(SPEC) guests
+.PHONY: all test soak demo bench guests engine bytecode sysdeps clean
+all: $(SYSDEPS) $(STAMP) $(SPEC) guests bytecode
 
 $(SYSDEPS):
 	@missing=""; \
@@ -44,6 +44,11 @@ $(SPEC): $(STAMP) $(wildcard xen/sleigh/*.patch) xen/vcpu.py
 	$(PY) -m xen.vcpu prepare-spec
 
 engine: $(SPEC)
+
+# The project's modules compiled once (only the changed ones again): a command then starts without
+# compiling its modules, also where PYTHONDONTWRITEBYTECODE keeps Python from caching them itself.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q xen dom0 host stub gdbext >/dev/null
 
 guests: $(SYSDEPS)
 	$(MAKE) -C guests

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -185,6 +183,8 @@ def _count(number: int, noun: str) -> str:
 
 def _connect(scheduler: str | None, workers: int):
     """A Dask client on the scheduler given, or on a new local cluster of `workers` processes."""
+    import logging                 # here, with Dask: the single-recording commands start without them
+
     import dask
     from distributed import Client, LocalCluster
 
@@ -266,6 +266,7 @@ def to_json(command: str, results: list[UnitResult], scripts: list[Path]) -> str
 def to_junit_xml(command: str, results: list[UnitResult]) -> bytes:
     """JUnit XML as CI systems read it: one testsuite per recording; one testcase per check (`check`) or
     one for the replay (`verify`); a unit that never ran its checks is one testcase with an error."""
+    import xml.etree.ElementTree as ElementTree       # here: only --junit-xml needs it
     root = ElementTree.Element("testsuites", name=f"xenrr {command}")
     for result in results:
         suite = ElementTree.SubElement(root, "testsuite", name=result.recording, time=f"{result.seconds:.3f}")

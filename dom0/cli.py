@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -26,14 +25,12 @@ from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.keyboard import KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogFormatError, LogReader
 from dom0.logschema import check_header
-from dom0.record import RecordingFailed, RecordingRefused, record
 from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from dom0.xenstored import format_perms, is_valid_path
 from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands, refuse_to_record_a_running_domain
-from host.pinning import pinned_replay
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
@@ -103,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(replay: diverged), 2 usage or input error, 3 stopped before the guest shut down (instruction "
                "limit, key script done, detached with Ctrl-]; replay: the log is incomplete), 4 the log could "
                "not be written, 130 interrupted (Ctrl-C). `xenrr COMMAND --help` explains each command.")
-    parser.add_argument("--version", action="version", version=f"xenrr {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run", help="boot a PV guest kernel and attach its console",
@@ -172,7 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """--version: the installed package's version, looked up (importlib.metadata) only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the program's version number and exit", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        print(f"xenrr {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
+    from importlib import metadata
     try:
         return metadata.version("xenrr")
     except metadata.PackageNotFoundError:          # run from a source tree that was never installed
@@ -279,21 +288,29 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_record(args: argparse.Namespace) -> int:
+    from dom0.record import EarlyDaemon, RecordingFailed, RecordingRefused, record    # `run` starts without them
     _check_numbers(args)
     if not args.guest.exists():
         refuse_to_record_a_running_domain(str(args.guest))
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
+    early = None
     try:
+        early = EarlyDaemon()          # forked first: the domain built next is not copied into it
         domain = load_domain(args.guest, args.memory, args.keyboard)
         result = record(domain, args.guest, console_input, args.output, clock=args.clock,
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
                         overwrite=args.force, xenstore_writes=writes,
-                        xenstore=xenstore_config(args.guest, args.keyboard), keyboard=args.keyboard == "pv")
+                        xenstore=xenstore_config(args.guest, args.keyboard), keyboard=args.keyboard == "pv",
+                        early=early)
+    except RecordingRefused as error:
+        raise UsageError(str(error)) from None
     except RecordingFailed as error:
         _terminal.say(f"xenrr: error: recording stopped: {error}")
         return EXIT_LOG_FAILED
     finally:
+        if early is not None:
+            early.abandon()
         _restore_terminal(console_input)
     size = result.path.stat().st_size
     _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
@@ -490,11 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.passthrough = passthrough
         if args.command in PINNED_COMMANDS:        # the replaying process (debug's is its serve)
+            from host.pinning import pinned_replay
             with pinned_replay():
                 return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
-            UnusableRecord, RecordingRefused, DebugCommandError, UserCommandError, GrubSymbolsError,
+            UnusableRecord, DebugCommandError, UserCommandError, GrubSymbolsError,
             HostCommandError) as error:
         return _fail(f"error: {error}", EXIT_USAGE, json_wanted)
     except KeyboardInterrupt:

@@ -20,8 +20,6 @@ from pathlib import Path
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.replay import ReplaySession
 from gdbext.locate import GdbNotFound, find_gdb
-from stub.server import GdbServer, ServerError, listen
-from stub.timeline import Timeline
 
 GDB_EXTENSION = "xenrr_gdb.py"
 
@@ -79,6 +77,8 @@ def _check_event(session: ReplaySession, number: int) -> None:
 
 def command_serve(args: argparse.Namespace) -> int:
     """`xenrr serve`: returns 0 once a client killed or detached."""
+    from stub.server import GdbServer, ServerError, listen      # here: every other command starts without them
+    from stub.timeline import Timeline
     if not 0 <= args.port <= 65535:
         raise DebugCommandError(f"--port must be between 0 and 65535, not {args.port}")
     session = _open_session(args.session, args.image)

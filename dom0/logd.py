@@ -1,7 +1,10 @@
 """The log daemon: the process that drains the hypervisor's log ring into the log file.
 
-Owns the daemon's loop (ring -> LogWriter blocks), its entry point (`python -m dom0.logd`,
-header bytes on stdin), its exit codes, and `start_log_daemon`, the recorder's handle on it.
+Owns the daemon's loop (ring -> LogWriter blocks), its exit codes, how it is started and
+`LogDaemon`, the recorder's handle on it. The recorder forks it (`fork_log_daemon`: no new
+interpreter to start, so recording adds almost nothing to a run's start-up; a fork before the
+domain is built copies little) and then hands it the log's path and header (`LogDaemon.begin`);
+`start_log_daemon` does both.
 
 Invariant: bytes leave the ring only after the block holding them is in the file, so
 whatever stops the daemon, the file is valid up to its last complete block and nothing
@@ -9,15 +12,13 @@ the recorder put is lost silently: a write error, a malformed stream or a vanish
 recorder ends the daemon with a one-line reason in the ring header and an exit code.
 """
 
-import argparse
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+import traceback
 from typing import IO
 
 from dom0.logfile import LogFormatError, LogHeader, LogWriter
@@ -43,7 +44,6 @@ EXIT_USAGE = 2  # bad arguments, no such ring, bad header
 EXIT_RECORDER_VANISHED = 3  # the producer died without closing the stream; the file was closed
 EXIT_BAD_RECORDS = 4  # the producer put bytes that are not whole records
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def drain(ring: RingConsumer, writer: LogWriter, block_bytes: int, flush_seconds: float) -> None:
@@ -128,18 +128,12 @@ def _close_quietly(writer: LogWriter) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dom0.logd", description="Drain a xenrr log ring into a log file (header bytes on stdin).")
-    parser.add_argument("--ring", required=True, help="name of the shared-memory log ring")
-    parser.add_argument("--block-bytes", type=int, default=DEFAULT_BLOCK_BYTES)
-    parser.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS)
-    parser.add_argument("--sync-seconds", type=float, default=DEFAULT_SYNC_SECONDS)
-    parser.add_argument("path", help="log file to create")
-    args = parser.parse_args(argv)
+def _run(ring_name: str, path: str, header_bytes: bytes, block_bytes: int, flush_seconds: float,
+         sync_seconds: float) -> int:
+    """The daemon's life: attach to the ring, write the log, report; the exit code."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error (EFBIG), not death
-    header_bytes = sys.stdin.buffer.read()
     try:
-        ring = RingConsumer(args.ring)
+        ring = RingConsumer(ring_name)
     except RingError as error:
         print(f"xenrr log daemon: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,33 +142,107 @@ def main(argv: list[str] | None = None) -> int:
     except LogFormatError as error:
         ring.report_failure(f"the recorder sent a bad log header: {error}")
         return EXIT_USAGE
-    code = serve(ring, args.path, header, args.block_bytes, args.flush_seconds, args.sync_seconds)
+    code = serve(ring, path, header, block_bytes, flush_seconds, sync_seconds)
     ring.detach()
     return code
 
 
-class LogDaemon:
-    """The recorder's handle on a running log daemon process."""
+def _forked(ring_name: str, requests: tuple[int, int], stderr: int, block_bytes: int, flush_seconds: float,
+            sync_seconds: float) -> int:
+    """The forked daemon: a session of its own (the terminal's ^C and ^Z go to the recorder, which ends
+    the stream), no standard input or output, stderr into the recorder's file, then the path and header
+    from the recorder's pipe (path, a nul, the header bytes; nothing: the recorder gave up before it began)."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(stderr, 2)
+    os.close(requests[1])                # the recorder's end: the read below ends when the recorder closes its copy
+    with os.fdopen(requests[0], "rb") as pipe:
+        request = pipe.read()
+    if not request:
+        return EXIT_USAGE
+    path, _, header_bytes = request.partition(b"\0")
+    return _run(ring_name, os.fsdecode(path), header_bytes, block_bytes, flush_seconds, sync_seconds)
 
-    def __init__(self, process: subprocess.Popen, ring: RingProducer, stderr: IO[bytes]) -> None:
-        self._process = process
+
+class LogDaemon:
+    """The recorder's handle on a forked log daemon process."""
+
+    def __init__(self, pid: int, ring: RingProducer, stderr: IO[bytes], requests: int) -> None:
+        self.pid = pid
+        self._status: int | None = None      # the exit status once reaped (negative: the signal that killed it)
         self._ring = ring
         self._stderr = stderr  # a temporary file: read once the daemon exited, for a crash's last line
         self._stderr_tail = ""
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
+        self._requests: int | None = requests    # the daemon's pipe, until `begin` sends the path and header
 
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._reap(block=False) is None
+
+    def _reap(self, block: bool) -> int | None:
+        if self._status is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self._status = os.waitstatus_to_exitcode(status)
+        return self._status
+
+    def _exit_code(self, timeout: float | None) -> int | None:
+        """The daemon's exit status once it exited within `timeout` (negative: the signal that killed it)."""
+        if timeout is None:
+            return self._reap(block=True)
+        deadline = time.monotonic() + timeout
+        while self._reap(block=False) is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self._status
+
+    def begin(self, path: str | os.PathLike[str], header: LogHeader, startup_timeout: float = 10.0) -> None:
+        """Hand the forked daemon its log file and header; returns once it writes the log.
+
+        The ring's name is unlinked once the daemon has attached (or failed): no segment is left
+        behind in /dev/shm whatever happens next. LogDaemonError (with the daemon's reason) if it
+        cannot start, e.g. the file cannot be created.
+        """
+        request = os.fsencode(path) + b"\0" + header.to_bytes()
+        try:
+            try:
+                with os.fdopen(self._requests, "wb") as pipe:
+                    pipe.write(request)
+            except BrokenPipeError:
+                pass  # it died before reading; its exit status tells why
+            self._requests = None
+            self._wait_running(startup_timeout)
+        finally:
+            self._ring.unlink()
+
+    def abandon(self) -> None:
+        """The recording will not happen: a daemon that was never begun exits at once."""
+        if self._requests is not None:
+            os.close(self._requests)
+            self._requests = None
+        self._exit_code(None)
+        self._stderr.close()
+        self._ring.unlink()
+
+    def _wait_running(self, startup_timeout: float) -> None:
+        ring = self._ring
+        deadline = time.monotonic() + startup_timeout
+        while ring.consumer_state() == CONSUMER_STARTING and self.alive():
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                self._exit_code(None)
+                self._stderr.close()
+                raise LogDaemonError(f"the log daemon did not start within {startup_timeout:g} s")
+            time.sleep(0.0005)
+        if ring.consumer_state() == CONSUMER_FAILED or not self.alive():
+            self.wait()  # raises LogDaemonError with the daemon's reason
+            raise LogDaemonError(f"the log daemon (pid {self.pid}) exited before it started")
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the daemon to exit (close the ring first); LogDaemonError says why if it failed."""
-        try:
-            code = self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"the log daemon (pid {self.pid}) is still running after {timeout:g} s") from None
+        code = self._exit_code(timeout)
+        if code is None:
+            raise TimeoutError(f"the log daemon (pid {self.pid}) is still running after {timeout:g} s")
         if not self._stderr.closed:
             self._stderr.seek(0)
             lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
@@ -192,6 +260,33 @@ class LogDaemon:
         return self._stderr_tail or f"the log daemon (pid {self.pid}) exited with status {code}"
 
 
+def fork_log_daemon(
+    ring: RingProducer,
+    *,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    sync_seconds: float = DEFAULT_SYNC_SECONDS,
+) -> LogDaemon:
+    """Fork a log daemon for `ring`; it waits for `LogDaemon.begin` (or `abandon`). Fork it early - before
+    the domain is built, which it then does not copy - and begin once the header is known."""
+    requests_read, requests_write = os.pipe()
+    stderr = tempfile.TemporaryFile()
+    for stream in (sys.stdout, sys.stderr):       # what the recorder buffered is written once, by the recorder
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_WRITE_FAILED
+        try:
+            code = _forked(ring.name, (requests_read, requests_write), stderr.fileno(), block_bytes, flush_seconds,
+                           sync_seconds)
+        except BaseException:                    # the last line of stderr says why
+            traceback.print_exc()
+        finally:
+            os._exit(code)                       # never the recorder's exit handlers, never its buffers
+    os.close(requests_read)
+    return LogDaemon(pid, ring, stderr, requests_write)
+
+
 def start_log_daemon(
     ring: RingProducer,
     path: str | os.PathLike[str],
@@ -202,44 +297,9 @@ def start_log_daemon(
     sync_seconds: float = DEFAULT_SYNC_SECONDS,
     startup_timeout: float = 10.0,
 ) -> LogDaemon:
-    """Start a log daemon draining `ring` into a new log file at `path`; returns once it runs.
-
-    The ring's name is unlinked once the daemon has attached (or failed): no segment is left
-    behind in /dev/shm whatever happens next. LogDaemonError (with the daemon's reason) if
-    it cannot start, e.g. the file cannot be created.
-    """
-    header_bytes = header.to_bytes()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-    command = [
-        sys.executable, "-m", "dom0.logd", "--ring", ring.name, "--block-bytes", str(block_bytes),
-        "--flush-seconds", repr(flush_seconds), "--sync-seconds", repr(sync_seconds), os.fspath(path),
-    ]  # fmt: skip
-    stderr = tempfile.TemporaryFile()
-    # A session of its own: the terminal's signals (^C, ^Z) go to the recorder, which ends the stream.
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)
-    daemon = LogDaemon(process, ring, stderr)
-    try:
-        try:
-            process.stdin.write(header_bytes)
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it died before reading; its exit status tells why
-        deadline = time.monotonic() + startup_timeout
-        while ring.consumer_state() == CONSUMER_STARTING and process.poll() is None:
-            if time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                stderr.close()
-                raise LogDaemonError(f"the log daemon did not start within {startup_timeout:g} s")
-            time.sleep(0.002)
-        if ring.consumer_state() == CONSUMER_FAILED or process.poll() is not None:
-            daemon.wait()  # raises LogDaemonError with the daemon's reason
-            raise LogDaemonError(f"the log daemon (pid {daemon.pid}) exited before it started")
-    finally:
-        ring.unlink()
+    """Start a log daemon draining `ring` into a new log file at `path`; returns once it runs
+    (`fork_log_daemon`, then `LogDaemon.begin`)."""
+    daemon = fork_log_daemon(ring, block_bytes=block_bytes, flush_seconds=flush_seconds, sync_seconds=sync_seconds)
+    daemon.begin(path, header, startup_timeout)
     return daemon
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,7 +29,6 @@ import mmap
 import os
 import resource
 import time
-from multiprocessing import shared_memory
 
 from xen.logrecord import BytesLike
 
@@ -92,6 +91,11 @@ class _Backoff:
         self._delay = min(self._delay * 2, 2e-3)
 
 
+def _segment_path(name: str) -> str:
+    """Where a POSIX shared-memory segment of this name lives on Linux."""
+    return f"/dev/shm/{name.lstrip('/')}"
+
+
 class _RingMemory:
     """The mapped segment: the header words and the data area."""
 
@@ -120,23 +124,36 @@ class RingProducer(_RingMemory):
         if capacity < 64 or capacity & (capacity - 1):
             raise ValueError(f"ring capacity must be a power of two >= 64, not {capacity}")
         size = _HEADER_BYTES + capacity
-        # A segment is a file: under a lower file-size limit (ulimit -f) its ftruncate would fail inside
-        # SharedMemory, which then confuses multiprocessing's resource tracker. Say so before trying.
+        # A segment is a file: under a lower file-size limit (ulimit -f) its ftruncate would fail (or
+        # raise SIGXFSZ). Say so before trying.
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY and limit < size:
             raise RingError(f"the log ring needs {size} bytes of shared memory, more than the file size limit "
                             f"(ulimit -f) of {limit} bytes")
+        # Created as a file in /dev/shm (what shm_open does on Linux), not with multiprocessing's
+        # SharedMemory: that costs `xenrr record` the multiprocessing package and a resource-tracker
+        # process started beside the guest. The name is unlinked once the consumer attached.
+        name = f"xenrr-ring-{os.getpid()}-{os.urandom(6).hex()}"
         try:
-            self._shm = shared_memory.SharedMemory(create=True, size=size)
+            fd = os.open(_segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as error:
             raise RingError(f"cannot create the log ring's shared memory: {error.strerror}") from None
-        words = self._shm.buf[:_HEADER_BYTES].cast("Q")
+        try:
+            os.ftruncate(fd, size)
+            self._mmap = mmap.mmap(fd, size)
+        except OSError as error:
+            os.unlink(_segment_path(name))
+            raise RingError(f"cannot create the log ring's shared memory: {error.strerror}") from None
+        finally:
+            os.close(fd)
+        buffer = memoryview(self._mmap)
+        words = buffer[:_HEADER_BYTES].cast("Q")
         words[_W_CAPACITY] = capacity
         words[_W_PRODUCER_PID] = os.getpid()
         words[_W_WRAP_AT] = _NO_WRAP
         words[_W_MAGIC] = _MAGIC
         words.release()
-        super().__init__(self._shm.name, self._shm.buf)
+        super().__init__(name, buffer)
         self._head = 0
         self._closed = False
         self._linked = True
@@ -227,24 +244,21 @@ class RingProducer(_RingMemory):
         """Remove the segment's name (mappings stay valid); do it once the consumer attached."""
         if self._linked:
             self._linked = False
-            self._shm.unlink()
+            os.unlink(_segment_path(self.name))
 
     def detach(self) -> None:
         """Unmap the segment (and unlink it if still linked). The ring is unusable afterwards."""
         self.unlink()
         self._release_views()
-        self._shm.close()
+        self._mmap.close()
 
 
 class RingConsumer(_RingMemory):
     """The reading side (the log daemon). Attaches to a segment a RingProducer created."""
 
     def __init__(self, name: str) -> None:
-        # Mapped through its Linux path rather than SharedMemory(name): CPython < 3.13 registers
-        # attached segments with the resource tracker, which would unlink it when we exit.
-        path = f"/dev/shm/{name.lstrip('/')}"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(_segment_path(name), os.O_RDWR | os.O_CLOEXEC)
         except OSError as error:
             raise RingError(f"cannot open log ring {name}: {error.strerror}") from None
         try:

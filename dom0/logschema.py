@@ -8,7 +8,7 @@ TypeError or ValueError, and names a memory size the CLI itself would accept.
 """
 from __future__ import annotations
 
-import jsonschema
+import functools
 
 from dom0.logfile import LogFormatError, LogHeader
 
@@ -51,13 +51,20 @@ HEADER_SCHEMA = {
         },
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(HEADER_SCHEMA)
+
+
+@functools.cache
+def _validator():
+    """The schema's validator and jsonschema's best_match, imported by the first check (`xenrr run` needs neither)."""
+    import jsonschema
+    return jsonschema.Draft202012Validator(HEADER_SCHEMA), jsonschema.exceptions.best_match
 
 
 def check_header(header: LogHeader) -> None:
     """LogFormatError (one line, naming the field) unless the header's content fits HEADER_SCHEMA."""
-    error = jsonschema.exceptions.best_match(
-        _VALIDATOR.iter_errors({"config": header.config, "initial_state": header.initial_state}))
+    validator, best_match = _validator()
+    error = best_match(
+        validator.iter_errors({"config": header.config, "initial_state": header.initial_state}))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "header"
         message = error.message if len(error.message) <= 120 else error.message[:117] + "..."

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from dom0.logd import start_log_daemon
+from dom0.logd import LogDaemon, fork_log_daemon
 from dom0.logfile import LogFormatError, LogHeader, LogReader, LogWriter
 from dom0.logring import CONSUMER_FAILED, LogDaemonDied, LogDaemonError, RingError, RingProducer
 from dom0.toolstack import xenstore_config
@@ -34,6 +34,37 @@ class RecordingFailed(Exception):
 
 class RecordingRefused(Exception):
     """Recording cannot start with these arguments (nothing was written): one line."""
+
+
+class EarlyDaemon:
+    """A log ring and its daemon, forked before the domain is built: `xenrr record` starts it first, so
+    the fork copies a small process and nothing waits for the daemon later. `Recording` begins it (hands
+    it the log's path and header); `abandon` ends it if no recording began."""
+
+    def __init__(self, ring_bytes: int = RING_BYTES):
+        if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
+            raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
+        try:
+            self.ring = RingProducer(ring_bytes)
+        except RingError as error:
+            raise RecordingFailed(str(error)) from None
+        self.daemon: LogDaemon = fork_log_daemon(self.ring)
+        self.begun = False
+
+    def begin(self, path: Path, header: LogHeader) -> None:
+        self.begun = True
+        try:
+            self.daemon.begin(path, header)
+        except LogDaemonError as error:
+            self.ring.detach()
+            raise RecordingFailed(f"cannot start the log daemon: {error}") from None
+
+    def abandon(self) -> None:
+        """End a daemon that was never begun (the domain could not be built, the log was refused)."""
+        if not self.begun:
+            self.begun = True
+            self.daemon.abandon()
+            self.ring.detach()
 
 
 class RingSink:
@@ -95,7 +126,7 @@ def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None =
     """The log header; `xenstore` is the domain's xenstore config (default: a lone domain named after
     the guest file, as `xenrr record` runs it)."""
     image = domain.image
-    initial = domain.digest(with_memory=True)
+    initial = domain.digest(with_memory=True, in_clear=True)
     config = {"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
               "clock": clock, "vcpus": 1}
     if domain.xenstore is not None:
@@ -120,23 +151,19 @@ class Recording:
     the run ended, also when it ended with an error."""
 
     def __init__(self, domain: Domain, guest: Path, path: Path, *, clock: str, ring_bytes: int = RING_BYTES,
-                 overwrite: bool = False, xenstore: dict | None = None):
-        if ring_bytes < MIN_RING_BYTES or ring_bytes & (ring_bytes - 1):
-            raise ValueError(f"the log ring must be a power of two of at least {MIN_RING_BYTES} bytes")
+                 overwrite: bool = False, xenstore: dict | None = None, early: EarlyDaemon | None = None):
+        """`early`: the daemon `xenrr record` forked before building the domain (else one is forked now)."""
         if path.exists() and path.samefile(guest):
             raise RecordingRefused(f"the log {path} would overwrite the guest image")
         if path.exists() and not overwrite:
             raise RecordingRefused(f"{path} already exists (a recording is never replaced: give another -o "
                                    f"or add --force)")
+        started = early if early is not None else EarlyDaemon(ring_bytes)
         try:
-            self._ring = RingProducer(ring_bytes)
-        except RingError as error:
-            raise RecordingFailed(str(error)) from None
-        try:
-            self._daemon = start_log_daemon(self._ring, path, make_header(domain, guest, clock, xenstore))
-        except LogDaemonError as error:
-            self._ring.detach()
-            raise RecordingFailed(f"cannot start the log daemon: {error}") from None
+            started.begin(path, make_header(domain, guest, clock, xenstore))
+        finally:
+            started.abandon()          # only if begin was never reached (make_header failed)
+        self._ring, self._daemon = started.ring, started.daemon
         self.domain = domain
         self.path = path
         self.sink = RingSink(self._ring)
@@ -179,13 +206,14 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
            slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False,
            xenstore_writes: Sequence[tuple[str, bytes]] = (), xenstore: dict | None = None,
-           keyboard: bool = False) -> RecordResult:
+           keyboard: bool = False, early: EarlyDaemon | None = None) -> RecordResult:
     """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
     replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest.
     `xenstore`: the domain's xenstore config for the header (default: xenstore_config(guest));
-    `keyboard`: the input goes to the domain's PV keyboard."""
+    `keyboard`: the input goes to the domain's PV keyboard; `early`: a daemon forked before the domain
+    was built (`xenrr record`), else one is forked now."""
     recording = Recording(domain, guest, path, clock=clock, ring_bytes=ring_bytes, overwrite=overwrite,
-                          xenstore=xenstore)
+                          xenstore=xenstore, early=early)
     outcome: Outcome | None = None
     failure: str | None = None
     try:

@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 PROGRESS_DELAY_SECONDS = 0.5
 ECHO_ROOM = 2                  # columns a progress bar leaves free at the end of its line
@@ -109,6 +110,7 @@ class Terminal:
                 # Drawn only here (refresh): never by tqdm on its own, so never over the guest's text.
                 # Two columns short of the width: a `^C` the terminal echoes after the bar stays on its
                 # line, which closing the bar then clears (a wrapped line would keep the bar on screen).
+                from tqdm import tqdm      # here: a command that draws no bar starts without it
                 width = shutil.get_terminal_size().columns - ECHO_ROOM
                 self._bar = tqdm(total=total, initial=min(done, total), desc=description, unit=unit,
                                  unit_scale=True, file=sys.stderr, leave=False, mininterval=float("inf"),

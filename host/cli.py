@@ -21,7 +21,6 @@ from pathlib import Path
 from dom0.consoleinput import TerminalInput
 from host import control
 from host.control import ControlError
-from host.hypervisor import HostError, Hypervisor
 from host.xlcfg import parse_cpus
 
 DOWN_WAIT_SECONDS = 120
@@ -117,6 +116,7 @@ def _call(args: argparse.Namespace, request: dict) -> dict:
 
 
 def command_up(args: argparse.Namespace) -> int:
+    from host.hypervisor import HostError, Hypervisor      # here: the other commands start without it
     path = _path(args)
     if args.daemon:
         return _up_in_background(args, path)
@@ -135,6 +135,7 @@ def command_up(args: argparse.Namespace) -> int:
 
 def _up_in_background(args: argparse.Namespace, path: Path) -> int:
     """Fork a host that outlives this command; report once its socket is ready (or why it is not)."""
+    from host.hypervisor import HostError, Hypervisor
     ready_read, ready_write = os.pipe()
     if os.fork() != 0:
         os.close(ready_write)

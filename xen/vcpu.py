@@ -35,6 +35,7 @@ Engine quirks handled here (see docs/engine.md):
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import os
 import shutil
@@ -45,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import capstone
 import icicle
 from icicle import ExceptionCode, Icicle, MemoryProtection, RunStatus
 
@@ -140,6 +140,11 @@ def prepare_spec() -> Path:
 def new_engine(jit: bool = True, patched: bool = True) -> Icicle:
     """A raw engine instance using the patched spec (or the stock one, for regression tests only)."""
     os.environ["GHIDRA_SRC"] = str(prepare_spec() if patched else Path(icicle.__file__).resolve().parent)
+    # The SLEIGH compiler builds error values for constructs of the x86 spec it then handles; with
+    # RUST_BACKTRACE set (common in a Rust developer's shell) each captures and symbolises a backtrace,
+    # which doubled the engine's creation (~0.07 s more). Nothing shows them: library backtraces are
+    # off unless the user asked for them by name (panics still follow RUST_BACKTRACE).
+    os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
     try:
         # recompilation=False: the engine's periodic (wall-clock driven) recompilation chains translated
         # blocks into direct jumps that no breakpoint check sees.
@@ -237,8 +242,13 @@ def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     return 0, 0, 0, 0
 
 
-_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-_DISASSEMBLER.detail = True
+@functools.cache
+def _disassembler():
+    """capstone, for the width of a watched access: imported on the first watch trap, not by every command."""
+    import capstone
+    disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    disassembler.detail = True
+    return disassembler, capstone.x86.X86_OP_MEM
 
 _PROTECTION_FULL = MemoryProtection.ExecuteReadWrite
 _PROTECTION_WRITE_TRAP = MemoryProtection.ExecuteRead
@@ -920,9 +930,10 @@ class VCpu:
         width = self._access_widths.get(pc)
         if width is None:
             length = next(n for n in range(16, -1, -1) if self.is_mapped(pc, n))
-            decoded = next(_DISASSEMBLER.disasm(bytes(self._vm.mem_read(pc, length)) if length else b"", pc), None)
+            disassembler, memory_operand = _disassembler()
+            decoded = next(disassembler.disasm(bytes(self._vm.mem_read(pc, length)) if length else b"", pc), None)
             operands = decoded.operands if decoded is not None else ()
-            width = max((op.size for op in operands if op.type == capstone.x86.X86_OP_MEM), default=8)
+            width = max((op.size for op in operands if op.type == memory_operand), default=8)
             self._access_widths[pc] = width
         return width
 

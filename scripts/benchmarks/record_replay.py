@@ -2,7 +2,7 @@
 event, and the highest sustained key rate recorded with nothing lost.
 
 Owns one measurement, all in this process: no interpreter start-up is in any timing except the log
-daemon's (the real `python -m dom0.logd` process that `record` starts), which is part of what recording costs.
+daemon's (the real log daemon process that `record` forks), which is part of what recording costs.
 - Workload: kbdshell types `bench N` (about 2 s of guest computation at full size) while its 100 Hz
   periodic timer runs (--clock real) and keys arrive at 50/s: a key script with `\\p20` before every key,
   lasting about 80 % of the bench and ending with `halt`, so the session ends when the bench does.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0.logd import start_log_daemon
+from dom0.logd import fork_log_daemon, start_log_daemon
 from dom0.logfile import LogHeader, LogReader
 from dom0.logring import LogDaemonDied, LogDaemonError, RingProducer, process_alive
 from xen.logrecord import FIRST_INPUT_KIND, KIND_END, Encoder
@@ -202,3 +202,30 @@ def test_a_recorder_that_vanishes_leaves_a_closed_log_without_end_record(tmp_pat
     got, damage = read_back(path)
     assert got == numbered(key_record(i) for i in range(300))
     assert damage.has_footer and damage.problems == ("no END record (the recording did not finish)",)
+
+
+def test_the_daemon_is_a_fork_of_the_recorder_and_writes_once_begun(tmp_path):
+    """Forked before the header is known (as `xenrr record` forks it before building the domain): it is
+    the recorder's own program, not a new interpreter, and writes nothing until `begin`."""
+    ring = RingProducer(4096)
+    daemon = fork_log_daemon(ring)
+    assert Path(f"/proc/{daemon.pid}/cmdline").read_bytes() == Path("/proc/self/cmdline").read_bytes()
+    assert daemon.alive() and not (tmp_path / "late.xrr").exists()
+    daemon.begin(tmp_path / "late.xrr", HEADER)
+    assert not os.path.exists(f"/dev/shm/{ring.name}")
+    put_records(ring, Encoder(), [key_record(i) for i in range(10)])
+    ring.close()
+    daemon.wait(timeout=30)
+    ring.detach()
+    assert read_back(tmp_path / "late.xrr")[0] == numbered([key_record(i) for i in range(10)])
+
+
+def test_a_daemon_never_begun_exits_when_abandoned_and_leaves_no_ring(tmp_path):
+    """`xenrr record` whose domain cannot be built (or whose log is refused) ends its early daemon."""
+    ring = RingProducer(4096)
+    daemon = fork_log_daemon(ring)
+    daemon.abandon()
+    assert not daemon.alive()
+    assert not os.path.exists(f"/dev/shm/{ring.name}")
+    assert not list(tmp_path.iterdir())
+    ring.detach()

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,9 +100,11 @@ def test_a_log_cut_inside_a_block_says_how_much_of_it_is_missing(xenrr, slow_rec
 
 
 def log_daemon_of(pid: int) -> int:
-    """The pid of the `python -m dom0.logd` child of process `pid`."""
+    """The pid of the log daemon of recorder `pid`: its forked child, which has the recorder's command line
+    (its other child, multiprocessing's resource tracker, has one of its own)."""
+    command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if b"dom0.logd" in Path(f"/proc/{child}/cmdline").read_bytes():
+        if Path(f"/proc/{child}/cmdline").read_bytes() == command_line:
             return int(child)
     raise AssertionError(f"process {pid} has no log daemon child")
 
@@ -219,8 +222,12 @@ def test_recording_onto_a_full_disk_stops_with_status_4_and_a_log_valid_to_that_
 
 # --------------------------------------------------------------------------- files that are not usable logs
 
-def newer_version(log: bytes) -> bytes:
-    return log[:8] + (2).to_bytes(2, "little") + log[10:]
+def with_version(log: bytes, version: int) -> bytes:
+    """The log with another format version in its header, its CRC made right again."""
+    body_length = int.from_bytes(log[12:16], "little")
+    end = 16 + body_length
+    prefix = log[:8] + version.to_bytes(2, "little") + log[10:16]
+    return prefix + log[16:end] + zlib.crc32(log[16:end], zlib.crc32(prefix)).to_bytes(4, "little") + log[end + 4:]
 
 
 def flipped_header_byte(log: bytes) -> bytes:
@@ -232,10 +239,12 @@ def flipped_header_byte(log: bytes) -> bytes:
     (lambda log, elf: b"", "empty file: not a xenrr log"),
     (lambda log, elf: b"hello, world\n", "not a xenrr log (no XENRRLOG magic at the start)"),
     (lambda log, elf: elf, "not a xenrr log (no XENRRLOG magic at the start)"),
-    (lambda log, elf: newer_version(log), "log format version 2 is newer than this xenrr reads (up to 1)"),
+    (lambda log, elf: with_version(log, 3), "log format version 3 is newer than this xenrr reads (up to 2)"),
+    (lambda log, elf: with_version(log, 1), "log format version 1 was written by an older xenrr (its state digests "
+                                            "are in a form this xenrr no longer checks): record the session again"),
     (lambda log, elf: flipped_header_byte(log), "log header fails its CRC check"),
     (lambda log, elf: log[:30], "log header is truncated"),
-], ids=["empty", "text", "elf", "newer-version", "header-crc", "cut-header"])
+], ids=["empty", "text", "elf", "newer-version", "older-version", "header-crc", "cut-header"])
 def test_a_file_that_is_not_a_usable_log_is_one_error_line_and_status_2(xenrr, virtual_recording, kbdshell_elf,
                                                                         tmp_path, command, make, message):
     path = tmp_path / "bad.xrr"
