@@ -15,6 +15,7 @@ from dom0.logfile import LogHeader, LogReader
 from gdbext.api import xenrr_debug
 from tests.conftest import ROOT, guest_path, write_log
 from tests.dom0.test_grub import TerminalSession
+from tests.gdbext.test_shell import TmuxShell
 
 EXTENSION = ROOT / "gdbext" / "xenrr_gdb.py"
 LINE = "echo " + "x" * 59 + "ABCD"
@@ -140,3 +141,18 @@ def test_a_log_whose_header_lost_or_garbled_the_keyboard_is_refused_in_one_line(
                                                                header.initial_state), records)
         run = xenrr("replay", edited, "--quiet")
         assert run.status == 2 and run.stderr.startswith("xenrr: error: ") and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_the_debugger_shell_lists_key_events_by_kind_and_goes_to_one(keyboard_recording, tmp_path):
+    shell = TmuxShell(keyboard_recording, tmp_path / "state")
+    try:
+        listed = shell.run("events --kind keyboard 2 5")
+        assert "key-press KEY_E" in listed and "key-release KEY_C" in listed
+        enter = shell.run("events --kind keyboard 140 150")     # the long line's 144 key events end near 145
+        number = next(line.split()[0] for line in enter.splitlines() if line.rstrip().endswith("key-press KEY_ENTER"))
+        shell.run(f"goto {number}")
+        shell.run("watch ed.hist_count")
+        stopped = shell.run("rc")
+        assert "line_insert at editor.c:33" in stopped, stopped
+    finally:
+        shell.close()
