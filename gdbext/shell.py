@@ -15,6 +15,8 @@ import linecache
 import os
 import re
 import shlex
+import shutil
+import textwrap
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +343,9 @@ class DebugShell:
             if command is None:
                 raise UsageError(f"unknown command {argument.strip()!r}")
             aliases = f" (also: {', '.join(command.names[1:])})" if len(command.names) > 1 else ""
-            print(f"{command.usage}{aliases}\n    {command.summary}")
+            width = max(40, shutil.get_terminal_size().columns - 1)     # words whole at the terminal's edge
+            print(f"{command.usage}{aliases}\n" + textwrap.fill(command.summary, width, initial_indent="    ",
+                                                                 subsequent_indent="    "))
             return
         for command in COMMANDS:
             print(f"  {command.usage:<30} {command.summary}")
