@@ -10,7 +10,8 @@
  *   no-ring       neither page-gref nor page-ref
  *   ring-indices  connected, then in_cons moved out of range and notified
  *   in-prod       connected, then in_prod (the backend's index) moved
- * then connects properly, disconnects (Closing, Closed) and powers off.
+ * then connects with the obsolete page-ref alone (accepted), connects properly,
+ * disconnects (Closing, Closed) and powers off.
  * After each step it prints the backend's state and whether the grant is
  * still in use (GTF_reading / GTF_writing) and the port still bound
  * (EVTCHNOP_status). README.md has the expected transcript.
@@ -167,6 +168,13 @@ void guest_main(void)
     write_number("event-channel", port);
     set_state(XenbusStateInitialised);
     report("no-ring");
+    start_over();
+
+    write_number("page-ref", virt_to_mfn(ring));          /* kbdif.h's obsolete PFN of the page: accepted */
+    write_number("event-channel", port);
+    set_state(XenbusStateInitialised);
+    set_state(XenbusStateConnected);
+    report("legacy-page-ref");
     start_over();
 
     connect();

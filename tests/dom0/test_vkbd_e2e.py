@@ -30,6 +30,7 @@ bad-gref: backend state 5, grant free, port unbound
 ungranted: backend state 5, grant free, port unbound
 bad-port: backend state 5, grant free, port unbound
 no-ring: backend state 5, grant free, port unbound
+legacy-page-ref: backend state 4, grant free, port bound
 connected: backend state 4, grant in use, port bound
 ring-indices: backend state 5, grant free, port unbound
 in-prod: backend state 5, grant free, port unbound
