@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dom0 import cli
-from dom0.logfile import LogHeader, LogReader
+from dom0.logfile import FORMAT_VERSION, LogHeader, LogReader
 from tests.conftest import campaign_size, write_log
 from xen.inject import Kind
 from xen.logrecord import KIND_DIGEST, KIND_END
@@ -55,7 +55,7 @@ def records_of(log: Path) -> tuple[LogHeader, list]:
 def raw_header_log(path: Path, sha256: bytes, body_json: bytes) -> Path:
     """A file whose header has a valid CRC over any JSON text (the rest of the log is left out)."""
     body = sha256 + body_json
-    prefix = struct.pack("<8sHHI", b"XENRRLOG", 1, 0, len(body))
+    prefix = struct.pack("<8sHHI", b"XENRRLOG", FORMAT_VERSION, 0, len(body))
     path.write_bytes(prefix + body + struct.pack("<I", zlib.crc32(body, zlib.crc32(prefix))))
     return path
 
