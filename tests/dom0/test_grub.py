@@ -195,18 +195,25 @@ class TerminalSession:
             return self.process.wait(timeout=300)
         finally:
             os.close(self.controller)
+            self.controller = -1
+
+    def __enter__(self) -> "TerminalSession":
+        return self
+
+    def __exit__(self, *failure) -> None:
+        """Whatever happened, no xenrr is left running and the terminal is closed."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.controller >= 0:
+            os.close(self.controller)
 
 
 def test_a_person_gets_the_grub_prompt_from_interactive_run():
-    session = TerminalSession("run", GRUB, "--memory", MEMORY_MIB)
-    try:
+    with TerminalSession("run", GRUB, "--memory", MEMORY_MIB) as session:
         session.wait_for("grub> ")
         session.type(b"echo typed by a person\r")
         session.wait_for("\ntyped by a person\n")
         session.type(b"halt\r")
         session.wait_for("domain shut down (poweroff)")
         assert session.close() == 0
-    finally:
-        if session.process.poll() is None:
-            session.process.kill()
-            session.process.wait()

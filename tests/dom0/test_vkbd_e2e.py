@@ -119,18 +119,13 @@ def test_rr_goto_a_key_press_then_watch_and_reverse_continue_find_the_long_line_
 def test_a_person_types_on_the_pv_keyboard_from_a_terminal(kbdshell_elf):
     """Interactive `xenrr run --keyboard pv` on a real pty: the terminal's raw bytes become key events
     (Shift for capitals and symbols, ESC [ A an arrow kbdshell ignores) and kbdshell echoes the line."""
-    session = TerminalSession("run", kbdshell_elf, "--keyboard", "pv")
-    try:
+    with TerminalSession("run", kbdshell_elf, "--keyboard", "pv") as session:
         session.wait_for("kbdshell ready (PV keyboard)")
         session.type(b"echo Typed On A Keyboard!\x1b[A\r")
         session.wait_for("\nTyped On A Keyboard!")
         session.type(b"halt\r")
         session.wait_for("domain shut down (poweroff)")
         assert session.close() == 0
-    finally:
-        if session.process.poll() is None:
-            session.process.kill()
-            session.process.wait()
 
 
 def test_a_log_whose_header_lost_or_garbled_the_keyboard_is_refused_in_one_line(keyboard_recording, xenrr, tmp_path):
