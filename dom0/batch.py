@@ -8,7 +8,9 @@ default, or the scheduler at `--scheduler tcp://HOST:PORT` (or DASK_SCHEDULER_AD
 all the scheduling, retrying and failure detection.
 
 A work unit is the single-recording command itself, `xenrr check --json RECORDING SCRIPT...` or
-`xenrr replay --json RECORDING`, run as a child process of the Dask worker: the unit's verdict is
+`xenrr replay --json RECORDING` (with `verify --segments`, one unit per segment between stored
+snapshots, `xenrr replay --json --segment K-K RECORDING`, merged per recording by dom0/segments.py),
+run as a child process of the Dask worker: the unit's verdict is
 exactly what that command says of the recording alone, and pytest, GDB and the engine of one unit
 never share a process with another's. A unit whose worker dies is retried by Dask once
 (ALLOWED_FAILURES on the local cluster) and then reported as crashed.
@@ -28,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -199,6 +202,19 @@ def _connect(scheduler: str | None, workers: int):
     return Client(cluster)
 
 
+@contextmanager
+def _client(scheduler: str | None, workers: int):
+    """`_connect`, and the client (and a local cluster) closed afterwards whatever happened."""
+    client = _connect(scheduler, workers)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def run_batch(command: str, recordings: list[Path], scripts: list[Path], *, image: Path | None = None,
               select: str | None = None, workers: int = 1, scheduler: str | None = None,
               progress: Callable[[int], None] = lambda done: None) -> list[UnitResult]:
@@ -206,8 +222,7 @@ def run_batch(command: str, recordings: list[Path], scripts: list[Path], *, imag
     `progress(done)` is called as units finish."""
     from distributed import as_completed
 
-    client = _connect(scheduler, workers)
-    try:
+    with _client(scheduler, workers) as client:
         futures = {client.submit(run_unit, command, recording, scripts, image, select, pure=False): index
                    for index, recording in enumerate(recordings)}
         results: list[UnitResult | None] = [None] * len(recordings)
@@ -220,12 +235,55 @@ def run_batch(command: str, recordings: list[Path], scripts: list[Path], *, imag
                                             f"its Dask worker failed: {type(error).__name__}: "
                                             f"{' '.join(str(error).split())}", 0.0)
             progress(done)
-    finally:
-        cluster = client.cluster
-        client.close()
-        if cluster is not None:
-            cluster.close()
     return results
+
+
+def run_segment_batch(recordings: list[Path], *, image: Path | None = None, workers: int = 1,
+                      scheduler: str | None = None, progress: Callable[[int], None] = lambda done: None
+                      ) -> list[UnitResult]:
+    """`verify --segments`: one Dask unit per segment of every recording (dom0/segments.py), merged back
+    into one result per recording, in the order of `recordings`. `progress(done)` counts recordings."""
+    from distributed import as_completed
+
+    from dom0.segments import count_segments, run_segment_unit
+
+    counts = [count_segments(recording) for recording in recordings]
+    with _client(scheduler, workers) as client:
+        futures = {client.submit(run_segment_unit, recording, (number, number), image, pure=False): (index, number)
+                   for index, recording in enumerate(recordings) for number in range(counts[index])}
+        summaries: list[dict] = [{} for _ in recordings]
+        results: list[UnitResult | None] = [None] * len(recordings)
+        for future in as_completed(futures):
+            index, number = futures[future]
+            try:
+                summaries[index][number] = future.result()
+            except Exception as error:          # KilledWorker and anything else Dask reports for the unit
+                summaries[index][number] = {"segment": f"{number}-{number}", "verified": False, "crashed": True,
+                                            "divergence": f"segment {number}: its Dask worker failed: "
+                                                          f"{type(error).__name__}: {' '.join(str(error).split())}",
+                                            "events": 0, "instructions": 0, "digests_checked": 0, "complete": False,
+                                            "recorded_outcome": None, "to_icount": None, "seconds": 0.0}
+            if len(summaries[index]) == counts[index]:
+                results[index] = _merged_result(recordings[index], [summaries[index][n] for n in range(counts[index])])
+                progress(sum(result is not None for result in results))
+    return results
+
+
+def _merged_result(recording: Path, summaries: list[dict]) -> UnitResult:
+    """One recording's result from its segments' summaries (in order); its seconds are all its units'."""
+    from dom0.segments import merge
+
+    merged = merge(summaries)
+    seconds = round(sum(summary["seconds"] for summary in summaries), 3)
+    if any(summary.get("crashed") for summary in summaries):
+        return UnitResult(str(recording), "crashed", merged["divergence"], seconds)
+    if any("error" in summary for summary in summaries):
+        return UnitResult(str(recording), "unusable", merged["divergence"], seconds)
+    merged["damage"] = summaries[-1].get("damage")
+    status = "failed" if not merged["verified"] else "damaged" if merged["damage"] or not merged["complete"] \
+        else "passed"
+    detail = _verify_detail(merged)
+    return UnitResult(str(recording), status, f"{detail} ({_count(len(summaries), 'segment')})", seconds)
 
 
 def exit_status(results: list[UnitResult]) -> int:

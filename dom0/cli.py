@@ -26,6 +26,8 @@ from dom0.keyboard import KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogFormatError, LogReader
 from dom0.logschema import check_header
 from dom0.replay import ReplaySession, ReplaySetupError
+from dom0.segments import merge, parse_range, run_segments, segment_bounds, verify_segment
+from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, SnapshotFile, snapshot_path
 from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
@@ -122,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the log file to write (e.g. session.xrr); an existing file is never replaced "
                              "unless --force is given")
     record.add_argument("--force", action="store_true", help="replace SESSION if it exists")
+    record.add_argument("--snapshot-every", metavar="SECONDS|INSTRUCTIONS", default=str(DEFAULT_EVERY_INSTRUCTIONS),
+                        help="store a full-state snapshot every INSTRUCTIONS guest instructions (e.g. 1e8) or every "
+                             "SECONDS of recording (e.g. 2s) in SESSION.snap beside the log, so that replay --from, "
+                             "--jobs and goto start from the nearest one; 0: none (default "
+                             f"{DEFAULT_EVERY_INSTRUCTIONS})")
     _add_input_options(record)
 
     replay = commands.add_parser(
@@ -139,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "see `xenrr dump`)")
     replay.add_argument("--json", action="store_true",
                         help="print a JSON summary on stdout instead of the console output")
+    replay.add_argument("--from", dest="from_event", metavar="EVENT", type=int,
+                        help="start just before input event EVENT, from the nearest stored snapshot before it "
+                             "(SESSION.snap, checked against the log's digest) instead of the first instruction; "
+                             "console output and verification from there on")
+    replay.add_argument("--jobs", metavar="N", type=int,
+                        help="verify in N processes at once, one segment per interval between stored snapshots "
+                             "(each from its snapshot to the next one's digest); no console output")
+    replay.add_argument("--segment", metavar="K[-L]", help=argparse.SUPPRESS)    # one unit of --jobs
 
     dump = commands.add_parser(
         "dump", help="print a recording's header and records",
@@ -292,6 +307,10 @@ def command_record(args: argparse.Namespace) -> int:
     _check_numbers(args)
     if not args.guest.exists():
         refuse_to_record_a_running_domain(str(args.guest))
+    try:
+        snapshot_every = Interval.parse(args.snapshot_every)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
     early = None
@@ -302,7 +321,7 @@ def command_record(args: argparse.Namespace) -> int:
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
                         overwrite=args.force, xenstore_writes=writes,
                         xenstore=xenstore_config(args.guest, args.keyboard), keyboard=args.keyboard == "pv",
-                        early=early)
+                        early=early, snapshot_every=snapshot_every)
     except RecordingRefused as error:
         raise UsageError(str(error)) from None
     except RecordingFailed as error:
@@ -313,7 +332,13 @@ def command_record(args: argparse.Namespace) -> int:
             early.abandon()
         _restore_terminal(console_input)
     size = result.path.stat().st_size
-    _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} ({size} bytes)")
+    snapshots = ""
+    if result.snapshots:
+        snapshots = f"; {_count(result.snapshots, 'snapshot')} in {snapshot_path(result.path)} ({result.snapshot_bytes} bytes)"
+    _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} "
+                  f"({size} bytes){snapshots}")
+    if result.snapshot_problem:
+        _terminal.say(f"xenrr: warning: {result.snapshot_problem}")
     return _exit_status(result.outcome)
 
 
@@ -350,13 +375,44 @@ def _replay_showing_progress(session: ReplaySession, until: Mark | None, enabled
                 return
 
 
+def _warn(message: str) -> None:
+    _terminal.say(f"xenrr: warning: {message}")
+
+
+def _check_replay_options(args: argparse.Namespace) -> None:
+    exclusive = [name for name, value in (("--from", args.from_event), ("--jobs", args.jobs),
+                                          ("--segment", args.segment)) if value is not None]
+    if len(exclusive) > 1:
+        raise UsageError(f"{' and '.join(exclusive)} cannot be combined")
+    if args.until_event is not None and (args.jobs is not None or args.segment is not None):
+        raise UsageError(f"--until-event cannot be combined with {exclusive[0]}")
+    if args.jobs is not None and not 1 <= args.jobs <= 256:
+        raise UsageError(f"--jobs must be between 1 and 256, not {args.jobs}")
+    if args.from_event is not None and args.until_event is not None and args.until_event < args.from_event:
+        raise UsageError(f"--until-event {args.until_event} is before --from {args.from_event}")
+
+
 def command_replay(args: argparse.Namespace) -> int:
+    _check_replay_options(args)
+    if args.jobs is not None:
+        return _replay_in_segments(args)
     show_console = not (args.quiet or args.json)
-    session = _open_session(args.session, args.image, _terminal.write_console if show_console else lambda data: None)
+    console = {"on": args.from_event is None}
+    session = _open_session(args.session, args.image, lambda data: (_terminal.write_console(data)
+                                                                    if show_console and console["on"] else None))
+    if args.segment is not None:
+        return _replay_segment(args, session)
+    start = _before_event(session, args.from_event)
     until = _before_event(session, args.until_event)
     replayer = session.replayer
     divergence = None
     try:
+        if start is not None:
+            from stub.timeline import Timeline    # restores and checks the stored snapshot
+
+            Timeline(session, checkpoint_interval=2**62, stored=SnapshotFile.beside(args.session, _warn),
+                     warn=_warn).goto(start)
+            console["on"] = True
         _replay_showing_progress(session, until, enabled=not args.json)
     except ReplayDivergence as error:
         divergence = str(error)
@@ -366,12 +422,13 @@ def command_replay(args: argparse.Namespace) -> int:
                "instructions": session.domain.vcpu.icount, "digests_checked": replayer.digests_checked,
                "verified": divergence is None, "divergence": divergence, "complete": complete,
                "recorded_outcome": replayer.recorded_outcome, "damage": str(damage) if damage else None,
-               "stopped_before_event": args.until_event}
+               "stopped_before_event": args.until_event, "started_before_event": args.from_event}
     if args.json:
         _terminal.write_output((json.dumps(summary, indent=2) + "\n").encode())
     if divergence is not None:
         _terminal.say(f"xenrr: replay diverged: {divergence}")
         return EXIT_CRASHED
+    started = f" from event {args.from_event}" if args.from_event is not None else ""
     if args.until_event is not None:
         verdict = f"stopped before event {args.until_event}"
     elif complete and damage:
@@ -380,12 +437,56 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
-    _terminal.say(f"xenrr: {verdict}: {_count(replayer.inputs_applied, 'event')}, {session.domain.vcpu.icount} instructions, "
-         f"{_count(replayer.digests_checked, 'state digest')} verified")
+    _terminal.say(f"xenrr: {verdict}{started}: {_count(replayer.inputs_applied, 'event')}, "
+                  f"{session.domain.vcpu.icount} instructions, {_count(replayer.digests_checked, 'state digest')} verified")
     session.close()
     if args.until_event is not None or (complete and not damage):
         return EXIT_OK
     return EXIT_STOPPED
+
+
+def _replay_segment(args: argparse.Namespace, session: ReplaySession) -> int:
+    """`replay --segment K`: verify one segment (a unit of --jobs and of `verify --segments`), JSON only."""
+    try:
+        first, last = parse_range(args.segment)
+        summary = verify_segment(session, SnapshotFile.beside(args.session, _warn), first, last, _warn)
+    except ValueError as error:
+        raise UsageError(f"--segment: {error}") from None
+    summary["damage"] = str(session.damage) if session.damage else None
+    _terminal.write_output((json.dumps(summary, indent=2) + "\n").encode())
+    return _replay_status(summary, session.damage, last=summary["last"])
+
+
+def _replay_status(summary: dict, damage, last: bool = True) -> int:
+    if not summary["verified"]:
+        return EXIT_CRASHED
+    if not last or (summary["complete"] and not damage):
+        return EXIT_OK
+    return EXIT_STOPPED
+
+
+def _replay_in_segments(args: argparse.Namespace) -> int:
+    """`replay --jobs N`: the recording's segments verified N at a time by child processes."""
+    session = _open_session(args.session, args.image, lambda data: None)      # the recording is checked here once
+    damage = session.damage
+    stored = SnapshotFile.beside(args.session, _warn)
+    count = len(segment_bounds(stored))
+    session.close()
+    with _terminal.progress(min(count, args.jobs), "verifying", "units", enabled=not args.json) as report:
+        summaries = run_segments(args.session, count, args.jobs, args.image, report)
+    merged = merge(summaries)
+    merged.update(session=str(args.session), damage=str(damage) if damage else None, jobs=args.jobs)
+    if args.json:
+        _terminal.write_output((json.dumps(merged, indent=2) + "\n").encode())
+    if not merged["verified"]:
+        _terminal.say(f"xenrr: replay diverged: {merged['divergence']}")
+    else:
+        verdict = "replayed to the end of the recording" if merged["complete"] else \
+            f"log is incomplete: {damage or 'no END record'}; everything before it"
+        _terminal.say(f"xenrr: {verdict} in {_count(count, 'segment')}, {args.jobs} at a time: "
+                      f"{_count(merged['events'], 'event')}, {merged['instructions']} instructions, "
+                      f"{_count(merged['digests_checked'], 'state digest')} verified")
+    return _replay_status(merged, damage)
 
 
 def _kind_filter(names: str | None) -> set[int] | None:

@@ -27,6 +27,6 @@ def add_kind_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_goto_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-g", "--goto", metavar="EVENT", type=int,
+    parser.add_argument("-g", "--goto", "--from", dest="goto", metavar="EVENT", type=int,
                         help="start just before input event EVENT is injected (as rr's -g), not at the first "
-                             "instruction")
+                             "instruction; from the nearest stored snapshot before it (SESSION.snap), if any")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.replay import ReplaySession
+from dom0.snapshots import SnapshotFile
 from gdbext.locate import GdbNotFound, find_gdb
 
 GDB_EXTENSION = "xenrr_gdb.py"
@@ -83,7 +84,9 @@ def command_serve(args: argparse.Namespace) -> int:
         raise DebugCommandError(f"--port must be between 0 and 65535, not {args.port}")
     session = _open_session(args.session, args.image)
     try:
-        timeline = Timeline(session)
+        stored = SnapshotFile.beside(args.session, lambda message: print(f"xenrr: warning: {message}", file=sys.stderr))
+        timeline = Timeline(session, stored=stored,
+                            warn=lambda message: print(f"xenrr: warning: {message}", file=sys.stderr, flush=True))
         if args.goto is not None:
             _check_event(session, args.goto)
             timeline.goto_event(args.goto)

@@ -15,11 +15,12 @@ from typing import Sequence
 
 from dom0.logd import LogDaemon, fork_log_daemon
 from dom0.logfile import LogFormatError, LogHeader, LogReader, LogWriter
+from dom0.snapshots import Interval, SnapshotWriter, snapshot_path
 from dom0.logring import CONSUMER_FAILED, LogDaemonDied, LogDaemonError, RingError, RingProducer
 from dom0.toolstack import xenstore_config
 from xen.domain import Domain
 from xen.inject import Injection
-from xen.logrecord import Encoder
+from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, Encoder
 from xen.sched import SLICE_INSTRUCTIONS, ConsoleInput, Outcome, Scheduler
 
 RING_BYTES = 1 << 20
@@ -80,6 +81,8 @@ class RingSink:
         self._encoder = Encoder()
         self._buffer = bytearray()
         self.records = 0
+        self.digests = 0             # of the records: state digests, and inputs (what a snapshot's replayer counts)
+        self.inputs = 0
         self._unreleased: deque[tuple[int, int, bytes]] = deque()    # (seq, ring position after it, bytes)
         self.daemon_died = False
 
@@ -90,7 +93,7 @@ class RingSink:
                                    injection.payload)
         if self.daemon_died:
             self._unreleased.append((seq, 0, bytes(self._buffer)))
-            self.records += 1
+            self._count(injection.kind)
             return
         try:
             self._ring.check_consumer()        # a dead daemon stops the recording now, not when the ring fills
@@ -105,7 +108,12 @@ class RingSink:
         while self._unreleased and self._unreleased[0][1] <= released:
             self._unreleased.popleft()
         self._unreleased.append((seq, self._ring.published, bytes(self._buffer)))
+        self._count(injection.kind)
+
+    def _count(self, kind: int) -> None:
         self.records += 1
+        self.digests += kind == KIND_DIGEST
+        self.inputs += kind >= FIRST_INPUT_KIND
 
     def salvage(self, path: Path) -> int:
         """Write into the log every record the dead daemon did not, and close it. Returns how many."""
@@ -143,6 +151,10 @@ class RecordResult:
     outcome: Outcome
     records: int
     path: Path
+    snapshots: int = 0
+    snapshot_bytes: int = 0
+    snapshot_problem: str | None = None      # why snapshots stopped being written (the log is whole)
+    snapshot_capture_seconds: float = 0.0    # what the guest waited for snapshots (their capture)
 
 
 class Recording:
@@ -151,8 +163,10 @@ class Recording:
     the run ended, also when it ended with an error."""
 
     def __init__(self, domain: Domain, guest: Path, path: Path, *, clock: str, ring_bytes: int = RING_BYTES,
-                 overwrite: bool = False, xenstore: dict | None = None, early: EarlyDaemon | None = None):
-        """`early`: the daemon `xenrr record` forked before building the domain (else one is forked now)."""
+                 overwrite: bool = False, xenstore: dict | None = None, early: EarlyDaemon | None = None,
+                 snapshot_every: Interval = Interval()):
+        """`early`: the daemon `xenrr record` forked before building the domain (else one is forked now);
+        `snapshot_every`: how often to store a full-state snapshot beside the log (dom0/snapshots.py)."""
         if path.exists() and path.samefile(guest):
             raise RecordingRefused(f"the log {path} would overwrite the guest image")
         if path.exists() and not overwrite:
@@ -168,6 +182,15 @@ class Recording:
         self.path = path
         self.sink = RingSink(self._ring)
         domain.funnel.sink = self.sink
+        self.snapshots: SnapshotWriter | None = None
+        self.snapshot_problem: str | None = None
+        if not snapshot_every.enabled and overwrite:
+            snapshot_path(path).unlink(missing_ok=True)      # a replaced recording's snapshots are not this one's
+        elif snapshot_every.enabled:
+            try:
+                self.snapshots = SnapshotWriter(snapshot_path(path), domain, self.sink, snapshot_every)
+            except OSError as error:          # the log does not need them: it is recorded without
+                self.snapshot_problem = f"cannot create {snapshot_path(path)}: {error.strerror} (recorded without snapshots)"
 
     def finish(self, outcome: Outcome | None, failure: str | None = None) -> str | None:
         """End the log: the END record (`outcome`; None when the run was interrupted), the ring closed,
@@ -184,6 +207,8 @@ class Recording:
                 domain.funnel.log_end(f"stopped:{failure}")
         finally:
             domain.funnel.sink = None
+            if self.snapshots is not None:
+                self.snapshot_problem = self.snapshots.close()
             self._ring.close()
             try:
                 self._daemon.wait()
@@ -206,27 +231,32 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
            max_instructions: int | None, linger_ns: int, ring_bytes: int = RING_BYTES,
            slice_instructions: int = SLICE_INSTRUCTIONS, overwrite: bool = False,
            xenstore_writes: Sequence[tuple[str, bytes]] = (), xenstore: dict | None = None,
-           keyboard: bool = False, early: EarlyDaemon | None = None) -> RecordResult:
-    """Run `domain` live under the scheduler, logging every input into `path`. An existing `path` is
-    replaced only with `overwrite` (as rr, a recording is never lost by accident), never the guest.
+           keyboard: bool = False, early: EarlyDaemon | None = None,
+           snapshot_every: Interval = Interval()) -> RecordResult:
+    """Run `domain` live under the scheduler, logging every input into `path` (and, `snapshot_every`
+    so often, full-state snapshots into its companion file). An existing `path` is replaced only with
+    `overwrite` (as rr, a recording is never lost by accident), never the guest.
     `xenstore`: the domain's xenstore config for the header (default: xenstore_config(guest));
     `keyboard`: the input goes to the domain's PV keyboard; `early`: a daemon forked before the domain
     was built (`xenrr record`), else one is forked now."""
     recording = Recording(domain, guest, path, clock=clock, ring_bytes=ring_bytes, overwrite=overwrite,
-                          xenstore=xenstore, early=early)
+                          xenstore=xenstore, early=early, snapshot_every=snapshot_every)
     outcome: Outcome | None = None
     failure: str | None = None
     try:
         outcome = Scheduler(domain, console_input, clock=clock, max_instructions=max_instructions,
                             linger_ns=linger_ns, slice_instructions=slice_instructions,
-                            xenstore_writes=xenstore_writes, keyboard=keyboard).run()
+                            xenstore_writes=xenstore_writes, keyboard=keyboard, snapshots=recording.snapshots).run()
     except RecordingFailed as error:
         failure = str(error)
     finally:
         failure = recording.finish(outcome, failure)
     if failure is not None:
         raise RecordingFailed(failure)
-    return RecordResult(outcome, recording.sink.records, path)
+    snapshots = recording.snapshots
+    return RecordResult(outcome, recording.sink.records, path, 0 if snapshots is None else snapshots.taken,
+                        0 if snapshots is None else snapshots.bytes_written, recording.snapshot_problem,
+                        0.0 if snapshots is None else snapshots.capture_seconds)
 
 
 def _records_in_file(path: Path) -> str:

@@ -31,8 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dom0.batch import (BatchError, exit_status, gather, is_recording, run_batch, summary_line, table, to_json,
-                        to_junit_xml, wants_batch)
+from dom0.batch import (BatchError, exit_status, gather, is_recording, run_batch, run_segment_batch, summary_line,
+                        table, to_json, to_junit_xml, wants_batch)
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.logfile import FILE_MAGIC
 from dom0.terminal import Terminal
@@ -91,6 +91,9 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
                         help="a recording, a directory holding recordings, or a glob")
     verify.add_argument("--json", action="store_true", help="print the results as one JSON object, one entry "
                                                             "per recording")
+    verify.add_argument("--segments", action="store_true",
+                        help="one work unit per segment of each recording (an interval between its stored snapshots, "
+                             "as `xenrr replay --jobs`), so that one long recording is verified by many workers")
     add_batch_options(verify)
     add_image_option(verify)
 
@@ -233,8 +236,13 @@ def _run_batch(args: argparse.Namespace) -> int:
     scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     with terminal.progress(len(recordings), args.command, "recordings", enabled=not args.json) as report:
         try:
-            results = run_batch(args.command, recordings, scripts, image=args.image, select=getattr(args, "k", None),
-                                workers=args.workers or os.cpu_count() or 1, scheduler=scheduler, progress=report)
+            if getattr(args, "segments", False):
+                results = run_segment_batch(recordings, image=args.image, workers=args.workers or os.cpu_count() or 1,
+                                            scheduler=scheduler, progress=report)
+            else:
+                results = run_batch(args.command, recordings, scripts, image=args.image,
+                                    select=getattr(args, "k", None), workers=args.workers or os.cpu_count() or 1,
+                                    scheduler=scheduler, progress=report)
         except BatchError as error:
             raise UserCommandError(str(error)) from None
     if args.junit_xml is not None:

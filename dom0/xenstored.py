@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from xen import abi
+from xen.domain import deep_copy
 from xen.xenstore import XenstoreProtocolError
 
 DOM0 = 0
@@ -123,12 +124,12 @@ class Xenstored:
         return data
 
     def save_state(self) -> object:
-        return copy.deepcopy((self._nodes, self._generation, self._watches, self._transactions,
-                              self._next_transaction, bytes(self._input), bytes(self._output)))
+        return deep_copy((self._nodes, self._generation, self._watches, self._transactions,
+                          self._next_transaction, bytes(self._input), bytes(self._output)))
 
     def load_state(self, state: object) -> None:
         (self._nodes, self._generation, self._watches, self._transactions, self._next_transaction,
-         inbound, outbound) = copy.deepcopy(state)
+         inbound, outbound) = deep_copy(state)
         self._input, self._output = bytearray(inbound), bytearray(outbound)
 
     def state_bytes(self) -> bytes:

@@ -27,6 +27,14 @@ Two things make reverse-continue cheaper without making it less exact:
   segment that wrote none of the watched pages without replaying it, and scans only up to the end of
   the last segment that did: its cost depends on the distance to the checkpoint before that write,
   not on the distance travelled. Breakpoints and read/access watchpoints still scan every interval.
+Stored snapshots (dom0/snapshots.py, the recording's companion file) are checkpoints taken while
+recording: wherever a motion would restore a checkpoint, or replay from where it is, a stored
+snapshot later than both is restored instead, so a goto costs the distance to the nearest snapshot,
+not to the start. A stored snapshot is trusted only once the restored state equals the state digest
+logged at its position; one that does not (or cannot be decoded) is skipped, said once through
+`warn`, and the motion goes on from the next earlier state. Replay from a stored snapshot knows
+nothing of the pages written between the last segment and it: that gap is one segment marked
+MAPPING_CHANGED (it may have written anything).
 A running `cont` or `reverse_cont` says how far it has got (`progress()`, read by the stub's poll
 for its progress lines).
 Invariant: whatever sequence of commands moved it there, the state at a mark is the state a fresh
@@ -39,8 +47,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dom0.replay import Event, ReplaySession
+from dom0.snapshots import SnapshotDamaged, SnapshotFile, StoredSnapshot
 from stub.progress import Progress
 from xen.domain import DomainState
+from xen.digest import Digest
+from xen.logrecord import KIND_DIGEST
 from xen.replay import ALL_RECORDS, Mark, ReplayerState, ReplayStop
 from xen.vcpu import PAGE_SIZE, CpuState, ExitReason, VCpu
 
@@ -104,8 +115,13 @@ class Timeline:
     """Forward and reverse execution over one replay session."""
 
     def __init__(self, session: ReplaySession, checkpoint_interval: int = CHECKPOINT_INTERVAL,
-                 max_checkpoints: int = MAX_CHECKPOINTS):
+                 max_checkpoints: int = MAX_CHECKPOINTS, stored: SnapshotFile | None = None,
+                 warn: Callable[[str], None] = lambda message: None):
         self.session = session
+        self.stored = stored
+        self._warn = warn
+        self._stored_skipped: set[int] = set()     # stored snapshots found unusable (said once)
+        self.stored_restores = 0                   # stored snapshots restored (instrumentation)
         self.replayer = session.replayer
         self.checkpoint_interval = checkpoint_interval
         self.max_checkpoints = max_checkpoints
@@ -241,10 +257,69 @@ class Timeline:
         self._segment_mapping_changes = vcpu.mapping_changes
         self.replayer.load_state(checkpoint.replayer, self.session.log.records_from(checkpoint.replayer.next_seq))
 
-    def _checkpoint_before(self, mark: Mark, strictly: bool) -> Checkpoint | None:
+    def _checkpoint_before(self, mark: Mark, strictly: bool, beyond: Mark | None = None) -> Checkpoint | None:
+        """The latest checkpoint before `mark` (at it too unless `strictly`). A stored snapshot later than
+        it and than `beyond` is restored, checked and kept as a checkpoint, and returned instead."""
         marks = [c.mark for c in self._checkpoints]
         index = (bisect.bisect_left(marks, mark) if strictly else bisect.bisect_right(marks, mark)) - 1
-        return self._checkpoints[index] if index >= 0 else None
+        checkpoint = self._checkpoints[index] if index >= 0 else None
+        if self.stored is None:
+            return checkpoint
+        floor = max(filter(None, (beyond, checkpoint.mark if checkpoint else None)), default=None)
+        for entry in self.stored.before(mark, strictly):
+            if floor is not None and entry.mark <= floor:
+                break
+            if entry.index not in self._stored_skipped:
+                restored = self._restore_stored(entry, fallback=checkpoint)
+                if restored is not None:
+                    return restored
+        return checkpoint
+
+    def _restore_stored(self, entry: StoredSnapshot, fallback: Checkpoint | None) -> Checkpoint | None:
+        """Restore a stored snapshot and check it against the digest logged at its position; kept as a
+        checkpoint when it holds. When it does not, it is skipped (said once) and `fallback` (or the
+        start) is restored in its place; None."""
+        try:
+            state = self.stored.load(entry)
+            pages = list(self._checkpoints[0].pages)        # the start: the freshly built domain's memory
+            for frame, page in state.pages.items():
+                pages[frame] = page
+            checkpoint = Checkpoint(state.mark, state.cpu, tuple(pages), state.domain, state.replayer)
+            self._restore(checkpoint)
+            problem = self._differs_from_log(entry.mark)
+        except SnapshotDamaged as error:
+            problem = str(error)
+        except Exception as error:         # state that passed its checksum but does not restore: never trusted
+            problem = f"snapshot {entry.index} (instruction {entry.mark.icount}) does not restore: {error}"
+        if problem is not None:
+            self._stored_skipped.add(entry.index)
+            self._warn(f"{problem}: skipped")
+            self._restore(fallback if fallback is not None else self._checkpoints[0])
+            return None
+        self.stored_restores += 1
+        if checkpoint.mark > self._frontier():
+            self._add_segment(Segment(checkpoint.mark, frozenset({MAPPING_CHANGED})))   # not replayed: anything
+            self._segment_generation = self._generation
+            self._segment_mapping_changes = self.vcpu.mapping_changes
+        index = bisect.bisect([c.mark for c in self._checkpoints], checkpoint.mark)
+        self._checkpoints.insert(index, checkpoint)
+        self._thin()
+        return checkpoint
+
+    def _differs_from_log(self, mark: Mark) -> str | None:
+        """Why the state here is not the one the digest logged just before `mark` (None: it is)."""
+        where = f"stored snapshot at instruction {mark.icount}"
+        record = next(self.session.log.records_from(mark.seq - 1), None) if mark.seq > 0 else None
+        if record is None or record.kind != KIND_DIGEST or record.icount != mark.icount:
+            return f"{where} has no state digest logged at its position"
+        try:
+            logged = Digest.from_bytes(bytes(record.payload))
+        except ValueError as error:
+            return f"{where}: the digest logged there is malformed ({error})"
+        if logged.memory_hash is None:
+            return f"{where}: the digest logged there does not cover memory"
+        differences = logged.differences(self.session.domain.digest(with_memory=True))
+        return f"{where} differs from the log: {'; '.join(differences)}" if differences else None
 
     def _is_canonical(self) -> bool:
         record = self.replayer.next_record
@@ -329,6 +404,8 @@ class Timeline:
             self._restore(self._snapshots[mark])
         elif mark < self.position:
             self._restore(self._checkpoint_before(mark, strictly=False))
+        elif self.stored is not None and mark != self.position:
+            self._checkpoint_before(mark, strictly=False, beyond=self.position)   # a stored snapshot on the way
         stop = self._forward(mark, debug=False)
         return self._stop_from(stop, "target")
 

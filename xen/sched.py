@@ -27,6 +27,9 @@ Quanta (the multi-domain host, host/): `run()` may be called again after it retu
 domain with nothing due returns `Outcome("idle", ..., wake_ns=...)` instead of sleeping, so the
 caller can run other domains on the same host CPU until then.
 
+Record mode: a state digest every DIGEST_INTERVAL instructions and, when the recorder asks for them,
+full-state snapshots (`Snapshots`), both at slice boundaries.
+
 Toolstack writes into the domain's xenstore (`xenrr run --xenstore-write`) are injected the first
 time the domain idles, so under the virtual clock they too land at a reproducible instruction count.
 Invariant: the scheduler changes guest-visible state only through `domain.funnel`; slice
@@ -89,6 +92,16 @@ class ConsoleInput(Protocol):
         """The user asked to leave the console (Ctrl-])."""
 
 
+class Snapshots(Protocol):
+    """Record mode: full-state snapshots taken at slice boundaries (dom0/snapshots.py implements it)."""
+
+    def due(self) -> bool:
+        """Whether a snapshot is due now."""
+
+    def take(self) -> None:
+        """Log a state digest and snapshot the state right after it."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended."""
@@ -104,7 +117,7 @@ class Scheduler:
     def __init__(self, domain: Domain, console_input: ConsoleInput, clock: str = "real",
                  max_instructions: int | None = None, linger_ns: int = DEFAULT_LINGER_NS,
                  slice_instructions: int = SLICE_INSTRUCTIONS, xenstore_writes: Sequence[tuple[str, bytes]] = (),
-                 wait_for_host: bool = True, keyboard: bool = False):
+                 wait_for_host: bool = True, keyboard: bool = False, snapshots: Snapshots | None = None):
         if clock not in ("real", "virtual"):
             raise ValueError("clock must be 'real' or 'virtual'")
         self.domain = domain
@@ -132,6 +145,7 @@ class Scheduler:
         self._poll_watch_activity: tuple[int, ...] | None = None   # set while the in_prod read watch is armed
         self._xenstore_writes = list(xenstore_writes)
         self.wait_for_host = wait_for_host
+        self.snapshots = snapshots
         self._started = False
         self._poll_watch_addresses: tuple[int, ...] = ()
 
@@ -244,6 +258,8 @@ class Scheduler:
             self._digests += 1
             domain.funnel.log_digest(with_memory=self._digests % FULL_DIGEST_EVERY == 0)
             self._next_digest = domain.vcpu.icount + DIGEST_INTERVAL
+        if domain.funnel.sink is not None and self.snapshots is not None and self.snapshots.due():
+            self.snapshots.take()
         deadline = domain.time.next_deadline()
         now = domain.time.now() if self.virtual else self._publishable_time()
         if deadline is not None and now >= deadline:

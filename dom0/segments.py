@@ -1,0 +1,153 @@
+"""Parallel verification of one recording: one segment per interval between stored snapshots.
+
+Owns the segments of a recording (segment 0 from the start to the first usable stored snapshot,
+segment k from stored snapshot k-1 to stored snapshot k, the last one to the end of the log), verifying
+one segment in this process (`verify_segment`: the `xenrr replay --segment K` unit), running the units
+as child processes N at a time (`xenrr replay --jobs N`; dom0/batch.py runs the same units on Dask),
+and merging their summaries into the one `xenrr replay --json` gives.
+
+A segment starts from its stored snapshot, which is checked against the state digest logged at its
+position before it is trusted (stub/timeline.py), and ends at the next snapshot's position, whose
+digest (logged just before it) the replay checks on its way: consecutive segments overlap in that
+digest, so the whole recording is verified, every digest once at least. A snapshot that turns out
+unusable is skipped: its segment starts from the state before it (slower, as exact).
+
+Invariant: the merged verdict is "verified" only when every segment is, and a divergence is reported
+from the earliest segment that has one.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from dom0.replay import ReplaySession
+from dom0.snapshots import SnapshotFile, snapshot_path
+from xen.inject import ReplayDivergence
+from xen.replay import Mark
+
+START = Mark(0, 0)
+
+
+def count_segments(recording: Path) -> int:
+    """How many segments `recording` has (one more than its usable stored snapshots)."""
+    stored = SnapshotFile(snapshot_path(recording))
+    count = len(segment_bounds(stored))
+    stored.close()
+    return count
+
+
+def segment_bounds(stored: SnapshotFile | None) -> list[Mark]:
+    """Where the segments start: the start, then every usable stored snapshot."""
+    return [START] + ([entry.mark for entry in stored.usable] if stored is not None else [])
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """`K` or `K-L` (segments K to L): (K, L). ValueError in words."""
+    first, _, last = text.partition("-")
+    try:
+        numbers = int(first), int(last or first)
+    except ValueError:
+        raise ValueError(f"a segment is K or K-L (numbers), not {text!r}") from None
+    if numbers[0] < 0 or numbers[1] < numbers[0]:
+        raise ValueError(f"a segment range K-L needs 0 <= K <= L, not {text!r}")
+    return numbers
+
+
+def group(count: int, units: int) -> list[tuple[int, int]]:
+    """`count` segments in at most `units` runs of consecutive ones, as even as they come."""
+    units = max(1, min(units, count))
+    edges = [count * unit // units for unit in range(units + 1)]
+    return [(edges[unit], edges[unit + 1] - 1) for unit in range(units)]
+
+
+def verify_segment(session: ReplaySession, stored: SnapshotFile | None, first: int, last: int,
+                   warn: Callable[[str], None]) -> dict:
+    """Replay segments `first` to `last` (from the first's snapshot to the digest of the snapshot after
+    the last) and check them; the summary. ValueError when the recording has no such segment."""
+    from stub.timeline import Timeline        # the timeline restores and checks stored snapshots
+
+    bounds = segment_bounds(stored)
+    if last >= len(bounds):
+        raise ValueError(f"segment {last} does not exist: the recording has segments 0 to {len(bounds) - 1}")
+    start, end = bounds[first], (bounds[last + 1] if last + 1 < len(bounds) else None)
+    timeline = Timeline(session, checkpoint_interval=2**62, stored=stored, warn=warn)
+    replayer, vcpu = session.replayer, session.domain.vcpu
+    divergence = None
+    started_at = START
+    try:
+        timeline.goto(start)
+        started_at = timeline.position
+        before_digests, before_inputs = replayer.digests_checked, replayer.inputs_applied
+        replayer.run(end)
+    except ReplayDivergence as error:
+        divergence = str(error)
+        before_digests = before_inputs = 0
+    return {"session": str(session.log_path), "segment": f"{first}-{last}", "last": last + 1 == len(bounds),
+            "segments": len(bounds),
+            "from_icount": started_at.icount, "to_icount": vcpu.icount,
+            "events": replayer.inputs_applied - before_inputs if divergence is None else replayer.inputs_applied,
+            "instructions": vcpu.icount - started_at.icount,
+            "digests_checked": replayer.digests_checked - before_digests,
+            "verified": divergence is None, "divergence": divergence,
+            "complete": end is None and replayer.recorded_outcome is not None,
+            "recorded_outcome": replayer.recorded_outcome if end is None else None}
+
+
+def segment_command(recording: Path, segments: tuple[int, int], image: Path | None) -> list[str]:
+    """The command of one unit: `xenrr replay --json --segment K-L RECORDING`."""
+    command = [sys.executable, "-m", "dom0.cli", "replay", "--json", "--segment", f"{segments[0]}-{segments[1]}",
+               str(recording.resolve())]
+    return command + (["--image", str(image.resolve())] if image is not None else [])
+
+
+def run_segment_unit(recording: Path, segments: tuple[int, int], image: Path | None) -> dict:
+    """Segments K-L verified by a child `xenrr replay --segment K-L`: its summary, or an error entry."""
+    number = f"{segments[0]}-{segments[1]}"
+    started = time.perf_counter()
+    done = subprocess.run(segment_command(recording, segments, image), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    try:
+        summary = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        summary = None
+    if not isinstance(summary, dict) or "segment" not in summary:
+        reason = (summary or {}).get("error") if isinstance(summary, dict) else None
+        last = reason or (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {"segment": number, "verified": False, "error": last,
+                "divergence": f"segment {number} could not be verified: {last}",
+                "events": 0, "instructions": 0, "digests_checked": 0, "complete": False, "recorded_outcome": None,
+                "from_icount": None, "to_icount": None, "seconds": seconds}
+    return {**summary, "seconds": seconds}
+
+
+def run_segments(recording: Path, count: int, jobs: int, image: Path | None,
+                 progress: Callable[[int], None] = lambda done: None) -> list[dict]:
+    """Verify the `count` segments of `recording` by `jobs` child processes at once, each taking a run of
+    consecutive segments (a child pays the start-up once); the summaries in order."""
+    units = group(count, jobs)
+    results: list[dict | None] = [None] * len(units)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_segment_unit, recording, unit, image): index for index, unit in enumerate(units)}
+        for done, future in enumerate(futures, start=1):
+            results[futures[future]] = future.result()
+            progress(done)
+    return results
+
+
+def merge(summaries: list[dict]) -> dict:
+    """The summary of the whole recording from its segments' (in order)."""
+    diverged = [summary for summary in summaries if not summary["verified"]]
+    last = summaries[-1]
+    return {"segments": max(summary.get("segments", 0) for summary in summaries), "units": len(summaries),
+            "verified": not diverged,
+            "divergence": diverged[0]["divergence"] if diverged else None,
+            "events": sum(summary["events"] for summary in summaries),
+            "instructions": last["to_icount"] if last["to_icount"] is not None else 0,
+            "digests_checked": sum(summary["digests_checked"] for summary in summaries),
+            "complete": last["complete"], "recorded_outcome": last["recorded_outcome"]}

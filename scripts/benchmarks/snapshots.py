@@ -1,0 +1,145 @@
+"""Seekable recordings: what stored snapshots cost while recording, and what they buy.
+
+Owns three measurements on kbdshell running `bench N` under the virtual clock (one timer event every
+10^7 instructions, so events are spread evenly over the recording):
+- record overhead: the same session recorded in process (dom0.record.record) without snapshots and
+  with the default `--snapshot-every`, alternately, REPEATS times each; the median wall times side by
+  side, their ratio, and what the snapshots cost in bytes per second of recording and per 10^9
+  instructions, and in capture time (what the guest waited for);
+- goto from a cold start: `xenrr replay --from E --until-event E` as a fresh process (interpreter
+  start-up, imports, domain build, nearest snapshot restored and checked, replay to E), to events
+  spread over the recording, with the snapshots and without them (the log alone: replay from the
+  start), median of REPEATS; and the extrapolation to a 10^11-instruction recording, from the worst
+  measured goto plus indexing the extra snapshot headers such a recording has (measured per header);
+- parallel verification: `xenrr replay --jobs 1` against `--jobs 2`, median wall times and the ratio.
+Invariant: every timing is a median of runs made side by side in one run of the benchmark.
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dom0.consoleinput import KeyScript, parse_key_script
+from dom0.record import record
+from dom0.replay import ReplaySession
+from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, SnapshotFile, snapshot_path
+from dom0.toolstack import connect_xenstore, xenstore_config
+from xen.builder import build_domain
+from xen.domain import Domain
+
+ROOT = Path(__file__).resolve().parents[2]
+KBDSHELL = ROOT / "guests" / "kbdshell" / "kbdshell.elf"
+ITERATIONS = {False: 500_000_000, True: 12_000_000}        # ~8 instructions per iteration
+REPEATS = {False: 3, True: 1}
+GOTO_POSITIONS = 6
+TARGET_INSTRUCTIONS = 10**11
+MEMORY_BYTES = 16 * 1024 * 1024
+
+
+def _record(path: Path, iterations: int, every: Interval) -> dict:
+    domain = Domain(build_domain(KBDSHELL.read_bytes(), MEMORY_BYTES))
+    connect_xenstore(domain, xenstore_config(KBDSHELL))
+    keys = KeyScript(parse_key_script(rf"bench {iterations}\rhalt\r"))
+    started = time.perf_counter()
+    result = record(domain, KBDSHELL, keys, path, clock="virtual", max_instructions=None, linger_ns=10**9,
+                    overwrite=True, snapshot_every=every)
+    return {"seconds": time.perf_counter() - started, "instructions": result.outcome.icount,
+            "snapshots": result.snapshots, "snapshot_bytes": result.snapshot_bytes}
+
+
+def _cli_seconds(*args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dom0.cli", *args], check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def _header_seconds(snapshots: Path) -> float:
+    """What indexing one entry of the companion file costs (opening it, per entry)."""
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        stored = SnapshotFile(snapshots)
+        count = len(stored.entries)
+        stored.close()
+        times.append((time.perf_counter() - started) / max(count, 1))
+    return statistics.median(times)
+
+
+def run(quick: bool) -> dict:
+    iterations, repeats = ITERATIONS[quick], REPEATS[quick]
+    default = Interval(instructions=DEFAULT_EVERY_INSTRUCTIONS) if not quick else Interval(instructions=10**7)
+    with tempfile.TemporaryDirectory() as directory:
+        plain_log, log = Path(directory) / "plain.xrr", Path(directory) / "snap.xrr"
+        plain_runs, snap_runs = [], []
+        for _ in range(repeats):
+            plain_runs.append(_record(plain_log, iterations, Interval()))
+            snap_runs.append(_record(log, iterations, default))
+        plain_seconds = statistics.median(run["seconds"] for run in plain_runs)
+        snap_seconds = statistics.median(run["seconds"] for run in snap_runs)
+        instructions = snap_runs[-1]["instructions"]
+        snapshot_bytes = snap_runs[-1]["snapshot_bytes"]
+
+        events = ReplaySession(log).events()
+        picks = [events[round(index * (len(events) - 1) / (GOTO_POSITIONS - 1))] for index in range(GOTO_POSITIONS)]
+        bare = Path(directory) / "bare"
+        bare.mkdir()
+        shutil.copy(log, bare / log.name)
+        gotos = []
+        for event in picks:
+            with_snapshots = statistics.median(
+                _cli_seconds("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number),
+                             str(log)) for _ in range(repeats))
+            without = statistics.median(
+                _cli_seconds("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number),
+                             str(bare / log.name)) for _ in range(repeats))
+            gotos.append({"event": event.number, "icount": event.icount, "seconds_with_snapshots": round(with_snapshots, 3),
+                          "seconds_from_the_start": round(without, 3)})
+        per_header = _header_seconds(snapshot_path(log))
+        stored = SnapshotFile(snapshot_path(log))
+        count = len(stored.entries)
+        stored.close()
+        every = default.instructions
+        extra_headers = TARGET_INSTRUCTIONS // every - count
+        worst = max(goto["seconds_with_snapshots"] for goto in gotos)
+
+        jobs = {}
+        for n in (1, 2):
+            jobs[n] = statistics.median(_cli_seconds("replay", "--quiet", "--jobs", str(n), str(log))
+                                        for _ in range(repeats))
+        full = statistics.median(_cli_seconds("replay", "--quiet", str(log)) for _ in range(repeats))
+    return {
+        "instructions": instructions, "snapshot_every": every, "snapshots": count,
+        "record_seconds_without": round(plain_seconds, 3), "record_seconds_with": round(snap_seconds, 3),
+        "record_overhead_ratio": round(snap_seconds / plain_seconds, 4),
+        "snapshot_bytes": snapshot_bytes,
+        "snapshot_bytes_per_second": round(snapshot_bytes / snap_seconds),
+        "snapshot_bytes_per_1e9_instructions": round(snapshot_bytes * 10**9 / instructions),
+        "goto_cold": gotos,
+        "index_seconds_per_snapshot": per_header,
+        "goto_cold_1e11_extrapolated_seconds": round(worst + extra_headers * per_header, 3),
+        "replay_seconds": round(full, 3), "replay_jobs_1_seconds": round(jobs[1], 3),
+        "replay_jobs_2_seconds": round(jobs[2], 3), "jobs_speedup": round(jobs[1] / jobs[2], 3),
+    }
+
+
+def table(results: dict) -> str:
+    lines = [f"recording: kbdshell bench, {results['instructions']:,} instructions, a snapshot every "
+             f"{results['snapshot_every']:,} ({results['snapshots']} snapshots)",
+             f"record without snapshots {results['record_seconds_without']:.3f} s, with "
+             f"{results['record_seconds_with']:.3f} s: ratio {results['record_overhead_ratio']:.4f}",
+             f"snapshots: {results['snapshot_bytes']:,} bytes = {results['snapshot_bytes_per_second']:,} bytes per "
+             f"second of recording, {results['snapshot_bytes_per_1e9_instructions']:,} per 10^9 instructions",
+             f"{'goto event':>10} {'icount':>14} {'from snapshot s':>16} {'from start s':>13}"]
+    lines += [f"{goto['event']:>10} {goto['icount']:>14,} {goto['seconds_with_snapshots']:>16.3f} "
+              f"{goto['seconds_from_the_start']:>13.3f}" for goto in results["goto_cold"]]
+    lines += [f"goto from a cold start on a 10^11-instruction recording (extrapolated): "
+              f"{results['goto_cold_1e11_extrapolated_seconds']:.3f} s "
+              f"({results['index_seconds_per_snapshot'] * 1e6:.1f} us to index each snapshot)",
+              f"replay {results['replay_seconds']:.3f} s; --jobs 1 {results['replay_jobs_1_seconds']:.3f} s, --jobs 2 "
+              f"{results['replay_jobs_2_seconds']:.3f} s: speed-up {results['jobs_speedup']:.2f}"]
+    return "\n".join(lines)
