@@ -22,6 +22,8 @@ skipped with a message and never trusted, and a replay without it is only slower
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import io
 import mmap
@@ -216,17 +218,18 @@ class SnapshotState:
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """Unpickles only the project's own state classes and plain data: a snapshot is input, not code."""
+    """Unpickles plain data and the project's own state classes (dataclasses and enums of xen/ and dom0/)
+    only: a snapshot is input, not code, and building one of those runs nothing but storing fields."""
 
-    _MODULES = ("xen.", "dom0.xenstored")
     _BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "bytes", "bytearray", "int", "str", "bool",
-                 "float", "complex", "NoneType"}
+                 "float", "complex"}
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module == "builtins" and name in self._BUILTINS) or \
-                (module.startswith(self._MODULES) and not name.startswith("_")):
+        if module == "builtins" and name in self._BUILTINS:
+            return super().find_class(module, name)
+        if module.startswith(("xen.", "dom0.")) and "." not in name:
             value = super().find_class(module, name)
-            if isinstance(value, type):
+            if isinstance(value, type) and (dataclasses.is_dataclass(value) or issubclass(value, enum.Enum)):
                 return value
         raise pickle.UnpicklingError(f"{module}.{name} is not a state class")
 
