@@ -26,8 +26,6 @@ from dom0.keyboard import KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogFormatError, LogReader
 from dom0.logschema import check_header
 from dom0.replay import ReplaySession, ReplaySetupError
-from dom0.segments import merge, parse_range, run_segments, segment_bounds, verify_segment
-from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, SnapshotFile, snapshot_path
 from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
@@ -124,11 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the log file to write (e.g. session.xrr); an existing file is never replaced "
                              "unless --force is given")
     record.add_argument("--force", action="store_true", help="replace SESSION if it exists")
-    record.add_argument("--snapshot-every", metavar="SECONDS|INSTRUCTIONS", default=str(DEFAULT_EVERY_INSTRUCTIONS),
+    record.add_argument("--snapshot-every", metavar="SECONDS|INSTRUCTIONS",
                         help="store a full-state snapshot every INSTRUCTIONS guest instructions (e.g. 1e8) or every "
                              "SECONDS of recording (e.g. 2s) in SESSION.snap beside the log, so that replay --from, "
-                             "--jobs and goto start from the nearest one; 0: none (default "
-                             f"{DEFAULT_EVERY_INSTRUCTIONS})")
+                             "--jobs and goto start from the nearest one; 0: none (default: every 2^27 instructions)")
     _add_input_options(record)
 
     replay = commands.add_parser(
@@ -307,8 +304,10 @@ def command_record(args: argparse.Namespace) -> int:
     _check_numbers(args)
     if not args.guest.exists():
         refuse_to_record_a_running_domain(str(args.guest))
+    from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, snapshot_path
+
     try:
-        snapshot_every = Interval.parse(args.snapshot_every)
+        snapshot_every = Interval.parse(args.snapshot_every or str(DEFAULT_EVERY_INSTRUCTIONS))
     except ValueError as error:
         raise UsageError(str(error)) from None
     writes = _xenstore_writes(args)
@@ -376,6 +375,7 @@ def _replay_showing_progress(session: ReplaySession, until: Mark | None, enabled
 
 
 def _warn(message: str) -> None:
+    """A warning on its own line (a stored snapshot skipped, ...)."""
     _terminal.say(f"xenrr: warning: {message}")
 
 
@@ -402,6 +402,8 @@ def command_replay(args: argparse.Namespace) -> int:
                                                                     if show_console and console["on"] else None))
     if args.segment is not None:
         return _replay_segment(args, session)
+    from dom0.snapshots import SnapshotFile
+
     start = _before_event(session, args.from_event)
     until = _before_event(session, args.until_event)
     replayer = session.replayer
@@ -447,6 +449,9 @@ def command_replay(args: argparse.Namespace) -> int:
 
 def _replay_segment(args: argparse.Namespace, session: ReplaySession) -> int:
     """`replay --segment K`: verify one segment (a unit of --jobs and of `verify --segments`), JSON only."""
+    from dom0.segments import parse_range, verify_segment
+    from dom0.snapshots import SnapshotFile
+
     try:
         first, last = parse_range(args.segment)
         summary = verify_segment(session, SnapshotFile.beside(args.session, _warn), first, last, _warn)
@@ -467,6 +472,9 @@ def _replay_status(summary: dict, damage, last: bool = True) -> int:
 
 def _replay_in_segments(args: argparse.Namespace) -> int:
     """`replay --jobs N`: the recording's segments verified N at a time by child processes."""
+    from dom0.segments import merge, run_segments, segment_bounds
+    from dom0.snapshots import SnapshotFile
+
     session = _open_session(args.session, args.image, lambda data: None)      # the recording is checked here once
     damage = session.damage
     stored = SnapshotFile.beside(args.session, _warn)

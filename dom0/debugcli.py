@@ -19,7 +19,6 @@ from pathlib import Path
 
 from dom0.cliargs import add_goto_option, add_image_option, add_session_argument
 from dom0.replay import ReplaySession
-from dom0.snapshots import SnapshotFile
 from gdbext.locate import GdbNotFound, find_gdb
 
 GDB_EXTENSION = "xenrr_gdb.py"
@@ -79,14 +78,17 @@ def _check_event(session: ReplaySession, number: int) -> None:
 def command_serve(args: argparse.Namespace) -> int:
     """`xenrr serve`: returns 0 once a client killed or detached."""
     from stub.server import GdbServer, ServerError, listen      # here: every other command starts without them
+    from dom0.snapshots import SnapshotFile
     from stub.timeline import Timeline
+
+    def warn(message: str) -> None:
+        print(f"xenrr: warning: {message}", file=sys.stderr, flush=True)
+
     if not 0 <= args.port <= 65535:
         raise DebugCommandError(f"--port must be between 0 and 65535, not {args.port}")
     session = _open_session(args.session, args.image)
     try:
-        stored = SnapshotFile.beside(args.session, lambda message: print(f"xenrr: warning: {message}", file=sys.stderr))
-        timeline = Timeline(session, stored=stored,
-                            warn=lambda message: print(f"xenrr: warning: {message}", file=sys.stderr, flush=True))
+        timeline = Timeline(session, stored=SnapshotFile.beside(args.session, warn), warn=warn)
         if args.goto is not None:
             _check_event(session, args.goto)
             timeline.goto_event(args.goto)

@@ -245,6 +245,7 @@ class SnapshotFile:
         self.problems: list[str] = []
         self._mmap: mmap.mmap | None = None
         self.entries: list[StoredSnapshot] = []
+        self._decompressor = zstandard.ZstdDecompressor()
         try:
             with open(path, "rb") as file:
                 if os.fstat(file.fileno()).st_size > 0:
@@ -253,13 +254,13 @@ class SnapshotFile:
             if not isinstance(error, FileNotFoundError):
                 self.problems.append(f"snapshots {path} cannot be read: {error.strerror}")
             return
-        view = self._mmap if self._mmap is not None else b""
+        if self._mmap is None:
+            return               # empty: the recording stopped before its first snapshot was written
+        view = self._mmap
         if view[:len(FILE_MAGIC)] != FILE_MAGIC:
             self.problems.append(f"{path} is not a xenrr snapshot file")
             return
         self._scan(view)
-        self._decompressor = zstandard.ZstdDecompressor()
-        self._bodies: dict[int, bytes] = {}
 
     def _scan(self, view) -> None:
         offset, size = len(FILE_MAGIC), len(view)

@@ -318,7 +318,7 @@ class Timeline:
             return f"{where}: the digest logged there is malformed ({error})"
         if logged.memory_hash is None:
             return f"{where}: the digest logged there does not cover memory"
-        differences = logged.differences(self.session.domain.digest(with_memory=True))
+        differences = logged.differences(self.session.domain.digest(with_memory=True, in_clear=logged.in_clear))
         return f"{where} differs from the log: {'; '.join(differences)}" if differences else None
 
     def _is_canonical(self) -> bool:
