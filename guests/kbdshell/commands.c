@@ -1,6 +1,6 @@
 /*
  * The command interpreter: splits a line into WORD and ARG and runs
- * echo, calc, hash, hist, ticks, uptime, bench, pages, evtchn (evtchn.c) and halt. Output formats are
+ * echo, calc, hash, hist, ticks, uptime, bench, pages, evtchn (evtchn.c), halt and par (par.c). Output formats are
  * specified in README.md; every output line ends with "\r\n".
  */
 #include "shell.h"
@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "hypercall.h"
 #include "memory.h"
+#include "par.h"
 
 #define FNV1A_OFFSET 0xcbf29ce484222325ull
 #define FNV1A_PRIME 0x100000001b3ull
@@ -320,6 +321,8 @@ void run_command(const char *line)
         cmd_evtchn(arg);
     } else if (strcmp(word, "halt") == 0) {
         poweroff();
+    } else if (strcmp(word, "par") == 0) {
+        cmd_par(arg);
     } else {
         console_puts("unknown command: ");
         print_line(word);
