@@ -37,6 +37,7 @@ from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
 from xen.logrecord import FIRST_INPUT_KIND, kind_name, kinds_named
 from xen.replay import Mark
 from xen.sched import NS_PER_SECOND, Outcome, Scheduler
+from xen.smp import DEFAULT_QUANTUM, MAX_QUANTUM, MAX_VCPUS
 from xen.vcpu import EngineError
 
 EXIT_OK, EXIT_CRASHED, EXIT_USAGE, EXIT_STOPPED, EXIT_LOG_FAILED = 0, 1, 2, 3, 4
@@ -86,6 +87,13 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                         help="real: guest time and timer ticks follow the host clock (default); virtual: guest "
                              "time is derived from the instruction count and scripted keys arrive when the "
                              "guest idles, so a run is reproducible without a log")
+    parser.add_argument("--vcpus", metavar="N", type=int, default=1,
+                        help=f"the domain's vCPUs (1 to {MAX_VCPUS}, default 1); vCPU 0 starts, the guest brings "
+                             "the others up (VCPUOP_initialise, VCPUOP_up)")
+    parser.add_argument("--quantum", metavar="INSTRUCTIONS", type=int, default=DEFAULT_QUANTUM,
+                        help="the vCPUs take turns on one emulated CPU, this many instructions each in a fixed "
+                             f"order (default {DEFAULT_QUANTUM}); a recording keeps it, so replay interleaves them "
+                             "exactly; a smaller quantum interleaves them more finely (to shake out a race)")
     parser.add_argument("--linger", metavar="SECONDS", type=float, default=1.0,
                         help="with scripted keys: after the last key, stop once the guest has idled this long "
                              "(guest time under --clock virtual, host time under real) without shutting down "
@@ -241,19 +249,24 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--memory must be between 1 and 4096 MiB, not {args.memory}")
     if args.max_instructions is not None and args.max_instructions < 0:
         raise UsageError("--max-instructions must not be negative")
+    if not 1 <= args.vcpus <= MAX_VCPUS:
+        raise UsageError(f"--vcpus must be between 1 and {MAX_VCPUS}, not {args.vcpus}")
+    if not 1 <= args.quantum <= MAX_QUANTUM:
+        raise UsageError(f"--quantum must be between 1 and {MAX_QUANTUM} instructions, not {args.quantum}")
     if not 0 <= args.linger <= MAX_PAUSE_MS / 1000:      # also refuses nan and inf
         raise UsageError(f"--linger must be between 0 and {MAX_PAUSE_MS // 1000} seconds, not {args.linger}")
 
 
-def load_domain(guest: Path, memory_mib: int, keyboard: str = "console") -> Domain:
+def load_domain(guest: Path, memory_mib: int, keyboard: str = "console", vcpus: int = 1,
+                quantum: int = DEFAULT_QUANTUM) -> Domain:
     """Build a live domain from a guest kernel file, with console output wired to stdout/stderr (and a
-    PV keyboard device with keyboard "pv")."""
+    PV keyboard device with keyboard "pv"); `vcpus` vCPUs taking turns in quanta of `quantum` instructions."""
     try:
         image_bytes = guest.read_bytes()
     except OSError as error:
         raise UsageError(f"cannot read guest kernel {guest}: {error.strerror}") from None
     image = build_domain(image_bytes, memory_mib * 1024 * 1024)
-    domain = Domain(image, console_output=_terminal.write_console,
+    domain = Domain(image, vcpus=vcpus, quantum=quantum, console_output=_terminal.write_console,
                     hypervisor_console=_terminal.write_hypervisor_console)
     connect_xenstore(domain, xenstore_config(guest, keyboard))
     return domain
@@ -289,7 +302,7 @@ def command_run(args: argparse.Namespace) -> int:
     writes = _xenstore_writes(args)
     console_input = _console_input(args)
     try:
-        domain = load_domain(args.guest, args.memory, args.keyboard)
+        domain = load_domain(args.guest, args.memory, args.keyboard, args.vcpus, args.quantum)
         outcome = Scheduler(domain, console_input, clock=args.clock, max_instructions=args.max_instructions,
                             linger_ns=int(args.linger * NS_PER_SECOND), xenstore_writes=writes,
                             keyboard=args.keyboard == "pv").run()
@@ -315,7 +328,7 @@ def command_record(args: argparse.Namespace) -> int:
     early = None
     try:
         early = EarlyDaemon()          # forked first: the domain built next is not copied into it
-        domain = load_domain(args.guest, args.memory, args.keyboard)
+        domain = load_domain(args.guest, args.memory, args.keyboard, args.vcpus, args.quantum)
         result = record(domain, args.guest, console_input, args.output, clock=args.clock,
                         max_instructions=args.max_instructions, linger_ns=int(args.linger * NS_PER_SECOND),
                         overwrite=args.force, xenstore_writes=writes,

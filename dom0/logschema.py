@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 from dom0.logfile import LogFormatError, LogHeader
+from xen.smp import MAX_QUANTUM, MAX_VCPUS
 
 MAX_MEMORY_BYTES = 4096 * 1024 * 1024        # the CLI's --memory limit (4096 MiB)
 _U64 = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
@@ -28,7 +29,8 @@ HEADER_SCHEMA = {
                                  "multipleOf": 4096},
                 "cmdline": {"type": "string", "maxLength": 1024, "pattern": "^[^\\x00]*$"},
                 "clock": {"enum": ["real", "virtual"]},
-                "vcpus": {"const": 1},
+                "vcpus": {"type": "integer", "minimum": 1, "maximum": MAX_VCPUS},
+                "quantum": {"type": "integer", "minimum": 1, "maximum": MAX_QUANTUM},
                 "xenstore": {
                     "type": "object",
                     "required": ["domid", "name"],

@@ -136,7 +136,9 @@ def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None =
     image = domain.image
     initial = domain.digest(with_memory=True, in_clear=True)
     config = {"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
-              "clock": clock, "vcpus": 1}
+              "clock": clock, "vcpus": len(domain.vcpus)}
+    if len(domain.vcpus) > 1:
+        config["quantum"] = domain.quantum      # how the vCPUs interleave: part of the session
     if domain.xenstore is not None:
         config["xenstore"] = xenstore if xenstore is not None else xenstore_config(guest)
     return LogHeader(

@@ -22,6 +22,7 @@ from xen.domain import Domain
 from xen.inject import describe_payload
 from xen.logrecord import FIRST_INPUT_KIND, kind_name
 from xen.replay import Replayer
+from xen.smp import DEFAULT_QUANTUM
 
 
 class ReplaySetupError(Exception):
@@ -75,7 +76,8 @@ class ReplaySession:
                 f"guest image {self.image_path} is not the one recorded (sha256 "
                 f"{hashlib.sha256(image_bytes).hexdigest()[:16]}..., recorded {header.image_sha256.hex()[:16]}...)")
         self.domain = Domain(build_domain(image_bytes, config["memory_bytes"], config.get("cmdline", "")),
-                             jit=jit, console_output=console_output)
+                             jit=jit, vcpus=config.get("vcpus", 1), quantum=config.get("quantum", DEFAULT_QUANTUM),
+                             console_output=console_output)
         if "xenstore" in config:
             connect_xenstore(self.domain, config["xenstore"])
         try:

@@ -110,7 +110,7 @@ class HostedDomain:
 
         def output(data: bytes) -> None:
             send_console(config.name, data)
-        self.domain = Domain(image, console_output=output, hypervisor_console=output)
+        self.domain = Domain(image, vcpus=config.vcpus, console_output=output, hypervisor_console=output)
         xenstore = {"domid": domid, "name": config.name}
         connect_xenstore(self.domain, xenstore)
         self.outbox: list[tuple[str, int, int, int]] = []     # event-channel actions for other domains

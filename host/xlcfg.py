@@ -21,13 +21,16 @@ type ("pv" only). Any other key is refused, naming file and line.
 
 cpus (xl.cfg(5) "CPU Allocation"): "all", "N", "N-M", comma-separated combinations, and "^N" / "^N-M"
 to take CPUs away from the set built so far; a list gives each vCPU its own such string (vCPU i gets
-element i). Invariant: a DomainConfig is fully checked - every value is in range and of its type.
+element i). A domain's vCPUs take turns on one engine (xen/smp.py), so the domain runs on one pCPU,
+placed by vCPU 0's affinity. Invariant: a DomainConfig is fully checked - every value is in range and of its type.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from xen.abi import XEN_LEGACY_MAX_VCPUS as MAX_VCPUS     # every vcpu_info fits in shared_info
 
 KNOWN_KEYS = ("name", "kernel", "memory", "vcpus", "cpus", "cpu_weight", "cap", "extra", "cmdline",
               "on_poweroff", "on_crash", "type")
@@ -37,7 +40,6 @@ DEFAULT_WEIGHT = 256            # Xen's credit scheduler: CSCHED_DEFAULT_WEIGHT
 MAX_WEIGHT = 65535
 DEFAULT_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 4096
-MAX_VCPUS = 1                   # a domain has one vCPU today (xen/domain.py)
 
 
 class ConfigError(Exception):
@@ -286,7 +288,7 @@ def parse_config(text: str, source: str, base: Path) -> DomainConfig:
         raise ConfigError(f"{where('type')}: type must be \"pv\" (xenrr runs PV guests only)")
     if "extra" in settings and "cmdline" in settings:
         raise ConfigError(f"{where('cmdline')}: give the command line as cmdline or extra, not both")
-    vcpus = number("vcpus", 1, 1, MAX_VCPUS, " (SMP domains are not supported yet)")
+    vcpus = number("vcpus", 1, 1, MAX_VCPUS)
     cpus: tuple[frozenset[int] | None, ...] = (None,) * vcpus
     if "cpus" in settings:
         value = settings["cpus"][0]

@@ -127,9 +127,13 @@ DOMID_SELF = 0x7FF0
 VIRQ_TIMER = 0
 VIRQ_DEBUG = 1
 VIRQ_CONSOLE = 2
+VIRQ_XENOPROF = 7
+VIRQ_XENPMU = 13
+PER_VCPU_VIRQS = (VIRQ_TIMER, VIRQ_DEBUG, VIRQ_XENOPROF, VIRQ_XENPMU)   # "V." in xen.h; the rest are global
 NR_VIRQS = 24
 
 # --- vcpu_op (vcpu.h) ---
+VCPUOP_initialise = 0
 VCPUOP_up = 1
 VCPUOP_down = 2
 VCPUOP_is_up = 3
@@ -256,6 +260,8 @@ FIRST_RESERVED_GDT_ENTRY = FIRST_RESERVED_GDT_BYTE // 8
 # The cs Xen pushes in an event-upcall bounce frame: FLAT_KERNEL_CS with the privilege bits cleared.
 BOUNCE_FRAME_CS = FLAT_KERNEL_CS & ~3
 VGCF_in_syscall = 1 << 8
+VGCF_i387_valid = 1 << 0             # vcpu_guest_context.flags (arch-x86/xen.h)
+VGCF_in_kernel = 1 << 2
 
 # --- ELF notes (elfnote.h): the note owner is "Xen" ---
 XEN_ELFNOTE_ENTRY = 1
@@ -480,6 +486,18 @@ class EvtchnBindVirq(_Struct):
     _fields_ = [("virq", _u32), ("vcpu", _u32), ("port", _u32)]
 
 
+class EvtchnBindIpi(_Struct):
+    """struct evtchn_bind_ipi (EVTCHNOP_bind_ipi): vcpu in, port out."""
+
+    _fields_ = [("vcpu", _u32), ("port", _u32)]
+
+
+class EvtchnBindVcpu(_Struct):
+    """struct evtchn_bind_vcpu (EVTCHNOP_bind_vcpu): the vCPU a port notifies."""
+
+    _fields_ = [("port", _u32), ("vcpu", _u32)]
+
+
 class EvtchnClose(_Struct):
     """struct evtchn_close (EVTCHNOP_close)."""
 
@@ -604,6 +622,28 @@ class TrapInfo(_Struct):
     bit 2 (TI_GET_IF) masks events on entry; a table ends at the first entry whose address is 0."""
 
     _fields_ = [("vector", _u8), ("flags", _u8), ("cs", _u16), ("address", _u64)]
+
+
+class CpuUserRegs(_Struct):
+    """struct cpu_user_regs (arch-x86/xen-x86_64.h): a vCPU's general registers, as in vcpu_guest_context."""
+
+    _fields_ = [(name, _u64) for name in ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+                                          "rax", "rcx", "rdx", "rsi", "rdi")] + [
+        ("error_code", _u32), ("entry_vector", _u32), ("rip", _u64), ("cs", _u16), ("_pad0", _u16 * 1),
+        ("saved_upcall_mask", _u8), ("_pad1", _u8 * 3), ("rflags", _u64), ("rsp", _u64),
+        ("ss", _u16), ("_pad2", _u16 * 3), ("es", _u16), ("_pad3", _u16 * 3), ("ds", _u16), ("_pad4", _u16 * 3),
+        ("fs", _u16), ("_pad5", _u16 * 3), ("gs", _u16), ("_pad6", _u16 * 3)]
+
+
+class VcpuGuestContext(_Struct):
+    """struct vcpu_guest_context (arch-x86/xen.h, x86_64): a vCPU's initial state for VCPUOP_initialise."""
+
+    _fields_ = [
+        ("fpu_ctxt", _u8 * 512), ("flags", _u64), ("user_regs", CpuUserRegs), ("trap_ctxt", TrapInfo * 256),
+        ("ldt_base", _u64), ("ldt_ents", _u64), ("gdt_frames", _u64 * 16), ("gdt_ents", _u64),
+        ("kernel_ss", _u64), ("kernel_sp", _u64), ("ctrlreg", _u64 * 8), ("debugreg", _u64 * 8),
+        ("event_callback_eip", _u64), ("failsafe_callback_eip", _u64), ("syscall_callback_eip", _u64),
+        ("vm_assist", _u64), ("fs_base", _u64), ("gs_base_kernel", _u64), ("gs_base_user", _u64)]
 
 
 class CallbackUnregister(_Struct):

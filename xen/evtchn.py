@@ -21,11 +21,12 @@ BITS_PER_WORD = 64
 
 @dataclass
 class Binding:
-    """What a port is connected to: ("virq", number), ("backend", device name), ("unbound", remote domid)
-    or ("interdomain", remote domid) with the remote domain's port in `remote_port` (remote domid 0: a
-    dom0 backend in this process, e.g. the PV keyboard's)."""
+    """What a port is connected to: ("virq", number), ("ipi", None), ("backend", device name), ("unbound",
+    remote domid) or ("interdomain", remote domid) with the remote domain's port in `remote_port` (remote
+    domid 0: a dom0 backend in this process, e.g. the PV keyboard's); `vcpu` is the vCPU it notifies (Xen's
+    notify_vcpu_id)."""
     kind: str
-    target: int | str
+    target: int | str | None
     vcpu: int = 0
     remote_port: int = 0
 
@@ -38,9 +39,17 @@ class EventChannels:
         self._shared = shared_info_address
         self.max_ports = max_ports
         self._ports: dict[int, Binding] = {}
-        self._virq_ports: dict[int, int] = {}
+        self._virq_ports: dict[tuple[int, int], int] = {}    # (virq, vcpu) -> port
         self.offers: set[tuple[int, int]] = set()     # (domid, port): unbound ports of other domains, offered to us
-        self.vcpu_info_override: int | None = None    # VCPUOP_register_vcpu_info's machine address
+        self._vcpu_info_overrides: dict[int, int] = {}       # vcpu -> VCPUOP_register_vcpu_info's machine address
+        self.current = 0          # the vCPU on the engine: the default of every per-vCPU call below
+
+    def vcpu_info_override(self, vcpu_id: int) -> int | None:
+        """A vCPU's registered vcpu_info (None: its slot in shared_info)."""
+        return self._vcpu_info_overrides.get(vcpu_id)
+
+    def register_vcpu_info(self, vcpu_id: int, address: int) -> None:
+        self._vcpu_info_overrides[vcpu_id] = address
 
     # ---------------------------------------------------------------- port table
     def allocate(self, binding: Binding, port: int | None = None) -> int:
@@ -49,7 +58,7 @@ class EventChannels:
             port = next(p for p in range(1, self.max_ports) if p not in self._ports)
         self._ports[port] = binding
         if binding.kind == "virq":
-            self._virq_ports[int(binding.target)] = port
+            self._virq_ports[int(binding.target), binding.vcpu] = port
         return port
 
     def has_free_port(self) -> bool:
@@ -58,8 +67,20 @@ class EventChannels:
     def binding(self, port: int) -> Binding | None:
         return self._ports.get(port)
 
-    def port_for_virq(self, virq: int) -> int | None:
-        return self._virq_ports.get(virq)
+    def port_for_virq(self, virq: int, vcpu_id: int = 0) -> int | None:
+        return self._virq_ports.get((virq, vcpu_id))
+
+    def bind_vcpu(self, port: int, vcpu_id: int) -> None:
+        """EVTCHNOP_bind_vcpu: the port notifies `vcpu_id` from now on (the caller checked it may)."""
+        binding = self._ports[port]
+        if binding.kind == "virq":
+            del self._virq_ports[int(binding.target), binding.vcpu]
+            self._virq_ports[int(binding.target), vcpu_id] = port
+        self._ports[port] = replace(binding, vcpu=vcpu_id)
+
+    def notify_vcpu(self, port: int) -> int:
+        binding = self._ports.get(port)
+        return binding.vcpu if binding else 0
 
     def rebind(self, port: int, binding: Binding) -> None:
         """Change what a bound port (not a VIRQ's) is connected to; its vCPU stays."""
@@ -96,7 +117,7 @@ class EventChannels:
     def close(self, port: int) -> None:
         binding = self._ports.pop(port)
         if binding.kind == "virq":
-            del self._virq_ports[int(binding.target)]
+            del self._virq_ports[int(binding.target), binding.vcpu]
 
     def ports(self) -> dict[int, Binding]:
         """Every bound port (a copy)."""
@@ -108,21 +129,27 @@ class EventChannels:
                         if binding.kind == "interdomain" or binding.kind == "unbound")
         return repr((remote, sorted(self.offers))).encode() if remote or self.offers else b""
 
-    def save_state(self) -> tuple[dict[int, Binding], dict[int, int], int | None, frozenset[tuple[int, int]]]:
-        return dict(self._ports), dict(self._virq_ports), self.vcpu_info_override, frozenset(self.offers)
+    def save_state(self) -> tuple:
+        return (dict(self._ports), dict(self._virq_ports), dict(self._vcpu_info_overrides), self.current,
+                frozenset(self.offers))
 
-    def load_state(self, state: tuple[dict[int, Binding], dict[int, int], int | None, frozenset[tuple[int, int]]]) -> None:
+    def load_state(self, state: tuple) -> None:
         self._ports, self._virq_ports = dict(state[0]), dict(state[1])
-        self.vcpu_info_override = state[2]
-        self.offers = set(state[3])
+        self._vcpu_info_overrides, self.current = dict(state[2]), state[3]
+        self.offers = set(state[4])
+
+    def overrides_bytes(self) -> bytes:
+        """The registered vcpu_info addresses of every vCPU, for digests."""
+        return repr(sorted(self._vcpu_info_overrides.items())).encode()
 
     # ---------------------------------------------------------------- bits in shared_info
     def _word_address(self, array_field: str, port: int) -> int:
         return self._shared + getattr(abi.SharedInfo, array_field).offset + (port // BITS_PER_WORD) * 8
 
-    def _vcpu_info(self, vcpu_id: int = 0) -> int:
-        if self.vcpu_info_override is not None:
-            return self.vcpu_info_override
+    def _vcpu_info(self, vcpu_id: int | None = None) -> int:
+        vcpu_id = self.current if vcpu_id is None else vcpu_id
+        if vcpu_id in self._vcpu_info_overrides:
+            return self._vcpu_info_overrides[vcpu_id]
         return self._shared + abi.SharedInfo.vcpu_info.offset + vcpu_id * ctypes.sizeof(abi.VcpuInfo)
 
     def _test_and_set(self, address: int, bit: int) -> bool:
@@ -151,8 +178,7 @@ class EventChannels:
         return self.is_pending(port) and self._raise_selector(port)
 
     def _raise_selector(self, port: int) -> bool:
-        binding = self._ports.get(port)
-        info = self._vcpu_info(binding.vcpu if binding else 0)
+        info = self._vcpu_info(self.notify_vcpu(port))
         selector = info + abi.VcpuInfo.evtchn_pending_sel.offset
         if self._test_and_set(selector, port // BITS_PER_WORD):
             return False
@@ -161,17 +187,17 @@ class EventChannels:
         self._memory.write(pending, b"\1")
         return not already
 
-    # ---------------------------------------------------------------- the vCPU's upcall flags
-    def upcall_pending(self, vcpu_id: int = 0) -> bool:
+    # ---------------------------------------------------------------- a vCPU's upcall flags (default: the current one's)
+    def upcall_pending(self, vcpu_id: int | None = None) -> bool:
         return self._memory.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_pending.offset, 1) != b"\0"
 
-    def upcall_masked(self, vcpu_id: int = 0) -> bool:
+    def upcall_masked(self, vcpu_id: int | None = None) -> bool:
         return self._memory.read(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset, 1) != b"\0"
 
-    def set_upcall_mask(self, masked: bool, vcpu_id: int = 0) -> None:
+    def set_upcall_mask(self, masked: bool, vcpu_id: int | None = None) -> None:
         self._memory.write(self._vcpu_info(vcpu_id) + abi.VcpuInfo.evtchn_upcall_mask.offset,
                          b"\1" if masked else b"\0")
 
-    def vcpu_info_address(self, vcpu_id: int = 0) -> int:
+    def vcpu_info_address(self, vcpu_id: int | None = None) -> int:
         """The machine address of a vCPU's vcpu_info (in shared_info unless the guest registered one)."""
         return self._vcpu_info(vcpu_id)

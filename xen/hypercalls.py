@@ -15,11 +15,12 @@ from xen import abi
 from xen.evtchn import Binding
 from xen.traps import VECTOR_NMI, TrapEntry
 from xen.mm import WRITABLE, MmuError
-from xen.upcall import do_iret
-from xen.vcpu import GuestMemoryError
+from xen.upcall import RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, do_iret
+from xen.vcpu import GuestMemoryError, fresh_cpu_state
 
 if TYPE_CHECKING:
     from xen.domain import Domain
+    from xen.smp import VcpuContext
 
 CONSOLE_CHUNK = 128                      # Xen copies guest console text in chunks like this
 MIN_TIMER_PERIOD_NS = 1_000_000          # Xen refuses periodic timers faster than 1 ms
@@ -74,7 +75,7 @@ def console_io(domain: "Domain", command: int, count: int, buffer: int, *_: int)
 
 def sched_op(domain: "Domain", command: int, argument: int, *_: int) -> int:
     if command == abi.SCHEDOP_yield:
-        domain.yielded = True
+        domain.yield_vcpu()
         return 0
     if command == abi.SCHEDOP_block:
         domain.block()
@@ -135,16 +136,29 @@ def event_channel_op(domain: "Domain", command: int, argument: int, *_: int) -> 
         request = _read(domain, argument, abi.EvtchnBindVirq)
         if request.virq >= abi.NR_VIRQS:
             raise HypercallError(abi.XEN_EINVAL)
-        if request.vcpu != 0:
+        if request.virq not in abi.PER_VCPU_VIRQS and request.vcpu != 0:    # a global VIRQ goes to vCPU 0
+            raise HypercallError(abi.XEN_EINVAL)
+        if request.vcpu >= len(domain.vcpus):
             raise HypercallError(abi.XEN_ENOENT)
-        if events.port_for_virq(request.virq) is not None:
+        if events.port_for_virq(request.virq, request.vcpu) is not None:
             raise HypercallError(abi.XEN_EEXIST)
         if not events.has_free_port():
             raise HypercallError(abi.XEN_ENOSPC)
-        port = events.allocate(Binding("virq", request.virq))
+        port = events.allocate(Binding("virq", request.virq, request.vcpu))
         request.port = port
         _write(domain, argument, bytes(request))
         return 0
+    if command == abi.EVTCHNOP_bind_ipi:
+        request = _read(domain, argument, abi.EvtchnBindIpi)
+        if request.vcpu >= len(domain.vcpus):
+            raise HypercallError(abi.XEN_ENOENT)
+        if not events.has_free_port():
+            raise HypercallError(abi.XEN_ENOSPC)
+        request.port = events.allocate(Binding("ipi", None, request.vcpu))
+        _write(domain, argument, bytes(request))
+        return 0
+    if command == abi.EVTCHNOP_bind_vcpu:
+        return _bind_vcpu(domain, _read(domain, argument, abi.EvtchnBindVcpu))
     if command == abi.EVTCHNOP_alloc_unbound:
         request = _read(domain, argument, abi.EvtchnAllocUnbound)
         if request.dom not in (abi.DOMID_SELF, domain.domid):
@@ -214,6 +228,22 @@ def _bind_interdomain(domain: "Domain", argument: int) -> int:
     return 0
 
 
+def _bind_vcpu(domain: "Domain", request: abi.EvtchnBindVcpu) -> int:
+    """EVTCHNOP_bind_vcpu as event_channel.c evtchn_bind_vcpu: -ENOENT for a vCPU the domain lacks, -EINVAL
+    for a port out of range, closed, an IPI, a per-vCPU VIRQ or a device port Xen's toolstack attached."""
+    events = domain.events
+    if request.vcpu >= len(domain.vcpus):
+        raise HypercallError(abi.XEN_ENOENT)
+    if not 0 < request.port < events.max_ports:
+        raise HypercallError(abi.XEN_EINVAL)
+    binding = events.binding(request.port)
+    if binding is None or binding.kind in ("ipi", "backend") or \
+            binding.kind == "virq" and binding.target in abi.PER_VCPU_VIRQS:
+        raise HypercallError(abi.XEN_EINVAL)
+    events.bind_vcpu(request.port, request.vcpu)
+    return 0
+
+
 def _evtchn_status(domain: "Domain", argument: int) -> int:
     request = _read(domain, argument, abi.EvtchnStatus)
     if request.dom != abi.DOMID_SELF:
@@ -221,9 +251,11 @@ def _evtchn_status(domain: "Domain", argument: int) -> int:
     if not 0 < request.port < domain.events.max_ports:
         raise HypercallError(abi.XEN_EINVAL)
     binding = domain.events.binding(request.port)
-    request.vcpu = 0
+    request.vcpu = 0 if binding is None else binding.vcpu
     if binding is None:
         request.status = abi.EVTCHNSTAT_closed
+    elif binding.kind == "ipi":
+        request.status = abi.EVTCHNSTAT_ipi
     elif binding.kind == "virq":
         request.status = abi.EVTCHNSTAT_virq
         request.u.virq = int(binding.target)
@@ -358,19 +390,35 @@ def set_timer_op(domain: "Domain", deadline: int, *_: int) -> int:
 
 
 def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int) -> int:
-    if vcpu_id != 0:
+    """vcpu_op as xen/arch/x86/domain.c do_vcpu_op and common/domain.c common_vcpu_op: -ENOENT for a vCPU
+    the domain does not have (checked first); the singleshot timer only for the calling vCPU (-EINVAL)."""
+    vcpu_id &= 0xFFFFFFFF
+    if vcpu_id >= len(domain.vcpus):
         raise HypercallError(abi.XEN_ENOENT)
+    target = domain.vcpus[vcpu_id]
+    if command == abi.VCPUOP_initialise:
+        return _initialise_vcpu(domain, vcpu_id, argument)
+    if command == abi.VCPUOP_up:
+        if not target.initialised:
+            raise HypercallError(abi.XEN_EINVAL)
+        domain.vcpu_up(vcpu_id)
+        return 0
+    if command == abi.VCPUOP_down:
+        domain.vcpu_down(vcpu_id)
+        return 0
     if command == abi.VCPUOP_is_up:
-        return 1
+        return int(target.up)
     if command == abi.VCPUOP_set_periodic_timer:
         period = _read(domain, argument, abi.VcpuSetPeriodicTimer).period_ns
         if period < MIN_TIMER_PERIOD_NS:
             raise HypercallError(abi.XEN_EINVAL)
-        domain.time.set_periodic(period)
+        domain.time.set_periodic(period, vcpu_id)
         return 0
     if command == abi.VCPUOP_stop_periodic_timer:
-        domain.time.set_periodic(None)
+        domain.time.set_periodic(None, vcpu_id)
         return 0
+    if command in (abi.VCPUOP_set_singleshot_timer, abi.VCPUOP_stop_singleshot_timer) and vcpu_id != domain.current:
+        raise HypercallError(abi.XEN_EINVAL)
     if command == abi.VCPUOP_set_singleshot_timer:
         request = _read(domain, argument, abi.VcpuSetSingleshotTimer)
         if request.flags & abi.VCPU_SSHOTTMR_future and request.timeout_abs_ns < domain.time.now():
@@ -382,41 +430,88 @@ def vcpu_op(domain: "Domain", command: int, vcpu_id: int, argument: int, *_: int
         domain.time.set_singleshot(None)
         return 0
     if command == abi.VCPUOP_get_runstate_info:
-        _write(domain, argument, bytes(domain.runstate.info(domain.time.now())))
+        _write(domain, argument, bytes(target.runstate.info(domain.time.now())))
         return 0
     if command == abi.VCPUOP_register_runstate_memory_area:
-        return _register_runstate_area(domain, _read(domain, argument, abi.VcpuRegisterRunstateMemoryArea).addr.p)
+        return _register_runstate_area(domain, target,
+                                       _read(domain, argument, abi.VcpuRegisterRunstateMemoryArea).addr.p)
     if command == abi.VCPUOP_register_vcpu_info:
-        return _register_vcpu_info(domain, _read(domain, argument, abi.VcpuRegisterVcpuInfo))
+        return _register_vcpu_info(domain, vcpu_id, _read(domain, argument, abi.VcpuRegisterVcpuInfo))
     raise HypercallError(abi.XEN_ENOSYS)
 
 
-def _register_runstate_area(domain: "Domain", address: int) -> int:
+MAX_LDT_ENTRIES = 8192                   # arch_set_info_guest's LDT check
+MAX_GDT_ENTRIES = 16 * 512               # vcpu_guest_context.gdt_frames[16], 512 descriptors a frame
+
+
+def _initialise_vcpu(domain: "Domain", vcpu_id: int, argument: int) -> int:
+    """VCPUOP_initialise as default_initialise_vcpu and arch_set_info_guest for a 64-bit PV vCPU: the
+    context is copied first (-EFAULT), an initialised vCPU refuses (-EEXIST), then -EINVAL for debug
+    registers 6/7 above 32 bits, a non-canonical rip, rsp, kernel_sp, segment base, callback or trap
+    handler, a misaligned LDT or one of more than 8192 entries, a GDT of more than 16 frames, or user
+    mode without a user page table. Registers as Xen loads them: IOPL cleared, IF set. xenrr runs every
+    vCPU on one address space and one GDT (docs/architecture.md): a context naming another L4 base or
+    GDT than the domain's current ones is -EINVAL."""
+    context = _read(domain, argument, abi.VcpuGuestContext)
+    if domain.vcpus[vcpu_id].initialised:
+        raise HypercallError(abi.XEN_EEXIST)
+    regs = context.user_regs
+    if context.debugreg[6] >> 32 or context.debugreg[7] >> 32:
+        raise HypercallError(abi.XEN_EINVAL)
+    addresses = [regs.rip, regs.rsp, context.kernel_sp, context.fs_base, context.gs_base_kernel, context.gs_base_user,
+                 context.event_callback_eip, context.syscall_callback_eip, context.failsafe_callback_eip]
+    addresses += [context.ldt_base] if context.ldt_ents else []
+    addresses += [entry.address for entry in context.trap_ctxt]
+    if not all(_is_canonical(address) for address in addresses):
+        raise HypercallError(abi.XEN_EINVAL)
+    if context.ldt_base % abi.PAGE_SIZE or context.ldt_ents > MAX_LDT_ENTRIES or context.gdt_ents > MAX_GDT_ENTRIES:
+        raise HypercallError(abi.XEN_EINVAL)
+    if not context.flags & abi.VGCF_in_kernel and not context.ctrlreg[1]:
+        raise HypercallError(abi.XEN_EINVAL)
+    memory = domain.memory
+    gdt = tuple(context.gdt_frames[:len(memory.gdt)]) if context.gdt_ents else ()
+    if context.ctrlreg[3] >> 12 != memory.cr3 or \
+            (context.gdt_ents and (context.gdt_ents, gdt) != (memory.gdt_entries, memory.gdt)):
+        raise HypercallError(abi.XEN_EINVAL)
+    names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp") + tuple(f"r{n}" for n in range(8, 16))
+    registers = {name: getattr(regs, name) for name in names}
+    registers["rflags"] = (regs.rflags & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 0x2
+    registers["fs_base"], registers["gs_base"] = context.fs_base, context.gs_base_kernel
+    traps = [TrapEntry(entry.vector, entry.flags, entry.cs, entry.address)
+             for entry in context.trap_ctxt if entry.address]
+    domain.initialise_vcpu(vcpu_id, fresh_cpu_state(registers, regs.rip, domain.vcpu.icount),
+                           event_callback=context.event_callback_eip, failsafe_callback=context.failsafe_callback_eip,
+                           traps=traps, gs_base_user=context.gs_base_user,
+                           kernel_stack=(context.kernel_ss, context.kernel_sp))
+    return 0
+
+
+def _register_runstate_area(domain: "Domain", target: "VcpuContext", address: int) -> int:
     """common/domain.c VCPUOP_register_runstate_memory_area: only guest_handle_okay can fail it
     (-EFAULT); the area is copied at once and on every runstate change, a failed copy ignored;
     address 0 unregisters."""
     size = ctypes.sizeof(abi.VcpuRunstateInfo)
     if not (_address_ok(address) and _address_ok(address + size)):
         raise HypercallError(abi.XEN_EFAULT)
-    domain.runstate.area = address
-    domain.runstate.publish(domain.time.now(), domain.copy_runstate)
+    target.runstate.area = address
+    target.runstate.publish(domain.time.now(), domain.copy_runstate)
     return 0
 
 
-def _register_vcpu_info(domain: "Domain", request: abi.VcpuRegisterVcpuInfo) -> int:
+def _register_vcpu_info(domain: "Domain", vcpu_id: int, request: abi.VcpuRegisterVcpuInfo) -> int:
     """common/domain.c map_vcpu_info: -EINVAL when the vcpu_info would cross the page, is not 8-byte
     aligned, was registered already, or the frame is not a writable page of the domain's (the frame
     keeps that writable type reference for good, as in Xen)."""
     offset = request.offset
     if offset > abi.PAGE_SIZE - ctypes.sizeof(abi.VcpuInfo) or offset % 8:
         raise HypercallError(abi.XEN_EINVAL)
-    if domain.events.vcpu_info_override is not None:
+    if domain.events.vcpu_info_override(vcpu_id) is not None:
         raise HypercallError(abi.XEN_EINVAL)
     try:
         domain.memory.get_type(request.mfn, WRITABLE)
     except MmuError:
         raise HypercallError(abi.XEN_EINVAL) from None
-    domain.move_vcpu_info(request.mfn * abi.PAGE_SIZE + offset)
+    domain.move_vcpu_info(vcpu_id, request.mfn * abi.PAGE_SIZE + offset)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Every nondeterministic input - console bytes written into the ring, PV keyboard events put on its
 ring, timer interrupts, the time values in vcpu_time_info, rdrand values, what other domains do to
-event channels with this one - is an `Injection` (kind, vcpu, icount, rip, payload) applied by
+event channels with this one - is an `Injection` (kind, vcpu, icount, rip, payload: `vcpu` is the vCPU
+on the engine when it arrived, whose rip it names) applied by
 `Funnel.inject` (live and record) or `Funnel.replay` (from a log). A new device or event
 type adds a `Kind` and one handler in `Funnel._handlers`, never a second path.
 
@@ -158,10 +159,11 @@ class Funnel:
             Kind.KEYBOARD: self._keyboard,
         }
 
-    def inject(self, kind: Kind, payload: bytes, vcpu_id: int = 0) -> Injection:
-        """Live/record: apply an input now, at the vCPU's current instruction count."""
+    def inject(self, kind: Kind, payload: bytes) -> Injection:
+        """Live/record: apply an input now, at the domain's current instruction count, stamped with the
+        vCPU on the engine (whose rip it names: replay checks both)."""
         vcpu = self._domain.vcpu
-        injection = Injection(int(kind), vcpu_id, vcpu.icount, vcpu.pc, bytes(payload))
+        injection = Injection(int(kind), self._domain.current, vcpu.icount, vcpu.pc, bytes(payload))
         if self.sink is not None:
             self.sink.append(injection)
         self._apply(injection)
@@ -172,23 +174,25 @@ class Funnel:
         if self.sink is not None:
             vcpu = self._domain.vcpu
             digest = self._domain.digest(with_memory)
-            self.sink.append(Injection(KIND_DIGEST, 0, vcpu.icount, vcpu.pc, digest.to_bytes()))
+            self.sink.append(Injection(KIND_DIGEST, self._domain.current, vcpu.icount, vcpu.pc, digest.to_bytes()))
 
     def log_end(self, outcome: str) -> None:
         """Record mode: the last record - the final full digest and how the run ended."""
         if self.sink is not None:
             vcpu = self._domain.vcpu
             payload = end_payload(self._domain.digest(with_memory=True, in_clear=True), outcome)
-            self.sink.append(Injection(KIND_END, 0, vcpu.icount, vcpu.pc, payload))
+            self.sink.append(Injection(KIND_END, self._domain.current, vcpu.icount, vcpu.pc, payload))
 
     def replay(self, injection: Injection) -> None:
         """Replay: apply a logged input; the vCPU must have been run to exactly its icount."""
-        vcpu = self._domain.vcpu
-        if vcpu.icount != injection.icount or vcpu.pc != injection.rip:
+        vcpu, current = self._domain.vcpu, self._domain.current
+        if vcpu.icount != injection.icount or vcpu.pc != injection.rip or current != injection.vcpu:
+            on = f" on vCPU {injection.vcpu}" if len(self._domain.vcpus) > 1 else ""
+            now_on = f" on vCPU {current}" if len(self._domain.vcpus) > 1 else ""
             raise ReplayDivergence(
                 f"input {kind_name(injection.kind)}"
-                f" logged at icount {injection.icount} rip {injection.rip:#x}, "
-                f"but replay is at icount {vcpu.icount} rip {vcpu.pc:#x}")
+                f" logged at icount {injection.icount} rip {injection.rip:#x}{on}, "
+                f"but replay is at icount {vcpu.icount} rip {vcpu.pc:#x}{now_on}")
         self._apply(injection)
 
     def _apply(self, injection: Injection) -> None:

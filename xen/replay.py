@@ -132,7 +132,7 @@ class Replayer:
                 if vcpu.pc in vcpu.breakpoints and self.mark != start:
                     return ReplayStop("debug", self.mark, Exit(ExitReason.BREAKPOINT, vcpu.icount, vcpu.pc))
                 target = min(target, vcpu.icount + DEBUG_CHUNK)
-            exit = vcpu.run(target)
+            exit = domain.run(target)
             if exit.reason == ExitReason.LIMIT and vcpu.icount < record.icount and interrupted is not None \
                     and interrupted():
                 return ReplayStop("interrupted", self.mark)

@@ -208,7 +208,7 @@ class Scheduler:
                 if ended is not None:
                     return ended
                 continue
-            exit = vcpu.run(self._slice_target())
+            exit = domain.run(self._slice_target())
             ended = None
             if exit.reason == ExitReason.RANDOM:
                 value = self._random.getrandbits(64) if self.virtual else int.from_bytes(os.urandom(8), "little")
@@ -275,9 +275,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- polling guests
     def _activity(self) -> tuple[int, ...]:
-        """What a polling guest changes when it does something: its hypercall count (yields aside)
-        and the ring indices only it moves."""
-        return (self._hypercalls, *self.domain.console.guest_indices())
+        """What a polling guest changes when it does something: its hypercall count (yields aside),
+        the ring indices only it moves, and its vCPU switches (another vCPU ran: not idle)."""
+        return (self._hypercalls, self.domain.switches, *self.domain.console.guest_indices())
 
     def _yield_point(self) -> Outcome | None:
         """SCHEDOP_yield: idle when nothing was done since the previous yield; otherwise the real

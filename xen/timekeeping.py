@@ -1,4 +1,4 @@
-"""Guest time: the published vcpu_time_info, and the vCPU's one-shot and periodic timers.
+"""Guest time: the published vcpu_time_info, and each vCPU's one-shot and periodic timers.
 
 Owns the guest's notion of "now". The vCPU's TSC is its instruction count (xen/vcpu.py); a time base
 publishes (system_time, tsc_timestamp, tsc_to_system_mul, tsc_shift) exactly as Xen does, and the
@@ -85,18 +85,36 @@ class TimerState:
 
 
 class GuestTime:
-    """The time base published in vcpu_info.time, and the timers that run on it."""
+    """The time base published in every vCPU's vcpu_info.time, and each vCPU's timers.
+
+    Time is the domain's: the TSC is the domain's instruction count (all vCPUs share the one engine),
+    so one base serves every vCPU. Timers are per vCPU; the calls that arm them act on `current`,
+    the vCPU on the engine (the one making the hypercall), which the domain keeps up to date."""
 
     def __init__(self, vcpu: VCpu, time_info_address: int):
         self._vcpu = vcpu
-        self._address = time_info_address
+        self._addresses = [time_info_address]
         self.base_ns = 0
         self.base_icount = 0
         self.scale = ONE_NS_PER_TICK
-        self.timers = TimerState()
+        self._timers = [TimerState()]
+        self.current = 0
+
+    def add_vcpu(self, time_info_address: int) -> None:
+        """One more vCPU (the domain builds all of them before the guest runs): its time info address."""
+        self._addresses.append(time_info_address)
+        self._timers.append(TimerState())
+
+    @property
+    def timers(self) -> TimerState:
+        """The current vCPU's timers."""
+        return self._timers[self.current]
+
+    def timers_of(self, vcpu_id: int) -> TimerState:
+        return self._timers[vcpu_id]
 
     def now(self) -> int:
-        """Guest system time (ns) at the vCPU's current instruction count."""
+        """Guest system time (ns) at the domain's current instruction count."""
         return self.base_ns + self.scale.ns(self._vcpu.icount - self.base_icount)
 
     def icount_at(self, guest_ns: int) -> int:
@@ -104,67 +122,85 @@ class GuestTime:
         return self.base_icount + self.scale.ticks_until(max(0, guest_ns - self.base_ns))
 
     def publish(self, base: TimeBase) -> None:
-        """Write a new time base into vcpu_time_info, with Xen's odd/even version protocol."""
-        fields = abi.VcpuTimeInfo
-        version_address = self._address + fields.version.offset
-        version = int.from_bytes(self._vcpu.machine.read(version_address, 4), "little")
-        self._vcpu.machine.write(version_address, ((version + 1) | 1).to_bytes(4, "little"))
+        """Write a new time base into every vCPU's vcpu_time_info, with Xen's odd/even version protocol."""
         self.base_ns = base.system_time
         self.base_icount = self._vcpu.icount
         self.scale = base.scale
+        for address in self._addresses:
+            self._write_time_info(address, base)
+
+    def _write_time_info(self, address: int, base: TimeBase) -> None:
+        fields = abi.VcpuTimeInfo
+        version_address = address + fields.version.offset
+        version = int.from_bytes(self._vcpu.machine.read(version_address, 4), "little")
+        self._vcpu.machine.write(version_address, ((version + 1) | 1).to_bytes(4, "little"))
         info = fields(version=(version + 1) | 1, tsc_timestamp=self.base_icount, system_time=base.system_time,
                       tsc_to_system_mul=base.scale.mul, tsc_shift=base.scale.shift)
-        self._vcpu.machine.write(self._address, bytes(info))
+        self._vcpu.machine.write(address, bytes(info))
         self._vcpu.machine.write(version_address, (((version + 1) | 1) + 1).to_bytes(4, "little"))
 
-    def move(self, time_info_address: int) -> None:
-        """The vcpu_info moved (VCPUOP_register_vcpu_info): publish there from now on, at once as
+    def move(self, time_info_address: int, vcpu_id: int) -> None:
+        """A vCPU's vcpu_info moved (VCPUOP_register_vcpu_info): publish there from now on, at once as
         Xen's force_update_vcpu_system_time does."""
-        self._address = time_info_address
+        self._addresses[vcpu_id] = time_info_address
         self.publish(TimeBase(self.now(), self.scale))
 
     def save_state(self) -> tuple:
-        return self.base_ns, self.base_icount, self.scale, TimerState(**vars(self.timers)), self._address
+        return (self.base_ns, self.base_icount, self.scale, tuple(TimerState(**vars(t)) for t in self._timers),
+                tuple(self._addresses), self.current)
 
     def load_state(self, state: tuple) -> None:
-        self.base_ns, self.base_icount, self.scale, timers, self._address = state
-        self.timers = TimerState(**vars(timers))
+        self.base_ns, self.base_icount, self.scale, timers, addresses, self.current = state
+        self._timers = [TimerState(**vars(timer)) for timer in timers]
+        self._addresses = list(addresses)
+
+    def state_bytes(self) -> bytes:
+        """The timers of every vCPU but the first, for digests (the first's are covered as before)."""
+        return repr([vars(timer) for timer in self._timers[1:]]).encode()
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> int | None:
-        armed = [d for d in (self.timers.singleshot, self.timers.periodic_next, self.timers.poll_timeout)
+        armed = [d for timers in self._timers for d in (timers.singleshot, timers.periodic_next, timers.poll_timeout)
                  if d is not None]
         return min(armed) if armed else None
 
     def set_singleshot(self, deadline: int | None) -> None:
         self.timers.singleshot = deadline
 
-    def set_periodic(self, period: int | None) -> None:
+    def set_periodic(self, period: int | None, vcpu_id: int | None = None) -> None:
+        timers = self.timers if vcpu_id is None else self._timers[vcpu_id]
         if period is None:
-            self.timers.period, self.timers.periodic_next = 0, None
+            timers.period, timers.periodic_next = 0, None
         else:
-            self.timers.period, self.timers.periodic_next = period, self.now() + period
+            timers.period, timers.periodic_next = period, self.now() + period
 
-    def set_poll_timeout(self, deadline: int | None) -> None:
-        self.timers.poll_timeout = deadline
+    def set_poll_timeout(self, deadline: int | None, vcpu_id: int | None = None) -> None:
+        (self.timers if vcpu_id is None else self._timers[vcpu_id]).poll_timeout = deadline
 
-    def expire_poll(self, now: int) -> bool:
-        """Retire the poll timeout if due at `now`; True when it fired (the poller then wakes)."""
-        if self.timers.poll_timeout is None or self.timers.poll_timeout > now:
-            return False
-        self.timers.poll_timeout = None
-        return True
-
-    def expire(self, now: int) -> bool:
-        """Retire every timer due at `now`; True when any fired (VIRQ_TIMER is then raised by the caller)."""
-        fired = False
-        if self.timers.singleshot is not None and self.timers.singleshot <= now:
-            self.timers.singleshot = None
-            fired = True
-        if self.timers.periodic_next is not None and self.timers.periodic_next <= now:
-            next_deadline = self.timers.periodic_next + self.timers.period
-            if next_deadline <= now:            # missed ticks are dropped, as Xen does
-                next_deadline = now + self.timers.period
-            self.timers.periodic_next = next_deadline
-            fired = True
+    def expire_poll(self, now: int) -> list[int]:
+        """Retire the poll timeouts due at `now`; the vCPUs whose timeout fired (they then wake)."""
+        fired = []
+        for vcpu_id, timers in enumerate(self._timers):
+            if timers.poll_timeout is not None and timers.poll_timeout <= now:
+                timers.poll_timeout = None
+                fired.append(vcpu_id)
         return fired
+
+    def expire(self, now: int) -> list[int]:
+        """Retire every timer due at `now`; the vCPUs any of whose timers fired (the caller raises
+        their VIRQ_TIMER)."""
+        return [vcpu_id for vcpu_id, timers in enumerate(self._timers) if _expire(timers, now)]
+
+
+def _expire(timers: TimerState, now: int) -> bool:
+    fired = False
+    if timers.singleshot is not None and timers.singleshot <= now:
+        timers.singleshot = None
+        fired = True
+    if timers.periodic_next is not None and timers.periodic_next <= now:
+        next_deadline = timers.periodic_next + timers.period
+        if next_deadline <= now:            # missed ticks are dropped, as Xen does
+            next_deadline = now + timers.period
+        timers.periodic_next = next_deadline
+        fired = True
+    return fired

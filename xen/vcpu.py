@@ -208,6 +208,55 @@ class CpuState:
     icount: int
 
 
+def fresh_cpu_state(registers: dict[str, int], pc: int, icount: int = 0) -> CpuState:
+    """The registers of a vCPU that has not run yet (VCPUOP_initialise): the named GPRs, `rflags`,
+    `fs_base` and `gs_base` as given, the rest at their reset values (MXCSR, x87 control and tag words)."""
+    values = {name: 0 for name in _STATE_REGISTERS}
+    values.update(MXCSR=MXCSR_RESET, FPUControlWord=FCW_RESET, FPUTagWord=0xFFFF)
+    for name, value in registers.items():
+        if name == "rflags":
+            values.update({flag: (value >> bit) & 1 for flag, bit in _FLAG_BITS})
+        elif name in ("fs_base", "gs_base"):
+            values[name[:2].upper() + "_OFFSET"] = value
+        else:
+            values[name.upper()] = value
+    return CpuState(tuple(values[name] for name in _STATE_REGISTERS), pc, icount)
+
+
+def cpu_state_register(state: CpuState, name: str) -> int:
+    """One register of a saved vCPU state, by the names `VCpu.reg` takes (GPRs, rip, rflags, fs_base,
+    gs_base, mxcsr, xmmN): how a debugger reads a vCPU that is not on the engine."""
+    name = name.lower()
+    values = dict(zip(_STATE_REGISTERS, state.registers))
+    if name == "rip":
+        return state.pc
+    if name in ("rflags", "eflags"):
+        return RFLAGS_RESERVED_ONE | sum((values[flag] & 1) << bit for flag, bit in _FLAG_BITS)
+    if name in ("fs_base", "gs_base"):
+        return values[name[:2].upper() + "_OFFSET"]
+    if name.startswith("xmm"):
+        return values[f"{name.upper()}_Qa"] | (values[f"{name.upper()}_Qb"] << 64)
+    return values[name.upper()]
+
+
+def cpu_state_with(state: CpuState, name: str, value: int) -> CpuState:
+    """`state` with one register (named as for `cpu_state_register`) changed: a debugger's write to a
+    vCPU that is not on the engine."""
+    name = name.lower()
+    if name == "rip":
+        return CpuState(state.registers, value, state.icount)
+    values = dict(zip(_STATE_REGISTERS, state.registers))
+    if name in ("rflags", "eflags"):
+        values.update({flag: (value >> bit) & 1 for flag, bit in _FLAG_BITS})
+    elif name in ("fs_base", "gs_base"):
+        values[name[:2].upper() + "_OFFSET"] = value
+    elif name.startswith("xmm"):
+        values[f"{name.upper()}_Qa"], values[f"{name.upper()}_Qb"] = value & (2**64 - 1), value >> 64
+    else:
+        values[name.upper()] = value
+    return CpuState(tuple(values[key] for key in _STATE_REGISTERS), state.pc, state.icount)
+
+
 # --------------------------------------------------------------------------- the vCPU
 
 # CPUID as documented in docs/engine.md: a fixed, honest description of what the patched engine runs.
@@ -850,6 +899,19 @@ class VCpu:
         self._vm.icount = state.icount
         self._pending_random = None
         self._vm.pc = state.pc
+
+    def switch_registers(self, state: CpuState) -> CpuState:
+        """An SMP context switch: put another vCPU's registers on this engine and return the ones it
+        held. The instruction count stays: it counts the domain's instructions, every vCPU's together
+        (xen/smp.py). Translated code is keyed by address over the one shared memory, so it stays valid."""
+        if self._pending_random is not None:
+            raise EngineError("rdrand/rdseed exit not answered: call finish_random() before switching vCPUs")
+        outgoing = self.save_cpu()
+        write = self._vm.reg_write
+        for name, value in zip(_STATE_REGISTERS, state.registers):
+            write(name, value)
+        self._vm.pc = state.pc
+        return outgoing
 
     # ---------------------------------------------------------------- breakpoints and watches
     def add_breakpoint(self, address: int) -> None:

@@ -72,7 +72,7 @@ def test_cpus_list_is_per_vcpu():
     ('name = "d"\nkernel = "/k"\ncpus = "0,^0"\n', "dom.cfg:3: cpus: '0,^0' leaves no CPU"),
     ('name = "d"\nkernel = "/k"\non_crash = "coredump-destroy"\n', "dom.cfg:3: on_crash = 'coredump-destroy' is an xl action"),
     ('name = "d"\nkernel = "/k"\non_poweroff = "explode"\n', "dom.cfg:3: on_poweroff must be one of destroy, restart, preserve"),
-    ('name = "d"\nkernel = "/k"\nvcpus = 2\n', "dom.cfg:3: vcpus must be between 1 and 1 (SMP domains are not supported yet)"),
+    ('name = "d"\nkernel = "/k"\nvcpus = 33\n', "dom.cfg:3: vcpus must be between 1 and 32, not 33"),
     ('name = "d"\nkernel = "/k"\nname = ["a"]\n', "dom.cfg:3: name must be a single value, not a list"),
     ('kernel = "/k"\n', "dom.cfg: no name = ... setting"),
     ('name = "d"\n\nkernel = "/k\n', "dom.cfg:3: config parsing error near `\"/k': syntax error"),
