@@ -79,7 +79,7 @@ class DomainState:
 
 _SAVED_FIELDS = ("_ended", "shutdown_reason", "crash_report", "vm_assist", "_free_extra_frames", "iopl",
                  "io_bitmap", "pirq_eoi_frame", "pirq_auto_unmask", "pirqs", "vcpus", "current", "quantum_end",
-                 "_preempted", "switches", "yielded")
+                 "_preempted", "switches", "yielded", "ran")
 
 
 def _current_vcpus(name: str, doc: str) -> property:

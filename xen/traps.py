@@ -13,7 +13,7 @@ a frame that cannot be written is the guest's fault (GuestFault: the domain cras
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xen import abi
 from xen.evtchn import EventChannels
@@ -46,11 +46,11 @@ class TrapEntry:
     address: int
 
 
+@dataclass
 class TrapTable:
-    """The guest's virtual IDT: vector -> TrapEntry. An absent vector has no handler."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, TrapEntry] = {}
+    """The guest's virtual IDT: vector -> TrapEntry. An absent vector has no handler. A dataclass: each
+    vCPU's is part of the checkpointed and snapshotted domain state (xen/smp.py), compared by its entries."""
+    _entries: dict[int, TrapEntry] = field(default_factory=dict)
 
     def set(self, entry: TrapEntry) -> None:
         self._entries[entry.vector] = entry

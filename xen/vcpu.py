@@ -225,18 +225,37 @@ def fresh_cpu_state(registers: dict[str, int], pc: int, icount: int = 0) -> CpuS
 
 def cpu_state_register(state: CpuState, name: str) -> int:
     """One register of a saved vCPU state, by the names `VCpu.reg` takes (GPRs, rip, rflags, fs_base,
-    gs_base, mxcsr, xmmN): how a debugger reads a vCPU that is not on the engine."""
+    gs_base, mxcsr, xmmN, stN and the engine's x87 names): how a debugger reads a vCPU that is not on
+    the engine."""
     name = name.lower()
-    values = dict(zip(_STATE_REGISTERS, state.registers))
+    values = {key.lower(): value for key, value in zip(_STATE_REGISTERS, state.registers)}
     if name == "rip":
         return state.pc
     if name in ("rflags", "eflags"):
-        return RFLAGS_RESERVED_ONE | sum((values[flag] & 1) << bit for flag, bit in _FLAG_BITS)
+        return RFLAGS_RESERVED_ONE | sum((values[flag.lower()] & 1) << bit for flag, bit in _FLAG_BITS)
     if name in ("fs_base", "gs_base"):
-        return values[name[:2].upper() + "_OFFSET"]
+        return values[name[:2] + "_offset"]
     if name.startswith("xmm"):
-        return values[f"{name.upper()}_Qa"] | (values[f"{name.upper()}_Qb"] << 64)
-    return values[name.upper()]
+        return values[f"{name}_qa"] | (values[f"{name}_qb"] << 64)
+    return values[name]
+
+
+class SavedCpu:
+    """A read-only view of a saved vCPU state with the reading half of `VCpu`'s register interface
+    (`reg`, `pc`, `rflags`, `icount`): a debugger shows a vCPU that waits off the engine through it."""
+
+    def __init__(self, state: CpuState):
+        self.state = state
+
+    def reg(self, name: str) -> int:
+        return cpu_state_register(self.state, name)
+
+    @property
+    def pc(self) -> int:
+        return self.state.pc
+
+    def rflags(self) -> int:
+        return cpu_state_register(self.state, "rflags")
 
 
 def cpu_state_with(state: CpuState, name: str, value: int) -> CpuState:
@@ -908,8 +927,9 @@ class VCpu:
             raise EngineError("rdrand/rdseed exit not answered: call finish_random() before switching vCPUs")
         outgoing = self.save_cpu()
         write = self._vm.reg_write
-        for name, value in zip(_STATE_REGISTERS, state.registers):
-            write(name, value)
+        for name, old, new in zip(_STATE_REGISTERS, outgoing.registers, state.registers):
+            if old != new:           # most registers (x87, SSE, flags) often match: each write is an FFI call
+                write(name, new)
         self._vm.pc = state.pc
         return outgoing
 

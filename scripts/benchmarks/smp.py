@@ -24,8 +24,8 @@ from xen.sched import Scheduler
 
 KBDSHELL = Path(__file__).resolve().parents[2] / "guests" / "kbdshell" / "kbdshell.elf"
 MEMORY_BYTES = 16 * 1024 * 1024
-ITERATIONS = {False: 400_000, True: 20_000}            # par N / bench N, by `quick`
-BENCH_ITERATIONS = {False: 2_000_000, True: 100_000}   # bench runs ~6x fewer instructions per iteration
+ITERATIONS = {False: 1_000_000, True: 200_000}         # par N, by `quick`
+BENCH_ITERATIONS = {False: 10_000_000, True: 2_000_000}  # bench N: ~ as many instructions as par N
 REPEATS = {False: 3, True: 1}
 QUANTA = (1_000, 10_000, 100_000, 1_000_000)
 RACE_QUANTA = (1_000, 3_000, 10_000, 30_000, 100_000, 300_000)
