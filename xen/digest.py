@@ -111,7 +111,7 @@ class _MemoryHasher:
     pages written since the last digest (the vCPU's dirty tracking), combined into one hash."""
 
     def __init__(self, vcpu: VCpu, all_zero: bool):
-        self._generation = vcpu.track_dirty_pages()
+        self._generation = vcpu.track_dirty_pages(memory_is_zero=all_zero)
         if all_zero:
             self._pages = [_ZERO_PAGE_HASH] * vcpu.frame_count
         else:

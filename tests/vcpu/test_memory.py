@@ -128,3 +128,24 @@ def test_a_mapping_change_undone_still_counts_as_a_change():
     assert vcpu.mapping_changes > changes
     vcpu.map_page(0x10000, 1, writable=True)         # the same mapping again changes nothing
     assert vcpu.mapping_changes == changes + 4
+
+
+def test_a_discard_of_translations_keeps_every_frame_written_since_memory_was_zero(tmp_path):
+    """With dirty tracking begun on all-zero memory (a new domain), a discard of translated code reads
+    back only the frames noted as written: a guest store, a hypervisor write, and nothing else lost."""
+    vcpu = VCpu(8)
+    vcpu.track_dirty_pages(memory_is_zero=True)
+    store = assemble(tmp_path, f"movabs $0x1122334455667788, %rax; movq %rax, {CODE + 3 * 4096 + 0x40}; "
+                               "mov $1, %eax; syscall")
+    vcpu.write_frame(0, store.ljust(4096, b"\x90"))
+    vcpu.write_frame(1, assemble(tmp_path, "mov $7, %eax; syscall").ljust(4096, b"\x90"))
+    for frame in range(8):
+        vcpu.map_page(CODE + frame * 4096, frame, writable=frame >= 2)
+    vcpu.write_frame_bytes(5, 0x80, b"hypervisor")
+    assert run_to_hypercall(vcpu, CODE) == 1                     # the guest's store into frame 3
+    vcpu.unmap_page(CODE + 4096)
+    vcpu.map_page(CODE, 1, writable=False)                       # code remapped: its translations go
+    assert run_to_hypercall(vcpu, CODE) == 7
+    assert vcpu.read(CODE + 3 * 4096 + 0x40, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert vcpu.read_frame_bytes(5, 0x80, 10) == b"hypervisor"
+    assert all(vcpu.read_frame(frame) == bytes(4096) for frame in (2, 4, 6, 7))
