@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--snapshot-every", metavar="SECONDS|INSTRUCTIONS",
                         help="store a full-state snapshot every INSTRUCTIONS guest instructions (e.g. 1e8) or every "
                              "SECONDS of recording (e.g. 2s) in SESSION.snap beside the log, so that replay --from, "
-                             "--jobs and goto start from the nearest one; 0: none (default: every 2^27 instructions)")
+                             "--jobs and goto start from the nearest one; 0: none (default: every 2^28 instructions)")
     _add_input_options(record)
 
     replay = commands.add_parser(

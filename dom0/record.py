@@ -157,6 +157,7 @@ class RecordResult:
     snapshot_bytes: int = 0
     snapshot_problem: str | None = None      # why snapshots stopped being written (the log is whole)
     snapshot_capture_seconds: float = 0.0    # what the guest waited for snapshots (their capture)
+    snapshot_write_cpu_seconds: float = 0.0  # CPU time of the snapshot thread (compressing, writing)
 
 
 class Recording:
@@ -258,7 +259,8 @@ def record(domain: Domain, guest: Path, console_input: ConsoleInput, path: Path,
     snapshots = recording.snapshots
     return RecordResult(outcome, recording.sink.records, path, 0 if snapshots is None else snapshots.taken,
                         0 if snapshots is None else snapshots.bytes_written, recording.snapshot_problem,
-                        0.0 if snapshots is None else snapshots.capture_seconds)
+                        0.0 if snapshots is None else snapshots.capture_seconds,
+                        0.0 if snapshots is None else snapshots.write_cpu_seconds)
 
 
 def _records_in_file(path: Path) -> str:
