@@ -8,6 +8,8 @@ Owns three measurements on kbdshell running `bench N` under the virtual clock (o
   cost measured exactly - the capture the guest waits for plus the snapshot thread's CPU time - as a
   fraction of the recording's wall time; what the snapshots cost in bytes per second of recording and
   per 10^9 instructions;
+- goto from a cold session, in process: a new ReplaySession (engine created, domain built) and Timeline
+  with the stored snapshots, sent to event E: everything but the interpreter's start-up and imports;
 - goto from a cold start: `xenrr replay --from E --until-event E` as a fresh process (interpreter
   start-up, imports, domain build, nearest snapshot restored and checked, replay to E), to events
   spread over the recording, with the snapshots (median of GOTO_REPEATS) and without them (the log
@@ -65,6 +67,19 @@ def _cli_seconds(*args: str) -> float:
     return time.perf_counter() - started
 
 
+def _session_goto_seconds(log: Path, event_number: int, stored: bool) -> float:
+    """A cold session (new engine, domain built) and timeline sent to just before event `event_number`."""
+    from stub.timeline import Timeline
+
+    started = time.perf_counter()
+    session = ReplaySession(log)
+    timeline = Timeline(session, stored=SnapshotFile.beside(log, lambda message: None) if stored else None)
+    timeline.goto_event(event_number)
+    seconds = time.perf_counter() - started
+    session.close()
+    return seconds
+
+
 def _header_seconds(snapshots: Path) -> float:
     """What indexing one entry of the companion file costs (opening it, per entry)."""
     times = []
@@ -106,8 +121,14 @@ def run(quick: bool) -> dict:
             without = statistics.median(
                 _cli_seconds("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number),
                              str(bare / log.name)) for _ in range(repeats))
+            in_process = statistics.median(_session_goto_seconds(log, event.number, True)
+                                           for _ in range(GOTO_REPEATS[quick]))
+            in_process_without = statistics.median(_session_goto_seconds(log, event.number, False)
+                                                   for _ in range(repeats))
             gotos.append({"event": event.number, "icount": event.icount, "seconds_with_snapshots": round(with_snapshots, 3),
-                          "seconds_from_the_start": round(without, 3)})
+                          "seconds_from_the_start": round(without, 3),
+                          "session_seconds_with_snapshots": round(in_process, 3),
+                          "session_seconds_from_the_start": round(in_process_without, 3)})
         per_header = _header_seconds(snapshot_path(log))
         stored = SnapshotFile(snapshot_path(log))
         count = len(stored.entries)
@@ -116,6 +137,8 @@ def run(quick: bool) -> dict:
         extra_headers = TARGET_INSTRUCTIONS // every - count
         typical = statistics.median(goto["seconds_with_snapshots"] for goto in gotos)
         worst = max(goto["seconds_with_snapshots"] for goto in gotos)
+        session_typical = statistics.median(goto["session_seconds_with_snapshots"] for goto in gotos)
+        session_worst = max(goto["session_seconds_with_snapshots"] for goto in gotos)
 
         jobs = {}
         for n in (1, 2):
@@ -134,6 +157,8 @@ def run(quick: bool) -> dict:
         "index_seconds_per_snapshot": per_header,
         "goto_cold_1e11_extrapolated_seconds": round(typical + extra_headers * per_header, 3),
         "goto_cold_1e11_extrapolated_worst_seconds": round(worst + extra_headers * per_header, 3),
+        "goto_session_1e11_extrapolated_seconds": round(session_typical + extra_headers * per_header, 3),
+        "goto_session_1e11_extrapolated_worst_seconds": round(session_worst + extra_headers * per_header, 3),
         "replay_seconds": round(full, 3), "replay_jobs_1_seconds": round(jobs[1], 3),
         "replay_jobs_2_seconds": round(jobs[2], 3), "jobs_speedup": round(jobs[1] / jobs[2], 3),
     }
@@ -148,12 +173,18 @@ def table(results: dict) -> str:
              f"(the guest waited {results['snapshot_capture_fraction']:.2%})",
              f"snapshots: {results['snapshot_bytes']:,} bytes = {results['snapshot_bytes_per_second']:,} bytes per "
              f"second of recording, {results['snapshot_bytes_per_1e9_instructions']:,} per 10^9 instructions",
-             f"{'goto event':>10} {'icount':>14} {'from snapshot s':>16} {'from start s':>13}"]
-    lines += [f"{goto['event']:>10} {goto['icount']:>14,} {goto['seconds_with_snapshots']:>16.3f} "
-              f"{goto['seconds_from_the_start']:>13.3f}" for goto in results["goto_cold"]]
+             "goto (s)       process: a fresh `xenrr replay --from E --until-event E`; session: in process, cold "
+             "session and timeline",
+             f"{'event':>6} {'icount':>14} {'process, snapshots':>19} {'process, no snapshots':>22} "
+             f"{'session, snapshots':>19} {'session, no snapshots':>22}"]
+    lines += [f"{goto['event']:>6} {goto['icount']:>14,} {goto['seconds_with_snapshots']:>19.3f} "
+              f"{goto['seconds_from_the_start']:>22.3f} {goto['session_seconds_with_snapshots']:>19.3f} "
+              f"{goto['session_seconds_from_the_start']:>22.3f}" for goto in results["goto_cold"]]
     lines += [f"goto from a cold start on a 10^11-instruction recording (extrapolated): "
               f"{results['goto_cold_1e11_extrapolated_seconds']:.3f} s typical, "
-              f"{results['goto_cold_1e11_extrapolated_worst_seconds']:.3f} s worst "
+              f"{results['goto_cold_1e11_extrapolated_worst_seconds']:.3f} s worst as a process; in process "
+              f"{results['goto_session_1e11_extrapolated_seconds']:.3f} s typical, "
+              f"{results['goto_session_1e11_extrapolated_worst_seconds']:.3f} s worst "
               f"({results['index_seconds_per_snapshot'] * 1e6:.1f} us to index each snapshot)",
               f"replay {results['replay_seconds']:.3f} s; --jobs 1 {results['replay_jobs_1_seconds']:.3f} s, --jobs 2 "
               f"{results['replay_jobs_2_seconds']:.3f} s: speed-up {results['jobs_speedup']:.2f}"]
