@@ -268,3 +268,22 @@ def test_verify_segments_runs_one_dask_unit_per_segment_and_finds_the_planted_di
         results["planted"]["detail"]
     passed = results[recording.parent.name]
     assert passed["status"] == "passed" and "(7 segments)" in passed["detail"], passed
+
+
+@pytest.mark.slow
+def test_snapshots_every_so_many_seconds_of_a_two_vcpu_domain_restore_every_vcpu(recorder, kbdshell_elf):
+    """`--snapshot-every 0.05s` (host time) on a domain with two vCPUs (kbdshell `par`: both run, sharing
+    memory): every vCPU's registers and PV state come back from a stored snapshot as a full replay has them."""
+    done = recorder(kbdshell_elf, "--vcpus", "2", "--clock", "virtual", "--keys", r"par 2000000\rbench 2000000\rhalt\r",
+                    "--snapshot-every", "0.05s")
+    stored = SnapshotFile(snapshot_path(done.path))
+    assert len(stored.usable) >= 2, done.record.stderr
+    marks = [entry.mark for entry in stored.usable]
+    stored.close()
+    reference = Timeline(ReplaySession(done.path))
+    for mark in (Mark(marks[0].icount + 12345, 2**63), Mark(marks[-1].icount + 777, 2**63)):
+        state, timeline = cold_goto(done.path, mark)
+        reference.goto(mark)
+        assert timeline.stored_restores == 1
+        assert state == state_of(reference)
+        assert len(timeline.session.domain.vcpus) == 2
