@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dom0.record import Recording, RecordingFailed, RecordingRefused
+from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval
 from dom0.toolstack import connect_xenstore
 from host.credit import CreditScheduler, Entity
 from host.xlcfg import DomainConfig
@@ -118,10 +119,12 @@ class HostedDomain:
         self.recording: Recording | None = None
         if record is not None:
             try:
-                self.recording = Recording(self.domain, Path(config.kernel), record, clock="real", xenstore=xenstore)
+                self.recording = Recording(self.domain, Path(config.kernel), record, clock="real", xenstore=xenstore,
+                                           snapshot_every=Interval(instructions=DEFAULT_EVERY_INSTRUCTIONS))
             except (RecordingRefused, RecordingFailed) as error:
                 raise ValueError(f"cannot record {config.name}: {error}") from None
-        self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False)
+        self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False,
+                                   snapshots=None if self.recording is None else self.recording.snapshots)
         self.entity = Entity(config.name, weight=config.weight, cap=config.cap)
         self.paused = False
         self.idle = False
