@@ -138,8 +138,7 @@ class Timeline:
         self._progress: Callable[[], Progress] | None = None     # how far the running motion has got
         # Guest memory as last synchronised (a checkpoint taken or restored), page by page; the vCPU
         # notes which pages are written after that, so neither needs a full read of memory.
-        image = self.vcpu.memory_image()
-        self._memory = [image[offset:offset + PAGE_SIZE] for offset in range(0, len(image), PAGE_SIZE)]
+        self._memory = [self.vcpu.read_frame(frame) for frame in range(self.vcpu.frame_count)]
         self._generation = self.vcpu.track_dirty_pages()
         self._segment_generation = self._generation     # the current segment's writes are noted since it
         self._segment_mapping_changes = self.vcpu.mapping_changes   # the address space changes before the segment
