@@ -13,6 +13,7 @@ Under `--json` a failure or an interrupt also prints `{"error": ..., "status": N
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -644,5 +645,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def program() -> int:
+    """The `xenrr` program (and `python -m dom0.cli`): `main`, then an exit that leaves the objects to the
+    operating system instead of one more garbage collection of all of them at shutdown (~15 ms of CPU for
+    a run; files are closed and logs finished by then)."""
+    status = main()
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())
