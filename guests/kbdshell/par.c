@@ -32,16 +32,20 @@
 extern void hypervisor_callback(void);
 extern void failsafe_callback(void);
 
-static char secondary_stack[SECONDARY_STACK_SIZE] __attribute__((aligned(16)));
-static struct vcpu_guest_context secondary_context;
-static evtchn_port_t wake_secondary;      /* IPI port notifying vCPU 1 */
-static evtchn_port_t wake_primary;        /* IPI port notifying vCPU 0 */
-static int secondary_up;
+/* par's data lives at the end of the image (link.ld's last .bss section, after the page windows), so
+ * adding par moved none of kbdshell's other variables: their pages, and what else shares them, stay. */
+#define PAR_DATA __attribute__((section(".bss.windows")))
 
-static volatile uint64_t par_counter;     /* the shared counter both workers update */
-static volatile uint64_t par_iterations;
-static volatile uint64_t par_round;       /* started rounds (written by vCPU 0) */
-static volatile uint64_t par_done;        /* finished rounds (written by vCPU 1) */
+static char secondary_stack[SECONDARY_STACK_SIZE] PAR_DATA __attribute__((aligned(16)));
+static struct vcpu_guest_context secondary_context PAR_DATA;
+static evtchn_port_t wake_secondary PAR_DATA;      /* IPI port notifying vCPU 1 */
+static evtchn_port_t wake_primary PAR_DATA;        /* IPI port notifying vCPU 0 */
+static int secondary_up PAR_DATA;
+
+static volatile uint64_t par_counter PAR_DATA;     /* the shared counter both workers update */
+static volatile uint64_t par_iterations PAR_DATA;
+static volatile uint64_t par_round PAR_DATA;       /* started rounds (written by vCPU 0) */
+static volatile uint64_t par_done PAR_DATA;        /* finished rounds (written by vCPU 1) */
 
 static __attribute__((noinline)) void par_worker(uint64_t n)
 {
