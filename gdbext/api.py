@@ -81,6 +81,16 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Thread:
+    """One vCPU of the replayed domain, as GDB lists it (GDB thread id = vCPU + 1)."""
+    vcpu: int
+    status: str          # "running" (on the engine), "runnable", "blocked" or "down": the stub's word
+    function: str | None
+    pc: int
+    selected: bool
+
+
+@dataclass(frozen=True)
 class Frame:
     """One frame of a backtrace (level 0 is the innermost)."""
     level: int
@@ -117,6 +127,7 @@ class Stop:
     fullname: str | None = None
     old_value: str | None = None
     new_value: str | None = None
+    vcpu: int = 0           # the vCPU the stop names: the one that hit or stepped (GDB's thread - 1)
 
     @property
     def location(self) -> str:
@@ -292,6 +303,7 @@ class Debugger:
         self._server = server
         self._events: list[Event] | None = None
         self._register_names: list[str] | None = None
+        self._vcpu_count: int | None = None
         self.last_stop: Stop | None = None
         self.event_count = 0          # input events in the recording (known after the first stop)
         self.image: Path | None = None  # the guest ELF whose symbols GDB has
@@ -471,6 +483,29 @@ class Debugger:
                 registers[name] = int(entry["value"], 0)
         return registers
 
+    def threads(self) -> list[Thread]:
+        """The domain's vCPUs, as GDB's `info threads` has them from the stub."""
+        info = self._gdb.command("-thread-info").payload
+        threads = []
+        for entry in info["threads"]:
+            words = entry.get("details", "").split()
+            frame = entry.get("frame") or {}
+            threads.append(Thread(int(entry["id"]) - 1, words[-1] if words else "", frame.get("func"),
+                                  int(frame.get("addr", "0"), 16), entry["id"] == info.get("current-thread-id")))
+        return threads
+
+    @property
+    def vcpu_count(self) -> int:
+        """How many vCPUs the replayed domain has (fixed for a recording)."""
+        if self._vcpu_count is None:
+            self._vcpu_count = len(self._gdb.command("-thread-info").payload["threads"])
+        return self._vcpu_count
+
+    def select_thread(self, vcpu: int) -> Stop:
+        """Make `vcpu` the one registers, backtraces and expressions are about (GDB's `thread N+1`)."""
+        reply = self._gdb.command(f"-thread-select {int(vcpu) + 1}")
+        return self._position("here", reply.payload.get("frame") or {})
+
     def backtrace(self) -> list[Frame]:
         """The call stack, innermost frame first."""
         frames = self._gdb.command("-stack-list-frames").payload["stack"]
@@ -545,8 +580,10 @@ class Debugger:
     def _position(self, reason: str, frame: dict[str, Any], old: str | None = None, new: str | None = None,
                   when_text: str | None = None) -> Stop:
         event, icount = self._when(when_text)
+        thread = self._gdb.command("-thread-info").payload.get("current-thread-id", "1")
         return Stop(reason, frame.get("func"), frame.get("file"), _int(frame.get("line")),
-                    int(frame.get("addr", "0"), 16), icount, event, frame.get("fullname"), old, new)
+                    int(frame.get("addr", "0"), 16), icount, event, frame.get("fullname"), old, new,
+                    int(thread) - 1)
 
 
 def _parse_events(text: str) -> list[Event]:

@@ -212,8 +212,9 @@ class DebugShell:
             print(reasons[stop.reason])
         elif stop.reason == "watchpoint":
             print(f"watchpoint: old value {stop.old_value}, new value {stop.new_value}")
+        vcpu = f", vCPU {stop.vcpu}" if self.debugger.vcpu_count > 1 else ""
         print(f"{stop.function or '??'} at {stop.location}  [event {stop.event}/{self.debugger.event_count}, "
-              f"instruction {stop.icount}, pc {stop.pc:#x}]")
+              f"instruction {stop.icount}, pc {stop.pc:#x}{vcpu}]")
         if stop.fullname and stop.line:
             for number in range(max(1, stop.line - SOURCE_CONTEXT), stop.line + SOURCE_CONTEXT + 1):
                 text = linecache.getline(stop.fullname, number)
@@ -319,6 +320,15 @@ class DebugShell:
         for frame in self.debugger.backtrace():
             print(f"#{frame.level:<2} {frame.function or '??'} at {frame.location}  ({frame.pc:#x})")
 
+    def do_threads(self, argument: str) -> None:
+        for thread in self.debugger.threads():
+            print(f"{'*' if thread.selected else ' '} vCPU {thread.vcpu}  {thread.status:<9} "
+                  f"{thread.function or '??'} ({thread.pc:#x})")
+
+    def do_thread(self, argument: str) -> None:
+        [vcpu] = _numbers(argument, "thread N (a vCPU number, as `threads` lists them)", 1, 1)
+        self.show_stop(self.debugger.select_thread(vcpu))
+
     def do_registers(self, argument: str) -> None:
         registers = self.debugger.registers()
         names = [name for name in GENERAL_REGISTERS if name in registers]
@@ -419,6 +429,10 @@ COMMANDS = [
     Command(("x",), "x[/FMT] ADDRESS", "examine memory, as GDB's x (e.g. x/16xb &ed)", _gdb("x"), takes_symbol=True),
     Command(("bt",), "bt", "the call stack", DebugShell.do_backtrace),
     Command(("regs",), "regs", "the general registers", DebugShell.do_registers),
+    Command(("threads",), "threads", "the domain's vCPUs: running, runnable, blocked or down, and where",
+            DebugShell.do_threads),
+    Command(("thread",), "thread N", "show vCPU N: registers, bt and print are about it from now on",
+            DebugShell.do_thread),
     Command(("list",), "list [LOCATION]", "source lines, as GDB's list", _gdb("list"), takes_symbol=True),
     Command(("info",), "info breakpoints", "breakpoints and watchpoints (any GDB `info` subcommand works)",
             _gdb("info")),

@@ -58,7 +58,7 @@ from stub.timeline import Stop, Timeline
 from xen.inject import UnusableRecord, input_kinds_text
 from xen.logrecord import kinds_named
 from xen.replay import Mark
-from xen.vcpu import PAGE_SIZE, GuestMemoryError, VCpu
+from xen.vcpu import PAGE_SIZE, GuestMemoryError, SavedCpu, VCpu
 
 LOOPBACK = "127.0.0.1"
 SIGINT, SIGTRAP = 2, 5
@@ -164,6 +164,7 @@ class _ClientState:
     watchpoints: list[tuple[int, int, str]] = field(default_factory=list)
     swbreak: bool = False            # the client understands `swbreak:` / `hwbreak:` stop reasons
     register_thread: int = 1         # Hg: whose registers g/p read
+    continue_thread: int = -1        # Hc: the thread a step (bs, s) is for; -1 or 0: any
     interrupt_pending: bool = False  # Ctrl-C arrived while stopped: the next resume stops at once
     progress: bool = False           # `monitor set progress on`: report long motions as console lines
     progress_delay: float = 0.0      # seconds a motion runs before its first report
@@ -363,7 +364,10 @@ class GdbServer:
             return b"l"
         if name.startswith(b"qThreadExtraInfo,"):
             thread = self._thread_number(name[len(b"qThreadExtraInfo,"):])
-            return hex_encode(f"vCPU {thread - 1}".encode()) if thread in self._thread_ids() else NO_SUCH_THREAD
+            if thread not in self._thread_ids():
+                return NO_SUCH_THREAD
+            status = self.timeline.session.domain.vcpus[thread - 1].status()
+            return hex_encode(f"vCPU {thread - 1} {status}".encode())
         if name == b"qXfer" and args.startswith(b"features:read:"):
             return self._target_description(args[len(b"features:read:"):])
         if name == b"qXfer" and args.startswith(b"libraries:read::"):
@@ -384,9 +388,12 @@ class GdbServer:
         return b""                               # vMustReplyEmpty, vFile, vRun, ...
 
     # ---------------------------------------------------------------- threads
-    def _vcpus(self) -> list[VCpu]:
-        """The replayed domain's vCPUs, in vCPU-number order (thread id = index + 1)."""
-        return [self.timeline.vcpu]
+    def _vcpus(self) -> list[VCpu | SavedCpu]:
+        """The replayed domain's vCPUs, in vCPU-number order (thread id = index + 1): the engine for the
+        one on it, a view of the saved registers for each other one."""
+        domain = self.timeline.session.domain
+        return [domain.vcpu if number == domain.current else SavedCpu(domain.vcpu_registers(number))
+                for number in range(len(domain.vcpus))]
 
     def _thread_ids(self) -> range:
         return range(1, len(self._vcpus()) + 1)
@@ -399,16 +406,17 @@ class GdbServer:
         return parse_hex_number(text, "thread id")
 
     def _set_thread(self, args: bytes) -> bytes:
-        operation, thread = args[:1], self._thread_number(args[1:])
+        operation, requested = args[:1], self._thread_number(args[1:])
         if operation not in (b"g", b"c"):
             return b""
-        if thread in (0, -1):
-            thread = 1
+        thread = 1 if requested in (0, -1) else requested
         if thread not in self._thread_ids():
             return NO_SUCH_THREAD
         if operation == b"g":
             self._client.register_thread = thread
-        return b"OK"                             # Hc: all-stop, the replay resumes as a whole
+        else:                                    # all-stop: a continue moves every vCPU; a step is this one's
+            self._client.continue_thread = requested
+        return b"OK"
 
     def _thread_alive(self, args: bytes) -> bytes:
         return b"OK" if self._thread_number(args) in self._thread_ids() else NO_SUCH_THREAD
@@ -428,7 +436,7 @@ class GdbServer:
 
     def _read_memory(self, args: bytes) -> bytes:
         address, length = parse_addr_length(args)
-        data = _readable_prefix(self._register_vcpu(), address, min(length, MAX_MEMORY_READ))
+        data = _readable_prefix(self.timeline.vcpu, address, min(length, MAX_MEMORY_READ))      # one memory for every vCPU
         if length and not data:
             return BAD_REQUEST
         return hex_encode(data)
@@ -547,23 +555,30 @@ class GdbServer:
         return address
 
     def _reverse(self, step: bool) -> bytes:
+        if step and self._client.continue_thread > 0:     # `Hc N`, `bs`: vCPU N-1 back one of its instructions
+            return self._stop_reply(self.timeline.reverse_step_vcpu(self._client.continue_thread - 1))
         if step:
             return self._stop_reply(self.timeline.reverse_step())
         return self._stop_reply(self.timeline.reverse_cont(interrupted=self._interrupted))
 
     def _v_cont(self, args: bytes) -> bytes:
-        """All-stop vCont: the replay moves as a whole, so a step for any thread makes it a step."""
+        """All-stop vCont: every vCPU moves and all stop together. `s:N` steps vCPU N-1 by one of its
+        instructions (the others run until its turn); a step without a thread steps the domain."""
         actions = []
         for action in args.split(b";"):
             verb, _, thread = action.partition(b":")
             if verb[:1] not in (b"c", b"C", b"s", b"S") or len(verb) not in (1, 3):
                 raise BadArgument(f"unsupported vCont action {action[:20]!r}")
-            if thread:
-                self._thread_number(thread)
-            actions.append(verb[:1].lower())
+            number = self._thread_number(thread) if thread else -1
+            if number > 0 and number not in self._thread_ids():
+                raise BadArgument(f"vCont names thread {number}, which does not exist")
+            actions.append((verb[:1].lower(), number))
         if not actions:
             raise BadArgument("vCont without an action")
-        if b"s" in actions:
+        stepped = [number for verb, number in actions if verb == b"s"]
+        if stepped and stepped[0] > 0:
+            return self._stop_reply(self.timeline.step_vcpu(stepped[0] - 1))
+        if stepped:
             return self._stop_reply(self.timeline.step())
         return self._stop_reply(self.timeline.cont(interrupted=self._interrupted))
 
@@ -577,11 +592,14 @@ class GdbServer:
             self._report_condition_error(stop)
         signal = SIGINT if stop.reason == "interrupt" else SIGTRAP
         parts = [b"T%02x" % signal]
-        vcpu = self._vcpus()[0]
+        vcpu_number = stop.vcpu
+        thread = vcpu_number + 1                 # the vCPU that hit (all stop together: all-stop mode)
+        self._client.register_thread = thread
+        vcpu = self._vcpus()[vcpu_number]
         for name in EXPEDITED:
             number = REGISTER_NUMBERS[name]
             parts.append(b"%02x:%s;" % (number, hex_encode(register_bytes(vcpu, number))))
-        parts.append(b"thread:%x;" % 1)
+        parts.append(b"thread:%x;" % thread)
         parts.append(self._stop_detail(stop))
         self._last_stop = b"".join(parts)
         return self._last_stop

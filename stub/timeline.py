@@ -70,6 +70,8 @@ class Stop:
     pc: int
     watch_address: int | None = None
     watch_access: str | None = None
+    vcpu: int = 0      # the vCPU it names: at a breakpoint the one about to run there, at a watchpoint the
+                       # one whose access it was, after a step the one that stepped, else the one on the engine
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class _Hit:
     reason: str
     address: int | None = None
     access: str | None = None
+    vcpu: int = 0
 
 
 class Timeline:
@@ -132,6 +135,8 @@ class Timeline:
         self._segment_ends: list[Mark] = []      # the segments' ends, for bisection
         self._scanned: _ScannedInterval | None = None
         self._snapshots: dict[Mark, Checkpoint] = {}    # states at recent hits (oldest first), not thinned
+        self._switches: dict[int, int] = {}      # SMP: icount -> the vCPU that took the engine there (as replayed)
+        session.domain.switch_observer = self._switches.__setitem__
         # Instrumentation for tests and benchmarks: instructions replayed by backward scans, and in all.
         self.instructions_scanned = 0
         self.instructions_replayed = 0
@@ -366,17 +371,20 @@ class Timeline:
         self._segment_ends.append(segment.end)
 
     def _stop_from(self, replay_stop: ReplayStop, default: str) -> Stop:
-        pc = self.vcpu.pc
+        pc, domain = self.vcpu.pc, self.session.domain
         if replay_stop.reason == "end":
-            return Stop("history-end", replay_stop.mark, pc)
+            return Stop("history-end", replay_stop.mark, pc, vcpu=domain.current)
         if replay_stop.reason == "interrupted":
-            return Stop("interrupt", replay_stop.mark, pc)
+            return Stop("interrupt", replay_stop.mark, pc, vcpu=domain.current)
         if replay_stop.reason == "debug":
             exit = replay_stop.exit
-            if exit.reason == ExitReason.WATCHPOINT:
-                return Stop("watchpoint", replay_stop.mark, pc, exit.address, exit.access)
-            return Stop("breakpoint", replay_stop.mark, pc)
-        return Stop(default, replay_stop.mark, pc)
+            if exit.reason == ExitReason.WATCHPOINT:     # the access may have ended its vCPU's quantum
+                return Stop("watchpoint", replay_stop.mark, domain.vcpu_registers(domain.ran).pc, exit.address,
+                            exit.access, domain.ran)
+            return Stop("breakpoint", replay_stop.mark, pc, vcpu=domain.current)
+        if default == "step":
+            return Stop(default, replay_stop.mark, pc, vcpu=domain.ran)
+        return Stop(default, replay_stop.mark, pc, vcpu=domain.current)
 
     def cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Continue forward to the next breakpoint or watchpoint hit, or the end of history."""
@@ -393,7 +401,7 @@ class Timeline:
     def step(self) -> Stop:
         """Execute one instruction (then apply the inputs logged at the new count)."""
         if self.at_end:
-            return Stop("history-end", self.position, self.vcpu.pc)
+            return Stop("history-end", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
         target = Mark(self.vcpu.icount + 1, ALL_RECORDS)
         return self._stop_from(self._forward(target, debug=True), "step")
 
@@ -422,9 +430,54 @@ class Timeline:
         icount = self.vcpu.icount
         if self.position <= START or icount == 0:
             self.goto(START)
-            return Stop("history-start", self.position, self.vcpu.pc)
+            return Stop("history-start", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
         stop = self.goto(Mark(icount - 1, ALL_RECORDS))
-        return Stop("step", stop.mark, stop.pc)
+        return Stop("step", stop.mark, stop.pc, vcpu=self.session.domain.current)   # the one whose instruction it undid
+
+    def step_vcpu(self, vcpu: int) -> Stop:
+        """Execute one instruction of `vcpu` (the others run as the schedule has them until its turn;
+        a breakpoint or watchpoint on the way stops there)."""
+        domain = self.session.domain
+        for _ in range(len(domain.vcpus)):       # quantum by quantum to its turn
+            if domain.current == vcpu or domain.quantum_end is None or self.at_end:
+                break
+            stop = self._stop_from(self._forward(Mark(domain.quantum_end, ALL_RECORDS), debug=True), "target")
+            if stop.reason != "target":
+                return stop
+        while True:                              # it runs next, or waits blocked: instruction by instruction
+            stop = self.step()
+            if stop.vcpu == vcpu or stop.reason != "step":
+                return stop
+
+    def reverse_step_vcpu(self, vcpu: int) -> Stop:
+        """Go back to just before `vcpu`'s previous instruction; the other vCPUs go back to where they
+        were then. Uses the switch points seen while replaying (every position was reached by replay);
+        where they are unknown (before a stored snapshot restored first), one instruction of the domain."""
+        icount = self.vcpu.icount
+        if self.position <= START or icount == 0:
+            return self.reverse_step()
+        target = self._last_instruction_of(vcpu, icount - 1)
+        if target is None:
+            return self.reverse_step()
+        stop = self.goto(Mark(target, ALL_RECORDS))
+        return Stop("step", stop.mark, stop.pc, vcpu=vcpu)
+
+    def _last_instruction_of(self, vcpu: int, last: int) -> int | None:
+        """The count at which `vcpu` executed its last instruction at or before count `last` (the
+        vCPU that executes instruction i is the one the last switch at or before i gave the engine to;
+        vCPU 0 before any); None when it is not known."""
+        points = sorted(point for point in self._switches if point <= last)
+        runs = [(0, 0)] + [(point, self._switches[point]) for point in points]
+        end = last
+        for start, runner in reversed(runs):
+            if start > end:
+                continue
+            if runner == vcpu:
+                return end
+            end = start - 1
+            if end < 0:
+                return None
+        return None
 
     def reverse_cont(self, interrupted: Callable[[], bool] | None = None) -> Stop:
         """Go back to the last breakpoint or watchpoint hit before the current position, or the start."""
@@ -448,21 +501,21 @@ class Timeline:
             checkpoint = self._checkpoint_before(upper, strictly=True) if upper is not None else None
             if checkpoint is None:
                 self.goto(START)
-                return Stop("history-start", self.position, self.vcpu.pc)
+                return Stop("history-start", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
             # Covered so far: everything from `upper` to the origin, and the scan from the checkpoint on.
             self._progress = lambda start=checkpoint.mark.icount, end=upper.icount: Progress(
                 "reverse-continue", origin - end + max(self.vcpu.icount - start, 0), origin)
             kept = self._kept_hits(checkpoint, upper)
             hits = kept if kept is not None else self._scan_from(checkpoint, upper, interrupted)
             if hits is None:
-                return Stop("interrupt", self.position, self.vcpu.pc)
+                return Stop("interrupt", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
             if hits:
                 if kept is not None:
                     self._go_to_last(hits)       # successive reverse-continues: keep states on the way
                 else:
                     self.goto(hits[-1].mark)
                 hit = hits[-1]
-                return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access)
+                return Stop(hit.reason, hit.mark, self.vcpu.pc, hit.address, hit.access, hit.vcpu)
             bound = checkpoint.mark
 
     def _go_to_last(self, hits: tuple[_Hit, ...]) -> None:
@@ -514,7 +567,7 @@ class Timeline:
         hits: list[_Hit] = []
         if self._is_canonical() and self.vcpu.pc in self.vcpu.breakpoints and self.position < upper \
                 and self._hit_counts():
-            hits.append(_Hit(self.position, "breakpoint"))      # replayer.run never stops where it starts
+            hits.append(_Hit(self.position, "breakpoint", vcpu=self.session.domain.current))   # run never stops where it starts
         try:
             while self.position < upper:
                 stop = self.replayer.run(upper, stop_for_debug=True, interrupted=interrupted)
@@ -525,9 +578,9 @@ class Timeline:
                 if stop.exit.reason == ExitReason.WATCHPOINT:
                     # Reverse execution stops before the access: the canonical mark one instruction back.
                     hit = _Hit(Mark(stop.mark.icount - 1, stop.mark.seq), "watchpoint", stop.exit.address,
-                               stop.exit.access)
+                               stop.exit.access, self.session.domain.ran)
                 else:
-                    hit = _Hit(stop.mark, "breakpoint")
+                    hit = _Hit(stop.mark, "breakpoint", vcpu=self.session.domain.current)
                 if hit.mark < upper and (hit.reason == "watchpoint" or self._hit_counts()):
                     hits.append(hit)
         finally:

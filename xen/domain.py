@@ -117,6 +117,7 @@ class Domain:
         self.switches = 0                       # context switches so far
         self.yielded = False                    # SCHEDOP_yield since the scheduler last looked
         self.ran = 0                            # the vCPU that executed the last instructions `run` ran
+        self.switch_observer: Callable[[int, int], None] | None = None   # (icount, vCPU) at each switch
         self.vcpu = VCpu(image.frame_count, jit=jit)
         start_memory_digests(self.vcpu)
         for address, data in image.memory_writes(console_evtchn=CONSOLE_PORT, store_evtchn=STORE_PORT):
@@ -435,6 +436,8 @@ class Domain:
         incoming.registers = None
         self.current = self.events.current = self.time.current = vcpu_id
         self.switches += 1
+        if self.switch_observer is not None:
+            self.switch_observer(self.vcpu.icount, vcpu_id)
         if outgoing.runnable:
             self._change_runstate(outgoing, abi.RUNSTATE_runnable)
         self._change_runstate(incoming, abi.RUNSTATE_running)

@@ -257,7 +257,7 @@ def test_vcpus_are_threads_numbered_from_one(client):
     assert client.ask(b"Hg1") == b"OK" and client.ask(b"Hc-1") == b"OK" and client.ask(b"Hg0") == b"OK"
     assert client.ask(b"Hg2") == b"E02"
     assert client.ask(b"T1") == b"OK" and client.ask(b"T2") == b"E02"
-    assert bytes.fromhex(client.ask(b"qThreadExtraInfo,1").decode()) == b"vCPU 0"
+    assert bytes.fromhex(client.ask(b"qThreadExtraInfo,1").decode()) == b"vCPU 0 running"      # the vCPU and its state: running, runnable, blocked or down
 
 
 def test_breakpoints_forward_and_reverse(client, symbols):

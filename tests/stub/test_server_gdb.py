@@ -199,7 +199,7 @@ def test_connects_at_the_first_instruction_with_symbols_and_registers(gdb):
     assert re.search(r"^eflags\s+0x[0-9a-f]+\s+\[.*IF.*\]", registers, re.MULTILINE)
     assert gdb.value("$pc") == gdb.value("&_start")
     assert "mxcsr" in gdb.run("info registers mxcsr").text
-    assert re.search(r"^\* 1\s+Thread 1 \(vCPU 0\) _start ", gdb.run("info threads").text, re.MULTILINE)
+    assert re.search(r"^\* 1\s+Thread 1 \(vCPU 0 running\) _start ", gdb.run("info threads").text, re.MULTILINE)
 
 
 def test_break_continue_backtrace_and_globals(gdb):
