@@ -580,10 +580,12 @@ def command_dump(args: argparse.Namespace) -> int:
     print(f"image sha256  {header.image_sha256.hex()}")
     for key, value in sorted(header.config.items()):
         print(f"{key:13} {value}")
-    print(f"{'seq':>8} {'event':>7} {'icount':>14} {'rip':>18}  {'kind':<14} payload")
+    smp = isinstance(header.config.get("vcpus"), int) and header.config["vcpus"] > 1   # the vCPU each record names
+    print(f"{'seq':>8} {'event':>7} {'icount':>14}" + (" vcpu" if smp else "") + f" {'rip':>18}  {'kind':<14} payload")
     for entry in records:
         event_text = str(entry["event"]) if entry["event"] is not None else "-"
-        print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14} {entry['rip']:#18x}  {entry['kind']:<14} "
+        vcpu = f" {entry['vcpu']:>4}" if smp else ""
+        print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14}{vcpu} {entry['rip']:#18x}  {entry['kind']:<14} "
               f"{entry['detail']}")
     shown = (f"{len(records)} of {_count(total, 'record')} ({args.kind})" if kinds is not None
              else _count(total, 'record'))

@@ -13,6 +13,7 @@ updates). A recording with a wrong total replays with the same wrong total, and 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import subprocess
@@ -159,6 +160,19 @@ def test_the_same_recording_always_gives_the_same_wrong_total(race_recording):
         assert replay.returncode == 0, replay.stderr
         assert _totals(replay.stdout) == recorded
         assert b"replayed to the end of the recording" in replay.stderr
+
+
+def test_dump_shows_the_session_and_the_vcpu_of_every_record(race_recording):
+    log, _ = race_recording
+    text = subprocess.run([sys.executable, "-m", "dom0.cli", "dump", str(log)], capture_output=True, cwd=ROOT,
+                          timeout=60).stdout.decode()
+    listed = subprocess.run([sys.executable, "-m", "dom0.cli", "dump", "--json", str(log)], capture_output=True,
+                            cwd=ROOT, timeout=60).stdout
+    data = json.loads(listed)
+    assert data["config"]["vcpus"] == 2 and data["config"]["quantum"] == 4000
+    assert re.search(r"^quantum\s+4000$", text, re.M) and re.search(r"^vcpus\s+2$", text, re.M)
+    rows = [line.split() for line in text.splitlines() if re.match(r"\s+\d+\s+(\d+|-)\s+\d+\s+\d+\s+0x", line)]
+    assert [int(row[3]) for row in rows] == [record["vcpu"] for record in data["records"]]
 
 
 def _all_vcpus(session: ReplaySession) -> tuple:
