@@ -555,10 +555,12 @@ class GdbServer:
         return address
 
     def _reverse(self, step: bool) -> bytes:
-        if step and self._client.continue_thread > 0:     # `Hc N`, `bs`: vCPU N-1 back one of its instructions
-            return self._stop_reply(self.timeline.reverse_step_vcpu(self._client.continue_thread - 1))
         if step:
-            return self._stop_reply(self.timeline.reverse_step())
+            # `Hc N` + `bs`: vCPU N-1 back one of its own instructions. GDB (scheduler-locking off) sends
+            # `Hc0` for the thread the user selected, whose registers it last read (`Hg`): that one.
+            thread = self._client.continue_thread
+            vcpu = (thread if thread > 0 else self._client.register_thread) - 1
+            return self._stop_reply(self.timeline.reverse_step_vcpu(vcpu))
         return self._stop_reply(self.timeline.reverse_cont(interrupted=self._interrupted))
 
     def _v_cont(self, args: bytes) -> bytes:

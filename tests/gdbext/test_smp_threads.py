@@ -119,6 +119,13 @@ def test_stepi_moves_the_selected_vcpu_and_reverse_steps_per_vcpu(d, race):
     following = min(i for i in range(here.icount, len(runners)) if runners[i] == 1)
     assert (forward.vcpu, forward.icount) == (1, following + 1)
 
+    d.select_thread(1)
+    back = d.reverse_stepi()                 # GDB: Hc0 + bs; the stub steps the selected vCPU back
+    assert (back.vcpu, back.icount) == (1, following)
+    d.select_thread(0)
+    back0 = d.reverse_stepi()
+    assert (back0.vcpu, back0.icount) == (0, max(i for i in range(following) if runners[i] == 0))
+
     timeline = Timeline(ReplaySession(race))
     timeline.goto_icount(here.icount)
     back = timeline.reverse_step_vcpu(1)
