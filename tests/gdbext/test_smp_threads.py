@@ -138,6 +138,29 @@ def test_stepi_moves_the_selected_vcpu_and_reverse_steps_per_vcpu(d, race):
                                                     if runners[i] == 1) + 1)
 
 
+def test_watch_and_reverse_continue_find_the_losing_store_and_the_other_vcpus_store(d):
+    """The race, debugged backwards: from the end, reverse-continue on `par_counter` until a store that
+    made the counter smaller - the stale write of the unlocked read-modify-write. The store before it
+    (the increments it overwrote) was the other vCPU's."""
+    d.reset()
+    d.gdb("delete")
+    d.gdb("continue")                                   # to the end: the wrong total is printed
+    d.watch("par_counter")
+    for _ in range(2_000):
+        stop = d.reverse_continue()
+        assert stop.reason == "watchpoint", stop
+        written, before = int(stop.old_value), int(stop.new_value)    # backwards: "new" is the value before
+        if written < before:
+            break
+    else:
+        raise AssertionError("no store made the counter smaller")
+    losing = stop
+    overwritten = d.reverse_continue()
+    assert overwritten.reason == "watchpoint" and overwritten.vcpu != losing.vcpu
+    assert int(overwritten.old_value) == before, "the store just before set the value the stale one undid"
+    d.gdb("delete")
+
+
 def _runners(log: Path, count: int) -> list[int]:
     """A naive replay one instruction at a time: the vCPU that executed each instruction."""
     timeline = Timeline(ReplaySession(log))
