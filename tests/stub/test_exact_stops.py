@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +33,6 @@ from dom0.replay import ReplaySession
 from stub.timeline import Timeline
 from xen.replay import Mark
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = r"echo ab\recho cd\rcalc ((6*7))-(1)\rhalt\r"
 # Guest code and the event upcall path (hypervisor_callback -> do_event_upcall -> handlers).
 FUNCTIONS = ("handle_key", "line_insert", "console_read", "console_write", "memcpy",
@@ -45,11 +42,8 @@ WATCH_EXAMPLES = 50
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, kbdshell_elf) -> Path:
-    log = tmp_path_factory.mktemp("exact") / "exact.xrr"
-    subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(kbdshell_elf), "-o", str(log), "--memory", "2",
-                    "--clock", "virtual", "--keys", KEYS], check=True, capture_output=True, cwd=ROOT)
-    return log
+def recording(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--memory", "2", "--clock", "virtual", "--keys", KEYS).path
 
 
 def function_instructions(elf: Path, names: tuple[str, ...]) -> list[int]:

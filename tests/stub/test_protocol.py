@@ -118,11 +118,8 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
-    path = tmp_path_factory.mktemp("protocol") / "session.xrr"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--keys", KEYS)
-    assert done.status == 0, done.stderr
-    return path
+def recording(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--clock", "virtual", "--keys", KEYS).path
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,8 @@ POSITIONS = 30
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
-    path = tmp_path_factory.mktemp("reverse") / "session.xrr"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", KEYS)
-    assert done.status == 0, done.stderr
-    return path
+def recording(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--clock", "virtual", "--memory", "2", "--keys", KEYS).path
 
 
 def state(timeline: Timeline) -> tuple:
@@ -88,14 +85,12 @@ MEMORY_HYPERCALLS = {1: "mmu_update", 14: "update_va_mapping", 26: "mmuext_op"}
 
 
 @pytest.fixture(scope="module")
-def pages_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+def pages_recording(recorder, kbdshell_elf) -> Path:
     """kbdshell's `pages`: update_va_mapping, PIN_L4_TABLE, NEW_BASEPTR (there and back),
     MMU_NORMAL_PT_UPDATE and UNPIN_TABLE, twice."""
-    path = tmp_path_factory.mktemp("pages") / "pages.xrr"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", PAGES_KEYS)
-    assert done.status == 0, done.stderr
-    assert done.stdout.count(" ok\r\n") == 2, done.stdout
-    return path
+    recording = recorder(kbdshell_elf, "--clock", "virtual", "--memory", "2", "--keys", PAGES_KEYS)
+    assert recording.record.stdout.count(" ok\r\n") == 2, recording.record.stdout
+    return recording.path
 
 
 def full_state(timeline: Timeline) -> tuple:

@@ -27,11 +27,8 @@ INTERVAL = 50_000
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
-    path = tmp_path_factory.mktemp("skip") / "calc-bench.xrr"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", KEYS)
-    assert done.status == 0, done.stderr
-    return path
+def recording(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--clock", "virtual", "--memory", "2", "--keys", KEYS).path
 
 
 @pytest.fixture(scope="module")

@@ -119,25 +119,20 @@ class Server:
                 self.process.wait()
 
 
-def record_kbdshell(directory: Path, xenrr, kbdshell_elf: Path, name: str, keys: str) -> Path:
+def record_kbdshell(recorder, kbdshell_elf: Path, keys: str) -> Path:
     """A virtual-clock recording of kbdshell typing `keys`."""
-    path = directory / name
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", str(MEMORY_MIB),
-                 "--keys", keys)
-    assert done.status == 0, done.stderr
-    return path
+    return recorder(kbdshell_elf, "--clock", "virtual", "--memory", str(MEMORY_MIB), "--keys", keys).path
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
-    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "bug.xrr", BUG_KEYS)
+def recording(recorder, kbdshell_elf) -> Path:
+    return record_kbdshell(recorder, kbdshell_elf, BUG_KEYS)
 
 
 @pytest.fixture(scope="module")
-def long_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+def long_recording(recorder, kbdshell_elf) -> Path:
     """Billions of instructions of `bench` (a few seconds of replay): time enough for a Ctrl-C."""
-    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "long.xrr",
-                           r"bench 300000000\rhalt\r")
+    return record_kbdshell(recorder, kbdshell_elf, r"bench 300000000\rhalt\r")
 
 
 @contextmanager
@@ -315,10 +310,9 @@ def test_read_and_access_watchpoints_forwards_and_backwards(gdb):
 
 
 @pytest.fixture(scope="module")
-def echo_recording(tmp_path_factory, xenrr, kbdshell_elf) -> Path:
+def echo_recording(recorder, kbdshell_elf) -> Path:
     """Issue 9's recipe: two short lines typed, then halt."""
-    return record_kbdshell(tmp_path_factory.mktemp("gdb"), xenrr, kbdshell_elf, "echo.xrr",
-                           r"echo a\recho b\rhalt\r")
+    return record_kbdshell(recorder, kbdshell_elf, r"echo a\recho b\rhalt\r")
 
 
 def test_a_line_breakpoint_set_after_its_code_ran_is_hit_both_ways(echo_recording, kbdshell_elf):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +18,15 @@ from elftools.elf.elffile import ELFFile
 from dom0.replay import ReplaySession
 from stub.timeline import Timeline
 
-ROOT = Path(__file__).resolve().parents[2]
 WALKS = 200
 COMMANDS_PER_WALK = 10
 MEMORY_CHECK_EVERY = 25
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory, kbdshell_elf) -> Path:
-    log = tmp_path_factory.mktemp("walk") / "walk.xrr"
+def recording(recorder, kbdshell_elf) -> Path:
     keys = r"echo one\rcalc 6*7\rbench 300000\r\p30hash walk\recho " + "y" * 70 + r"\rhist\rhalt\r"
-    subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(kbdshell_elf), "-o", str(log), "--memory", "4",
-                    "--clock", "virtual", "--keys", keys], check=True, capture_output=True, cwd=ROOT)
-    return log
+    return recorder(kbdshell_elf, "--memory", "4", "--clock", "virtual", "--keys", keys).path
 
 
 @pytest.fixture(scope="module")
