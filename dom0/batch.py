@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dom0.logfile import FILE_MAGIC
+from dom0.logfile import FILE_MAGIC, count_phrase
 
 EXIT_PASSED, EXIT_FAILED, EXIT_UNUSABLE, EXIT_DAMAGED = 0, 1, 2, 3
 ALLOWED_FAILURES = 1                    # a unit whose worker dies twice is reported as crashed
@@ -171,17 +171,13 @@ def _check_detail(summary: dict) -> str:
 def _verify_detail(summary: dict) -> str:
     if summary["divergence"]:
         return f"diverged: {summary['divergence']}"
-    counts = (f"{_count(summary['events'], 'event')}, {summary['instructions']} instructions, "
-              f"{_count(summary['digests_checked'], 'digest')} checked")
+    counts = (f"{count_phrase(summary['events'], 'event')}, {summary['instructions']} instructions, "
+              f"{count_phrase(summary['digests_checked'], 'digest')} checked")
     if summary["damage"]:
         return f"damaged: {summary['damage']}; verified before it: {counts}"
     if not summary["complete"]:
         return f"incomplete (no END record); verified: {counts}"
     return f"verified to the end: {counts}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def _connect(scheduler: str | None, workers: int):
@@ -283,7 +279,7 @@ def _merged_result(recording: Path, summaries: list[dict]) -> UnitResult:
     status = "failed" if not merged["verified"] else "damaged" if merged["damage"] or not merged["complete"] \
         else "passed"
     detail = _verify_detail(merged)
-    return UnitResult(str(recording), status, f"{detail} ({_count(len(summaries), 'segment')})", seconds)
+    return UnitResult(str(recording), status, f"{detail} ({count_phrase(len(summaries), 'segment')})", seconds)
 
 
 def exit_status(results: list[UnitResult]) -> int:

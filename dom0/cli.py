@@ -24,7 +24,7 @@ from dom0.consoleinput import MAX_PAUSE_MS, KeyScript, KeyScriptError, TerminalI
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
 from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.keyboard import KeyboardTerminal, KeyEventScript
-from dom0.logfile import LogFormatError, LogReader
+from dom0.logfile import LogFormatError, LogReader, count_phrase
 from dom0.logschema import check_header
 from dom0.replay import ReplaySession, ReplaySetupError
 from dom0.terminal import Terminal
@@ -273,11 +273,6 @@ def load_domain(guest: Path, memory_mib: int, keyboard: str = "console", vcpus: 
     return domain
 
 
-def _count(number: int, noun: str) -> str:
-    """'1 state digest', '2 state digests': a count with its noun in the right number."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def _exit_status(outcome: Outcome) -> int:
     if outcome.reason == "crashed" or (outcome.reason == "shutdown" and outcome.detail == "crash"):
         return EXIT_CRASHED
@@ -347,8 +342,8 @@ def command_record(args: argparse.Namespace) -> int:
     size = result.path.stat().st_size
     snapshots = ""
     if result.snapshots:
-        snapshots = f"; {_count(result.snapshots, 'snapshot')} in {snapshot_path(result.path)} ({result.snapshot_bytes} bytes)"
-    _terminal.say(f"xenrr: {_describe(result.outcome)}; {_count(result.records, 'record')} logged to {result.path} "
+        snapshots = f"; {count_phrase(result.snapshots, 'snapshot')} in {snapshot_path(result.path)} ({result.snapshot_bytes} bytes)"
+    _terminal.say(f"xenrr: {_describe(result.outcome)}; {count_phrase(result.records, 'record')} logged to {result.path} "
                   f"({size} bytes){snapshots}")
     if result.snapshot_problem:
         _terminal.say(f"xenrr: warning: {result.snapshot_problem}")
@@ -453,8 +448,8 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
-    _terminal.say(f"xenrr: {verdict}{started}: {_count(replayer.inputs_applied, 'event')}, "
-                  f"{session.domain.vcpu.icount} instructions, {_count(replayer.digests_checked, 'state digest')} verified")
+    _terminal.say(f"xenrr: {verdict}{started}: {count_phrase(replayer.inputs_applied, 'event')}, "
+                  f"{session.domain.vcpu.icount} instructions, {count_phrase(replayer.digests_checked, 'state digest')} verified")
     session.close()
     if args.until_event is not None or (complete and not damage):
         return EXIT_OK
@@ -505,9 +500,9 @@ def _replay_in_segments(args: argparse.Namespace) -> int:
     else:
         verdict = "replayed to the end of the recording" if merged["complete"] else \
             f"log is incomplete: {damage or 'no END record'}; everything before it"
-        _terminal.say(f"xenrr: {verdict} in {_count(count, 'segment')}, {args.jobs} at a time: "
-                      f"{_count(merged['events'], 'event')}, {merged['instructions']} instructions, "
-                      f"{_count(merged['digests_checked'], 'state digest')} verified")
+        _terminal.say(f"xenrr: {verdict} in {count_phrase(count, 'segment')}, {args.jobs} at a time: "
+                      f"{count_phrase(merged['events'], 'event')}, {merged['instructions']} instructions, "
+                      f"{count_phrase(merged['digests_checked'], 'state digest')} verified")
     return _replay_status(merged, damage)
 
 
@@ -587,9 +582,9 @@ def command_dump(args: argparse.Namespace) -> int:
         vcpu = f" {entry['vcpu']:>4}" if smp else ""
         print(f"{entry['seq']:>8} {event_text:>7} {entry['icount']:>14}{vcpu} {entry['rip']:#18x}  {entry['kind']:<14} "
               f"{entry['detail']}")
-    shown = (f"{len(records)} of {_count(total, 'record')} ({args.kind})" if kinds is not None
-             else _count(total, 'record'))
-    print(f"{shown}, {_count(event, 'input event')}" + (f"; damage: {damage}" if damage else ""))
+    shown = (f"{len(records)} of {count_phrase(total, 'record')} ({args.kind})" if kinds is not None
+             else count_phrase(total, 'record'))
+    print(f"{shown}, {count_phrase(event, 'input event')}" + (f"; damage: {damage}" if damage else ""))
     return _header_verdict(header_error)
 
 

@@ -325,6 +325,11 @@ class BadBlock(NamedTuple):
     first_icount: int | None
 
 
+def count_phrase(number: int, noun: str) -> str:
+    """'1 block', '2 blocks': a count with its noun in the right number, as every report about a log says it."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 @dataclass(frozen=True)
 class Damage:
     """What is wrong with a log and how much of it is still usable (a usable prefix of blocks)."""
@@ -341,11 +346,12 @@ class Damage:
     def __str__(self) -> str:
         if self.unusable_bytes:
             usable = (
-                f"{self.usable_records} records in {self.usable_blocks} blocks are usable, "
+                f"{count_phrase(self.usable_records, 'record')} in {count_phrase(self.usable_blocks, 'block')} are usable, "
                 f"{self.unusable_bytes} bytes from offset {self.valid_end} are not"
             )
         else:
-            usable = f"all {self.usable_records} records in {self.usable_blocks} blocks are usable"
+            usable = (f"all {count_phrase(self.usable_records, 'record')} in {count_phrase(self.usable_blocks, 'block')} "
+                      f"are usable")
         return f"{'; '.join(self.problems)}: {usable}"
 
 
