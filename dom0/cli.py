@@ -316,7 +316,8 @@ def command_record(args: argparse.Namespace) -> int:
     from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, snapshot_path
 
     try:
-        snapshot_every = Interval.parse(args.snapshot_every or str(DEFAULT_EVERY_INSTRUCTIONS))
+        snapshot_every = Interval.parse(str(DEFAULT_EVERY_INSTRUCTIONS) if args.snapshot_every is None
+                                        else args.snapshot_every)
     except ValueError as error:
         raise UsageError(str(error)) from None
     writes = _xenstore_writes(args)
@@ -489,10 +490,11 @@ def _replay_in_segments(args: argparse.Namespace) -> int:
     stored = SnapshotFile.beside(args.session, _warn)
     count = len(segment_bounds(stored))
     session.close()
-    with _terminal.progress(min(count, args.jobs), "verifying", "units", enabled=not args.json) as report:
-        summaries = run_segments(args.session, count, args.jobs, args.image, report)
+    jobs = min(count, args.jobs)           # never more processes than segments
+    with _terminal.progress(jobs, "verifying", "units", enabled=not args.json) as report:
+        summaries = run_segments(args.session, count, jobs, args.image, report)
     merged = merge(summaries)
-    merged.update(session=str(args.session), damage=str(damage) if damage else None, jobs=args.jobs)
+    merged.update(session=str(args.session), damage=str(damage) if damage else None, jobs=jobs)
     if args.json:
         _terminal.write_output((json.dumps(merged, indent=2) + "\n").encode())
     if not merged["verified"]:
@@ -500,7 +502,7 @@ def _replay_in_segments(args: argparse.Namespace) -> int:
     else:
         verdict = "replayed to the end of the recording" if merged["complete"] else \
             f"log is incomplete: {damage or 'no END record'}; everything before it"
-        _terminal.say(f"xenrr: {verdict} in {count_phrase(count, 'segment')}, {args.jobs} at a time: "
+        _terminal.say(f"xenrr: {verdict} in {count_phrase(count, 'segment')}, {jobs} at a time: "
                       f"{count_phrase(merged['events'], 'event')}, {merged['instructions']} instructions, "
                       f"{count_phrase(merged['digests_checked'], 'state digest')} verified")
     return _replay_status(merged, damage)

@@ -179,7 +179,7 @@ def test_replay_from_an_event_starts_at_the_snapshot_and_a_bad_one_is_one_warnin
     assert status == 0
     warnings = [line for line in captured.err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "fails its checksum" in warnings[0], captured.err
-    for bad in ("abc", "-5", "1.5", "0s", "nan", "1e400"):
+    for bad in ("abc", "-5", "1.5", "0s", "nan", "1e400", ""):
         status = cli.main(["record", str(kbdshell_elf), "-o", str(tmp_path / "x.xrr"), "--snapshot-every", bad])
         captured = capsys.readouterr()
         assert status == 2 and captured.err.count("\n") == 1 and "--snapshot-every" in captured.err, (bad, captured.err)
@@ -218,6 +218,16 @@ def test_parallel_verification_finds_a_divergence_planted_in_any_segment(recordi
         stored.close()
         assert not summary["verified"], summary
         assert f"state differs at icount {target.icount}" in summary["divergence"], summary
+
+
+def test_replay_jobs_runs_no_more_processes_than_segments(virtual_recording, capsys):
+    """A short recording has no stored snapshot: one segment, so `--jobs 4` is one process, and says so."""
+    status = cli.main(["replay", "--jobs", "4", "--json", str(virtual_recording.path)])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert status == 0 and summary["verified"] and summary["segments"] == 1, captured.err
+    assert summary["units"] == 1 and summary["jobs"] == 1
+    assert "in 1 segment, 1 at a time" in captured.err, captured.err
 
 
 @pytest.mark.slow
