@@ -13,7 +13,9 @@ snapshots, `xenrr replay --json --segment K-K RECORDING`, merged per recording b
 run as a child process of the Dask worker: the unit's verdict is
 exactly what that command says of the recording alone, and pytest, GDB and the engine of one unit
 never share a process with another's. A unit whose worker dies is retried by Dask once
-(ALLOWED_FAILURES on the local cluster) and then reported as crashed.
+(ALLOWED_FAILURES on the local cluster) and then reported as crashed. The local cluster hands a worker
+one unit at a time (worker-saturation 1.0): Dask counts a worker's death against every unit assigned to
+it, so a unit queued behind one that kills its worker would be reported crashed with it.
 
 Invariant: every recording given gets exactly one `UnitResult`, whatever happens to the others (a
 failing, damaged or unusable recording, a crashing worker); the exit status is the first that
@@ -39,6 +41,8 @@ from dom0.logfile import FILE_MAGIC, count_phrase
 
 EXIT_PASSED, EXIT_FAILED, EXIT_UNUSABLE, EXIT_DAMAGED = 0, 1, 2, 3
 ALLOWED_FAILURES = 1                    # a unit whose worker dies twice is reported as crashed
+LOCAL_CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                        "distributed.scheduler.worker-saturation": 1.0}    # one unit per worker at a time
 KILL_WORKER_HOOK = "XENRR_BATCH_TEST_KILL_WORKER"   # tests only: a recording name whose unit kills its worker
 UNIT_STATUS = {0: "passed", 1: "failed", 2: "unusable", 3: "damaged"}     # a unit command's exit status
 
@@ -192,7 +196,7 @@ def _connect(scheduler: str | None, workers: int):
             return Client(scheduler, timeout="10s")
         except (OSError, ValueError, TypeError) as error:
             raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
     return Client(cluster)
