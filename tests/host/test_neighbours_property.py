@@ -1,14 +1,15 @@
 """Determinism whatever the neighbours do: a domain recorded on a pCPU shared with random neighbours
-(busy or idle guests, random weights and caps, pauses, weight changes and pins at random moments,
-and a peer domain signalling it over an inter-domain event channel at random moments) replays alone
-from its log and verifies to the end, with the same console output - also while, during the replay,
-other domains keep running in the same process under random pin and pause changes and the replaying
-process itself is moved between host cores. The pCPU runs in this process (host/pcpu.py's
-PhysicalCpu driven step by step over a real pipe, its inter-domain messages routed as the hypervisor
-routes them); its guests are real."""
+(busy or idle guests, random weights and caps, pauses, weight changes, and pin changes that move
+them between two pCPUs while they run, at random moments, and a peer domain signalling it over an
+inter-domain event channel - moved too) replays alone from its log and verifies to the end, with the
+same console output - also while, during the replay, other domains keep running and moving in the same
+process and the replaying process itself is moved between host cores. The two pCPUs run in this
+process (host/pcpu.py's PhysicalCpu driven step by step over real pipes, their inter-domain messages
+and moves routed as the hypervisor routes them); the guests are real."""
 from __future__ import annotations
 
 import os
+import threading
 from multiprocessing import Pipe
 from pathlib import Path
 
@@ -28,58 +29,100 @@ REPLAY_CHUNK = 20_000        # instructions replayed between two moves of the ne
 
 neighbour = st.fixed_dictionaries({"guest": st.sampled_from(["spinpoll", "kbdshell"]),
                                    "weight": st.integers(1, 65535), "cap": st.sampled_from([0, 0, 10, 50])})
-action = st.tuples(st.integers(0, 30), st.sampled_from(["pause", "unpause", "sched-credit", "pin", "type", "signal"]),
-                   st.integers(0, 2), st.integers(1, 65535))
+action = st.tuples(st.integers(0, 30), st.sampled_from(["pause", "unpause", "sched-credit", "pin", "move", "type",
+                                                        "signal"]),
+                   st.integers(0, 3), st.integers(1, 65535))
 
 
-class Pcpu:
-    """A PhysicalCpu in this process and the far end of its pipe: requests, console output, and the
-    inter-domain messages routed back to the domain they name (as host/hypervisor.py does)."""
+class TwoPcpus:
+    """Two PhysicalCpus in this process and the far ends of their pipes: requests and their replies,
+    console output, and what the hypervisor routes (inter-domain messages to the pCPU of the domain
+    they name, a moving domain's state from one pCPU to the other)."""
 
     def __init__(self) -> None:
-        self.ours, theirs = Pipe()
-        self.cpu = PhysicalCpu(0, theirs)
+        self.pipes, self.cpus = [], []
+        for index in range(2):
+            ours, theirs = Pipe()
+            self.pipes.append(ours)
+            self.cpus.append(PhysicalCpu(index, theirs))
         self.requests = iter(range(1, 10**6))
         self.seen: dict[str, bytearray] = {}
         self.gone: set[str] = set()
-        self.names: dict[int, str] = {}
+        self.where: dict[str, int] = {}
+        self.configs: dict[str, tuple[DomainConfig, int]] = {}
+        self.replies: dict[int, dict] = {}
 
-    def ask(self, op: str, **fields) -> None:
-        self.cpu.handle({"op": op, "id": next(self.requests), **fields})
+    def ask(self, name: str, op: str, **fields) -> dict:
+        """A request for domain `name` to the pCPU it is on; its reply. The pCPU answers in this thread
+        (its engines belong to it) while a reader thread takes what it sends, up to the reply, as the
+        hypervisor process would: a reply (a leaving domain's memory) may not fit in the pipe."""
+        index, request_id = self.where[name], next(self.requests)
+        received: list[tuple] = []
 
-    def create(self, config: DomainConfig, domid: int, **fields) -> None:
-        self.names[domid] = config.name
-        self.ask("create", config=config, domid=domid, **fields)
+        def read() -> None:
+            while not received or received[-1][:2] != ("reply", request_id):
+                received.append(self.pipes[index].recv())
+        reader = threading.Thread(target=read)
+        reader.start()
+        self.cpus[index].handle({"op": op, "id": request_id, "name": name, **fields})
+        reader.join()
+        for message in received:
+            self._message(message)
+        return self.replies.pop(request_id)
+
+    def create(self, config: DomainConfig, domid: int, pcpu: int, **fields) -> None:
+        self.where[config.name], self.configs[config.name] = pcpu, (config, domid)
+        self.cpus[pcpu].handle({"op": "create", "id": next(self.requests), "config": config, "domid": domid, **fields})
+
+    def move(self, name: str) -> None:
+        """`vcpu-pin` to the other pCPU: the domain leaves one worker and arrives in the other."""
+        left = self.ask(name, "leave")
+        if "moved" in left:                  # a recorded domain stays
+            config, domid = self.configs[name]
+            self.where[name] = 1 - self.where[name]
+            arrived = self.ask(name, "arrive", config=config, domid=domid, moved=left["moved"])
+            assert "error" not in arrived, arrived
+
+    def _message(self, message: tuple) -> None:
+        if message[0] == "reply":
+            self.replies[message[1]] = message[2]
+        elif message[0] == "console":
+            self.seen.setdefault(message[1], bytearray()).extend(message[2])
+        elif message[0] == "gone":
+            self.gone.add(message[1])
+        elif message[0] == "interdomain":
+            change, domid, port, remote_dom, remote_port = message[1:]
+            name = next((name for name, (_, known) in self.configs.items() if known == remote_dom), None)
+            if name is not None and name not in self.gone:
+                self.ask(name, "interdomain", change=change, port=remote_port, remote_dom=domid, remote_port=port)
 
     def drain(self) -> None:
-        while self.ours.poll(0):
-            message = self.ours.recv()
-            if message[0] == "console":
-                self.seen.setdefault(message[1], bytearray()).extend(message[2])
-            elif message[0] == "gone":
-                self.gone.add(message[1])
-            elif message[0] == "interdomain":
-                change, domid, port, remote_dom, remote_port = message[1:]
-                if self.names.get(remote_dom) in self.cpu.domains:
-                    self.ask("interdomain", name=self.names[remote_dom], change=change, port=remote_port,
-                             remote_dom=domid, remote_port=port)
+        for pipe in self.pipes:
+            while pipe.poll(0):
+                self._message(pipe.recv())
 
     def step(self, actions: list, step: int, names: list[str]) -> None:
-        """Apply the actions due at `step` to the domains `names`, run one quantum, collect the output."""
+        """Apply the actions due at `step` to the domains `names`, run one quantum on each pCPU."""
         while actions and actions[0][0] <= step:
             _, what, target, number = actions.pop(0)
             name = names[target % len(names)]
+            if name in self.gone:
+                continue
             if what == "sched-credit":
-                self.ask("sched-credit", name=name, weight=number, cap=number % 3 * 20)
+                self.ask(name, "sched-credit", weight=number, cap=number % 3 * 20)
             elif what == "pin":
-                self.ask("pin", name=name, cpus=frozenset({0}) if number % 2 else None)
+                self.ask(name, "pin", cpus=frozenset({self.where[name]}) if number % 2 else None)
+            elif what == "move":
+                self.move(name)
             elif what == "type":
-                self.ask("console-in", name=name, data=b"ticks\r")
+                self.ask(name, "console-in", data=b"ticks\r")
             elif what == "signal":          # the peer notifies the recorded domain (once it has bound its port)
-                self.ask("console-in", name="peer", data=b"evtchn send 4\r" if number % 3 else b"evtchn bind 1 4\r")
+                self.ask("peer", "console-in", data=b"evtchn send 4\r" if number % 3 else b"evtchn bind 1 4\r")
             else:
-                self.ask(what, name=name)
-        self.cpu.step()
+                self.ask(name, what)
+        for cpu in self.cpus:
+            if any(not hosted.paused for hosted in cpu.domains.values()):    # else its process would wait for a request
+                cpu.step()
         self.drain()
 
 
@@ -88,22 +131,22 @@ class Pcpu:
        replay_actions=st.lists(action, max_size=8), cores=st.lists(st.integers(0, 7), min_size=1, max_size=6))
 def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighbours, actions, replay_actions, cores):
     log = tmp_path_factory.mktemp("neighbours") / "recorded.xrr"
-    host = Pcpu()
+    host = TwoPcpus()
     kbdshell = guest_path("kbdshell")
-    host.create(DomainConfig("recorded", kbdshell, memory_mib=4), 1, record=str(log))
-    host.create(DomainConfig("peer", kbdshell, memory_mib=4), PEER_DOMID)
-    names = []
+    host.create(DomainConfig("recorded", kbdshell, memory_mib=4), 1, 0, record=str(log))
+    host.create(DomainConfig("peer", kbdshell, memory_mib=4), PEER_DOMID, 1)
+    names = ["peer"]
     for index, spec in enumerate(neighbours):
         names.append(f"n{index}")
         host.create(DomainConfig(f"n{index}", guest_path(spec["guest"]), memory_mib=4, weight=spec["weight"],
-                                 cap=spec["cap"]), index + 2)
+                                 cap=spec["cap"]), index + 2, index % 2)
     schedule = sorted(actions)
     typed = [b"evtchn alloc 9\r", b"echo one\r", b"evtchn count 4\r", b"evtchn status 4\r", b"halt\r"]
     for step in range(MAX_STEPS):
         if typed and step % 40 == 5:
-            host.ask("console-in", name="recorded", data=typed.pop(0))
+            host.ask("recorded", "console-in", data=typed.pop(0))
         if step in (25, 50):               # the peer binds the port offered to it, and notifies
-            host.ask("console-in", name="peer", data=b"evtchn bind 1 4\r" if step == 25 else b"evtchn send 4\r")
+            host.ask("peer", "console-in", data=b"evtchn bind 1 4\r" if step == 25 else b"evtchn send 4\r")
         host.step(schedule, step, names)
         if "recorded" in host.gone:
             break
@@ -117,10 +160,11 @@ def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighb
         while not session.replayer.finished:
             os.sched_setaffinity(0, {allowed[cores[next(steps) % len(cores)] % len(allowed)]})
             session.replayer.run(Mark(session.domain.vcpu.icount + REPLAY_CHUNK, ALL_RECORDS))
-            host.step(schedule, next(steps) % 31, names + ["peer"])
+            host.step(schedule, next(steps) % 31, names)
     finally:
         os.sched_setaffinity(0, allowed)
-    host.ask("quit")
+    for cpu in host.cpus:
+        cpu.handle({"op": "quit", "id": 0})
     host.drain()
     assert session.replayer.recorded_outcome == "shutdown:poweroff"
     assert bytes(replayed) == recorded_output
