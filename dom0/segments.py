@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from dom0.replay import ReplaySession
-from dom0.snapshots import SnapshotFile, snapshot_path
+from dom0.snapshots import SnapshotFile
 from xen.inject import ReplayDivergence
 from xen.replay import Mark
 
@@ -35,9 +35,10 @@ START = Mark(0, 0)
 
 def count_segments(recording: Path) -> int:
     """How many segments `recording` has (one more than its usable stored snapshots)."""
-    stored = SnapshotFile(snapshot_path(recording))
+    stored = SnapshotFile.beside(recording, lambda problem: None)     # each unit reports the problems
     count = len(segment_bounds(stored))
-    stored.close()
+    if stored is not None:
+        stored.close()
     return count
 
 

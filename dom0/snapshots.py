@@ -292,14 +292,45 @@ class SnapshotFile:
 
     @classmethod
     def beside(cls, log: Path, warn: Callable[[str], None]) -> "SnapshotFile | None":
-        """The snapshots of the log `log` (None if it has none), after telling `warn` what is damaged."""
+        """The snapshots of the log `log` (None if it has none, or if they are another recording's), after
+        telling `warn` what is damaged."""
         stored = cls(snapshot_path(log))
+        if stored.entries:
+            stored._keep_those_of(log)
         for problem in stored.problems:
             warn(problem)
         if not stored.entries:
             stored.close()
             return None
         return stored
+
+    def _keep_those_of(self, log: Path) -> None:
+        """Keep only snapshots that can be `log`'s: each was taken right after a state digest the recorder
+        logged at its instruction count. A checksummed entry whose position, inside the log's usable
+        records, holds no such digest means the file is another recording's (copied or left beside this
+        log): none of it is used, said in one line. Entries past the log's usable end (a log cut short or
+        damaged) are dropped; whoever opens the log reports its damage."""
+        from dom0.logfile import LogFormatError, LogReader     # only the commands that use snapshots pay it
+        from xen.logrecord import KIND_DIGEST
+
+        try:
+            reader = LogReader(log)
+        except (OSError, LogFormatError):
+            return                     # the log itself is unreadable: its reader says why
+        with reader:
+            for entry in self.entries:
+                if not entry.checksum_ok:
+                    continue
+                record = next(reader.records_from(entry.mark.seq - 1), None) if entry.mark.seq > 0 else None
+                if record is None and entry.mark.seq > 0:
+                    del self.entries[entry.index:]
+                    return
+                if record is None or record.kind != KIND_DIGEST or record.icount != entry.mark.icount:
+                    self.problems.append(f"{self.path} holds snapshots of another recording (snapshot {entry.index} "
+                                         f"at instruction {entry.mark.icount} has no state digest logged at its "
+                                         f"position in {log}): none of them is used")
+                    self.entries = []
+                    return
 
     @property
     def usable(self) -> list[StoredSnapshot]:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from dom0 import cli
 from dom0.logfile import LogReader
 from dom0.replay import ReplaySession
-from dom0.segments import segment_bounds, verify_segment
+from dom0.segments import count_segments, segment_bounds, verify_segment
 from dom0.snapshots import _ENTRY, SnapshotFile, _checksum, snapshot_path
 from stub.timeline import Timeline
 from tests.conftest import write_log
@@ -183,6 +183,28 @@ def test_replay_from_an_event_starts_at_the_snapshot_and_a_bad_one_is_one_warnin
         status = cli.main(["record", str(kbdshell_elf), "-o", str(tmp_path / "x.xrr"), "--snapshot-every", bad])
         captured = capsys.readouterr()
         assert status == 2 and captured.err.count("\n") == 1 and "--snapshot-every" in captured.err, (bad, captured.err)
+
+
+def test_snapshots_of_another_recording_are_not_used_and_said_in_one_line(recording, recorder, kbdshell_elf,
+                                                                          tmp_path, capsys):
+    """A .snap left or copied beside another log (here: the same session with one more key typed, so its
+    snapshots sit elsewhere in the log) is refused as a whole, in one warning line: goto replays from the
+    start, and `replay --jobs` sees one segment instead of segments starting at positions of another log."""
+    other = recorder(kbdshell_elf, "--clock", "virtual", "--keys", r"echo ab\rbench 30000000\recho b\rhalt\r",
+                     "--snapshot-every", f"{SNAPSHOT_EVERY:.0e}")
+    log = tmp_path / "mixed" / recording.name
+    log.parent.mkdir()
+    shutil.copy(recording, log)
+    shutil.copy(snapshot_path(other.path), snapshot_path(log))
+    events = ReplaySession(log).events()
+    status = cli.main(["replay", "--quiet", "--from", str(len(events) - 1), str(log)])
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert status == 0 and len(warnings) == 1 and "snapshots of another recording" in warnings[0], captured.err
+    assert count_segments(log) == 1
+    warned: list[str] = []
+    _, timeline = cold_goto(log, Mark(events[-1].icount, events[-1].seq), warned)
+    assert timeline.stored is None and timeline.stored_restores == 0 and len(warned) == 1
 
 
 def _checks_inside(log: Path, start: Mark, end: Mark | None) -> list[int]:
