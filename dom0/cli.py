@@ -418,6 +418,7 @@ def command_replay(args: argparse.Namespace) -> int:
     until = _before_event(session, args.until_event)
     replayer = session.replayer
     divergence = None
+    events_before = digests_before = 0     # with --from: what this replay applied and checked is counted from there
     try:
         if start is not None:
             from stub.timeline import Timeline    # restores and checks the stored snapshot
@@ -425,13 +426,15 @@ def command_replay(args: argparse.Namespace) -> int:
             Timeline(session, checkpoint_interval=2**62, stored=SnapshotFile.beside(args.session, _warn),
                      warn=_warn).goto(start)
             console["on"] = True
+            events_before, digests_before = replayer.inputs_applied, replayer.digests_checked
         _replay_showing_progress(session, until, enabled=not args.json)
     except ReplayDivergence as error:
         divergence = str(error)
     damage = session.damage
     complete = replayer.recorded_outcome is not None
-    summary = {"session": str(args.session), "events": replayer.inputs_applied,
-               "instructions": session.domain.vcpu.icount, "digests_checked": replayer.digests_checked,
+    events, digests = replayer.inputs_applied - events_before, replayer.digests_checked - digests_before
+    summary = {"session": str(args.session), "events": events,
+               "instructions": session.domain.vcpu.icount, "digests_checked": digests,
                "verified": divergence is None, "divergence": divergence, "complete": complete,
                "recorded_outcome": replayer.recorded_outcome, "damage": str(damage) if damage else None,
                "stopped_before_event": args.until_event, "started_before_event": args.from_event}
@@ -449,8 +452,8 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
-    _terminal.say(f"xenrr: {verdict}{started}: {count_phrase(replayer.inputs_applied, 'event')}, "
-                  f"{session.domain.vcpu.icount} instructions, {count_phrase(replayer.digests_checked, 'state digest')} verified")
+    _terminal.say(f"xenrr: {verdict}{started}: {count_phrase(events, 'event')}, "
+                  f"{session.domain.vcpu.icount} instructions, {count_phrase(digests, 'state digest')} verified")
     session.close()
     if args.until_event is not None or (complete and not damage):
         return EXIT_OK

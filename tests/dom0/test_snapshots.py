@@ -168,6 +168,11 @@ def test_replay_from_an_event_starts_at_the_snapshot_and_a_bad_one_is_one_warnin
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "replayed to the end of the recording from event" in captured.err
+    status = cli.main(["replay", "--json", "--from", str(len(events) - 1), str(log)])
+    summary = json.loads(capsys.readouterr().out)
+    with LogReader(log) as reader:        # what this replay checked: from the event on, not from the start
+        checks = sum(record.kind in (KIND_DIGEST, KIND_END) for record in reader.records_from(events[-2].seq))
+    assert status == 0 and summary["events"] == 2 and summary["digests_checked"] == checks, summary
     for bad in (["--from", "0"], ["--from", str(len(events) + 1)], ["--from", "x"], ["--from", "3", "--jobs", "2"],
                 ["--jobs", "0"], ["--segment", "2-1"], ["--segment", "99"]):
         status = cli.main(["replay", "--quiet", *bad, str(log)])
