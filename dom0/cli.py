@@ -65,7 +65,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--keys", metavar="TEXT",
                       help="type TEXT into the guest console instead of reading the terminal; C escapes "
-                           r"\r \n \t \\ \xNN, and \pN pauses N ms (at most an hour) before the next key (end N with ; "
+                           r"\r \n \t \\ \e (ESC) \xNN, and \pN pauses N ms (at most an hour) before the next key (end N with ; "
                            r"if a digit follows: \p20;0)")
     keys.add_argument("--keys-file", metavar="FILE", type=Path,
                       help="like --keys, with the script read from FILE: its bytes are the keys as they are (a carriage "

@@ -5,7 +5,7 @@ when each byte is due. Both implement xen.sched.ConsoleInput. Invariant: every b
 backend is handed to the hypervisor exactly once, in order (nothing is dropped when the ring is
 full: the rest simply stays due).
 
-Key script syntax: text with C escapes \\r \\n \\t \\\\ \\xNN, and \\pN = pause N milliseconds before
+Key script syntax: text with C escapes \\r \\n \\t \\\\ \\e (ESC) \\xNN, and \\pN = pause N milliseconds before
 the next key (on the guest's clock with --clock virtual, on the host's with --clock real); a `;` may end
 the number, so that a digit can follow (`\\p20;0`). The pauses before one key add up to at most
 MAX_PAUSE_MS (one hour). For the PV keyboard (`named_keys`) a script may also name keys:
@@ -94,7 +94,8 @@ def parse_key_script(script: str | bytes, named_keys: bool = False) -> list[tupl
             raise KeyScriptError(f"\\{escape}{{NAME}} names a key of the PV keyboard: it needs --keyboard pv "
                                  f"(offset {index})")
         else:
-            raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\xNN \\pN")
+            named = " \\d{NAME} \\u{NAME} \\k{NAME}" if named_keys else ""
+            raise KeyScriptError(f"unknown escape \\{escape} (offset {index}); use \\r \\n \\t \\\\ \\e \\xNN \\pN{named}")
     return keys
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
-from dom0.consoleinput import TerminalInput
+import pytest
+
+from dom0.consoleinput import KeyScriptError, TerminalInput
 from dom0.keyboard import KEY_MAP, KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogReader
 from dom0.record import record
@@ -120,6 +123,10 @@ def test_scripts_press_hold_and_release_keys_by_name():
         (shift, True), (a, True), (a, False), (shift, False),              # Shift held by hand: not pressed again
         (shift, True), (a, True), (a, False), (shift, False),              # 'A': Shift around the key
         (up, True), (up, False), (left, True), (left, False)]              # \k{UP}, and ESC [ D from a terminal
+    for script, message in ((r"\q", r"use \r \n \t \\ \e \xNN \pN \d{NAME} \u{NAME} \k{NAME}"),
+                            (r"\d{LEFTSHIFT", r"\d needs a key name in braces"), (r"\k{NOSUCHKEY}", "unknown key name")):
+        with pytest.raises(KeyScriptError, match=re.escape(message)):
+            KeyEventScript(script)
 
 
 def test_a_keyboard_recording_walks_backwards_and_forwards_exactly(kbdshell_elf, tmp_path):
