@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 from xen import abi
 from xen.digest import Digest, end_payload, parse_end_payload
 from xen.kbdif import EVENT_PAYLOAD_BYTES, decode_key_event
-from xen.keycodes import keycode_name
+from xen.keycodes import KEY_MAX, keycode_name
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
 from xen.timekeeping import TimeBase
 
@@ -259,4 +259,7 @@ class Funnel:
         if event.type != abi.XENKBD_TYPE_KEY:
             raise UnusableRecord(f"the log has a keyboard event of type {event.type}: only key events "
                                  f"(XENKBD_TYPE_KEY) are recorded")
+        if event.keycode > KEY_MAX:
+            raise UnusableRecord(f"the log has a keyboard event with keycode {event.keycode:#x}: Linux keycodes end "
+                                 f"at KEY_MAX {KEY_MAX:#x}")
         keyboard.push(event)

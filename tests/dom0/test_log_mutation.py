@@ -144,6 +144,30 @@ def test_a_payload_of_the_wrong_length_for_its_kind_is_one_error_line(capsys, ti
     one_error_line(status, stderr, fragment)
 
 
+KEYBOARD_EDITS = {
+    "one byte long": (lambda p: p + b"\0", "3-byte payload"),
+    "a pointer event": (lambda p: (int.from_bytes(p, "little") & 0x0FFF | 5 << 12).to_bytes(2, "little"), "type 5"),
+    "keycode past KEY_MAX": (lambda p: (int.from_bytes(p, "little") & ~0x7FF | 0x300).to_bytes(2, "little"),
+                             "keycode 0x300"),
+}
+
+
+@pytest.fixture(scope="module")
+def keyboard_recording(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--clock", "virtual", "--keyboard", "pv", "--keys", r"halt\r").path
+
+
+@pytest.mark.parametrize("edit", sorted(KEYBOARD_EDITS))
+def test_a_keyboard_event_no_backend_puts_on_the_ring_is_one_error_line(capsys, keyboard_recording, tmp_path, edit):
+    """docs/log-format.md: a keyboard record is 2 bytes, XENKBD_TYPE_KEY with a keycode <= KEY_MAX (0x2ff)."""
+    change, fragment = KEYBOARD_EDITS[edit]
+    header, records = records_of(keyboard_recording)
+    index = _first(records, Kind.KEYBOARD)
+    records[index] = records[index]._replace(payload=change(records[index].payload))
+    status, stderr = run_cli(capsys, "replay", "--quiet", write_log(tmp_path / "edited.xrr", header, records))
+    one_error_line(status, stderr, fragment)
+
+
 @pytest.fixture(scope="module")
 def timer_recording(recorder, kbdshell_elf) -> Path:
     """kbdshell with a pause (timer inputs), a digest and an END: every kind of record."""
