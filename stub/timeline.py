@@ -136,6 +136,7 @@ class Timeline:
         self._scanned: _ScannedInterval | None = None
         self._snapshots: dict[Mark, Checkpoint] = {}    # states at recent hits (oldest first), not thinned
         self._switches: dict[int, int] = {}      # SMP: icount -> the vCPU that took the engine there (as replayed)
+        self._unobserved: list[tuple[int, int]] = []    # icount ranges a stored snapshot jumped: switches unknown
         session.domain.switch_observer = self._switches.__setitem__
         # Instrumentation for tests and benchmarks: instructions replayed by backward scans, and in all.
         self.instructions_scanned = 0
@@ -302,6 +303,8 @@ class Timeline:
             return None
         self.stored_restores += 1
         if checkpoint.mark > self._frontier():
+            self._unobserved.append((self._frontier().icount, checkpoint.mark.icount))
+            self._switches[checkpoint.mark.icount] = self.session.domain.current
             self._add_segment(Segment(checkpoint.mark, frozenset({MAPPING_CHANGED})))   # not replayed: anything
             self._segment_generation = self._generation
             self._segment_mapping_changes = self.vcpu.mapping_changes
@@ -451,27 +454,47 @@ class Timeline:
 
     def reverse_step_vcpu(self, vcpu: int) -> Stop:
         """Go back to just before `vcpu`'s previous instruction; the other vCPUs go back to where they
-        were then. Uses the switch points seen while replaying (every position was reached by replay);
-        where they are unknown (before a stored snapshot restored first), one instruction of the domain."""
+        were then. Uses the switch points seen while replaying; a stretch a stored snapshot jumped over
+        is replayed first to see them. One instruction of the domain when `vcpu` never ran before."""
         icount = self.vcpu.icount
         if self.position <= START or icount == 0:
             return self.reverse_step()
+        origin = self.position
         target = self._last_instruction_of(vcpu, icount - 1)
+        while target is None and any(low < icount for low, _ in self._unobserved):
+            self._observe(max(gap for gap in self._unobserved if gap[0] < icount))
+            target = self._last_instruction_of(vcpu, icount - 1)
         if target is None:
+            self.goto(origin)
             return self.reverse_step()
         stop = self.goto(Mark(target, ALL_RECORDS))
         return Stop("step", stop.mark, stop.pc, vcpu=vcpu)
 
+    def _observe(self, gap: tuple[int, int]) -> None:
+        """Replay the stretch `gap` that a stored snapshot jumped over, instruction counts and switches
+        seen on the way (the stored snapshots are not used for it)."""
+        low, high = gap
+        self.goto(Mark(low, ALL_RECORDS))
+        stored, self.stored = self.stored, None
+        try:
+            self._forward(Mark(high, ALL_RECORDS), debug=False)
+        finally:
+            self.stored = stored
+        self._unobserved.remove(gap)
+
     def _last_instruction_of(self, vcpu: int, last: int) -> int | None:
         """The count at which `vcpu` executed its last instruction at or before count `last` (the
         vCPU that executes instruction i is the one the last switch at or before i gave the engine to;
-        vCPU 0 before any); None when it is not known."""
+        vCPU 0 before any); None when it is not known (it never ran, or a stretch on the way back was
+        jumped over by a stored snapshot)."""
         points = sorted(point for point in self._switches if point <= last)
         runs = [(0, 0)] + [(point, self._switches[point]) for point in points]
         end = last
         for start, runner in reversed(runs):
             if start > end:
                 continue
+            if any(low < end + 1 and high > start for low, high in self._unobserved):
+                return None
             if runner == vcpu:
                 return end
             end = start - 1

@@ -324,3 +324,12 @@ def test_snapshots_every_so_many_seconds_of_a_two_vcpu_domain_restore_every_vcpu
         assert timeline.stored_restores == 1
         assert state == state_of(reference)
         assert len(timeline.session.domain.vcpus) == 2
+    # Reverse-stepping one vCPU from just past a snapshot: its previous instruction may lie in the stretch the
+    # snapshot jumped over, whose switches only a replay of it shows; the same place as a full replay's.
+    mark = Mark(marks[-1].icount + 777, 2**63)
+    for vcpu in (0, 1):
+        _, timeline = cold_goto(done.path, mark)
+        reference.goto(mark)
+        stepped, expected = timeline.reverse_step_vcpu(vcpu), reference.reverse_step_vcpu(vcpu)
+        assert (stepped.mark, stepped.vcpu) == (expected.mark, expected.vcpu)
+        assert state_of(timeline) == state_of(reference)
