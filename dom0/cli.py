@@ -289,7 +289,8 @@ def _describe(outcome: Outcome) -> str:
     texts = {"instruction-limit": "stopped at the instruction limit",
              "input-exhausted": "stopped: key script done and the guest stayed idle",
              "detached": "detached from the console; domain destroyed",
-             "deadlock": f"stopped: {outcome.detail}"}
+             "deadlock": f"stopped: {outcome.detail}",
+             "input-refused": f"stopped: key script not done: {outcome.detail}"}
     return f"{texts[outcome.reason]} after {outcome.icount} instructions"
 
 

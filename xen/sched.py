@@ -105,7 +105,8 @@ class Snapshots(Protocol):
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended."""
-    reason: str                 # "shutdown", "crashed", "instruction-limit", "detached", "input-exhausted", "deadlock", "idle"
+    reason: str                 # "shutdown", "crashed", "instruction-limit", "detached", "input-exhausted",
+                                # "input-refused", "deadlock", "idle"
     icount: int
     detail: str = ""
     wake_ns: int | None = None  # "idle": when the domain next has something to do (time.monotonic_ns; None: on input)
@@ -366,12 +367,27 @@ class Scheduler:
 
     def _linger_over(self) -> Outcome | None:
         """At an idle moment: the run ends once the input is exhausted and the guest idled on for the
-        linger time (guest time under the virtual clock, host time under the real one)."""
-        if self.input.exhausted and self._exhausted_at is None:
-            self._exhausted_at = self._input_clock()
+        linger time (guest time under the virtual clock, host time under the real one). Scripted keys
+        for a PV keyboard that takes none (no frontend connected, or its ring full) count the same
+        lingering, from the first idle moment they wait at, so that such a run ends too."""
+        refused = self._keys_refused()
+        if self.input.exhausted or refused:
+            if self._exhausted_at is None:
+                self._exhausted_at = self._input_clock()
+        else:
+            self._exhausted_at = None            # the keyboard took keys again: they are not stuck
         if self._exhausted_at is not None and self._input_clock() - self._exhausted_at >= self.linger_ns:
+            if refused:
+                return Outcome("input-refused", self.domain.vcpu.icount,
+                               "the guest took no PV keyboard events (no frontend connected, or its ring stayed "
+                               "full) and stayed idle")
             return Outcome("input-exhausted", self.domain.vcpu.icount)
         return None
+
+    def _keys_refused(self) -> bool:
+        """Scripted keys wait for a PV keyboard that takes no events, at an idle moment."""
+        return (self.keyboard and self.input.fileno() is None and not self.input.exhausted
+                and self._input_space() == 0)
 
     def _next_wake(self, now: int) -> int | None:
         """When the idle guest next has something to do: a timer, a due key or the end of lingering."""

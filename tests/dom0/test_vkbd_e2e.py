@@ -152,3 +152,15 @@ def test_the_debugger_shell_lists_key_events_by_kind_and_goes_to_one(keyboard_re
         assert "line_insert at editor.c:33" in stopped, stopped
     finally:
         shell.close()
+
+
+@pytest.mark.parametrize("clock", ["virtual", "real"])
+def test_scripted_keys_for_a_guest_without_a_keyboard_frontend_end_the_run_after_lingering(xenrr, minimal_elf,
+                                                                                          clock):
+    """guests/minimal has no kbdfront: its keys are never taken, and the run stops (status 3, one line)
+    instead of waiting for ever."""
+    run = xenrr("run", minimal_elf, "--keyboard", "pv", "--clock", clock, "--keys", r"abc\r", "--linger", "0.2",
+                timeout=60)
+    assert run.status == 3, run.stderr
+    assert "xenrr: stopped: key script not done: the guest took no PV keyboard events" in run.stderr
+
