@@ -16,6 +16,7 @@ import struct
 import time
 from pathlib import Path
 
+from benchmarks.record_replay import _median_time
 from xen import abi, hypercalls
 from xen.builder import build_domain
 from xen.domain import Domain
@@ -25,15 +26,6 @@ KBDSHELL = ROOT / "guests" / "kbdshell" / "kbdshell.elf"
 MEMORY = 64 << 20
 DATA = 0x63
 REPEATS = {False: 200, True: 20}
-
-
-def _median_seconds(operation, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        operation()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _call(domain: Domain, number: int, *arguments: int) -> None:
@@ -87,7 +79,7 @@ def run(quick: bool) -> dict:
         frame = frames[next(flip) % 2]
         _call(domain, abi.HYPERVISOR_update_va_mapping, window, (frame << 12) | DATA, abi.UVMF_INVLPG)
 
-    update_va_mapping = _median_seconds(remap, repeats)
+    update_va_mapping = _median_time(remap, repeats)
     _call(domain, abi.HYPERVISOR_update_va_mapping, window, 0, abi.UVMF_INVLPG)
 
     copy = domain.image.nr_pages - 3
@@ -98,7 +90,7 @@ def run(quick: bool) -> dict:
     def switch() -> None:
         _mmuext(domain, scratch, abi.MMUEXT_NEW_BASEPTR, copy if next(targets) % 2 == 0 else domain.image.l4_frame)
 
-    same_map_switch = _median_seconds(switch, repeats)
+    same_map_switch = _median_time(switch, repeats)
     if domain.memory.cr3 != domain.image.l4_frame:
         switch()
     _mmuext(domain, scratch, abi.MMUEXT_UNPIN_TABLE, copy)
