@@ -29,18 +29,14 @@ from xen.builder import build_domain
 from xen.domain import Domain, RunState
 from xen.inject import Kind
 from xen.timekeeping import TimeBase
-from xen.vcpu import GPR_NAMES, ExitReason
+from xen.vcpu import ExitReason
+from tests.vcpu.test_determinism import _register_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = b"par 2000\recho between\rpar 500\r"
 MEMORY = 4 * 1024 * 1024
 QUANTUM = 3_000
 END = 1_500_000
-
-
-def _register_hash(vcpu) -> str:
-    values = [vcpu.reg(name) for name in GPR_NAMES] + [vcpu.pc, vcpu.rflags()]
-    return hashlib.blake2b(repr(values).encode(), digest_size=8).hexdigest()
 
 
 def _schedule() -> list[tuple[int, Kind, bytes]]:
