@@ -10,7 +10,6 @@ repeats.
 """
 from __future__ import annotations
 
-import ctypes
 import statistics
 import struct
 import time
