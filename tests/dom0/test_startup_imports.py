@@ -49,12 +49,9 @@ def test_run_of_a_guest_imports_no_heavy_library(minimal_elf):
     assert heavy == []
 
 
-def test_dump_validates_the_header_with_jsonschema_when_it_needs_it(tmp_path, minimal_elf):
+def test_dump_validates_the_header_with_jsonschema_when_it_needs_it(recorder, minimal_elf):
     """The lazily imported validator still runs: dump of a real recording loads it and says the log is fine."""
-    log = tmp_path / "minimal.xrr"
-    done = subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(minimal_elf), "-o", str(log),
-                           "--keys", r"hello world\r", "--clock", "virtual"], cwd=ROOT, capture_output=True)
-    assert done.returncode == 0, done.stderr
+    log = recorder(minimal_elf, "--keys", r"hello world\r", "--clock", "virtual").path
     status, heavy = _heavy_modules("dump", str(log))
     assert status == 0
     assert "jsonschema" in heavy and "dask" not in heavy

@@ -52,13 +52,11 @@ HOSTILE_REASONS = [
 
 
 @pytest.fixture(scope="module")
-def keyboard_recording(tmp_path_factory, kbdshell_elf, xenrr) -> Path:
-    path = tmp_path_factory.mktemp("vkbd") / "long-line-pv.xrr"
-    run = xenrr("record", kbdshell_elf, "-o", path, "--keyboard", "pv", "--clock", "virtual",
-                "--keys", LINE + r"\rhist\rhalt\r")
-    assert run.status == 0, run.stderr
+def keyboard_recording(recorder, kbdshell_elf) -> Path:
+    recording = recorder(kbdshell_elf, "--keyboard", "pv", "--clock", "virtual", "--keys", LINE + r"\rhist\rhalt\r")
+    run = recording.record
     assert "kbdshell ready (PV keyboard)" in run.stdout and f"\r\n{ABCD + 2}\r\n" in run.stdout
-    return path
+    return recording.path
 
 
 def test_a_hostile_frontend_gets_the_device_closed_with_one_line_each_time(xenrr, tmp_path):

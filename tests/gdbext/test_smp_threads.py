@@ -8,8 +8,6 @@ store made by whichever vCPU stored last - the same one a naive forward replay f
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,16 +17,11 @@ from gdbext.api import Debugger, xenrr_debug
 from gdbext.shell import DebugShell
 from stub.timeline import Timeline
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def race(tmp_path_factory, kbdshell_elf) -> Path:
-    log = tmp_path_factory.mktemp("threads") / "race.xrr"
-    subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(kbdshell_elf), "-o", str(log), "--memory", "4",
-                    "--vcpus", "2", "--quantum", "4000", "--keys", r"par 3000\rhalt\r"],
-                   check=True, capture_output=True, cwd=ROOT, timeout=120)
-    return log
+def race(recorder, kbdshell_elf) -> Path:
+    return recorder(kbdshell_elf, "--memory", "4", "--vcpus", "2", "--quantum", "4000",
+                    "--keys", r"par 3000\rhalt\r").path
 
 
 @pytest.fixture(scope="module")

@@ -148,14 +148,12 @@ def test_hits_of_a_scanned_interval_are_kept_until_the_debug_settings_change(rec
     assert timeline.instructions_scanned > scanned
 
 
-def test_a_watched_address_whose_frame_changes_is_found_wherever_it_was_mapped(tmp_path, xenrr, kbdshell_elf):
+def test_a_watched_address_whose_frame_changes_is_found_wherever_it_was_mapped(recorder, kbdshell_elf):
     """kbdshell's `pages` writes its window page while other frames are mapped there (the L4 copy,
     then the window's own frame again): segments are skipped by the frames mapped at the watched
     address, and never across a change of the address space, so every write is found."""
-    path = tmp_path / "pages.xrr"
     keys = r"pages\rbench 100000\rpages\rbench 100000\rhalt\r"
-    done = xenrr("record", kbdshell_elf, "-o", path, "--clock", "virtual", "--memory", "2", "--keys", keys)
-    assert done.status == 0, done.stderr
+    path = recorder(kbdshell_elf, "--clock", "virtual", "--memory", "2", "--keys", keys).path
     with kbdshell_elf.open("rb") as file:
         [window] = ELFFile(file).get_section_by_name(".symtab").get_symbol_by_name("pages_window")
     watch = (window["st_value"], 8, "w")
