@@ -180,6 +180,10 @@ class Hypervisor:
     def _allowed(self, cpus: frozenset[int] | None) -> list[int]:
         return [w.index for w in self.workers] if cpus is None else sorted(c for c in cpus if c < len(self.workers))
 
+    def _least_loaded(self, allowed: list[int]) -> Worker:
+        """Of the pCPUs `allowed`, the worker with the fewest domains (the lowest index among equals)."""
+        return min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index))
+
     def cmd_create(self, request: dict, client) -> dict:
         config = decode_config(request.get("config"))
         if config.name in self.domains:
@@ -187,7 +191,7 @@ class Hypervisor:
         allowed = self._allowed(config.cpus[0])
         if not allowed:
             raise ControlError(f"{config.source}: cpus names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
-        worker = min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index))
+        worker = self._least_loaded(allowed)
         domid = next(self._domids)
         entry = DomainEntry(config.name, domid, worker.index, config)
         self.domains[config.name] = entry
@@ -244,8 +248,7 @@ class Hypervisor:
         if not allowed:
             raise ControlError(f"that names no pCPU of this host (it has pCPUs 0-{len(self.workers) - 1})")
         if entry.pcpu not in allowed:
-            self._move(entry, min((self.workers[index] for index in allowed), key=lambda w: (len(w.domains), w.index)),
-                       cpus)
+            self._move(entry, self._least_loaded(allowed), cpus)
         else:
             self._forward(request, "pin", cpus=cpus)
         return {"pcpu": entry.pcpu}
