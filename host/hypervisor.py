@@ -29,7 +29,7 @@ from pathlib import Path
 
 from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
 from host.pcpu import pcpu_main
-from host.xlcfg import DomainConfig
+from host.xlcfg import MAX_WEIGHT, DomainConfig
 
 WORKER_START_SECONDS = 120
 
@@ -232,8 +232,8 @@ class Hypervisor:
 
     def cmd_sched_credit(self, request: dict, client) -> dict:
         weight, cap = request.get("weight"), request.get("cap")
-        if weight is not None and not (isinstance(weight, int) and 1 <= weight <= 65535):
-            raise ControlError(f"weight must be between 1 and 65535, not {weight!r}")
+        if weight is not None and not (isinstance(weight, int) and 1 <= weight <= MAX_WEIGHT):
+            raise ControlError(f"weight must be between 1 and {MAX_WEIGHT}, not {weight!r}")
         if cap is not None and not (isinstance(cap, int) and 0 <= cap <= 100 * len(self.workers)):
             raise ControlError(f"cap must be between 0 and {100 * len(self.workers)}, not {cap!r}")
         self._forward(request, "sched-credit", weight=weight, cap=cap)
