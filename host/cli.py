@@ -21,7 +21,7 @@ from pathlib import Path
 from dom0.consoleinput import TerminalInput
 from host import control
 from host.control import ControlError
-from host.xlcfg import parse_cpus
+from host.xlcfg import ConfigError, parse_cpus, read_config_text
 
 DOWN_WAIT_SECONDS = 120
 
@@ -180,11 +180,9 @@ def command_down(args: argparse.Namespace) -> int:
 
 def command_create(args: argparse.Namespace) -> int:
     try:
-        text = args.config.read_text(encoding="utf-8")
-    except OSError as error:
-        raise HostCommandError(f"cannot read {args.config}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise HostCommandError(f"{args.config}: not a text file") from None
+        text = read_config_text(args.config)
+    except ConfigError as error:
+        raise HostCommandError(str(error)) from None
     wire = control.encode_config(text, str(args.config), Path.cwd())
     request = {"cmd": "create", "config": wire}
     if args.record is not None:

@@ -230,14 +230,17 @@ def _integer(text: str) -> int:
 def load_config(path: Path, base: Path | None = None) -> DomainConfig:
     """Read and check the xl config at `path`; a relative kernel path is taken from `base` (default:
     the current directory, as xl does)."""
-    source = str(path)
+    return parse_config(read_config_text(path), str(path), base or Path.cwd())
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the config file at `path` (ConfigError: unreadable, or not text)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"cannot read {source}: {error.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not a text file") from None
-    return parse_config(text, source, base or Path.cwd())
+        raise ConfigError(f"{path}: not a text file") from None
 
 
 def parse_config(text: str, source: str, base: Path) -> DomainConfig:
