@@ -388,15 +388,14 @@ class GdbServer:
         return b""                               # vMustReplyEmpty, vFile, vRun, ...
 
     # ---------------------------------------------------------------- threads
-    def _vcpus(self) -> list[VCpu | SavedCpu]:
-        """The replayed domain's vCPUs, in vCPU-number order (thread id = index + 1): the engine for the
-        one on it, a view of the saved registers for each other one."""
+    def _vcpu(self, number: int) -> VCpu | SavedCpu:
+        """vCPU `number` of the replayed domain (thread id = number + 1): the engine for the one on it,
+        a view of the saved registers for each other one."""
         domain = self.timeline.session.domain
-        return [domain.vcpu if number == domain.current else SavedCpu(domain.vcpu_registers(number))
-                for number in range(len(domain.vcpus))]
+        return domain.vcpu if number == domain.current else SavedCpu(domain.vcpu_registers(number))
 
     def _thread_ids(self) -> range:
-        return range(1, len(self._vcpus()) + 1)
+        return range(1, len(self.timeline.session.domain.vcpus) + 1)
 
     @staticmethod
     def _thread_number(text: bytes) -> int:
@@ -422,7 +421,7 @@ class GdbServer:
         return b"OK" if self._thread_number(args) in self._thread_ids() else NO_SUCH_THREAD
 
     def _register_vcpu(self) -> VCpu:
-        return self._vcpus()[self._client.register_thread - 1]
+        return self._vcpu(self._client.register_thread - 1)
 
     # ---------------------------------------------------------------- registers, memory, description
     def _read_registers(self, args: bytes) -> bytes:
@@ -597,7 +596,7 @@ class GdbServer:
         vcpu_number = stop.vcpu
         thread = vcpu_number + 1                 # the vCPU that hit (all stop together: all-stop mode)
         self._client.register_thread = thread
-        vcpu = self._vcpus()[vcpu_number]
+        vcpu = self._vcpu(vcpu_number)
         for name in EXPEDITED:
             number = REGISTER_NUMBERS[name]
             parts.append(b"%02x:%s;" % (number, hex_encode(register_bytes(vcpu, number))))
