@@ -12,8 +12,6 @@ replays identically, and xenstore state follows reverse execution.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -77,31 +75,24 @@ read control/shutdown: ok poweroff
 """.replace("\n", "\r\n")
 
 
-def xenrr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dom0.cli", *args], cwd=ROOT, capture_output=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory) -> Path:
-    log = tmp_path_factory.mktemp("xsprobe") / "xsprobe.xrr"
-    result = xenrr("record", str(XSPROBE), "--keys", "", "--clock", "virtual", "--xenstore-write", SHUTDOWN,
-                   "-o", str(log))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == TRANSCRIPT
-    return log
+def recording(recorder) -> Path:
+    recorded = recorder(XSPROBE, "--keys", "", "--clock", "virtual", "--xenstore-write", SHUTDOWN)
+    assert recorded.record.stdout == TRANSCRIPT
+    return recorded.path
 
 
-def test_run_prints_the_xenstored_transcript_and_powers_off_on_the_toolstack_write():
-    result = xenrr("run", str(XSPROBE), "--keys", "", "--clock", "virtual", "--xenstore-write", SHUTDOWN)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == TRANSCRIPT
-    assert b"domain shut down (poweroff)" in result.stderr
+def test_run_prints_the_xenstored_transcript_and_powers_off_on_the_toolstack_write(xenrr):
+    result = xenrr("run", XSPROBE, "--keys", "", "--clock", "virtual", "--xenstore-write", SHUTDOWN)
+    assert result.status == 0, result.stderr
+    assert result.stdout == TRANSCRIPT
+    assert "domain shut down (poweroff)" in result.stderr
 
 
-def test_without_the_write_the_guest_waits(tmp_path):
-    result = xenrr("run", str(XSPROBE), "--keys", "", "--clock", "virtual", "--linger", "0.01")
-    assert result.returncode == 3
-    assert result.stdout.decode().endswith("read control/shutdown: ok \r\n")
+def test_without_the_write_the_guest_waits(xenrr):
+    result = xenrr("run", XSPROBE, "--keys", "", "--clock", "virtual", "--linger", "0.01")
+    assert result.status == 3
+    assert result.stdout.endswith("read control/shutdown: ok \r\n")
 
 
 @pytest.mark.parametrize("option, message", [("nopath", "wants PATH=VALUE"), ("=v", "wants PATH=VALUE"),
@@ -123,28 +114,28 @@ def test_the_toolstack_write_is_the_only_logged_xenstore_traffic(recording):
     session.close()
 
 
-def test_replay_verifies_and_reproduces_the_console(recording):
-    result = xenrr("replay", str(recording))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == TRANSCRIPT
+def test_replay_verifies_and_reproduces_the_console(xenrr, recording):
+    result = xenrr("replay", recording)
+    assert result.status == 0, result.stderr
+    assert result.stdout == TRANSCRIPT
 
 
-def test_xenstore_ls_at_the_end_and_before_the_write(recording):
+def test_xenstore_ls_at_the_end_and_before_the_write(xenrr, recording):
     session = ReplaySession(recording)
     write_event = next(e.number for e in session.events() if e.kind == Kind.XENSTORE_WRITE)
     session.close()
-    end = xenrr("xenstore-ls", str(recording))
-    assert end.returncode == 0, end.stderr
-    lines = end.stdout.decode().splitlines()
+    end = xenrr("xenstore-ls", recording)
+    assert end.status == 0, end.stderr
+    lines = end.stdout.splitlines()
     assert lines[:3] == ['local = ""', ' domain = ""', '  0 = ""']
     assert '   name = "xsprobe"' in lines and '    shutdown = "poweroff"' in lines
     assert '    probe = "hello"' in lines and '    t = "changed"' in lines
-    before = xenrr("xenstore-ls", str(recording), "--at", str(write_event), "-p")
-    assert before.returncode == 0, before.stderr
-    assert '    shutdown = ""  (n1)' in before.stdout.decode().splitlines()
-    assert '    probe = "hello"  (n1,r0)' in before.stdout.decode().splitlines()
-    missing = xenrr("xenstore-ls", str(recording), "--at", "99")
-    assert missing.returncode == 2 and missing.stderr.decode().startswith("xenrr: error: event 99 does not exist")
+    before = xenrr("xenstore-ls", recording, "--at", str(write_event), "-p")
+    assert before.status == 0, before.stderr
+    assert '    shutdown = ""  (n1)' in before.stdout.splitlines()
+    assert '    probe = "hello"  (n1,r0)' in before.stdout.splitlines()
+    missing = xenrr("xenstore-ls", recording, "--at", "99")
+    assert missing.status == 2 and missing.stderr.startswith("xenrr: error: event 99 does not exist")
 
 
 def test_xenstore_state_follows_reverse_execution(recording):
