@@ -313,10 +313,7 @@ class PhysicalCpu:
         (without a "gone": it lives on, channels with other domains included)."""
         hosted = self._domain(request)
         moved = hosted.leave()
-        self._send_outbox(hosted)
-        del self.domains[hosted.config.name]
-        self.credit.remove(hosted.entity)
-        hosted.close()
+        self._take_off(hosted)
         return {"moved": moved}
 
     def op_arrive(self, request: dict) -> dict:
@@ -393,12 +390,16 @@ class PhysicalCpu:
         if hosted.recording_failure is not None:
             why += f"; its log is incomplete: {hosted.recording_failure}"
         hosted.disconnect()
+        self._take_off(hosted)
+        if tell:
+            self.connection.send(("gone", hosted.config.name, why))
+
+    def _take_off(self, hosted: HostedDomain) -> None:
+        """Its last event-channel actions sent, the domain is no longer on this pCPU (nor its scheduler)."""
         self._send_outbox(hosted)
         del self.domains[hosted.config.name]
         self.credit.remove(hosted.entity)
         hosted.close()
-        if tell:
-            self.connection.send(("gone", hosted.config.name, why))
 
     # ---------------------------------------------------------------- the loop
     def _ended(self, hosted: HostedDomain) -> None:
