@@ -580,7 +580,7 @@ class Debugger:
     def _position(self, reason: str, frame: dict[str, Any], old: str | None = None, new: str | None = None,
                   when_text: str | None = None) -> Stop:
         event, icount = self._when(when_text)
-        thread = self._gdb.command("-thread-info").payload.get("current-thread-id", "1")
+        thread = self._gdb.command("-thread-list-ids").payload.get("current-thread-id", "1")
         return Stop(reason, frame.get("func"), frame.get("file"), _int(frame.get("line")),
                     int(frame.get("addr", "0"), 16), icount, event, frame.get("fullname"), old, new,
                     int(thread) - 1)
