@@ -9,9 +9,8 @@ io/console.h; a guest that corrupts them loses its own output, never the hypervi
 from __future__ import annotations
 
 from xen import abi
+from xen.ringpage import RingFields, ring_distance
 from xen.vcpu import MachineMemory
-
-_INDEX_MASK = 0xFFFFFFFF
 
 
 class ConsoleRing:
@@ -20,22 +19,16 @@ class ConsoleRing:
     def __init__(self, memory: MachineMemory, address: int):
         self._memory = memory          # Xen reaches this page by its machine address
         self.address = address
+        self._fields = RingFields(memory, address, abi.XenconsInterface)
         self.in_size = abi.XENCONS_IN_SIZE
         self.out_size = abi.XENCONS_OUT_SIZE
 
-    def _index(self, name: str) -> int:
-        return int.from_bytes(self._memory.read(self.address + getattr(abi.XenconsInterface, name).offset, 4), "little")
-
-    def _set_index(self, name: str, value: int) -> None:
-        self._memory.write(self.address + getattr(abi.XenconsInterface, name).offset,
-                         (value & _INDEX_MASK).to_bytes(4, "little"))
-
     def drain_output(self) -> bytes:
         """Everything the guest has produced since the last call; advances out_cons."""
-        consumer, producer = self._index("out_cons"), self._index("out_prod")
-        available = (producer - consumer) & _INDEX_MASK
+        consumer, producer = self._fields.read("out_cons"), self._fields.read("out_prod")
+        available = ring_distance(consumer, producer)
         if available > self.out_size:          # corrupted indices: resynchronise, drop the garbage
-            self._set_index("out_cons", producer)
+            self._fields.write("out_cons", producer)
             return b""
         base = self.address + abi.XenconsInterface.out.offset
         data = bytearray()
@@ -45,16 +38,16 @@ class ConsoleRing:
             data += self._memory.read(base + offset, chunk)
             consumer += chunk
             available -= chunk
-        self._set_index("out_cons", consumer)
+        self._fields.write("out_cons", consumer)
         return bytes(data)
 
     def guest_indices(self) -> tuple[int, int]:
         """(in_cons, out_prod): the indices only the guest moves, when it takes input or gives output."""
-        return self._index("in_cons"), self._index("out_prod")
+        return self._fields.read("in_cons"), self._fields.read("out_prod")
 
     def input_empty(self) -> bool:
         """No input waits in the ring for the guest."""
-        return self._index("in_prod") == self._index("in_cons")
+        return self._fields.read("in_prod") == self._fields.read("in_cons")
 
     @property
     def in_prod_address(self) -> int:
@@ -63,12 +56,12 @@ class ConsoleRing:
 
     def input_space(self) -> int:
         """How many bytes of input the ring can take now."""
-        used = (self._index("in_prod") - self._index("in_cons")) & _INDEX_MASK
+        used = ring_distance(self._fields.read("in_cons"), self._fields.read("in_prod"))
         return max(0, self.in_size - used)
 
     def push_input(self, data: bytes) -> None:
         """Append input bytes (the caller has checked input_space) and advance in_prod."""
-        producer = self._index("in_prod")
+        producer = self._fields.read("in_prod")
         base = self.address + getattr(abi.XenconsInterface, "in").offset
         written = 0
         while written < len(data):
@@ -76,4 +69,4 @@ class ConsoleRing:
             chunk = data[written:written + self.in_size - offset]
             self._memory.write(base + offset, chunk)
             written += len(chunk)
-        self._set_index("in_prod", producer + len(data))
+        self._fields.write("in_prod", producer + len(data))

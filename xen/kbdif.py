@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from xen import abi
+from xen.ringpage import INDEX_MASK, RingFields, ring_distance
 from xen.vcpu import MachineMemory
 
-_INDEX_MASK = 0xFFFFFFFF
 _KEYCODE_BITS = 11
 _PRESSED_BIT = 1 << _KEYCODE_BITS
 _TYPE_SHIFT = 12
@@ -63,26 +63,20 @@ class KeyboardRing:
         """`in_prod`: the backend's copy of the index; None when connecting (taken from the page)."""
         self._memory = memory
         self.address = address
-        self.in_prod = self._index("in_prod") if in_prod is None else in_prod
-
-    def _index(self, name: str) -> int:
-        return int.from_bytes(self._memory.read(self.address + getattr(abi.XenkbdPage, name).offset, 4), "little")
-
-    def _set(self, name: str, value: int) -> None:
-        self._memory.write(self.address + getattr(abi.XenkbdPage, name).offset,
-                           (value & _INDEX_MASK).to_bytes(4, "little"))
+        self._fields = RingFields(memory, address, abi.XenkbdPage)
+        self.in_prod = self._fields.read("in_prod") if in_prod is None else in_prod
 
     def check(self) -> None:
         """RingIndexError unless both rings' indices are in range and in_prod is where the backend left it."""
-        in_cons, in_prod = self._index("in_cons"), self._index("in_prod")
+        in_cons, in_prod = self._fields.read("in_cons"), self._fields.read("in_prod")
         if in_prod != self.in_prod:
             raise RingIndexError(f"in_prod was moved to {in_prod} by the frontend (the backend left it at "
                                  f"{self.in_prod})")
-        if (in_prod - in_cons) & _INDEX_MASK > abi.XENKBD_IN_RING_LEN:
+        if ring_distance(in_cons, in_prod) > abi.XENKBD_IN_RING_LEN:
             raise RingIndexError(f"in_cons {in_cons} is out of range for in_prod {in_prod} "
                                  f"(ring of {abi.XENKBD_IN_RING_LEN} events)")
-        out_cons, out_prod = self._index("out_cons"), self._index("out_prod")
-        if (out_prod - out_cons) & _INDEX_MASK > abi.XENKBD_OUT_RING_LEN:
+        out_cons, out_prod = self._fields.read("out_cons"), self._fields.read("out_prod")
+        if ring_distance(out_cons, out_prod) > abi.XENKBD_OUT_RING_LEN:
             raise RingIndexError(f"out_prod {out_prod} is out of range for out_cons {out_cons} "
                                  f"(ring of {abi.XENKBD_OUT_RING_LEN} events)")
 
@@ -92,7 +86,7 @@ class KeyboardRing:
             self.check()
         except RingIndexError:
             return 0
-        return abi.XENKBD_IN_RING_LEN - ((self.in_prod - self._index("in_cons")) & _INDEX_MASK)
+        return abi.XENKBD_IN_RING_LEN - ring_distance(self._fields.read("in_cons"), self.in_prod)
 
     def push(self, event: KeyEvent) -> None:
         """Write one event at in_prod and publish it (the caller has checked there is a free slot)."""
@@ -100,14 +94,14 @@ class KeyboardRing:
         slot = self.in_prod % abi.XENKBD_IN_RING_LEN
         data = bytes(key).ljust(abi.XENKBD_IN_EVENT_SIZE, b"\0")
         self._memory.write(self.address + abi.XENKBD_IN_RING_OFFS + slot * abi.XENKBD_IN_EVENT_SIZE, data)
-        self.in_prod = (self.in_prod + 1) & _INDEX_MASK
-        self._set("in_prod", self.in_prod)
+        self.in_prod = (self.in_prod + 1) & INDEX_MASK
+        self._fields.write("in_prod", self.in_prod)
 
     def consume_output(self) -> int:
         """Take the frontend's out events (kbdif.h defines none the backend acts on); returns how many."""
-        out_cons, out_prod = self._index("out_cons"), self._index("out_prod")
-        self._set("out_cons", out_prod)
-        return (out_prod - out_cons) & _INDEX_MASK
+        out_cons, out_prod = self._fields.read("out_cons"), self._fields.read("out_prod")
+        self._fields.write("out_cons", out_prod)
+        return ring_distance(out_cons, out_prod)
 
 
 

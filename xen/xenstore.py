@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from xen import abi
+from xen.ringpage import RingFields, ring_distance
 from xen.vcpu import MachineMemory
 
-_INDEX_MASK = 0xFFFFFFFF
 _RING_SIZE = abi.XENSTORE_RING_SIZE
 
 
@@ -55,32 +55,27 @@ class XenstoreRing:
     def __init__(self, memory: MachineMemory, address: int):
         self._memory = memory          # Xen reaches the ring by its machine address
         self.address = address
-
-    def _index(self, name: str) -> int:
-        return int.from_bytes(self._memory.read(self.address + _offset(name), 4), "little")
-
-    def _set(self, name: str, value: int) -> None:
-        self._memory.write(self.address + _offset(name), (value & _INDEX_MASK).to_bytes(4, "little"))
+        self._fields = RingFields(memory, address, abi.XenstoreDomainInterface)
 
     def _used(self, consumer_name: str, producer_name: str) -> tuple[int, int | None]:
         """(consumer index, bytes between it and the producer); None bytes - and the interface's error
         set to XENSTORE_ERROR_RINGIDX - when the indices are further apart than the ring is long."""
-        consumer, producer = self._index(consumer_name), self._index(producer_name)
-        used = (producer - consumer) & _INDEX_MASK
+        consumer, producer = self._fields.read(consumer_name), self._fields.read(producer_name)
+        used = ring_distance(consumer, producer)
         if used > _RING_SIZE:
-            self._set("error", abi.XENSTORE_ERROR_RINGIDX)
+            self._fields.write("error", abi.XENSTORE_ERROR_RINGIDX)
             return consumer, None
         return consumer, used
 
     def connect(self) -> None:
         """Introduce the domain: advertise the server's features (xenstored does this on INTRODUCE)."""
-        self._set("server_features", abi.XENSTORE_SERVER_FEATURE_ERROR)
-        self._set("connection", 0)
-        self._set("error", abi.XENSTORE_ERROR_NONE)
+        self._fields.write("server_features", abi.XENSTORE_SERVER_FEATURE_ERROR)
+        self._fields.write("connection", 0)
+        self._fields.write("error", abi.XENSTORE_ERROR_NONE)
 
     @property
     def error(self) -> int:
-        return self._index("error")
+        return self._fields.read("error")
 
     def serve(self, server: XenstoreServer) -> bool:
         """Consume the guest's requests, answer them, write what fits of the replies. Returns whether
@@ -91,11 +86,11 @@ class XenstoreRing:
         if available is None:
             return True
         data = self._read_ring(_offset("req"), consumer, available)
-        self._set("req_cons", consumer + available)
+        self._fields.write("req_cons", consumer + available)
         try:
             server.receive(data)
         except XenstoreProtocolError:
-            self._set("error", abi.XENSTORE_ERROR_PROTO)
+            self._fields.write("error", abi.XENSTORE_ERROR_PROTO)
             return True
         return self.flush(server) or available > 0
 
@@ -117,7 +112,7 @@ class XenstoreRing:
             chunk = data[written:written + _RING_SIZE - offset]
             self._memory.write(base + offset, chunk)
             written += len(chunk)
-        self._set("rsp_prod", producer + len(data))
+        self._fields.write("rsp_prod", producer + len(data))
         return True
 
     def _read_ring(self, array_offset: int, consumer: int, count: int) -> bytes:
