@@ -73,11 +73,13 @@ def _highest_priority() -> Iterator[bool]:
     in the main thread, which SIGTERM and SIGHUP end through this restoring code (only a SIGKILL
     leaves the session's group raised until the session ends)."""
     undo: list = []
+    raised = False
     try:
         previous = os.getpriority(os.PRIO_PROCESS, 0)
         try:
             os.setpriority(os.PRIO_PROCESS, 0, REPLAY_NICE)
             undo.append(lambda: os.setpriority(os.PRIO_PROCESS, 0, previous))
+            raised = True
         except PermissionError:
             pass
         group = _autogroup_nice()
@@ -88,9 +90,10 @@ def _highest_priority() -> Iterator[bool]:
             try:
                 AUTOGROUP.write_text(str(REPLAY_NICE))
                 undo.append(lambda: AUTOGROUP.write_text(str(group)))
+                raised = True
             except OSError:
                 pass
-        yield bool(undo)
+        yield raised
     finally:
         for step in reversed(undo):
             try:

@@ -221,6 +221,18 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
     assert replay.returncode == 0 and b"replaying on core" in replay.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/proc/self/autogroup").exists(),
+                    reason="needs root (to become an unprivileged user), setpriv and autogroups")
+def test_a_process_that_may_not_raise_its_priority_does_not_say_it_did():
+    """Without CAP_SYS_NICE neither the thread's nice nor its autogroup's can be raised: the pinned replay
+    must not claim "the highest scheduling priority" (its signal handlers are no raised priority)."""
+    probe = "from host.pinning import _highest_priority\nwith _highest_priority() as raised:\n    print(raised)"
+    done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
+                           probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_a_crashing_domain_does_not_disturb_the_others_and_on_crash_is_obeyed(host):
     host.xenrr("create", host.config("steady", cpus="0"))
     host.xenrr("create", host.config("kept", guest="hostile", cpus="0", on_crash="preserve"))
