@@ -486,13 +486,11 @@ def _replay_status(summary: dict, damage, last: bool = True) -> int:
 
 def _replay_in_segments(args: argparse.Namespace) -> int:
     """`replay --jobs N`: the recording's segments verified N at a time by child processes."""
-    from dom0.segments import merge, run_segments, segment_bounds
-    from dom0.snapshots import SnapshotFile
+    from dom0.segments import count_segments, merge, run_segments
 
     session = _open_session(args.session, args.image, lambda data: None)      # the recording is checked here once
     damage = session.damage
-    stored = SnapshotFile.beside(args.session, _warn)
-    count = len(segment_bounds(stored))
+    count = count_segments(args.session, _warn)
     session.close()
     jobs = min(count, args.jobs)           # never more processes than segments
     with _terminal.progress(jobs, "verifying", "units", enabled=not args.json) as report:

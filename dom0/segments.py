@@ -33,9 +33,10 @@ from xen.replay import Mark
 START = Mark(0, 0)
 
 
-def count_segments(recording: Path) -> int:
-    """How many segments `recording` has (one more than its usable stored snapshots)."""
-    stored = SnapshotFile.beside(recording, lambda problem: None)     # each unit reports the problems
+def count_segments(recording: Path, warn: Callable[[str], None] = lambda problem: None) -> int:
+    """How many segments `recording` has (one more than its usable stored snapshots); `warn` is told
+    what is damaged (by default nothing: each unit reports the problems)."""
+    stored = SnapshotFile.beside(recording, warn)
     count = len(segment_bounds(stored))
     if stored is not None:
         stored.close()
