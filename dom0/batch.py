@@ -105,8 +105,9 @@ def gather(arguments: list[str], scripts_in_directories: bool = True) -> tuple[l
             paths = [Path(argument)]
         for path in paths:
             if path.is_dir():
-                found = [file for file in _files_under(path) if is_recording(file)]
-                tests = [file for file in _files_under(path) if scripts_in_directories
+                files = _files_under(path)
+                found = [file for file in files if is_recording(file)]
+                tests = [file for file in files if scripts_in_directories
                          and file.name.startswith("test_") and file.suffix == ".py"]
                 if not found and not tests:
                     raise BatchError(f"{path} holds no recordings" + (" and no test_*.py check scripts"
