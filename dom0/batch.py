@@ -298,9 +298,14 @@ def exit_status(results: list[UnitResult]) -> int:
     return EXIT_PASSED
 
 
+def _status_counts(results: list[UnitResult]) -> dict[str, int]:
+    """How many results have each status, in the order the reports give them."""
+    return {status: sum(result.status == status for result in results)
+            for status in ("passed", "failed", "damaged", "unusable", "crashed")}
+
+
 def summary_line(command: str, results: list[UnitResult]) -> str:
-    counts = {status: sum(result.status == status for result in results)
-              for status in ("passed", "failed", "damaged", "unusable", "crashed")}
+    counts = _status_counts(results)
     verdict = "PASS" if counts["passed"] == len(results) else "FAIL"
     told = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
     return f"{verdict} {command}: {len(results)} recordings: {told}"
@@ -316,8 +321,7 @@ def table(results: list[UnitResult]) -> str:
 
 
 def to_json(command: str, results: list[UnitResult], scripts: list[Path]) -> str:
-    counts = {status: sum(result.status == status for result in results)
-              for status in ("passed", "failed", "damaged", "unusable", "crashed")}
+    counts = _status_counts(results)
     return json.dumps({"command": command, "status": exit_status(results), "scripts": [str(s) for s in scripts],
                        **counts, "recordings": [asdict(result) for result in results]}, indent=1)
 
