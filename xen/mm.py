@@ -362,10 +362,6 @@ class MemoryModel:
             else:
                 self._walk(target, level - 1, address, entry_writable, entry_executable, pages, tables)
 
-    def virtual_map(self) -> dict[int, Mapping]:
-        """The guest-virtual map the current tables define (a copy)."""
-        return dict(self._pages)
-
     # ---------------------------------------------------------------- checkpoints
     def save_state(self) -> MemoryState:
         return MemoryState(tuple(self._types), tuple(self._counts), frozenset(self.pinned), self.cr3, self.user_cr3,
