@@ -99,7 +99,7 @@ def _sched_poll(domain: "Domain", request: abi.SchedPoll) -> int:
     count = request.nr_ports
     if count > MAX_POLL_PORTS:
         raise HypercallError(abi.XEN_EINVAL)
-    if not (_address_ok(ports) and _address_ok(ports + 4 * count)):
+    if not _range_ok(ports, 4 * count):
         raise HypercallError(abi.XEN_EFAULT)
     events = domain.events
     if events.upcall_pending() and not events.upcall_masked():
@@ -491,7 +491,7 @@ def _register_runstate_area(domain: "Domain", target: "VcpuContext", address: in
     (-EFAULT); the area is copied at once and on every runstate change, a failed copy ignored;
     address 0 unregisters."""
     size = ctypes.sizeof(abi.VcpuRunstateInfo)
-    if not (_address_ok(address) and _address_ok(address + size)):
+    if not _range_ok(address, size):
         raise HypercallError(abi.XEN_EFAULT)
     target.runstate.area = address
     target.runstate.publish(domain.time.now(), domain.copy_runstate)
@@ -555,6 +555,11 @@ def _features(domain: "Domain") -> int:
 def _address_ok(address: int) -> bool:
     """Xen's __addr_ok for a 64-bit PV guest: the lower canonical half, or above Xen's reserved area."""
     return address < 1 << 47 or address >= abi.HYPERVISOR_VIRT_END
+
+
+def _range_ok(address: int, size: int) -> bool:
+    """Xen's guest_handle_okay/array_access_ok: both ends of `size` bytes at `address` pass __addr_ok."""
+    return _address_ok(address) and _address_ok(address + size)
 
 
 def grant_table_op(domain: "Domain", command: int, argument: int, count: int, *_: int) -> int:
@@ -785,7 +790,7 @@ def multicall(domain: "Domain", entries: int, count: int, *_: int) -> int:
     a batch always completes in one call."""
     count &= 0xFFFFFFFF
     size = ctypes.sizeof(abi.MulticallEntry)
-    if not (_address_ok(entries) and _address_ok(entries + size * count)):
+    if not _range_ok(entries, size * count):
         raise HypercallError(abi.XEN_EFAULT)
     result_offset = abi.MulticallEntry.result.offset
     for index in range(count):
