@@ -455,14 +455,6 @@ class Domain:
         context = self.vcpus[vcpu_id]
         return self.vcpu.save_cpu() if context.registers is None else context.registers
 
-    def set_vcpu_registers(self, vcpu_id: int, state: CpuState) -> None:
-        """Replace one waiting vCPU's registers (the one on the engine is written through `vcpu`)."""
-        context = self.vcpus[vcpu_id]
-        if context.registers is None:
-            self.vcpu.load_cpu(CpuState(state.registers, state.pc, self.vcpu.icount))
-        else:
-            context.registers = state
-
     # ---------------------------------------------------------------- events
     def notify_guest(self, port: int) -> None:
         """Raise an event on `port` towards the guest (from a backend, a timer or another vCPU): the

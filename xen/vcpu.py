@@ -258,24 +258,6 @@ class SavedCpu:
         return cpu_state_register(self.state, "rflags")
 
 
-def cpu_state_with(state: CpuState, name: str, value: int) -> CpuState:
-    """`state` with one register (named as for `cpu_state_register`) changed: a debugger's write to a
-    vCPU that is not on the engine."""
-    name = name.lower()
-    if name == "rip":
-        return CpuState(state.registers, value, state.icount)
-    values = dict(zip(_STATE_REGISTERS, state.registers))
-    if name in ("rflags", "eflags"):
-        values.update({flag: (value >> bit) & 1 for flag, bit in _FLAG_BITS})
-    elif name in ("fs_base", "gs_base"):
-        values[name[:2].upper() + "_OFFSET"] = value
-    elif name.startswith("xmm"):
-        values[f"{name.upper()}_Qa"], values[f"{name.upper()}_Qb"] = value & (2**64 - 1), value >> 64
-    else:
-        values[name.upper()] = value
-    return CpuState(tuple(values[key] for key in _STATE_REGISTERS), state.pc, state.icount)
-
-
 # --------------------------------------------------------------------------- the vCPU
 
 # CPUID as documented in docs/engine.md: a fixed, honest description of what the patched engine runs.
