@@ -205,7 +205,9 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
         assert host.domains()["neighbour"]["state"] == "running"
         if os.geteuid() == 0:
             assert os.getpriority(os.PRIO_PROCESS, serve.pid) == -20
-            assert "nice -20" in Path(f"/proc/{serve.pid}/autogroup").read_text()
+            group = Path(f"/proc/{serve.pid}/autogroup").read_text()
+            if group:                       # empty where the process's cgroup, not an autogroup, schedules it
+                assert "nice -20" in group
     finally:
         serve.terminate()
         serve.wait(timeout=60)
