@@ -100,7 +100,8 @@ def add_host_commands(subparsers: argparse._SubParsersAction) -> None:
     sched.add_argument("-d", "--domain", metavar="NAME", help="the domain")
     sched.add_argument("-w", "--weight", metavar="N", type=int, help="relative weight (1-65535, default 256)")
     sched.add_argument("-c", "--cap", metavar="PERCENT", type=int,
-                       help="at most this percentage of one pCPU (0: no cap)")
+                       help="at most this percentage of one pCPU (0: no cap; at most 100 per vCPU of the domain, "
+                            "as libxl allows)")
     _socket_option(sched)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
 from host.pcpu import pcpu_main
-from host.xlcfg import MAX_WEIGHT, DomainConfig
+from host.xlcfg import MAX_WEIGHT, DomainConfig, cap_limit, cap_range_error
 
 WORKER_START_SECONDS = 120
 
@@ -232,10 +232,11 @@ class Hypervisor:
 
     def cmd_sched_credit(self, request: dict, client) -> dict:
         weight, cap = request.get("weight"), request.get("cap")
+        vcpus = self._entry(request).config.vcpus
         if weight is not None and not (isinstance(weight, int) and 1 <= weight <= MAX_WEIGHT):
             raise ControlError(f"weight must be between 1 and {MAX_WEIGHT}, not {weight!r}")
-        if cap is not None and not (isinstance(cap, int) and 0 <= cap <= 100 * len(self.workers)):
-            raise ControlError(f"cap must be between 0 and {100 * len(self.workers)}, not {cap!r}")
+        if cap is not None and not (isinstance(cap, int) and 0 <= cap <= cap_limit(vcpus)):
+            raise ControlError(cap_range_error(cap, vcpus))
         self._forward(request, "sched-credit", weight=weight, cap=cap)
         return {}
 

@@ -14,7 +14,7 @@ tools/libs/util/libxlu_cfg_l.l and libxlu_cfg_y.y, documented in xl.cfg(5) "Synt
 Errors are one line in xl's own form: `FILE:LINE: config parsing error near `TEXT': MESSAGE`.
 
 Keys (xl.cfg(5)): name, kernel, memory (MiB), vcpus, cpus (hard affinity, below), cpu_weight (1..65535,
-default 256) and cap (percent of one pCPU, 0 = none) for the credit scheduler, extra / cmdline (the
+default 256) and cap (percent of one pCPU, 0 = none, at most `cap_limit(vcpus)`) for the credit scheduler, extra / cmdline (the
 kernel command line; giving both is refused), on_poweroff / on_crash (destroy, restart, preserve; xl's
 other actions need a core dump or a soft reset, which xenrr does not have, and are refused by name),
 type ("pv" only). Any other key is refused, naming file and line.
@@ -38,8 +38,26 @@ ACTIONS = ("destroy", "restart", "preserve")
 UNSUPPORTED_ACTIONS = ("rename-restart", "coredump-destroy", "coredump-restart", "soft-reset")
 DEFAULT_WEIGHT = 256            # Xen's credit scheduler: CSCHED_DEFAULT_WEIGHT
 MAX_WEIGHT = 65535
+CAP_PERCENT_PER_VCPU = 100      # libxl's bound on a credit cap: 0 .. 100 x the domain's vCPUs
 DEFAULT_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 4096
+
+
+def cap_limit(vcpus: int) -> int:
+    """The largest credit cap a domain with `vcpus` vCPUs may have: 100 per vCPU. Xen's credit.c takes
+    any 16-bit cap; the bound is libxl's (tools/libs/light/libxl_sched.c, sched_credit_domain_set: "Cpu
+    cap out of range, valid range is from 0 to (max_vcpu_id + 1) * 100"), which xl applies alike to
+    xl.cfg's cap at creation and to `xl sched-credit -c`."""
+    return CAP_PERCENT_PER_VCPU * vcpus
+
+
+def _cap_bound(vcpus: int) -> str:
+    return f"{cap_limit(vcpus)} for {vcpus} vCPU(s) (100 per vCPU)"
+
+
+def cap_range_error(cap: object, vcpus: int) -> str:
+    """How `sched-credit` refuses a cap out of `cap_limit`'s range (in the words a config file's gets)."""
+    return f"cap must be between 0 and {_cap_bound(vcpus)}, not {cap!r}"
 
 
 class ConfigError(Exception):
@@ -260,7 +278,7 @@ def parse_config(text: str, source: str, base: Path) -> DomainConfig:
             raise ConfigError(f"{where(key)}: {key} must be a single value, not a list")
         return value
 
-    def number(key: str, default: int, low: int, high: int, unit: str = "") -> int:
+    def number(key: str, default: int, low: int, high: int, unit: str = "", bound: str | None = None) -> int:
         text = string(key)
         if text is None:
             return default
@@ -269,7 +287,7 @@ def parse_config(text: str, source: str, base: Path) -> DomainConfig:
         except ValueError as error:
             raise ConfigError(f"{where(key)}: {key}: {error}") from None
         if not low <= value <= high:
-            raise ConfigError(f"{where(key)}: {key} must be between {low} and {high}{unit}, not {value}")
+            raise ConfigError(f"{where(key)}: {key} must be between {low} and {bound or high}{unit}, not {value}")
         return value
 
     def action(key: str) -> str:
@@ -311,6 +329,6 @@ def parse_config(text: str, source: str, base: Path) -> DomainConfig:
     return DomainConfig(
         name=name, kernel=kernel if kernel.is_absolute() else base / kernel,
         memory_mib=number("memory", DEFAULT_MEMORY_MIB, 1, MAX_MEMORY_MIB, " MiB"), vcpus=vcpus, cpus=cpus,
-        weight=number("cpu_weight", DEFAULT_WEIGHT, 1, MAX_WEIGHT), cap=number("cap", 0, 0, 100 * 64),
+        weight=number("cpu_weight", DEFAULT_WEIGHT, 1, MAX_WEIGHT), cap=number("cap", 0, 0, cap_limit(vcpus), bound=_cap_bound(vcpus)),
         cmdline=string("cmdline", string("extra", "")), on_poweroff=action("on_poweroff"),
         on_crash=action("on_crash"), source=source)

@@ -90,6 +90,11 @@ def test_bad_configs_requests_and_socket_lines_are_refused_in_one_line(host):
     nowhere = host.xenrr("vcpu-pin", "dup", "0", "7")
     assert nowhere.status == 2 and "that names no pCPU of this host (it has pCPUs 0-1)" in nowhere.stderr
     assert host.domains()["dup"]["pcpu"] == 1
+    # libxl bounds a cap by 100 per vCPU of the domain (libxl_sched.c, sched_credit_domain_set), whatever
+    # the host's pCPUs: dup has one vCPU on a 2-pCPU host
+    capped = host.xenrr("sched-credit", "-d", "dup", "-c", "101")
+    assert capped.status == 2 and "cap must be between 0 and 100 for 1 vCPU(s) (100 per vCPU), not 101" in capped.stderr
+    assert host.xenrr("sched-credit", "-d", "dup", "-c", "100").status == 0
     with sockets.socket(sockets.AF_UNIX) as client:           # the raw protocol: one JSON reply per line
         client.connect(str(host.socket))
         client.sendall(b'not json\n["list"]\n{"cmd": "fly"}\n{"cmd": "list"}\n')

@@ -53,6 +53,18 @@ def test_full_config_with_defaults_and_conversions():
     assert config('name="d"\nkernel="/k"\nextra="x"').cmdline == "x"     # no final newline needed
 
 
+def test_cap_is_bounded_by_100_per_vcpu_as_libxl_bounds_it():
+    """libxl's sched_credit_domain_set (tools/libs/light/libxl_sched.c), which xl applies to xl.cfg's cap
+    at creation and to `xl sched-credit -c`, refuses a cap outside 0 .. (max_vcpu_id + 1) * 100 ("Cpu cap
+    out of range, valid range is from 0 to %d for specified number of vcpus"); Xen's credit.c itself
+    stores any 16-bit cap. The bound follows vCPUs, not the host's pCPUs."""
+    assert config('name="d"\nkernel="/k"\ncap = 100\n').cap == 100
+    assert config('name="d"\nkernel="/k"\nvcpus = 3\ncap = 300\n').cap == 300
+    for vcpus in (1, 2, 32):
+        with pytest.raises(ConfigError, match=f"between 0 and {100 * vcpus} for {vcpus} vCPU"):
+            config(f'name="d"\nkernel="/k"\nvcpus = {vcpus}\ncap = {100 * vcpus + 1}\n')
+
+
 @pytest.mark.parametrize("text, expected", [
     ("all", None), ("1", {1}), ("0-1", {0, 1}), ("0,2-3", {0, 2, 3}), ("0-3,^1-2", {0, 3}), (" 2 , 3 ", {2, 3})])
 def test_cpus_syntax_of_xl_cfg(text, expected):
@@ -73,6 +85,9 @@ def test_cpus_list_is_per_vcpu():
     ('name = "d"\nkernel = "/k"\non_crash = "coredump-destroy"\n', "dom.cfg:3: on_crash = 'coredump-destroy' is an xl action"),
     ('name = "d"\nkernel = "/k"\non_poweroff = "explode"\n', "dom.cfg:3: on_poweroff must be one of destroy, restart, preserve"),
     ('name = "d"\nkernel = "/k"\nvcpus = 33\n', "dom.cfg:3: vcpus must be between 1 and 32, not 33"),
+    ('name = "d"\nkernel = "/k"\ncap = 101\n', "dom.cfg:3: cap must be between 0 and 100 for 1 vCPU(s) (100 per vCPU), "
+                                                 "not 101"),
+    ('name = "d"\nkernel = "/k"\nvcpus = 2\ncap = 201\n', "dom.cfg:4: cap must be between 0 and 200 for 2 vCPU(s)"),
     ('name = "d"\nkernel = "/k"\nname = ["a"]\n', "dom.cfg:3: name must be a single value, not a list"),
     ('kernel = "/k"\n', "dom.cfg: no name = ... setting"),
     ('name = "d"\n\nkernel = "/k\n', "dom.cfg:3: config parsing error near `\"/k': syntax error"),
