@@ -3,10 +3,11 @@
 Owns the domains' placement and the control protocol. The hypervisor process starts one worker
 process per pCPU (host/pcpu.py), each pinned to a host core, and listens on a Unix socket for
 JSON-lines requests (host/control.py). A pinned replay reserves a core (host/pinning.py): the
-workers move off it for as long as the replay's connection stays open. It places a new domain on the least loaded pCPU its hard
-affinity (`cpus=`) allows and forwards each request to the worker that runs the domain. `xenrr
-console` turns a connection into a byte stream: the domain's console output (what it wrote lately
-first), and keys typed go to the guest.
+workers (every thread and process of theirs) and the host itself move off it for as long as the
+replay's connection stays open. It places a new domain on the least loaded pCPU its hard affinity
+(`cpus=`) allows and forwards each request to the worker that runs the domain. `xenrr console`
+turns a connection into a byte stream: the domain's console output (what it wrote lately first),
+and keys typed go to the guest.
 
 `vcpu-pin` to pCPUs without the domain's current one moves it to another worker (its whole state
 handed over between two quanta). Invariant: a domain's name is unique, and it exists on exactly one
@@ -24,8 +25,11 @@ import selectors
 import signal
 import socket
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
 from host.pcpu import pcpu_main
@@ -300,11 +304,19 @@ class Hypervisor:
         return {"core": free[-1]}
 
     def _pin_workers(self) -> None:
-        """Each worker on its own core, or on the unreserved cores when its core is reserved."""
+        """Each worker on its own core, or on the unreserved cores when its core is reserved; this process
+        and its other helpers (multiprocessing's resource tracker) on the unreserved cores. A worker
+        counts with every thread and process of its own (a recorded domain's snapshot writer thread and
+        log daemon process): sched_setaffinity moves one thread, and what is created later inherits
+        its creator's cores."""
         unreserved = {core for core in self.cores if core not in self.reserved.values()}
+        placed: set[int] = set()
         for worker in self.workers:
             if worker.process.is_alive():
-                os.sched_setaffinity(worker.process.pid, unreserved if worker.core not in unreserved else {worker.core})
+                cores = unreserved if worker.core not in unreserved else {worker.core}
+                placed |= _set_tree_affinity(psutil.Process(worker.process.pid), cores)
+        host = psutil.Process()
+        _set_tree_affinity(host, unreserved, skip=placed)
 
     def cmd_down(self, request: dict, client) -> dict:
         self.running = False
@@ -429,6 +441,24 @@ class Hypervisor:
             self.socket_path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _set_tree_affinity(process: psutil.Process, cores: set[int], skip: Collection[int] = ()) -> set[int]:
+    """Pin every thread of `process` and of its descendants (but the processes in `skip`) to `cores`;
+    the pids of the processes it went through. One that ends meanwhile is passed over."""
+    try:
+        tree = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    for member in tree:
+        if member.pid in skip:
+            continue
+        try:
+            for thread in member.threads():
+                os.sched_setaffinity(thread.id, cores)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    return {member.pid for member in tree}
 
 
 def _listen(path: Path) -> socket.socket:

@@ -1,8 +1,8 @@
 """The pinned replay: a replay (or gdbstub) process gets a host core of its own while a host runs.
 
 Owns the client side of a core reservation. The replaying process asks the host on its control
-socket (`reserve-core`); the host moves every pCPU worker off one core and answers with it; the
-process pins itself there (os.sched_setaffinity) and, where it may, takes the highest scheduling
+socket (`reserve-core`); the host moves every thread of its own (pCPU workers, log daemons) off one
+core and answers with it; the process pins itself there (os.sched_setaffinity) and, where it may, takes the highest scheduling
 priority (nice -20 for itself and its autogroup), so that what else runs on the machine - processes
 the kernel's balancing moves onto the reserved core - barely takes time from it. The reservation lasts as long as the connection:
 when the replay ends (or dies), the host gives the core back to its workers. This is what the

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT, run_xenrr
@@ -180,7 +181,7 @@ def test_destroy_of_a_recorded_domain_leaves_a_valid_log(host, tmp_path):
     assert refused.status == 2 and "already exists" in refused.stderr
 
 
-def _allowed_cpus(pid: int) -> str:
+def _allowed_cpus(pid: int | str) -> str:
     status = (Path("/proc") / str(pid) / "status").read_text()
     return next(line.split(":")[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
 
@@ -190,13 +191,27 @@ def _workers(host) -> list[int]:
             if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]
 
 
+def _host_threads(host) -> dict[int, str]:
+    """Every thread of the host's processes (the hypervisor, its workers and theirs) and its allowed cores."""
+    tree = psutil.Process(host.process.pid)
+    threads = {}
+    for process in [tree, *tree.children(recursive=True)]:
+        for thread in process.threads():
+            threads[thread.id] = _allowed_cpus(f"{process.pid}/task/{thread.id}")
+    return threads
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a pinned replay needs a core to spare")
-def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_recording):
-    """The pinned replay: its own core, which the host's workers leave; with CAP_SYS_NICE the highest
-    priority for it and its autogroup (put back when it ends, also on SIGTERM)."""
+def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_recording, tmp_path):
+    """The pinned replay: its own core, which the host leaves - every thread of every host process: the
+    workers, a recorded neighbour's log daemon and snapshot writer thread, the hypervisor itself; with
+    CAP_SYS_NICE the highest priority for it and its autogroup (put back when it ends, also on SIGTERM)."""
     host.xenrr("create", host.config("neighbour", cpus="1"))
+    assert host.xenrr("create", host.config("recorded", cpus="1"), "--record", tmp_path / "n.xrr").status == 0
     workers = _workers(host)
     before = {pid: _allowed_cpus(pid) for pid in workers}
+    threads_before = _host_threads(host)
+    assert len(threads_before) > len(workers) + 2          # the hypervisor, its resource tracker, a log daemon...
     autogroup = Path("/proc/self/autogroup").read_text()
     environment = dict(os.environ, XENRR_SOCKET=str(host.socket))
     serve = subprocess.Popen([sys.executable, "-m", "dom0.cli", "serve", str(virtual_recording.path)], cwd=ROOT,
@@ -205,8 +220,8 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
         assert serve.stdout.readline().startswith(b"listening on 127.0.0.1:")
         core = _allowed_cpus(serve.pid)
         assert core.isdigit()                                   # one core
-        for pid in workers:
-            assert core not in _allowed_cpus(pid).replace("-", ",").split(","), (core, _allowed_cpus(pid))
+        for thread, cores in _host_threads(host).items():
+            assert core not in cores.replace("-", ",").split(","), (thread, core, cores)
         assert host.domains()["neighbour"]["state"] == "running"
         if os.geteuid() == 0:
             assert os.getpriority(os.PRIO_PROCESS, serve.pid) == -20
@@ -223,6 +238,7 @@ def test_a_replay_beside_a_host_gets_a_core_the_domains_keep_off(host, virtual_r
     assert Path("/proc/self/autogroup").read_text() == autogroup
     host.wait_for(lambda: {pid: _allowed_cpus(pid) for pid in workers} == before, "the workers to get their cores back",
                   timeout=30)
+    assert _host_threads(host) == threads_before
     replay = subprocess.run([sys.executable, "-m", "dom0.cli", "replay", str(virtual_recording.path)], cwd=ROOT,
                             env=environment, capture_output=True, timeout=120)
     assert replay.returncode == 0 and b"replaying on core" in replay.stderr
