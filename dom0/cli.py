@@ -13,6 +13,7 @@ Under `--json` a failure or an interrupt also prints `{"error": ..., "status": N
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import sys
@@ -22,6 +23,7 @@ from typing import NoReturn, Sequence
 from dom0.cliargs import add_image_option, add_kind_option, add_session_argument
 from dom0.consoleinput import MAX_PAUSE_MS, KeyScript, KeyScriptError, TerminalInput, parse_key_script
 from dom0.debugcli import DEBUG_COMMANDS, DebugCommandError, add_debug_commands
+from dom0.forkserver import SERVER_COMMANDS, ServerCommandError, add_server_commands
 from dom0.grubsyms import GRUB_COMMANDS, GrubSymbolsError, add_grub_commands
 from dom0.keyboard import KeyboardTerminal, KeyEventScript
 from dom0.logfile import LogFormatError, LogReader, count_phrase
@@ -101,6 +103,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "(default 1.0; exit status 3)")
 
 
+@functools.cache            # built once per process: the fork server builds it for every child
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xenrr",
@@ -108,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 the guest powered off (replay: verified to the end), 1 the domain crashed "
                "(replay: diverged), 2 usage or input error, 3 stopped before the guest shut down (instruction "
                "limit, key script done, detached with Ctrl-]; replay: the log is incomplete), 4 the log could "
-               "not be written, 130 interrupted (Ctrl-C). `xenrr COMMAND --help` explains each command.")
+               "not be written, 130 interrupted (Ctrl-C). `xenrr COMMAND --help` explains each command. "
+               "The first run, record, replay, dump, xenstore-ls or serve starts a fork server in the background "
+               "that later ones start from (much faster); it exits after 10 idle minutes: see `xenrr server "
+               "--help`; XENRR_SERVER=off turns it off.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
@@ -185,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(commands)
     add_grub_commands(commands)
     add_host_commands(commands)
+    add_server_commands(commands)
     for command_parser in commands.choices.values():      # its errors point to its own --help
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -602,7 +609,7 @@ def _header_verdict(header_error: str | None) -> int:
 
 COMMANDS = {"run": command_run, "record": command_record, "replay": command_replay, "dump": command_dump,
             "xenstore-ls": command_xenstore_ls,
-            **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS, **HOST_COMMANDS}
+            **DEBUG_COMMANDS, **USER_COMMANDS, **GRUB_COMMANDS, **HOST_COMMANDS, **SERVER_COMMANDS}
 
 
 # While a host runs (`xenrr up`), these replay on a core of their own that the host's domains keep off.
@@ -637,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, KeyScriptError, BuildError, EngineError, LogFormatError, ReplaySetupError,
             UnusableRecord, DebugCommandError, UserCommandError, GrubSymbolsError,
-            HostCommandError) as error:
+            HostCommandError, ServerCommandError) as error:
         return _fail(f"error: {error}", EXIT_USAGE, json_wanted)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, json_wanted)

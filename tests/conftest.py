@@ -18,6 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guests"
+# No xenrr a test starts uses or starts a fork server (dom0/forkserver.py): commands run in their own
+# process, as `-m dom0.cli` does anyway; tests/dom0/test_forkserver.py turns it on for its own servers.
+os.environ["XENRR_SERVER"] = "off"
 
 
 def guest_path(name: str) -> Path:

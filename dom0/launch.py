@@ -1,0 +1,248 @@
+"""The `xenrr` program as users start it: a command through the fork server, or in this process.
+
+Owns the client half of the fork server (dom0/forkserver.py is the server) and what both halves agree
+on: where the socket is, the fingerprint of the installed code, and the request. A command in SERVED
+is sent to a running server of the same fingerprint, which forks a child that runs it exactly as
+`dom0.cli` would here: the client's arguments, working directory, environment and its stdin, stdout
+and stderr (the file descriptors themselves, passed with SCM_RIGHTS). This process then only relays
+signals to that child and exits with its status. The child starts with every module imported and an
+engine created but never run, which is most of a short command's time.
+Invariant: what a command does and prints does not depend on whether a server ran it. Anything
+short of the server's "started" answer - no server, a server of other code or of another environment,
+a busy one, a refused or broken connection - runs the command in this process instead, silently;
+this module imports only what that decision needs (the standard library's small modules), so the
+in-process path costs what it cost before.
+
+XENRR_SERVER chooses: `auto` (default) uses a running server and starts one in the background when
+none answers; `manual` uses one only when started with `xenrr server start`; `off` never uses one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+# The commands a server may run: a domain's run, recording or replay and looking at a log. Not those
+# that hand the terminal to another program (debug, shell), start long-lived daemons (up, create ...) or
+# their own worker pools (check, verify), nor `server` itself.
+SERVED = frozenset({"run", "record", "replay", "dump", "xenstore-ls", "serve"})
+MODES = ("auto", "manual", "off")
+DEFAULT_IDLE_SECONDS = 600.0
+# The environment the server's own imports and engine depend on: a client whose values differ runs in-process.
+_ENVIRONMENT_PREFIXES = ("XENRR_", "PYTHON", "ICICLE", "RUST", "LC_")    # not GHIDRA_SRC: xen/vcpu.py sets it
+_ENVIRONMENT_IGNORED = ("XENRR_SERVER", "XENRR_SERVER_SOCKET", "XENRR_SERVER_IDLE")
+_PACKAGES = ("xen", "dom0", "host", "stub", "gdbext", os.path.join("xen", "sleigh"))
+_LENGTH = struct.Struct("!I")
+MAX_REQUEST_BYTES = 1 << 22
+_RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
+
+
+def mode() -> str:
+    """XENRR_SERVER's value (an unknown one counts as `auto`, the default)."""
+    value = os.environ.get("XENRR_SERVER", "auto").strip().lower()
+    return value if value in MODES else "auto"
+
+
+def socket_path() -> str:
+    """XENRR_SERVER_SOCKET, or server.sock in the per-user directory the host's control socket uses."""
+    if os.environ.get("XENRR_SERVER_SOCKET"):
+        return os.environ["XENRR_SERVER_SOCKET"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "xenrr", "server.sock")
+    return f"/tmp/xenrr-{os.getuid()}/server.sock"
+
+
+def private_directory(path: str) -> bool:
+    """The socket's directory is a real directory of this user that nobody else may enter (mode 0700):
+    whoever can reach the socket can run commands as this user, so no other directory is trusted."""
+    try:
+        status = os.lstat(os.path.dirname(path))
+    except OSError:
+        return False
+    return (status.st_uid == os.getuid() and (status.st_mode & 0o170000) == 0o040000
+            and status.st_mode & 0o077 == 0)
+
+
+def code_fingerprint() -> str:
+    """The installed code as a server must have loaded it: every file of the project's packages (name,
+    size, modification time), the interpreter, the site-packages directory (a pip install changes it)
+    and the engine's prepared spec. A server whose fingerprint differs is never used, so it never runs
+    stale code."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = [os.path.realpath(sys.executable), sys.version]
+    for package in _PACKAGES:
+        try:
+            entries = sorted(os.scandir(os.path.join(root, package)), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith((".py", ".patch")) and entry.is_file():
+                status = entry.stat()
+                parts.append(f"{package}/{entry.name}:{status.st_size}:{status.st_mtime_ns}")
+    spec = os.environ.get("XENRR_ENGINE_SPEC", os.path.join(root, "build", "engine-spec"))
+    for path in (os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(json.__file__)),
+                 os.path.join(spec, ".stamp")):
+        try:
+            status = os.stat(path)
+            parts.append(f"{path}:{status.st_size}:{status.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:-")
+    for entry in sys.path:
+        if entry.endswith("site-packages"):
+            try:
+                parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
+            except OSError:
+                pass
+    return "\n".join(parts)
+
+
+def relevant_environment(environment: dict[str, str]) -> dict[str, str]:
+    """The variables that shaped the server's imports and engine (compared with the client's)."""
+    return {name: value for name, value in environment.items()
+            if (name.startswith(_ENVIRONMENT_PREFIXES) or name == "LANG") and name not in _ENVIRONMENT_IGNORED}
+
+
+def send_message(connection: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    framed = _LENGTH.pack(len(data)) + data
+    if fds:
+        sent = socket.send_fds(connection, [framed], fds)
+        framed = framed[sent:]
+    if framed:
+        connection.sendall(framed)
+
+
+def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
+    """One length-prefixed JSON object (and the file descriptors that came with its first bytes)."""
+    buffer, fds = b"", []
+    while len(buffer) < _LENGTH.size or len(buffer) < _LENGTH.size + _LENGTH.unpack_from(buffer)[0]:
+        if len(buffer) >= _LENGTH.size and _LENGTH.unpack_from(buffer)[0] > MAX_REQUEST_BYTES:
+            raise ValueError("request too long")
+        if max_fds and not fds:
+            data, fds, _, _ = socket.recv_fds(connection, 65536, max_fds)
+        else:
+            data = connection.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed")
+        buffer += data
+    length = _LENGTH.unpack_from(buffer)[0]
+    return json.loads(buffer[_LENGTH.size:_LENGTH.size + length]), fds
+
+
+def start_server_in_background() -> None:
+    """Start a server detached from this terminal and session (it exits on its own when idle)."""
+    import subprocess
+    subprocess.Popen([sys.executable, "-m", "dom0.forkserver"], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                     close_fds=True, cwd="/")
+
+
+def _connect(path: str) -> socket.socket | None:
+    if not private_directory(path):
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.settimeout(5)
+        connection.connect(path)
+        return connection
+    except OSError:
+        connection.close()
+        return None
+
+
+def _command_of(argv: list[str]) -> str | None:
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def run_through_server(argv: list[str]) -> int | None:
+    """The command's exit status after a server ran it, or None: run it in this process."""
+    chosen = mode()
+    if chosen == "off" or _command_of(argv) not in SERVED:
+        return None
+    path = socket_path()
+    connection = _connect(path)
+    if connection is None:
+        if chosen == "auto" and (not os.path.exists(path) or private_directory(path)):
+            start_server_in_background()
+        return None
+    with connection:
+        try:
+            send_message(connection, {"op": "run", "fingerprint": code_fingerprint(), "argv": argv,
+                                      "cwd": os.getcwd(), "environment": dict(os.environ)}, [0, 1, 2])
+            answer, _ = receive_message(connection)
+        except (OSError, ValueError):
+            return None
+        if answer.get("started") is None:
+            if answer.get("reason") == "stale" and chosen == "auto":
+                start_server_in_background()      # the stale one has let go of the socket already
+            return None
+        connection.settimeout(None)
+        return _wait_for(connection, answer["started"])
+
+
+def _wait_for(connection: socket.socket, child: int) -> int:
+    """Relay signals to the child until the server reports its exit status; the terminal as it was."""
+    def relay(number, frame):
+        try:
+            os.kill(child, number)
+        except OSError:
+            pass
+
+    def stop(number, frame):           # Ctrl-Z: the child stops with this process, and goes on with it
+        relay(signal.SIGSTOP, frame)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop)
+
+    terminal = _terminal_mode()
+    previous = {number: signal.signal(number, relay) for number in _RELAYED}
+    previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, stop)
+    try:
+        answer, _ = receive_message(connection)
+        return int(answer["status"])
+    except (OSError, ValueError, KeyError):
+        print("xenrr: error: the xenrr server went away while it ran the command (XENRR_SERVER=off runs "
+              "commands without it)", file=sys.stderr)
+        return 1
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _restore_terminal(terminal)
+
+
+def _terminal_mode():
+    if not os.isatty(0):
+        return None
+    import termios
+    try:
+        return termios.tcgetattr(0)
+    except termios.error:
+        return None
+
+
+def _restore_terminal(saved) -> None:
+    """A child that died with the terminal raw leaves it as it found it (a clean exit restored it already)."""
+    if saved is None:
+        return
+    import termios
+    try:
+        if termios.tcgetattr(0) != saved:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    except termios.error:
+        pass
+
+
+def program() -> int:
+    """The `xenrr` console script: through a server when one can run the command, else `dom0.cli`."""
+    status = run_through_server(sys.argv[1:])
+    if status is not None:
+        return status
+    from dom0.cli import program as in_process
+    return in_process()
+
+
+if __name__ == "__main__":
+    sys.exit(program())

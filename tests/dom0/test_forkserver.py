@@ -1,0 +1,197 @@
+"""The fork server (dom0/forkserver.py) and its client, the `xenrr` program (dom0/launch.py).
+
+Every case runs real processes: a real server on a private socket of its own (tmp_path), real clients
+(`python -m dom0.launch`, what the `xenrr` console script runs) and real guests. The rest of the suite
+runs xenrr in-process (`-m dom0.cli`, and XENRR_SERVER=off from conftest); these tests turn it on.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dom0.launch import receive_message, send_message
+from tests.conftest import ROOT
+
+KEYS = r"help\rhalt\r"
+
+
+def _environment(directory: Path, mode: str = "manual", **extra: str) -> dict[str, str]:
+    return {**os.environ, "XENRR_SERVER": mode, "XENRR_SERVER_SOCKET": str(directory / "server.sock"),
+            "XENRR_SERVER_IDLE": "60", **extra}
+
+
+def _client(environment: dict[str, str], *arguments, stdin=subprocess.DEVNULL, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dom0.launch", *map(str, arguments)], cwd=ROOT, env=environment,
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+
+
+def _xenrr(environment: dict[str, str], *arguments) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dom0.launch", *map(str, arguments)], cwd=ROOT, env=environment,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+
+def _served(environment: dict[str, str]) -> int:
+    status = _xenrr(environment, "server", "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    return int(status.stdout.split(" served")[0].rsplit(" ", 1)[1])
+
+
+def _server_pid(environment: dict[str, str]) -> int:
+    return int(_xenrr(environment, "server", "status").stdout.split()[3])
+
+
+def _gone(pid: int, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A running server on a private socket of this test; stopped (and waited for) afterwards."""
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    environment = _environment(directory)
+    started = _xenrr(environment, "server", "start")
+    assert started.returncode == 0 and "server started" in started.stdout, started.stdout + started.stderr
+    pid = _server_pid(environment)
+    yield environment
+    _xenrr(environment, "server", "stop")
+    if not _gone(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_served_recording_is_the_recording_made_in_process(server, tmp_path, kbdshell_elf):
+    """Determinism through the server: the forked engine is indistinguishable from a new one. The same
+    keys recorded through the server and in-process give the same log, byte for byte, with snapshots;
+    the server replays both and verifies every digest; output and status are what in-process gives."""
+    served_log, local_log = tmp_path / "served.xrr", tmp_path / "local.xrr"
+    options = ("--keys", KEYS, "--clock", "virtual", "--snapshot-every", "20000")
+    served = _xenrr(server, "record", kbdshell_elf, "-o", served_log, *options)
+    local = subprocess.run([sys.executable, "-m", "dom0.cli", "record", str(kbdshell_elf), "-o", str(local_log),
+                            *options], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert served.returncode == local.returncode == 0, served.stderr
+    assert served.stdout == local.stdout and "halt" in served.stdout
+    assert served.stderr.replace(str(served_log), str(local_log)) == local.stderr
+    assert served_log.read_bytes() == local_log.read_bytes()
+    assert Path(f"{served_log}.snap").read_bytes() == Path(f"{local_log}.snap").read_bytes()
+    for log in (served_log, local_log):
+        replayed = _xenrr(server, "replay", log, "--quiet")
+        assert replayed.returncode == 0 and "replayed to the end" in replayed.stderr, replayed.stderr
+        assert "state digest" in replayed.stderr
+    assert _served(server) == 3
+
+
+def test_statuses_errors_and_input_pass_through(server, tmp_path, minimal_elf):
+    """The child has the client's descriptors, working directory and arguments: a usage error is the
+    same one line and status 2, keys typed on the client's stdin reach the guest."""
+    missing = _xenrr(server, "run", tmp_path / "nothing.elf")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"xenrr: error: cannot read guest kernel {tmp_path / 'nothing.elf'}: "
+                                                   "No such file or directory"]
+    bad = _xenrr(server, "dump", "--kind", "no-such-kind", tmp_path / "x.xrr")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    typed = subprocess.run([sys.executable, "-m", "dom0.launch", "run", str(minimal_elf.relative_to(ROOT)),
+                            "--clock", "virtual"], cwd=ROOT, env=server, input="typed on stdin\r", capture_output=True,
+                           text=True, timeout=120)
+    assert typed.returncode == 0, typed.stderr
+    assert "read 'typed on stdin'" in typed.stdout
+    assert _served(server) == 3
+
+
+def test_signals_reach_the_command_and_a_lost_client_ends_it(server, kbdshell_elf):
+    """Ctrl-C (SIGINT) at the client interrupts the command as in-process (status 130, one line); a client
+    killed outright takes its command with it (SIGHUP), and the server is idle again."""
+    interrupted = _client(server, "run", kbdshell_elf, "--clock", "virtual", stdin=subprocess.PIPE)
+    _wait_for_output(interrupted, "kbdshell")
+    interrupted.send_signal(signal.SIGINT)
+    out, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130
+    assert err.strip().endswith("xenrr: interrupted") and "Traceback" not in err
+
+    orphaned = _client(server, "run", kbdshell_elf, "--clock", "virtual", stdin=subprocess.PIPE)
+    _wait_for_output(orphaned, "kbdshell")
+    orphaned.kill()
+    orphaned.wait()
+    deadline = time.monotonic() + 30
+    while "0 running" not in _xenrr(server, "server", "status").stdout:
+        assert time.monotonic() < deadline, "the lost client's command still runs"
+        time.sleep(0.05)
+
+
+def _wait_for_output(process: subprocess.Popen, text: str) -> None:
+    seen = ""
+    while text not in seen:
+        line = process.stdout.readline()
+        assert line, f"no {text!r} in the output: {seen!r}"
+        seen += line
+
+
+def test_stale_code_other_environment_and_no_server_run_in_process(server, tmp_path, minimal_elf):
+    """A request with another fingerprint (the code changed since the server started) is refused as
+    stale and the server lets go of its socket and exits; other environments and a missing server run
+    the command in the client itself, with the same result."""
+    arguments = ("run", minimal_elf, "--keys", r"hello\r", "--clock", "virtual")
+    other = _xenrr({**server, "RUST_LOG": "warn"}, *arguments)       # the engine may read it: not served
+    assert other.returncode == 0 and "read 'hello'" in other.stdout
+    off = _xenrr({**server, "XENRR_SERVER": "off"}, *arguments)
+    assert off.returncode == 0 and off.stdout == other.stdout
+    assert _served(server) == 0
+
+    pid = _server_pid(server)
+    import socket
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(server["XENRR_SERVER_SOCKET"])
+    send_message(connection, {"op": "run", "fingerprint": "older code", "argv": ["run"], "cwd": "/",
+                              "environment": {}}, [0, 1, 2])
+    assert receive_message(connection)[0] == {"reason": "stale"}
+    connection.close()
+    assert _gone(pid)
+    assert not Path(server["XENRR_SERVER_SOCKET"]).exists()
+    alone = _xenrr(server, *arguments)         # manual mode: no server, so in-process, and none started
+    assert alone.returncode == 0 and alone.stdout == off.stdout
+    assert not Path(server["XENRR_SERVER_SOCKET"]).exists()
+
+
+def test_auto_mode_starts_a_server_that_goes_when_idle(tmp_path, minimal_elf):
+    """XENRR_SERVER=auto: the first served command runs in-process and starts a server in the background;
+    the next one is run by it; the server exits by itself after its idle time."""
+    directory = tmp_path / "run"
+    environment = _environment(directory, mode="auto", XENRR_SERVER_IDLE="2")
+    arguments = ("run", minimal_elf, "--keys", r"hello\r", "--clock", "virtual")
+    directory.mkdir(mode=0o700)
+    first = _xenrr(environment, *arguments)
+    assert first.returncode == 0 and "read 'hello'" in first.stdout
+    deadline = time.monotonic() + 30
+    while _xenrr(environment, "server", "status").returncode != 0:
+        assert time.monotonic() < deadline, "no server started"
+        time.sleep(0.1)
+    pid = _server_pid(environment)
+    second = _xenrr(environment, *arguments)
+    assert second.stdout == first.stdout and _served(environment) == 1
+    assert _gone(pid, seconds=60)
+
+
+def test_a_socket_directory_others_may_enter_is_never_used(tmp_path, minimal_elf):
+    """Whoever reaches the socket runs commands as its user: a directory with group or other access is
+    refused by the server and ignored by the client (which runs the command itself)."""
+    directory = tmp_path / "open"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    environment = _environment(directory)
+    started = _xenrr(environment, "server", "start")
+    assert started.returncode == 2 and "mode 0700" in started.stderr
+    ran = _xenrr({**environment, "XENRR_SERVER": "auto"}, "run", minimal_elf, "--keys", r"hi\r", "--clock", "virtual")
+    assert ran.returncode == 0 and "read 'hi'" in ran.stdout
+    assert not (directory / "server.sock").exists()
