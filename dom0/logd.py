@@ -25,6 +25,7 @@ from typing import IO
 from dom0.logfile import LogFormatError, LogHeader, LogWriter
 from dom0.logring import (
     CONSUMER_FAILED,
+    CONSUMER_FINISHED,
     CONSUMER_STARTING,
     LogDaemonError,
     ProducerVanished,
@@ -167,6 +168,20 @@ def _forked(ring_name: str, requests: tuple[int, int], stderr: int, block_bytes:
     return _run(ring_name, os.fsdecode(path), header_bytes, block_bytes, flush_seconds, sync_seconds)
 
 
+# Daemons that finished their logs and were left to exit (LogDaemon.wait), reaped by the next fork.
+_exiting: list[int] = []
+
+
+def _reap_exited() -> None:
+    for pid in list(_exiting):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        except ChildProcessError:
+            pass
+        _exiting.remove(pid)
+
+
 class LogDaemon:
     """The recorder's handle on a forked log daemon process."""
 
@@ -189,13 +204,20 @@ class LogDaemon:
                 gc.unfreeze()
         return self._status
 
-    def _exit_code(self, timeout: float | None) -> int | None:
-        """The daemon's exit status once it exited within `timeout` (negative: the signal that killed it)."""
-        if timeout is None:
-            return self._reap(block=True)
-        deadline = time.monotonic() + timeout
-        while self._reap(block=False) is None and time.monotonic() < deadline:
-            time.sleep(0.002)
+    def _finished_or_exit_code(self, timeout: float | None) -> int | None:
+        """EXIT_OK once the daemon reports the log finished, its exit status if it exits first (None: neither
+        within `timeout`)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        delay = 20e-6
+        while self._reap(block=False) is None:
+            if self._ring.consumer_state() == CONSUMER_FINISHED:
+                _exiting.append(self.pid)
+                gc.unfreeze()
+                return EXIT_OK
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
         return self._status
 
     def begin(self, path: str | os.PathLike[str], header: LogHeader, startup_timeout: float = 10.0) -> None:
@@ -222,7 +244,7 @@ class LogDaemon:
         if self._requests is not None:
             os.close(self._requests)
             self._requests = None
-        self._exit_code(None)
+        self._reap(block=True)
         self._stderr.close()
         self._ring.unlink()
 
@@ -232,7 +254,7 @@ class LogDaemon:
         while ring.consumer_state() == CONSUMER_STARTING and self.alive():
             if time.monotonic() > deadline:
                 os.kill(self.pid, signal.SIGKILL)
-                self._exit_code(None)
+                self._reap(block=True)
                 self._stderr.close()
                 raise LogDaemonError(f"the log daemon did not start within {startup_timeout:g} s")
             time.sleep(0.0005)
@@ -241,8 +263,11 @@ class LogDaemon:
             raise LogDaemonError(f"the log daemon (pid {self.pid}) exited before it started")
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the daemon to exit (close the ring first); LogDaemonError says why if it failed."""
-        code = self._exit_code(timeout)
+        """Wait until the daemon has finished the log (close the ring first) - it says so in the ring once the
+        file is complete and synced - or has exited; LogDaemonError says why if it failed. A daemon that
+        finished is not waited for while it exits: its exit (the kernel tearing down a copy of the
+        recorder, a few ms) is on nobody's path; it is reaped later (`_reap_exited`)."""
+        code = self._finished_or_exit_code(timeout)
         if code is None:
             raise TimeoutError(f"the log daemon (pid {self.pid}) is still running after {timeout:g} s")
         if not self._stderr.closed:
@@ -271,6 +296,7 @@ def fork_log_daemon(
 ) -> LogDaemon:
     """Fork a log daemon for `ring`; it waits for `LogDaemon.begin` (or `abandon`). Fork it early - before
     the domain is built, which it then does not copy - and begin once the header is known."""
+    _reap_exited()
     requests_read, requests_write = os.pipe()
     stderr = tempfile.TemporaryFile()
     for stream in (sys.stdout, sys.stderr):       # what the recorder buffered is written once, by the recorder
