@@ -492,16 +492,21 @@ def _replay_status(summary: dict, damage, last: bool = True) -> int:
 
 
 def _replay_in_segments(args: argparse.Namespace) -> int:
-    """`replay --jobs N`: the recording's segments verified N at a time by child processes."""
-    from dom0.segments import count_segments, merge, run_segments
+    """`replay --jobs N`: the recording's segments verified N at a time by forked worker processes."""
+    from dom0.segments import SegmentWorkers, count_segments, merge
 
-    session = _open_session(args.session, args.image, lambda data: None)      # the recording is checked here once
-    damage = session.damage
     count = count_segments(args.session, _warn)
-    session.close()
     jobs = min(count, args.jobs)           # never more processes than segments
+    workers = SegmentWorkers(args.session, count, jobs, args.image)
+    try:
+        session = _open_session(args.session, args.image, lambda data: None)    # checked here once, meanwhile
+    except BaseException:
+        workers.stop()
+        raise
+    damage = session.damage
+    session.close()
     with _terminal.progress(jobs, "verifying", "units", enabled=not args.json) as report:
-        summaries = run_segments(args.session, count, jobs, args.image, report)
+        summaries = workers.results(report)
     merged = merge(summaries)
     merged.update(session=str(args.session), damage=str(damage) if damage else None, jobs=jobs)
     if args.json:

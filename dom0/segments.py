@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -109,7 +108,6 @@ def segment_command(recording: Path, segments: tuple[int, int], image: Path | No
 
 def run_segment_unit(recording: Path, segments: tuple[int, int], image: Path | None) -> dict:
     """Segments K-L verified by a child `xenrr replay --segment K-L`: its summary, or an error entry."""
-    number = f"{segments[0]}-{segments[1]}"
     started = time.perf_counter()
     done = subprocess.run(segment_command(recording, segments, image), capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
@@ -121,25 +119,88 @@ def run_segment_unit(recording: Path, segments: tuple[int, int], image: Path | N
     if not isinstance(summary, dict) or "segment" not in summary:
         reason = (summary or {}).get("error") if isinstance(summary, dict) else None
         last = reason or (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        return {"segment": number, "verified": False, "error": last,
-                "divergence": f"segment {number} could not be verified: {last}",
-                "events": 0, "instructions": 0, "digests_checked": 0, "complete": False, "recorded_outcome": None,
-                "from_icount": None, "to_icount": None, "seconds": seconds}
+        return _failed_unit(segments, last, seconds)
     return {**summary, "seconds": seconds}
 
 
-def run_segments(recording: Path, count: int, jobs: int, image: Path | None,
-                 progress: Callable[[int], None] = lambda done: None) -> list[dict]:
-    """Verify the `count` segments of `recording` by `jobs` child processes at once, each taking a run of
-    consecutive segments (a child pays the start-up once); the summaries in order."""
-    units = group(count, jobs)
-    results: list[dict | None] = [None] * len(units)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_segment_unit, recording, unit, image): index for index, unit in enumerate(units)}
-        for done, future in enumerate(futures, start=1):
-            results[futures[future]] = future.result()
-            progress(done)
-    return results
+def _failed_unit(segments: tuple[int, int], reason: str, seconds: float) -> dict:
+    """The summary of a unit that could not be verified at all (`reason`: one line)."""
+    number = f"{segments[0]}-{segments[1]}"
+    return {"segment": number, "verified": False, "error": reason,
+            "divergence": f"segment {number} could not be verified: {reason}",
+            "events": 0, "instructions": 0, "digests_checked": 0, "complete": False, "recorded_outcome": None,
+            "from_icount": None, "to_icount": None, "seconds": seconds}
+
+
+class SegmentWorkers:
+    """`xenrr replay --jobs N`'s units, each verified by a forked copy of this process (no interpreter to
+    start, nothing to import; in a fork server's child, the engine it has ready too): started at once,
+    so that they run while this process checks the recording itself; `results` waits for them."""
+
+    def __init__(self, recording: Path, count: int, jobs: int, image: Path | None):
+        import multiprocessing          # only --jobs forks workers
+
+        context = multiprocessing.get_context("fork")
+        self._started = time.perf_counter()
+        self._workers = []
+        for unit in group(count, jobs):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_verify_unit, args=(recording, unit, image, sender), daemon=True,
+                                      name=f"xenrr-segment-{unit[0]}-{unit[1]}")
+            process.start()
+            sender.close()
+            self._workers.append((unit, process, receiver))
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for _, process, _ in self._workers]
+
+    def results(self, progress: Callable[[int], None] = lambda done: None) -> list[dict]:
+        """Every unit's summary in order (a worker that died: an error entry naming how)."""
+        from multiprocessing.connection import wait
+
+        results: list[dict | None] = [None] * len(self._workers)
+        waiting = {receiver: index for index, (_, _, receiver) in enumerate(self._workers)}
+        while waiting:
+            for receiver in wait(list(waiting)):
+                index = waiting.pop(receiver)
+                unit, process, _ = self._workers[index]
+                try:
+                    summary = receiver.recv()
+                except (EOFError, OSError):
+                    summary = None
+                receiver.close()
+                process.join()
+                seconds = time.perf_counter() - self._started
+                if summary is None:
+                    code = process.exitcode
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                    summary = _failed_unit(unit, f"its worker process ended ({how})", seconds)
+                elif "segment" not in summary:
+                    summary = _failed_unit(unit, summary["error"], seconds)
+                results[index] = {**summary, "seconds": seconds}
+                progress(len(self._workers) - len(waiting))
+        return results
+
+    def stop(self) -> None:
+        """End the workers (the recording turned out unusable here)."""
+        for _, process, receiver in self._workers:
+            process.kill()
+            process.join()
+            receiver.close()
+
+
+def _verify_unit(recording: Path, segments: tuple[int, int], image: Path | None, sender) -> None:
+    """In a forked worker: verify segments K-L and send the summary (or {"error": one line})."""
+    quiet = lambda problem: None        # noqa: E731 - the parent has said what is damaged, once
+    try:
+        session = ReplaySession(recording, image)
+        summary = verify_segment(session, SnapshotFile.beside(recording, quiet), segments[0], segments[1], quiet)
+        session.close()
+    except Exception as error:          # an unusable recording, a damaged part: the unit says why, in one line
+        summary = {"error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    sender.send(summary)
+    sender.close()
 
 
 def merge(summaries: list[dict]) -> dict:

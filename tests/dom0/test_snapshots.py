@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from dom0 import cli
 from dom0.logfile import LogReader
 from dom0.replay import ReplaySession
-from dom0.segments import count_segments, segment_bounds, verify_segment
+from dom0.segments import SegmentWorkers, count_segments, segment_bounds, verify_segment
 from dom0.snapshots import _ENTRY, SnapshotFile, _checksum, snapshot_path
 from stub.timeline import Timeline
 from tests.conftest import write_log
@@ -255,6 +257,17 @@ def test_replay_jobs_runs_no_more_processes_than_segments(virtual_recording, cap
     assert status == 0 and summary["verified"] and summary["segments"] == 1, captured.err
     assert summary["units"] == 1 and summary["jobs"] == 1
     assert "in 1 segment, 1 at a time" in captured.err, captured.err
+
+
+def test_a_killed_segment_worker_is_reported_and_the_other_units_verify(recording):
+    """`replay --jobs` forks its workers: one killed outright is its unit's failure (saying how it ended),
+    and the other unit is verified all the same."""
+    workers = SegmentWorkers(recording, count_segments(recording), 2, None)
+    os.kill(workers.pids[0], signal.SIGKILL)
+    killed, other = workers.results()
+    assert not killed["verified"] and killed["divergence"] == ("segment 0-2 could not be verified: its worker "
+                                                               "process ended (killed by signal 9)")
+    assert other["verified"] and other["segment"] == "3-6" and other["complete"]
 
 
 @pytest.mark.slow
