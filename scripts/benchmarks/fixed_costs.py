@@ -65,22 +65,22 @@ def _xenrr(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "dom0.cli", *arguments]
 
 
-def _served(*arguments: str) -> list[str]:
+def served_command(*arguments: str) -> list[str]:
     """The `xenrr` program as users start it (the console script; its module where none is installed)."""
     script = Path(sys.executable).parent / "xenrr"
     return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "dom0.launch", *arguments]
 
 
 @contextmanager
-def _fork_server():
+def fork_server():
     """A fork server on a private socket of its own for the benchmark's served commands; their environment."""
     directory = Path(tempfile.mkdtemp(prefix="xenrr-bench-server-"))       # mode 0700
     environment = {**os.environ, "XENRR_SERVER": "manual", "XENRR_SERVER_SOCKET": str(directory / "server.sock")}
-    subprocess.run(_served("server", "start"), env=environment, check=True, capture_output=True)
+    subprocess.run(served_command("server", "start"), env=environment, check=True, capture_output=True)
     try:
         yield environment
     finally:
-        subprocess.run(_served("server", "stop"), env=environment, capture_output=True)
+        subprocess.run(served_command("server", "stop"), env=environment, capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -117,13 +117,13 @@ def _start_up_and_record(repeats: int) -> dict:
                                                            "--keys", MINIMAL_KEYS, "--clock", "virtual"),
         }
         served_sides = {
-            "xenrr run (minimal), fork server": lambda index: _served(*minimal_run),
-            "xenrr record (minimal), fork server": lambda index: _served(
+            "xenrr run (minimal), fork server": lambda index: served_command(*minimal_run),
+            "xenrr record (minimal), fork server": lambda index: served_command(
                 "record", str(MINIMAL), "-o", str(directory / f"served-{index}.xrr"), "--keys", MINIMAL_KEYS,
                 "--clock", "virtual"),
         }
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in [*sides, *served_sides]}
-        with _fork_server() as environment:
+        with fork_server() as environment:
             for index in range(repeats):
                 for name, command in sides.items():
                     samples[name].append(_timed(command(index)))

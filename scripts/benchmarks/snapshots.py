@@ -17,7 +17,10 @@ Owns three measurements on kbdshell running `bench N` under the virtual clock (o
   recording: a goto's cost does not depend on the position but on the distance to the snapshot before
   it (at most one interval), so it is the median over the positions plus indexing the extra snapshot
   headers such a recording has (measured per header), and the worst position likewise;
-- parallel verification: `xenrr replay --jobs 1` against `--jobs 2`, median wall times and the ratio.
+  the same command through a fork server (dom0/forkserver.py: the client's start, a forked child with
+  everything imported and an engine ready), extrapolated the same way;
+- parallel verification: `xenrr replay --jobs 1` against `--jobs 2` (forked workers), median wall times and
+  the ratio.
 Invariant: every timing is a median of runs made side by side in one run of the benchmark.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.fixed_costs import fork_server, served_command
 from dom0.consoleinput import KeyScript, parse_key_script
 from dom0.record import record
 from dom0.replay import ReplaySession
@@ -67,6 +71,13 @@ def _cli_seconds(*args: str) -> float:
     return time.perf_counter() - started
 
 
+def _served_seconds(environment: dict[str, str], *args: str) -> float:
+    """`xenrr ARGS` as users start it, through the benchmark's fork server."""
+    started = time.perf_counter()
+    subprocess.run(served_command(*args), check=True, capture_output=True, cwd=ROOT, env=environment)
+    return time.perf_counter() - started
+
+
 def _session_goto_seconds(log: Path, event_number: int, stored: bool) -> float:
     """A cold session (new engine, domain built) and timeline sent to just before event `event_number`."""
     from stub.timeline import Timeline
@@ -95,7 +106,7 @@ def _header_seconds(snapshots: Path) -> float:
 def run(quick: bool) -> dict:
     iterations, repeats = ITERATIONS[quick], REPEATS[quick]
     default = Interval(instructions=DEFAULT_EVERY_INSTRUCTIONS) if not quick else Interval(instructions=10**7)
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, fork_server() as environment:
         plain_log, log = Path(directory) / "plain.xrr", Path(directory) / "snap.xrr"
         plain_runs, snap_runs = [], []
         for _ in range(repeats):
@@ -115,9 +126,10 @@ def run(quick: bool) -> dict:
         shutil.copy(log, bare / log.name)
         gotos = []
         for event in picks:
-            with_snapshots = statistics.median(
-                _cli_seconds("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number),
-                             str(log)) for _ in range(GOTO_REPEATS[quick]))
+            goto = ("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number))
+            with_snapshots = statistics.median(_cli_seconds(*goto, str(log)) for _ in range(GOTO_REPEATS[quick]))
+            served = statistics.median(_served_seconds(environment, *goto, str(log))
+                                       for _ in range(GOTO_REPEATS[quick]))
             without = statistics.median(
                 _cli_seconds("replay", "--quiet", "--from", str(event.number), "--until-event", str(event.number),
                              str(bare / log.name)) for _ in range(repeats))
@@ -126,6 +138,7 @@ def run(quick: bool) -> dict:
             in_process_without = statistics.median(_session_goto_seconds(log, event.number, False)
                                                    for _ in range(repeats))
             gotos.append({"event": event.number, "icount": event.icount, "seconds_with_snapshots": round(with_snapshots, 3),
+                          "served_seconds_with_snapshots": round(served, 3),
                           "seconds_from_the_start": round(without, 3),
                           "session_seconds_with_snapshots": round(in_process, 3),
                           "session_seconds_from_the_start": round(in_process_without, 3)})
@@ -137,6 +150,8 @@ def run(quick: bool) -> dict:
         extra_headers = TARGET_INSTRUCTIONS // every - count
         typical = statistics.median(goto["seconds_with_snapshots"] for goto in gotos)
         worst = max(goto["seconds_with_snapshots"] for goto in gotos)
+        served_typical = statistics.median(goto["served_seconds_with_snapshots"] for goto in gotos)
+        served_worst = max(goto["served_seconds_with_snapshots"] for goto in gotos)
         session_typical = statistics.median(goto["session_seconds_with_snapshots"] for goto in gotos)
         session_worst = max(goto["session_seconds_with_snapshots"] for goto in gotos)
 
@@ -157,6 +172,8 @@ def run(quick: bool) -> dict:
         "index_seconds_per_snapshot": per_header,
         "goto_cold_1e11_extrapolated_seconds": round(typical + extra_headers * per_header, 3),
         "goto_cold_1e11_extrapolated_worst_seconds": round(worst + extra_headers * per_header, 3),
+        "goto_served_1e11_extrapolated_seconds": round(served_typical + extra_headers * per_header, 3),
+        "goto_served_1e11_extrapolated_worst_seconds": round(served_worst + extra_headers * per_header, 3),
         "goto_session_1e11_extrapolated_seconds": round(session_typical + extra_headers * per_header, 3),
         "goto_session_1e11_extrapolated_worst_seconds": round(session_worst + extra_headers * per_header, 3),
         "replay_seconds": round(full, 3), "replay_jobs_1_seconds": round(jobs[1], 3),
@@ -173,16 +190,19 @@ def table(results: dict) -> str:
              f"(the guest waited {results['snapshot_capture_fraction']:.2%})",
              f"snapshots: {results['snapshot_bytes']:,} bytes = {results['snapshot_bytes_per_second']:,} bytes per "
              f"second of recording, {results['snapshot_bytes_per_1e9_instructions']:,} per 10^9 instructions",
-             "goto (s)       process: a fresh `xenrr replay --from E --until-event E`; session: in process, cold "
-             "session and timeline",
-             f"{'event':>6} {'icount':>14} {'process, snapshots':>19} {'process, no snapshots':>22} "
-             f"{'session, snapshots':>19} {'session, no snapshots':>22}"]
+             "goto (s)       process: a fresh `xenrr replay --from E --until-event E` (in-process); fork server: "
+             "the same command through it; session: in process, cold session and timeline",
+             f"{'event':>6} {'icount':>14} {'process, snapshots':>19} {'fork server, snapshots':>23} "
+             f"{'process, no snapshots':>22} {'session, snapshots':>19} {'session, no snapshots':>22}"]
     lines += [f"{goto['event']:>6} {goto['icount']:>14,} {goto['seconds_with_snapshots']:>19.3f} "
+              f"{goto['served_seconds_with_snapshots']:>23.3f} "
               f"{goto['seconds_from_the_start']:>22.3f} {goto['session_seconds_with_snapshots']:>19.3f} "
               f"{goto['session_seconds_from_the_start']:>22.3f}" for goto in results["goto_cold"]]
     lines += [f"goto from a cold start on a 10^11-instruction recording (extrapolated): "
               f"{results['goto_cold_1e11_extrapolated_seconds']:.3f} s typical, "
-              f"{results['goto_cold_1e11_extrapolated_worst_seconds']:.3f} s worst as a process; in process "
+              f"{results['goto_cold_1e11_extrapolated_worst_seconds']:.3f} s worst as a process; through the fork "
+              f"server {results['goto_served_1e11_extrapolated_seconds']:.3f} s typical, "
+              f"{results['goto_served_1e11_extrapolated_worst_seconds']:.3f} s worst; in process "
               f"{results['goto_session_1e11_extrapolated_seconds']:.3f} s typical, "
               f"{results['goto_session_1e11_extrapolated_worst_seconds']:.3f} s worst "
               f"({results['index_seconds_per_snapshot'] * 1e6:.1f} us to index each snapshot)",
