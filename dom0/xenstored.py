@@ -11,8 +11,14 @@ once when registered, and only for nodes the watcher may read; transactions work
 store and fail with EAGAIN at commit when a node they read or wrote changed in between.
 
 Implements xen.xenstore.XenstoreServer: the hypervisor hands it the guest's request bytes when the
-guest notifies the store port and writes back what `take_output` returns. Invariant: the state
-changes only through a guest request (deterministic) or `write` (a dom0 write: a funnel input, recorded), and
+guest notifies the store port and writes back what `take_output` returns.
+
+On a host of several domains each domain's xenstored is that domain's *replica* of the host's one
+store: it answers the domain's own requests at once, hands every change they commit (one request, or
+a transaction at its commit) to `changes_out` for the other replicas, and applies theirs with
+`apply_change` (a funnel input). Invariant: the state changes only through a guest request
+(deterministic), `write`/`remove`/`mkdir` (dom0's writes: funnel inputs, recorded, or the toolstack's
+before the first instruction) or `apply_change` (a funnel input, recorded), and
 `save_state`/`load_state`/`state_bytes` cover all of it - tree, watches, transactions and bytes in flight.
 """
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Callable
 
 from xen import abi
 from xen.domain import deep_copy
-from xen.xenstore import XenstoreProtocolError
+from xen.xenstore import XenstoreChange, XenstoreOp, XenstoreProtocolError
 
 DOM0 = 0
 _HEADER = struct.Struct("<IIII")
@@ -36,6 +42,9 @@ MAX_TRANSACTIONS = 10
 MAX_WATCHES = 128
 MAX_ENTRY_BYTES = 2048
 MAX_NODES = 1000
+# Watch events waiting for room on the guest's ring beyond this are dropped, as C xenstored drops an event that
+# would take a guest past its memory quota (XSA-326): another domain's flood of changes cannot grow them forever.
+MAX_QUEUED_OUTPUT = 256 * 1024
 # Types a client may send that have no operation (replies and events, XS_RESTRICT's removed number 20,
 # anything from XS_TYPE_COUNT on): C xenstored answers ENOSYS ("Client unknown operation").
 _NO_OPERATION = (abi.XS_WATCH_EVENT, abi.XS_ERROR, abi.XS_SET_TARGET + 1)
@@ -74,7 +83,8 @@ class Transaction:
     nodes: dict[str, Node]                 # the store as it was at TRANSACTION_START, then changed
     seen: dict[str, int | None] = field(default_factory=dict)   # path -> generation at first access
     modified: set[str] = field(default_factory=set)
-    events: list[tuple[str, bool, bool]] = field(default_factory=list)   # fired at commit
+    events: list[tuple[str, bool, tuple[str, ...]]] = field(default_factory=list)   # fired at commit
+    ops: list[XenstoreOp] = field(default_factory=list)                  # sent on to the other replicas at commit
 
 
 def is_valid_path(path: str) -> bool:
@@ -103,6 +113,7 @@ class Xenstored:
         self._dom0_watches: list[tuple[str, Callable[[str], None]]] = []    # a backend's: configuration
         self._dom0_events: list[tuple[Callable[[str], None], str]] = []    # queued while a request runs
         self._delivering = False
+        self.changes_out: Callable[[XenstoreChange], None] | None = None   # the host: to the other replicas
 
     # ------------------------------------------------------------------ XenstoreServer
     def receive(self, data: bytes) -> None:
@@ -135,7 +146,7 @@ class Xenstored:
     def state_bytes(self) -> bytes:
         def nodes(table: dict[str, Node]) -> list:
             return [(path, n.value, n.perms, n.children, n.generation) for path, n in sorted(table.items())]
-        transactions = [(number, nodes(t.nodes), sorted(t.seen.items()), sorted(t.modified), t.events)
+        transactions = [(number, nodes(t.nodes), sorted(t.seen.items()), sorted(t.modified), t.events, t.ops)
                         for number, t in sorted(self._transactions.items())]
         return repr((nodes(self._nodes), self._generation, [(w.path, w.token) for w in self._watches],
                      transactions, self._next_transaction, bytes(self._input), bytes(self._output))).encode()
@@ -143,8 +154,41 @@ class Xenstored:
     # ------------------------------------------------------------------ dom0's own access (the toolstack)
     def write(self, path: str, value: bytes) -> None:
         """Write as dom0 (outside any transaction); fires the guest's watches and dom0's."""
-        self._write(self._nodes, None, DOM0, self._canonical(path, DOM0), value)
+        op = XenstoreOp("write", self._canonical(path, DOM0), value)
+        self._apply(self._nodes, None, DOM0, op)
+        self._commit(None, DOM0, op)
         self._deliver_dom0_events()
+
+    def remove(self, path: str) -> None:
+        """Remove `path` and everything below it as dom0 (nothing if it is missing)."""
+        op = XenstoreOp("rm", self._canonical(path, DOM0))
+        if self._apply(self._nodes, None, DOM0, op):
+            self._commit(None, DOM0, op)
+        self._deliver_dom0_events()
+
+    def apply_change(self, change: XenstoreChange) -> None:
+        """Another domain's (or dom0's) committed change to the host's one store, applied to this replica
+        as that domain made it - its permissions checked here again, its new nodes owned by it - and not
+        sent on. Our guest's watches fire for what it may read, once per change as for a transaction's
+        commit; dom0's watches fire. An op the replica no longer allows (the node changed here in the
+        meantime: two domains changed it at once) is skipped, as the writer would have been refused."""
+        applied = Transaction(self._nodes)          # the live store, only to gather the events
+        for op in change.ops:
+            try:
+                self._apply(self._nodes, applied, change.domid, op)
+            except XenstoreError:
+                continue
+        self._fire_once(applied.events)
+        self._deliver_dom0_events()
+
+    def snapshot(self) -> XenstoreChange:
+        """The whole tree as dom0 would write it afresh: each node, parents first and children in creation
+        order, written with its value and given its permissions - what a new domain's replica starts from."""
+        ops: list[XenstoreOp] = []
+        for path, node in self._walk():
+            ops.append(XenstoreOp("write", path, node.value))
+            ops.append(XenstoreOp("set-perms", path, _perms_bytes(node.perms)))
+        return XenstoreChange(DOM0, tuple(ops))
 
     def watch_dom0(self, path: str, callback: Callable[[str], None]) -> None:
         """A dom0 backend's watch: `callback(changed path)` runs for every change at or below the absolute
@@ -169,27 +213,36 @@ class Xenstored:
     def mkdir(self, path: str, perms: Perms | None = None) -> None:
         """Create `path` as dom0 if missing, then (if given) set its permissions."""
         absolute = self._canonical(path, DOM0)
-        if absolute not in self._nodes:
-            self._create(self._nodes, None, DOM0, absolute, b"")
-        if perms is not None:
-            self._set_perms(self._nodes, None, DOM0, absolute, perms)
+        ops = [XenstoreOp("mkdir", absolute)] + ([] if perms is None else [XenstoreOp("set-perms", absolute,
+                                                                                      _perms_bytes(perms))])
+        for op in ops:
+            if self._apply(self._nodes, None, DOM0, op):
+                self._commit(None, DOM0, op)
         self._deliver_dom0_events()
 
     def read(self, path: str) -> bytes | None:
         node = self._nodes.get(self._canonical(path, DOM0))
         return None if node is None else node.value
 
+    def children(self, path: str) -> list[str]:
+        """The names of `path`'s children in creation order (none when it is missing)."""
+        node = self._nodes.get(self._canonical(path, DOM0))
+        return [] if node is None else list(node.children)
+
     def listing(self) -> list[tuple[int, str, bytes, Perms]]:
         """The whole tree depth first, children in creation order: (depth, name, value, perms)."""
-        rows: list[tuple[int, str, bytes, Perms]] = []
+        return [(path.count("/") - 1, _name(path), node.value, node.perms) for path, node in self._walk()]
 
-        def visit(path: str, depth: int) -> None:
+    def _walk(self) -> list[tuple[str, Node]]:
+        """Every node but the root, depth first, children in creation order."""
+        rows: list[tuple[str, Node]] = []
+
+        def visit(path: str) -> None:
             for child in self._nodes[path].children:
                 child_path = _join(path, child)
-                node = self._nodes[child_path]
-                rows.append((depth, child, node.value, node.perms))
-                visit(child_path, depth + 1)
-        visit("/", 0)
+                rows.append((child_path, self._nodes[child_path]))
+                visit(child_path)
+        visit("/")
         return rows
 
     # ------------------------------------------------------------------ requests
@@ -246,7 +299,7 @@ class Xenstored:
         if kind == abi.XS_TRANSACTION_END:
             if transaction is None:
                 raise XenstoreError("ENOENT")
-            return self._end_transaction(tx_id, _one_arg(payload)), []
+            return self._end_transaction(tx_id, _one_arg(payload), caller), []
         nodes = self._nodes if transaction is None else transaction.nodes
         if kind in (abi.XS_READ, abi.XS_DIRECTORY, abi.XS_GET_PERMS):
             node = self._lookup(nodes, transaction, caller, self._canonical(_one_arg(payload), caller), READ)
@@ -254,7 +307,7 @@ class Xenstored:
                 return node.value, []
             if kind == abi.XS_DIRECTORY:
                 return b"".join(child.encode() + b"\0" for child in node.children), []
-            return b"".join(f"{letter}{domid}\0".encode() for letter, domid in node.perms), []
+            return _perms_bytes(node.perms), []
         if kind == abi.XS_DIRECTORY_PART:
             path, offset_text = _args(payload, 2)
             node = self._lookup(nodes, transaction, caller, self._canonical(path, caller), READ)
@@ -267,26 +320,46 @@ class Xenstored:
                 raise XenstoreError("EINVAL")
             if len(value) > MAX_ENTRY_BYTES:
                 raise XenstoreError("ENOSPC")
-            self._write(nodes, transaction, caller, self._canonical(path.decode("latin-1"), caller), value)
-            return b"OK\0", []
-        if kind == abi.XS_MKDIR:
-            absolute = self._canonical(_one_arg(payload), caller)
-            if absolute in nodes:
-                self._lookup(nodes, transaction, caller, absolute, WRITE)
-            else:
-                self._create(nodes, transaction, caller, absolute, b"")
-            return b"OK\0", []
-        if kind == abi.XS_RM:
-            self._remove(nodes, transaction, caller, self._canonical(_one_arg(payload), caller))
-            return b"OK\0", []
-        if kind == abi.XS_SET_PERMS:
+            op = XenstoreOp("write", self._canonical(path.decode("latin-1"), caller), value)
+        elif kind == abi.XS_MKDIR:
+            op = XenstoreOp("mkdir", self._canonical(_one_arg(payload), caller))
+        elif kind == abi.XS_RM:
+            op = XenstoreOp("rm", self._canonical(_one_arg(payload), caller))
+        elif kind == abi.XS_SET_PERMS:
             path, *texts = _strings(payload)
             if not texts:
                 raise XenstoreError("EINVAL")
-            absolute = self._canonical(path, caller)
-            self._set_perms(nodes, transaction, caller, absolute, tuple(_parse_perm(text) for text in texts))
-            return b"OK\0", []
-        raise XenstoreError("ENOSYS")
+            perms = tuple(_parse_perm(text) for text in texts)
+            op = XenstoreOp("set-perms", self._canonical(path, caller), _perms_bytes(perms))
+        else:
+            raise XenstoreError("ENOSYS")
+        if self._apply(nodes, transaction, caller, op):
+            self._commit(transaction, caller, op)
+        return b"OK\0", []
+
+    def _apply(self, nodes: dict[str, Node], transaction: Transaction | None, caller: int, op: XenstoreOp) -> bool:
+        """Make one change as `caller` (permissions checked: XenstoreError); whether anything changed
+        (mkdir of a node that exists and rm of one that does not change nothing)."""
+        if op.op == "write":
+            self._write(nodes, transaction, caller, op.path, op.data)
+        elif op.op == "mkdir":
+            if op.path in nodes:
+                self._lookup(nodes, transaction, caller, op.path, WRITE)
+                return False
+            self._create(nodes, transaction, caller, op.path, b"")
+        elif op.op == "rm":
+            return self._remove(nodes, transaction, caller, op.path)
+        else:
+            texts = op.data.decode("latin-1").split("\0")[:-1]
+            self._set_perms(nodes, transaction, caller, op.path, tuple(_parse_perm(text) for text in texts))
+        return True
+
+    def _commit(self, transaction: Transaction | None, caller: int, op: XenstoreOp) -> None:
+        """A change made: for the other replicas now, or at the transaction's commit."""
+        if transaction is not None:
+            transaction.ops.append(op)
+        elif self.changes_out is not None:
+            self.changes_out(XenstoreChange(caller, (op,)))
 
     # ------------------------------------------------------------------ paths and permissions
     def _canonical(self, path: str, caller: int) -> str:
@@ -312,6 +385,10 @@ class Xenstored:
             return True
         letter = next((letter for letter, domid in node.perms[1:] if domid == caller), node.perms[0][0])
         return _PERM_BITS[letter] & want == want
+
+    def _readable(self, path: str, node: Node) -> tuple[str, ...]:
+        """(path,) if our guest may read `node` at `path`, else ()."""
+        return (path,) if self._allowed(self.domid, node, READ) else ()
 
     def _touch(self, nodes: dict[str, Node], transaction: Transaction | None, path: str) -> None:
         """Note a transaction's first access to `path` (with the generation it had: conflict detection)."""
@@ -342,7 +419,9 @@ class Xenstored:
         if transaction is not None:
             transaction.modified.add(path)
 
-    def _event(self, transaction: Transaction | None, path: str, removal: bool, readable: bool) -> None:
+    def _event(self, transaction: Transaction | None, path: str, removal: bool, readable: tuple[str, ...]) -> None:
+        """A change at `path` (`removal`: of it and everything below); `readable`: the changed nodes our
+        guest may read (as they were before a removal)."""
         if transaction is not None:
             transaction.events.append((path, removal, readable))
         else:
@@ -356,7 +435,7 @@ class Xenstored:
         node = self._lookup(nodes, transaction, caller, path, WRITE)
         node.value = value
         self._changed(nodes, transaction, path)
-        self._event(transaction, path, False, self._allowed(self.domid, node, READ))
+        self._event(transaction, path, False, self._readable(path, node))
 
     def _create(self, nodes: dict[str, Node], transaction: Transaction | None, caller: int, path: str,
                 value: bytes) -> None:
@@ -376,21 +455,21 @@ class Xenstored:
             nodes[new_path] = parent = Node(value if new_path == path else b"", perms)
             self._changed(nodes, transaction, new_path)
             parent_path = new_path
-        self._event(transaction, path, False, self._allowed(self.domid, nodes[path], READ))
+        self._event(transaction, path, False, self._readable(path, nodes[path]))
 
-    def _remove(self, nodes: dict[str, Node], transaction: Transaction | None, caller: int, path: str) -> None:
+    def _remove(self, nodes: dict[str, Node], transaction: Transaction | None, caller: int, path: str) -> bool:
         if path == "/":
             raise XenstoreError("EINVAL")
         self._touch(nodes, transaction, path)
         if path not in nodes:
             # Not an error when the parent exists (docs/misc/xenstore.txt); the parent's error otherwise.
             self._lookup(nodes, transaction, caller, _parent(path), READ)
-            return
-        node = self._lookup(nodes, transaction, caller, path, WRITE)
-        readable = self._allowed(self.domid, node, READ)
+            return False
+        self._lookup(nodes, transaction, caller, path, WRITE)
         doomed = [path]
         for doomed_path in doomed:
             doomed.extend(_join(doomed_path, child) for child in nodes[doomed_path].children)
+        readable = tuple(doomed_path for doomed_path in doomed if self._allowed(self.domid, nodes[doomed_path], READ))
         for doomed_path in doomed:
             self._touch(nodes, transaction, doomed_path)
             del nodes[doomed_path]
@@ -399,6 +478,7 @@ class Xenstored:
         nodes[parent_path].children.remove(_name(path))
         self._changed(nodes, transaction, parent_path)
         self._event(transaction, path, True, readable)
+        return True
 
     def _set_perms(self, nodes: dict[str, Node], transaction: Transaction | None, caller: int, path: str,
                    perms: Perms) -> None:
@@ -407,9 +487,9 @@ class Xenstored:
             raise XenstoreError("EPERM")          # unprivileged domains may not give a node away
         node.perms = perms
         self._changed(nodes, transaction, path)
-        self._event(transaction, path, False, self._allowed(self.domid, node, READ))
+        self._event(transaction, path, False, self._readable(path, node))
 
-    def _end_transaction(self, tx_id: int, verdict: str) -> bytes:
+    def _end_transaction(self, tx_id: int, verdict: str, caller: int) -> bytes:
         if verdict not in ("T", "F"):
             raise XenstoreError("EINVAL")
         transaction = self._transactions.pop(tx_id)
@@ -426,9 +506,14 @@ class Xenstored:
                 self._nodes[path].generation = self._generation
             else:
                 self._nodes.pop(path, None)
-        for path, removal, readable in dict.fromkeys(transaction.events):       # once per change, in order
-            self._fire(path, removal, readable)
+        self._fire_once(transaction.events)
+        if transaction.ops and self.changes_out is not None:
+            self.changes_out(XenstoreChange(caller, tuple(transaction.ops)))
         return b"OK\0"
+
+    def _fire_once(self, events: list[tuple[str, bool, tuple[str, ...]]]) -> None:
+        for path, removal, readable in dict.fromkeys(events):       # once per change, in order
+            self._fire(path, removal, readable)
 
     # ------------------------------------------------------------------ watches
     def _watch(self, payload: bytes) -> tuple[bytes, list[bytes]]:
@@ -450,18 +535,19 @@ class Xenstored:
                 return b"OK\0"
         raise XenstoreError("ENOENT")
 
-    def _fire(self, path: str, removal: bool, readable: bool) -> None:
+    def _fire(self, path: str, removal: bool, readable: tuple[str, ...]) -> None:
         """Queue the events of a change at `path` (a recursive removal if `removal`) for matching watches:
-        the guest's if it may read the node, dom0's always."""
+        dom0's always; the guest's if it may read the node changed - for a watch on a node a removal took
+        away with an ancestor, that node, as C xenstored fires each removed node's watches with its own
+        permissions."""
         for target, callback in self._dom0_watches:
             event_path = _watch_event_path(target, path, removal)
             if event_path is not None:
                 self._dom0_events.append((callback, event_path))
-        if not readable:
-            return
         for watch in self._watches:
             event_path = _watch_event_path(watch.absolute, path, removal)
-            if event_path is not None:
+            if event_path is not None and (path in readable or event_path in readable) \
+                    and len(self._output) < MAX_QUEUED_OUTPUT:
                 self._send(abi.XS_WATCH_EVENT, 0, 0, _event_payload(self._relative(watch, event_path), watch.token))
 
 
@@ -516,6 +602,11 @@ def _parse_perm(text: str) -> tuple[str, int]:
     if letter not in _PERM_BITS or not digits.isdigit() or int(digits) > 0xFFFF:
         raise XenstoreError("EINVAL")
     return letter, int(digits)
+
+
+def _perms_bytes(perms: Perms) -> bytes:
+    """Permissions as XS_SET_PERMS carries them: each "<letter><domid>" ending in a nul."""
+    return b"".join(f"{letter}{domid}\0".encode() for letter, domid in perms)
 
 
 def _event_payload(path: str, token: str) -> bytes:

@@ -24,6 +24,7 @@ from xen.kbdif import EVENT_PAYLOAD_BYTES, decode_key_event
 from xen.keycodes import KEY_MAX, keycode_name
 from xen.logrecord import FIRST_INPUT_KIND, KIND_DIGEST, KIND_END, kind_name, kind_names, register_kind
 from xen.timekeeping import TimeBase
+from xen.xenstore import XenstoreChange
 
 if TYPE_CHECKING:
     from xen.domain import Domain
@@ -38,6 +39,7 @@ class Kind(enum.IntEnum):
     XENSTORE_WRITE = 20  # payload: path, a nul, the value; a dom0 write into the domain's xenstore
     KEYBOARD = 21        # payload: one PV keyboard event, 2 bytes (xen/kbdif.py: type, pressed, keycode)
     INTERDOMAIN = 24     # payload: an InterdomainChange; another domain acted on an event channel with this one
+    XENSTORE_CHANGE = 25  # payload: a xen.xenstore.XenstoreChange; another domain changed the host's xenstore
 
 
 for _kind in Kind:
@@ -64,6 +66,8 @@ def describe_payload(kind: int, payload: bytes) -> str:
             return f"xenstore write {path.decode('latin-1')} = {value.decode('latin-1')!r}"
         if kind == Kind.INTERDOMAIN:
             return f"inter-domain event channel: {InterdomainChange.from_bytes(payload)}"
+        if kind == Kind.XENSTORE_CHANGE:
+            return f"xenstore change by {XenstoreChange.from_bytes(payload)}"
         if kind == Kind.KEYBOARD:
             event = decode_key_event(payload)
             if event.type == abi.XENKBD_TYPE_KEY:
@@ -156,6 +160,7 @@ class Funnel:
             Kind.RANDOM: self._random,
             Kind.XENSTORE_WRITE: self._xenstore_write,
             Kind.INTERDOMAIN: self._interdomain,
+            Kind.XENSTORE_CHANGE: self._xenstore_change,
             Kind.KEYBOARD: self._keyboard,
         }
 
@@ -239,6 +244,17 @@ class Funnel:
             raise UnknownInputKind("the log has a xenstore write but the domain has no xenstore")
         path, _, value = payload.partition(b"\0")
         domain.xenstore.write(path.decode("latin-1"), value)
+        domain.xenstore_changed()
+
+    def _xenstore_change(self, payload: bytes) -> None:
+        domain = self._domain
+        if domain.xenstore is None:
+            raise UnknownInputKind("the log has a xenstore change but the domain has no xenstore")
+        try:
+            change = XenstoreChange.from_bytes(payload)
+        except ValueError as error:
+            raise UnusableRecord(f"the log holds a malformed xenstore change: {error}") from None
+        domain.xenstore.apply_change(change)
         domain.xenstore_changed()
 
     def _interdomain(self, payload: bytes) -> None:

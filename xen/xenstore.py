@@ -7,10 +7,16 @@ Invariant: the ring is serviced only when the guest notifies the store port (a h
 deterministic) or after a funnel injection changed the store (recorded); a guest that corrupts the
 indices or breaks the protocol gets the interface's `error` field set, as xenstored does, never a
 hypervisor failure.
+
+Also owns the wire form of a `XenstoreChange`: what one domain (or dom0) committed to the host's one
+xenstore, as another domain's replica of it receives it - a funnel input (record kind
+`xenstore-change`, docs/log-format.md).
 """
 from __future__ import annotations
 
-from typing import Protocol
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from xen import abi
 from xen.ringpage import RingFields, ring_distance
@@ -21,6 +27,91 @@ _RING_SIZE = abi.XENSTORE_RING_SIZE
 
 class XenstoreProtocolError(Exception):
     """The guest broke the xs_wire protocol (e.g. a payload over XENSTORE_PAYLOAD_MAX); one line."""
+
+
+XENSTORE_OPS = ("write", "mkdir", "rm", "set-perms")
+
+
+@dataclass(frozen=True)
+class XenstoreOp:
+    """One committed change: `op` one of XENSTORE_OPS on the absolute `path`; `data` is the value of a
+    write, or a set-perms' permission strings each ending in a nul ("n1\\0r2\\0", as XS_SET_PERMS
+    carries them)."""
+    op: str
+    path: str
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class XenstoreChange:
+    """What domain `domid` (0: the toolstack) committed to the shared store at once - one request, or
+    one transaction's changes in the order it made them.
+
+    Wire form: u16 domid, then per op u8 op number (its index in XENSTORE_OPS), the path (relative to
+    /local/domain/<domid>/ when it lies below it, as xenstore's relative paths are), a nul, u16 data
+    length, the data. A change too long for one record is split into several (`to_payloads`), applied
+    one after the other at the same instruction."""
+    domid: int
+    ops: tuple[XenstoreOp, ...]
+    DOMID: ClassVar[struct.Struct] = struct.Struct("<H")
+    LENGTH: ClassVar[struct.Struct] = struct.Struct("<H")
+
+    def _home(self) -> str:
+        return f"/local/domain/{self.domid}/"
+
+    def _op_bytes(self, op: XenstoreOp) -> bytes:
+        path = op.path[len(self._home()):] if op.path.startswith(self._home()) else op.path
+        return bytes([XENSTORE_OPS.index(op.op)]) + path.encode("latin-1") + b"\0" + \
+            self.LENGTH.pack(len(op.data)) + op.data
+
+    def to_payloads(self, limit: int) -> list[bytes]:
+        """The change as record payloads of at most `limit` bytes each (ops are never split)."""
+        payloads: list[bytes] = []
+        current = bytearray()
+        for op in self.ops:
+            encoded = self._op_bytes(op)
+            if self.DOMID.size + len(encoded) > limit:
+                raise ValueError(f"a xenstore {op.op} of {op.path} takes {len(encoded)} bytes (limit {limit})")
+            if current and self.DOMID.size + len(current) + len(encoded) > limit:
+                payloads.append(self.DOMID.pack(self.domid) + bytes(current))
+                current.clear()
+            current += encoded
+        if current:
+            payloads.append(self.DOMID.pack(self.domid) + bytes(current))
+        return payloads
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "XenstoreChange":
+        """ValueError naming what is wrong for a payload that is not a change."""
+        if len(payload) < cls.DOMID.size + 1:
+            raise ValueError(f"a xenstore change of {len(payload)} bytes")
+        (domid,) = cls.DOMID.unpack_from(payload)
+        home = f"/local/domain/{domid}/"
+        ops: list[XenstoreOp] = []
+        at = cls.DOMID.size
+        while at < len(payload):
+            number = payload[at]
+            end = payload.find(b"\0", at + 1)
+            if number >= len(XENSTORE_OPS) or end < 0 or end + 1 + cls.LENGTH.size > len(payload):
+                raise ValueError(f"a malformed xenstore change operation at byte {at}")
+            path = payload[at + 1:end].decode("latin-1")
+            (length,) = cls.LENGTH.unpack_from(payload, end + 1)
+            data_at = end + 1 + cls.LENGTH.size
+            if not path or data_at + length > len(payload):
+                raise ValueError(f"a malformed xenstore change operation at byte {at}")
+            ops.append(XenstoreOp(XENSTORE_OPS[number], path if path.startswith("/") else home + path,
+                                  bytes(payload[data_at:data_at + length])))
+            at = data_at + length
+        return cls(domid, tuple(ops))
+
+    def __str__(self) -> str:
+        def words(op: XenstoreOp) -> str:
+            if op.op == "write":
+                return f"write {op.path} = {op.data.decode('latin-1')!r}"
+            if op.op == "set-perms":
+                return f"set-perms {op.path} {op.data.decode('latin-1').rstrip(chr(0)).replace(chr(0), ',')}"
+            return f"{op.op} {op.path}"
+        return f"d{self.domid} " + "; ".join(words(op) for op in self.ops)
 
 
 class XenstoreServer(Protocol):
@@ -35,6 +126,10 @@ class XenstoreServer(Protocol):
 
     def write(self, path: str, value: bytes) -> None:
         """A write by dom0 (the toolstack), e.g. while the guest runs: fires the guest's watches."""
+
+    def apply_change(self, change: XenstoreChange) -> None:
+        """Another domain's (or dom0's) committed change to the host's shared store: applied to this
+        replica as that domain made it, firing the guest's watches on what it may read."""
 
     def save_state(self) -> object:
         """Everything the server holds (tree, watches, transactions, queued bytes), for checkpoints."""
