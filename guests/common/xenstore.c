@@ -130,6 +130,11 @@ int xs_request(uint32_t type, uint32_t tx, const void *payload, uint32_t len, ch
     }
 }
 
+void xs_set_event_handler(xs_event_fn on_event)
+{
+    event_callback = on_event;
+}
+
 void xs_poll_events(void)
 {
     char event[EVENT_MAX];
@@ -140,5 +145,7 @@ void xs_poll_events(void)
 
         if (answer.type == XS_WATCH_EVENT)
             deliver_event(event, stored);
+        if (ring->rsp_cons == ring->rsp_prod)
+            notify();                   /* room made: the server writes what it still holds */
     }
 }

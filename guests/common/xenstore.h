@@ -25,7 +25,11 @@ int xs_init(xs_event_fn on_event);
 int xs_request(uint32_t type, uint32_t tx, const void *payload, uint32_t len, char *reply, uint32_t max,
                uint32_t *reply_len);
 
-/* Take pending watch events off the ring without sending anything. */
+/* Hand watch events to `on_event` from now on (NULL: drop them). */
+void xs_set_event_handler(xs_event_fn on_event);
+
+/* Take pending watch events off the ring without sending a request; the server is notified of the room
+ * made, so events it still held follow. */
 void xs_poll_events(void);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * The command interpreter: splits a line into WORD and ARG and runs
- * echo, calc, hash, hist, ticks, uptime, bench, pages, evtchn (evtchn.c), halt and par (par.c). Output formats are
+ * echo, calc, hash, hist, ticks, uptime, bench, pages, evtchn (evtchn.c), xs (xs.c), halt and par (par.c). Output formats are
  * specified in README.md; every output line ends with "\r\n".
  */
 #include "shell.h"
@@ -319,6 +319,8 @@ void run_command(const char *line)
         cmd_pages();
     } else if (strcmp(word, "evtchn") == 0) {
         cmd_evtchn(arg);
+    } else if (strcmp(word, "xs") == 0) {
+        cmd_xs(arg);
     } else if (strcmp(word, "halt") == 0) {
         poweroff();
     } else if (strcmp(word, "par") == 0) {

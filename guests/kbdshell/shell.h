@@ -34,6 +34,9 @@ void run_command(const char *line);
 /* evtchn.c */
 void cmd_evtchn(const char *arg);
 
+/* xs.c */
+void cmd_xs(const char *arg);
+
 /* main.c */
 uint64_t timer_ticks(void);
 
