@@ -90,3 +90,14 @@ def write_domain_tree(store: Xenstored, domain: Domain, domid: int, name: str) -
     for key, value in (("frontend", f"{home}/console"), ("frontend-id", domid), ("online", 1), ("state", 1),
                        ("protocol", "vt100")):
         store.write(f"{backend}/{key}", str(value).encode())
+
+
+def toolstack_paths(store: Xenstored, domid: int) -> list[str]:
+    """What libxl removes from xenstore when domain `domid` goes: its home, its /vm and /libxl nodes and
+    its backend directories (/local/domain/0/backend/<type>/<domid>), those that exist."""
+    home = f"/local/domain/{domid}"
+    vm = store.read(f"{home}/vm")
+    paths = [home, f"/libxl/{domid}"] + ([vm.decode("latin-1")] if vm and vm.startswith(b"/vm/") else [])
+    backends = f"/local/domain/{DOM0}/backend"
+    paths += [f"{backends}/{kind}/{domid}" for kind in store.children(backends)]
+    return [path for path in paths if store.read(path) is not None]

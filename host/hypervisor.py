@@ -9,6 +9,10 @@ replay's connection stays open. It places a new domain on the least loaded pCPU 
 turns a connection into a byte stream: the domain's console output (what it wrote lately first),
 and keys typed go to the guest.
 
+The host's one xenstore: each domain's worker holds that domain's replica; the hypervisor holds dom0's
+and routes every change a domain commits ("xenstore" messages) to the others (host/sharedstore.py), and
+gives a new domain the store as it is (docs/architecture.md says what order the replicas agree on).
+
 `vcpu-pin` to pCPUs without the domain's current one moves it to another worker (its whole state
 handed over between two quanta). Invariant: a domain's name is unique, and it exists on exactly one
 worker (outside a move, which no other request interleaves with); when the host stops
@@ -33,6 +37,7 @@ import psutil
 
 from host.control import CONSOLE_HISTORY_BYTES, ControlError, decode_config
 from host.pcpu import pcpu_main
+from host.sharedstore import SharedXenstore
 from host.xlcfg import MAX_WEIGHT, DomainConfig, cap_limit, cap_range_error
 
 WORKER_START_SECONDS = 120
@@ -57,7 +62,7 @@ class DomainEntry:
     domid: int
     pcpu: int
     config: DomainConfig
-    moving: list | None = None                          # inter-domain actions held while it changes pCPU
+    moving: list | None = None                  # inter-domain actions and xenstore changes held while it changes pCPU
     history: deque = field(default_factory=lambda: deque())
     history_bytes: int = 0
     consoles: list = field(default_factory=list)        # attached client sockets
@@ -90,6 +95,7 @@ class Hypervisor:
             self.selector.register(parent, selectors.EVENT_READ, ("worker", index))
         self.domains: dict[str, DomainEntry] = {}
         self.offers: dict[int, set[tuple[int, int]]] = {}    # domid -> (domid, port) unbound ports offered to it
+        self.xenstore = SharedXenstore(self._send_xenstore)
         self._domids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self.running = True
@@ -116,10 +122,15 @@ class Hypervisor:
                 self._console_output(entry, message[2])
         elif message[0] == "interdomain":
             self._interdomain(*message[1:])
+        elif message[0] == "xenstore":
+            self.xenstore.committed(message[1], message[2], [entry.domid for entry in self.domains.values()])
+        elif message[0] == "reply":                  # of a request we did not wait for
+            self.xenstore.applied(message[1])
         elif message[0] == "gone":
             entry = self.domains.pop(message[1], None)
             if entry is not None:
                 self.offers.pop(entry.domid, None)
+                self.xenstore.gone(entry.domid)
                 self.workers[entry.pcpu].domains.discard(entry.name)
                 for client in entry.consoles:
                     self._drop(client)
@@ -135,19 +146,27 @@ class Hypervisor:
             self.offers.get(domid, set()).discard((remote_dom, remote_port))
         entry = next((entry for entry in self.domains.values() if entry.domid == remote_dom), None)
         if entry is not None:
-            self._tell(entry, {"change": change, "port": remote_port, "remote_dom": domid, "remote_port": port})
+            self._tell(entry, {"op": "interdomain", "change": change, "port": remote_port, "remote_dom": domid,
+                               "remote_port": port})
 
-    def _tell(self, entry: DomainEntry, fields: dict) -> None:
-        """An inter-domain action for `entry`'s worker; its reply is not waited for. While the domain
-        changes pCPU it is held, and told to the new worker once the domain is there."""
+    def _send_xenstore(self, domid: int, payloads: list[bytes]) -> int:
+        """A xenstore change for domain `domid` (which exists); the request's id."""
+        entry = next(entry for entry in self.domains.values() if entry.domid == domid)
+        return self._tell(entry, {"op": "xenstore", "payloads": payloads})
+
+    def _tell(self, entry: DomainEntry, fields: dict) -> int:
+        """An inter-domain action or xenstore change (`fields`, with its "op") for `entry`'s worker; its
+        reply is not waited for. While the domain changes pCPU it is held, and told to the new worker
+        once the domain is there. The request's id."""
+        fields = {"id": next(self._request_ids), **fields} if "id" not in fields else fields
         if entry.moving is not None:
             entry.moving.append(fields)
-            return
+            return fields["id"]
         try:
-            self.workers[entry.pcpu].connection.send({"op": "interdomain", "id": next(self._request_ids),
-                                                      "name": entry.name, **fields})
+            self.workers[entry.pcpu].connection.send({"name": entry.name, **fields})
         except OSError:
             pass                    # the worker died: the serve loop stops the host
+        return fields["id"]
 
     def _console_output(self, entry: DomainEntry, data: bytes) -> None:
         entry.history.append(data)
@@ -202,13 +221,15 @@ class Hypervisor:
         record = request.get("record")
         if record is not None and not isinstance(record, str):
             raise ControlError("record wants the path of the log to write")
-        result = self._call(worker, {"op": "create", "config": config, "domid": domid, "record": record})
+        result = self._call(worker, {"op": "create", "config": config, "domid": domid, "record": record,
+                                     "xenstore": self.xenstore.snapshot()})
         if "error" in result:
             del self.domains[config.name]
             raise ControlError(result["error"])
         worker.domains.add(config.name)
         for offerer, port in sorted(self.offers.get(domid, ())):
-            self._tell(entry, {"change": "offer", "port": 0, "remote_dom": offerer, "remote_port": port})
+            self._tell(entry, {"op": "interdomain", "change": "offer", "port": 0, "remote_dom": offerer,
+                               "remote_port": port})
         return {"name": config.name, "domid": domid, "pcpu": worker.index}
 
     def cmd_list(self, request: dict, client) -> dict:

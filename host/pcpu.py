@@ -1,7 +1,7 @@
 """A physical CPU: a worker process pinned to one host core, running its domains' vCPUs one at a time.
 
 Owns the domains placed on it (each lives entirely in this process: its guest memory, event channels,
-console ring and xenstored), their credit scheduler (host/credit.py) and the loop that runs them: pick
+console ring and its replica of the host's xenstore), their credit scheduler (host/credit.py) and the loop that runs them: pick
 a vCPU, run it for its budget of instructions (xen/sched.py's Scheduler in quanta, under the real
 clock), charge it, and between quanta answer the hypervisor's requests on the control pipe. A blocked
 domain is not runnable until its next timer or console input (`Outcome("idle", wake_ns=...)`), so
@@ -17,7 +17,14 @@ with "error" when the request failed; unprompted messages are `("console", name,
 or destroyed), and `("interdomain", change, domid, port, remote domid, remote port)`: an event-channel
 action of one of our domains that another domain must learn (sent after the quantum it happened in;
 the hypervisor routes it to the worker of the other domain as an "interdomain" request, which
-injects it into that domain's funnel - so it is logged when that domain is recorded).
+injects it into that domain's funnel - so it is logged when that domain is recorded), and
+`("xenstore", domid, payloads)`: a change one of our domains committed to its replica of the host's
+xenstore (xen.xenstore.XenstoreChange record payloads), sent after its quantum in the same order as
+its event-channel actions (a frontend's offer of a port arrives before the xenstore write that
+names it); the hypervisor sends it to every other domain as a "xenstore" request, injected as a
+`xenstore-change` input. A new domain's replica starts from the host's store (the create request's
+"xenstore" payloads, injected before its first instruction); what the toolstack wrote for it goes up
+to the others, and it is removed again when the domain goes.
 Invariant: only this process touches its domains; the hypervisor process sees them
 only through this pipe, so no guest state is shared between processes.
 """
@@ -33,14 +40,16 @@ from pathlib import Path
 
 from dom0.record import Recording, RecordingFailed, RecordingRefused
 from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval
-from dom0.toolstack import connect_xenstore
+from dom0.toolstack import connect_xenstore, toolstack_paths
 from host.credit import CreditScheduler, Entity
 from host.xlcfg import DomainConfig
 from xen import abi
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain, RunState
 from xen.inject import InterdomainChange, Kind
+from xen.logrecord import MAX_PAYLOAD
 from xen.sched import Outcome, Scheduler
+from xen.xenstore import XenstoreChange
 
 MIB = 1024 * 1024
 SHUTDOWN_REQUEST = b"control/shutdown"      # what `xl shutdown` writes under the domain's home
@@ -99,7 +108,7 @@ class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
     def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None,
-                 moved: dict | None = None) -> None:
+                 moved: dict | None = None, shared_store: list[bytes] = ()) -> None:
         self.config = config
         self.domid = domid
         self.input = HostConsoleInput()
@@ -113,8 +122,10 @@ class HostedDomain:
             send_console(config.name, data)
         self.domain = Domain(image, vcpus=config.vcpus, console_output=output, hypervisor_console=output)
         xenstore = {"domid": domid, "name": config.name}
-        connect_xenstore(self.domain, xenstore)
-        self.outbox: list[tuple[str, int, int, int]] = []     # event-channel actions for other domains
+        self.store = connect_xenstore(self.domain, xenstore)
+        # For other domains, in order: event-channel actions (change, port, remote domid, remote port) and
+        # ("xenstore", XenstoreChange) changes of the shared store.
+        self.outbox: list[tuple] = []
         self.domain.interdomain_out = self._to_other_domain
         self.recording: Recording | None = None
         if record is not None:
@@ -133,6 +144,11 @@ class HostedDomain:
         self.recording_failure: str | None = None
         if moved is not None:
             self._arrive(moved)
+        else:
+            self.outbox.append(("xenstore", self.store.snapshot()))     # what the toolstack wrote for us
+            for payload in shared_store:          # the host's store as it is: before our first instruction
+                self.domain.funnel.inject(Kind.XENSTORE_CHANGE, payload)
+        self.store.changes_out = self._xenstore_out
 
     def leave(self) -> dict:
         """Everything this domain is between two quanta - registers, all of guest memory, the
@@ -173,6 +189,36 @@ class HostedDomain:
         message = (change, port, remote_dom, remote_port)
         if change != "notify" or message not in self.outbox:
             self.outbox.append(message)
+
+    def _xenstore_out(self, change: XenstoreChange) -> None:
+        """A change our guest (or dom0, e.g. `xenrr shutdown`) committed, kept until the quantum ends; a
+        write of the node the previous change wrote alone replaces it (a guest writing one node in a loop
+        sends its last value once per quantum, and the other domains' watches fire once)."""
+        last = self.outbox[-1] if self.outbox else None
+        if last is not None and last[0] == "xenstore" and len(last[1].ops) == 1 and len(change.ops) == 1 \
+                and last[1].domid == change.domid and last[1].ops[0].op == change.ops[0].op == "write" \
+                and last[1].ops[0].path == change.ops[0].path:
+            self.outbox[-1] = ("xenstore", change)
+        else:
+            self.outbox.append(("xenstore", change))
+
+    def shared_store(self) -> list[bytes]:
+        """The host's store as this replica has it, as record payloads (for this domain built again)."""
+        return self.store.snapshot().to_payloads(MAX_PAYLOAD)
+
+    def release_xenstore(self) -> None:
+        """The domain goes: the toolstack removes its nodes (its home, /vm, /libxl, its backends), as
+        libxl does on destroy - in every replica, through ours."""
+        for path in toolstack_paths(self.store, self.domid):
+            self.store.remove(path)
+
+    def remote_xenstore(self, payloads: list[bytes]) -> None:
+        """Another domain's committed change of the shared store, as an input of this domain (logged
+        when it is recorded)."""
+        if self.domain.alive:
+            for payload in payloads:
+                self.domain.funnel.inject(Kind.XENSTORE_CHANGE, payload)
+            self.idle = False
 
     def disconnect(self) -> None:
         """The domain goes: its channels with other domains close and its offers are withdrawn, as
@@ -303,9 +349,11 @@ class PhysicalCpu:
     def op_create(self, request: dict) -> dict:
         config: DomainConfig = request["config"]
         record = request.get("record")
-        hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record))
+        hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record),
+                              shared_store=request.get("xenstore", ()))
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
+        self._send_outbox(hosted)
         return {}
 
     def op_leave(self, request: dict) -> dict:
@@ -366,9 +414,20 @@ class PhysicalCpu:
         self._send_outbox(hosted)
         return {}
 
+    def op_xenstore(self, request: dict) -> dict:
+        """Another domain's change of the shared xenstore, for one of ours (the hypervisor routes them)."""
+        hosted = self._domain(request)
+        hosted.remote_xenstore(request["payloads"])
+        self._send_outbox(hosted)
+        return {}
+
     def _send_outbox(self, hosted: HostedDomain) -> None:
-        for change, port, remote_dom, remote_port in hosted.outbox:
-            self.connection.send(("interdomain", change, hosted.domid, port, remote_dom, remote_port))
+        for message in hosted.outbox:
+            if message[0] == "xenstore":
+                self.connection.send(("xenstore", hosted.domid, message[1].to_payloads(MAX_PAYLOAD)))
+            else:
+                change, port, remote_dom, remote_port = message
+                self.connection.send(("interdomain", change, hosted.domid, port, remote_dom, remote_port))
         hosted.outbox.clear()
 
     def op_console_in(self, request: dict) -> dict:
@@ -389,6 +448,7 @@ class PhysicalCpu:
         hosted.stop_recording(hosted.outcome())
         if hosted.recording_failure is not None:
             why += f"; its log is incomplete: {hosted.recording_failure}"
+        hosted.release_xenstore()
         hosted.disconnect()
         self._take_off(hosted)
         if tell:
@@ -413,7 +473,7 @@ class PhysicalCpu:
             return
         self._remove(hosted, why, tell=action == "destroy")
         if action == "restart":           # the same name and domid, built again (not recorded again)
-            self.op_create({"config": hosted.config, "domid": hosted.domid})
+            self.op_create({"config": hosted.config, "domid": hosted.domid, "xenstore": hosted.shared_store()})
 
     def _wait(self, timeout: float | None) -> None:
         """Nothing to run: wait for a request or console input (or `timeout` seconds)."""

@@ -1,11 +1,11 @@
 """Determinism whatever the neighbours do: a domain recorded on a pCPU shared with random neighbours
 (busy or idle guests, random weights and caps, pauses, weight changes, and pin changes that move
 them between two pCPUs while they run, at random moments, and a peer domain signalling it over an
-inter-domain event channel - moved too) replays alone from its log and verifies to the end, with the
+inter-domain event channel and writing a xenstore node it watches - moved too) replays alone from its log and verifies to the end, with the
 same console output - also while, during the replay, other domains keep running and moving in the same
 process and the replaying process itself is moved between host cores. The two pCPUs run in this
-process (host/pcpu.py's PhysicalCpu driven step by step over real pipes, their inter-domain messages
-and moves routed as the hypervisor routes them); the guests are real."""
+process (host/pcpu.py's PhysicalCpu driven step by step over real pipes, their inter-domain messages,
+xenstore changes and moves routed as the hypervisor routes them); the guests are real."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,7 @@ REPLAY_CHUNK = 20_000        # instructions replayed between two moves of the ne
 neighbour = st.fixed_dictionaries({"guest": st.sampled_from(["spinpoll", "kbdshell"]),
                                    "weight": st.integers(1, 65535), "cap": st.sampled_from([0, 0, 10, 50])})
 action = st.tuples(st.integers(0, 30), st.sampled_from(["pause", "unpause", "sched-credit", "pin", "move", "type",
-                                                        "signal"]),
+                                                        "signal", "xs"]),
                    st.integers(0, 3), st.integers(1, 65535))
 
 
@@ -95,6 +95,10 @@ class TwoPcpus:
             name = next((name for name, (_, known) in self.configs.items() if known == remote_dom), None)
             if name is not None and name not in self.gone:
                 self.ask(name, "interdomain", change=change, port=remote_port, remote_dom=domid, remote_port=port)
+        elif message[0] == "xenstore":      # to every other domain
+            for name, (_, known) in list(self.configs.items()):
+                if known != message[1] and name not in self.gone:
+                    self.ask(name, "xenstore", payloads=message[2])
 
     def drain(self) -> None:
         for pipe in self.pipes:
@@ -118,6 +122,8 @@ class TwoPcpus:
                 self.ask(name, "console-in", data=b"ticks\r")
             elif what == "signal":          # the peer notifies the recorded domain (once it has bound its port)
                 self.ask("peer", "console-in", data=b"evtchn send 4\r" if number % 3 else b"evtchn bind 1 4\r")
+            elif what == "xs":              # the peer writes a node the recorded domain may read and watches
+                self.ask("peer", "console-in", data=b"xs write data/n %d\r" % number)
             else:
                 self.ask(name, what)
         for cpu in self.cpus:
@@ -141,12 +147,15 @@ def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighb
         host.create(DomainConfig(f"n{index}", guest_path(spec["guest"]), memory_mib=4, weight=spec["weight"],
                                  cap=spec["cap"]), index + 2, index % 2)
     schedule = sorted(actions)
-    typed = [b"evtchn alloc 9\r", b"echo one\r", b"evtchn count 4\r", b"evtchn status 4\r", b"halt\r"]
+    typed = [b"evtchn alloc 9\r", b"xs watch /local/domain/9/data/n\r", b"echo one\r", b"evtchn count 4\r",
+             b"evtchn status 4\r", b"xs read /local/domain/9/data/n\r", b"xs events\r", b"halt\r"]
     for step in range(MAX_STEPS):
         if typed and step % 40 == 5:
             host.ask("recorded", "console-in", data=typed.pop(0))
         if step in (25, 50):               # the peer binds the port offered to it, and notifies
             host.ask("peer", "console-in", data=b"evtchn bind 1 4\r" if step == 25 else b"evtchn send 4\r")
+        if step == 30:                     # the peer shares a node with the recorded domain (domid 1)
+            host.ask("peer", "console-in", data=b"xs write data/n 0\rxs perms data/n n9 r1\r")
         host.step(schedule, step, names)
         if "recorded" in host.gone:
             break
