@@ -1,11 +1,11 @@
 """A physical CPU: a worker process pinned to one host core, running its domains' vCPUs one at a time.
 
 Owns the domains placed on it (each lives entirely in this process: its guest memory, event channels,
-console ring and its replica of the host's xenstore), their credit scheduler (host/credit.py) and the loop that runs them: pick
-a vCPU, run it for its budget of instructions (xen/sched.py's Scheduler in quanta, under the real
-clock), charge it, and between quanta answer the hypervisor's requests on the control pipe. A blocked
-domain is not runnable until its next timer or console input (`Outcome("idle", wake_ns=...)`), so
-idle domains cost no CPU. What a guest writes to its console goes up the pipe as it is written.
+console ring and its replica of the host's xenstore), their credit scheduler (host/credit.py) and the
+loop that runs them: pick a vCPU, run it for its budget of instructions (xen/sched.py's Scheduler in
+quanta, under the real clock), charge it, and between quanta answer the hypervisor's requests on the
+control pipe. A blocked domain is not runnable until its next timer or console input
+(`Outcome("idle", wake_ns=...)`), so idle domains cost no CPU. What a guest writes to its console goes up the pipe as it is written.
 
 A domain moving to another pCPU leaves with its whole state (`leave`: registers, guest memory, the
 hypervisor's and the scheduler's state) and arrives in the other worker (`arrive`), rebuilt from its
@@ -35,6 +35,7 @@ import select
 import signal
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -108,7 +109,7 @@ class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
     def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None,
-                 moved: dict | None = None, shared_store: list[bytes] = ()) -> None:
+                 moved: dict | None = None, shared_store: Sequence[bytes] = ()) -> None:
         self.config = config
         self.domid = domid
         self.input = HostConsoleInput()
