@@ -69,9 +69,9 @@ class XenstoreChange:
         payloads: list[bytes] = []
         current = bytearray()
         for op in self.ops:
+            if len(op.data) > 0xFFFF or self.DOMID.size + len(op.path) + len(op.data) + 4 > limit:
+                raise ValueError(f"a xenstore {op.op} of {op.path} with {len(op.data)} bytes does not fit a record")
             encoded = self._op_bytes(op)
-            if self.DOMID.size + len(encoded) > limit:
-                raise ValueError(f"a xenstore {op.op} of {op.path} takes {len(encoded)} bytes (limit {limit})")
             if current and self.DOMID.size + len(current) + len(encoded) > limit:
                 payloads.append(self.DOMID.pack(self.domid) + bytes(current))
                 current.clear()

@@ -159,6 +159,8 @@ def test_the_change_wire_form_is_small_splits_between_operations_and_refuses_gar
     payloads = many.to_payloads(MAX_PAYLOAD)
     assert len(payloads) == 4 and all(len(p) <= MAX_PAYLOAD for p in payloads)
     assert sum((XenstoreChange.from_bytes(p).ops for p in payloads), ()) == many.ops
+    with pytest.raises(ValueError, match="does not fit a record"):
+        XenstoreChange(0, (XenstoreOp("write", "/x", bytes(70000)),)).to_payloads(MAX_PAYLOAD)
     for garbage in (b"", b"\x01\x00", b"\x01\x00\x09path\x00\x00\x00", b"\x01\x00\x00path",
                     b"\x01\x00\x00p\x00\x05\x00ab"):
         with pytest.raises(ValueError):
