@@ -33,7 +33,7 @@ from dom0.terminal import Terminal
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
 from dom0.usercli import USER_COMMANDS, UserCommandError, add_user_commands
 from dom0.xenstored import format_perms, is_valid_path
-from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands, refuse_to_record_a_running_domain
+from host.cli import HOST_COMMANDS, HostCommandError, add_host_commands, record_running_domain
 from xen.builder import BuildError, build_domain
 from xen.domain import Domain
 from xen.inject import ReplayDivergence, UnusableRecord, describe_payload
@@ -131,8 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "nondeterministic input - console keys, timer interrupts, time values, random numbers - with the "
                     "instruction count at which it arrived, into the log SESSION. `xenrr replay SESSION` then "
                     "reproduces the run instruction for instruction. Exit status as for run, or 4 if the log "
-                    "could not be written (it stays valid up to the last complete block).")
-    record.add_argument("guest", metavar="GUEST", type=Path, help="the guest kernel (ELF with Xen notes)")
+                    "could not be written (it stays valid up to the last complete block). "
+                    "`xenrr record NAME -o SESSION`, NAME a domain running on the host (`xenrr up`, `xenrr create`), "
+                    "records that domain from its current instruction on: the log begins with its whole state "
+                    "(replay needs no host), the command waits until the domain shuts down or is destroyed, and "
+                    "Ctrl-C (or the command's end) stops the recording while the domain runs on (exit 130). "
+                    "SESSION is never replaced; the guest options below do not apply to a running domain.")
+    record.add_argument("guest", metavar="GUEST|NAME", type=Path,
+                        help="the guest kernel (ELF with Xen notes), or the name of a domain running on the host")
     record.add_argument("-o", "--output", metavar="SESSION", type=Path, required=True,
                         help="the log file to write (e.g. session.xrr); an existing file is never replaced "
                              "unless --force is given")
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store a full-state snapshot every INSTRUCTIONS guest instructions (e.g. 1e8) or every "
                              "SECONDS of recording (e.g. 2s) in SESSION.snap beside the log, so that replay --from, "
                              "--jobs and goto start from the nearest one; 0: none (default: every 2^28 instructions)")
+    record.add_argument("--socket", metavar="PATH", type=Path,
+                        help="with NAME: the host's control socket (default as for the host commands)")
     _add_input_options(record)
 
     replay = commands.add_parser(
@@ -320,7 +328,12 @@ def command_record(args: argparse.Namespace) -> int:
     from dom0.record import EarlyDaemon, RecordingFailed, RecordingRefused, record    # `run` starts without them
     _check_numbers(args)
     if not args.guest.exists():
-        refuse_to_record_a_running_domain(str(args.guest))
+        if args.force:
+            raise UsageError(f"--force: {args.guest} is no guest kernel file, and the log of a running domain is "
+                             "never replaced")
+        return record_running_domain(str(args.guest), args.output, args.socket)
+    if args.socket is not None:
+        raise UsageError(f"--socket names a host, but {args.guest} is a guest kernel file, not a domain's name")
     from dom0.snapshots import DEFAULT_EVERY_INSTRUCTIONS, Interval, snapshot_path
 
     try:
@@ -442,7 +455,8 @@ def command_replay(args: argparse.Namespace) -> int:
     complete = replayer.recorded_outcome is not None
     events, digests = replayer.inputs_applied - events_before, replayer.digests_checked - digests_before
     summary = {"session": str(args.session), "events": events,
-               "instructions": session.domain.vcpu.icount, "digests_checked": digests,
+               "instructions": session.domain.vcpu.icount, "start_icount": session.start_icount,
+               "digests_checked": digests,
                "verified": divergence is None, "divergence": divergence, "complete": complete,
                "recorded_outcome": replayer.recorded_outcome, "damage": str(damage) if damage else None,
                "stopped_before_event": args.until_event, "started_before_event": args.from_event}
@@ -460,8 +474,9 @@ def command_replay(args: argparse.Namespace) -> int:
         verdict = "replayed to the end of the recording"
     else:
         verdict = f"log is incomplete: {damage or 'no END record'}; everything before it"
+    since = f" (from instruction {session.start_icount})" if session.start_icount else ""
     _terminal.say(f"xenrr: {verdict}{started}: {count_phrase(events, 'event')}, "
-                  f"{session.domain.vcpu.icount} instructions, {count_phrase(digests, 'state digest')} verified")
+                  f"{session.domain.vcpu.icount} instructions{since}, {count_phrase(digests, 'state digest')} verified")
     session.close()
     if args.until_event is not None or (complete and not damage):
         return EXIT_OK
@@ -591,6 +606,9 @@ def command_dump(args: argparse.Namespace) -> int:
     print(f"image sha256  {header.image_sha256.hex()}")
     for key, value in sorted(header.config.items()):
         print(f"{key:13} {value}")
+    if header.start_state:
+        print(f"{'starts at':13} instruction {header.start_icount} (the state of a running domain, "
+              f"{len(header.start_state)} bytes)")
     smp = isinstance(header.config.get("vcpus"), int) and header.config["vcpus"] > 1   # the vCPU each record names
     print(f"{'seq':>8} {'event':>7} {'icount':>14}" + (" vcpu" if smp else "") + f" {'rip':>18}  {'kind':<14} payload")
     for entry in records:

@@ -26,7 +26,9 @@ from xen.logrecord import KIND_END, BytesLike, Decoder, Record, RecordError, kin
 FILE_MAGIC = b"XENRRLOG"
 # 2: compact state digests (xen/digest.py). A version-1 log's digests cannot be checked by this xenrr,
 # so it is refused in one line rather than replayed unverified.
-FORMAT_VERSION = 2
+# 3: a log may start with a running domain: its start state follows the header (read as version 2 else).
+FORMAT_VERSION = 3
+START_STATE_KEY = "start_state"     # in initial_state: {"icount": N, "bytes": L} when a start state follows
 BLOCK_MAGIC = b"XRBK"
 FOOTER_MAGIC = b"XRIX"
 TRAILER_MAGIC = b"XRRTRAIL"
@@ -48,33 +50,49 @@ class LogFormatError(Exception):
 
 @dataclass(frozen=True)
 class LogHeader:
-    """What a replay needs before the first record: which image, which domain, which start."""
+    """What a replay needs before the first record: which image, which domain, which start.
+
+    `start_state`: for a recording that began with a domain already running (version 3), the bytes of
+    its state then (one snapshot entry, dom0/snapshots.py), stored right after the header; the header's
+    `initial_state[START_STATE_KEY]` gives their length and instruction count. Empty: the domain starts
+    freshly built."""
 
     image_sha256: bytes
     config: dict[str, Any]
     initial_state: dict[str, Any]
+    start_state: bytes = b""
 
     def to_bytes(self) -> bytes:
-        """The header as it is stored at the start of the file (ValueError if not storable)."""
+        """The header as it is stored at the start of the file, its start state after it (ValueError if
+        not storable)."""
         if len(self.image_sha256) != _SHA256_BYTES:
             raise ValueError(f"image_sha256 must be {_SHA256_BYTES} bytes, not {len(self.image_sha256)}")
+        described = self.initial_state.get(START_STATE_KEY, {}).get("bytes", 0)
+        if described != len(self.start_state):
+            raise ValueError(f"initial_state/{START_STATE_KEY} says {described} bytes of start state, "
+                             f"there are {len(self.start_state)}")
         try:
             text = json.dumps({"config": self.config, "initial_state": self.initial_state}, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError) as error:
             raise ValueError(f"log header is not JSON-serializable: {error}") from None
         body = bytes(self.image_sha256) + text.encode("utf-8")
         prefix = _FILE_PREFIX.pack(FILE_MAGIC, FORMAT_VERSION, 0, len(body))
-        return prefix + body + _CRC.pack(zlib.crc32(body, zlib.crc32(prefix)))
+        return prefix + body + _CRC.pack(zlib.crc32(body, zlib.crc32(prefix))) + self.start_state
+
+    @property
+    def start_icount(self) -> int:
+        """The instruction count the recording starts at (0: a freshly built domain)."""
+        return int(self.initial_state.get(START_STATE_KEY, {}).get("icount", 0))
 
     @classmethod
     def from_bytes(cls, data: BytesLike) -> "LogHeader":
-        """Parse a header (the start of a log file); LogFormatError if it is not one."""
+        """Parse a header (the start of a log file) and its start state; LogFormatError if it is not one."""
         header, _ = _parse_header(memoryview(data))
         return header
 
 
 def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
-    """The header at the start of `view` and the offset just after it."""
+    """The header at the start of `view`, with its start state, and the offset just after them."""
     size = len(view)
     if size == 0:
         raise LogFormatError("empty file: not a xenrr log")
@@ -87,7 +105,7 @@ def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
         raise LogFormatError(f"log format version {version} is newer than this xenrr reads (up to {FORMAT_VERSION})")
     if version == 0:
         raise LogFormatError("log format version 0 is not a valid version")
-    if version < FORMAT_VERSION:
+    if version < 2:
         raise LogFormatError(f"log format version {version} was written by an older xenrr (its state digests are "
                              f"in a form this xenrr no longer checks): record the session again")
     end = _FILE_PREFIX.size + body_length + _CRC.size
@@ -108,7 +126,15 @@ def _parse_header(view: memoryview) -> tuple[LogHeader, int]:
         raise LogFormatError(f"log header is malformed: {error}") from None
     if len(header.image_sha256) != _SHA256_BYTES or not isinstance(header.config, dict) or not isinstance(header.initial_state, dict):
         raise LogFormatError("log header is malformed: wrong field types")
-    return header, end
+    start = header.initial_state.get(START_STATE_KEY) if version >= 3 else None
+    if start is None:
+        return header, end
+    length = start.get("bytes") if isinstance(start, dict) else None
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+        raise LogFormatError(f"log header is malformed: initial_state/{START_STATE_KEY} has no valid length")
+    if end + length > size:
+        raise LogFormatError(f"the log's start state is truncated ({size - end} of its {length} bytes are present)")
+    return LogHeader(header.image_sha256, header.config, header.initial_state, bytes(view[end:end + length])), end + length
 
 
 def _json_depth(text: bytes) -> int:

@@ -49,6 +49,8 @@ HEADER_SCHEMA = {
             "properties": {
                 "entry": _U64, "rsp": _U64, "rsi": _U64,
                 "digest": {"type": "string", "pattern": "^([0-9a-f]{2})+$", "maxLength": 1024},
+                "start_state": {"type": "object", "required": ["icount", "bytes"],
+                                "properties": {"icount": _U64, "bytes": {"type": "integer", "minimum": 1}}},
             },
         },
     },

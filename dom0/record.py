@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from dom0.logd import LogDaemon, fork_log_daemon
-from dom0.logfile import LogFormatError, LogHeader, LogReader, LogWriter
-from dom0.snapshots import Interval, SnapshotWriter, snapshot_path
+from dom0.logfile import START_STATE_KEY, LogFormatError, LogHeader, LogReader, LogWriter
+from dom0.snapshots import Interval, SnapshotWriter, snapshot_path, start_state_entry
 from dom0.logring import CONSUMER_FAILED, LogDaemonDied, LogDaemonError, RingError, RingProducer
 from dom0.toolstack import xenstore_config
 from xen.domain import Domain
@@ -130,9 +130,12 @@ class RingSink:
         return len(missing)
 
 
-def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None = None) -> LogHeader:
+def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None = None,
+                start_frames: set[int] | None = None) -> LogHeader:
     """The log header; `xenstore` is the domain's xenstore config (default: a lone domain named after
-    the guest file, as `xenrr record` runs it)."""
+    the guest file, as `xenrr record` runs it). `start_frames`: the domain has already run (a host's
+    running domain), so the log carries its state now - registers, `Domain.save_state` and these
+    frames, every one that may differ from the freshly built domain's (dom0/snapshots.py)."""
     image = domain.image
     initial = domain.digest(with_memory=True, in_clear=True)
     config = {"guest": str(guest.resolve()), "memory_bytes": image.memory_bytes, "cmdline": image.cmdline,
@@ -141,11 +144,14 @@ def make_header(domain: Domain, guest: Path, clock: str, xenstore: dict | None =
         config["quantum"] = domain.quantum      # how the vCPUs interleave: part of the session
     if domain.xenstore is not None:
         config["xenstore"] = xenstore if xenstore is not None else xenstore_config(guest)
-    return LogHeader(
-        image_sha256=bytes.fromhex(image.image_sha256),
-        config=config,
-        initial_state={"entry": image.entry, "rsp": image.initial_rsp, "rsi": image.initial_rsi,
-                       "digest": initial.to_bytes().hex()})
+    initial_state = {"entry": image.entry, "rsp": image.initial_rsp, "rsi": image.initial_rsi,
+                     "digest": initial.to_bytes().hex()}
+    start_state = b""
+    if start_frames is not None:
+        start_state = start_state_entry(domain, start_frames)
+        initial_state[START_STATE_KEY] = {"icount": domain.vcpu.icount, "bytes": len(start_state)}
+    return LogHeader(image_sha256=bytes.fromhex(image.image_sha256), config=config, initial_state=initial_state,
+                     start_state=start_state)
 
 
 @dataclass(frozen=True)
@@ -167,9 +173,11 @@ class Recording:
 
     def __init__(self, domain: Domain, guest: Path, path: Path, *, clock: str, ring_bytes: int = RING_BYTES,
                  overwrite: bool = False, xenstore: dict | None = None, early: EarlyDaemon | None = None,
-                 snapshot_every: Interval = Interval()):
+                 snapshot_every: Interval = Interval(), start_frames: set[int] | None = None):
         """`early`: the daemon `xenrr record` forked before building the domain (else one is forked now);
-        `snapshot_every`: how often to store a full-state snapshot beside the log (dom0/snapshots.py)."""
+        `snapshot_every`: how often to store a full-state snapshot beside the log (dom0/snapshots.py);
+        `start_frames`: the domain is already running (between two quanta) and these frames may differ
+        from its freshly built memory: the log begins with its state now (`make_header`)."""
         if path.exists() and path.samefile(guest):
             raise RecordingRefused(f"the log {path} would overwrite the guest image")
         if path.exists() and not overwrite:
@@ -177,7 +185,7 @@ class Recording:
                                    f"or add --force)")
         started = early if early is not None else EarlyDaemon(ring_bytes)
         try:
-            started.begin(path, make_header(domain, guest, clock, xenstore))
+            started.begin(path, make_header(domain, guest, clock, xenstore, start_frames))
         finally:
             started.abandon()          # only if begin was never reached (make_header failed)
         self._ring, self._daemon = started.ring, started.daemon

@@ -80,6 +80,8 @@ class ReplaySession:
                              console_output=console_output)
         if "xenstore" in config:
             connect_xenstore(self.domain, config["xenstore"])
+        if header.start_state:
+            self._load_start_state(header.start_state, header.start_icount)
         try:
             recorded = Digest.from_bytes(bytes.fromhex(header.initial_state["digest"]))
         except ValueError as error:
@@ -89,6 +91,36 @@ class ReplaySession:
             raise ReplaySetupError("the rebuilt domain does not start in the recorded state: " + "; ".join(differences))
         self.replayer = Replayer(self.domain, self.log.records())
         self._events: list[Event] | None = None
+
+    def _load_start_state(self, data: bytes, icount: int) -> None:
+        """A recording of a running domain: the freshly built domain becomes the domain at its start
+        (the frames it lists written, then registers and hypervisor state, as a timeline restore does).
+        The header's digest then checks the result like any start."""
+        from dom0.snapshots import SnapshotDamaged, load_start_state    # only such recordings pay for it
+
+        try:
+            state = load_start_state(data, f"the start state of {self.log_path}")
+        except SnapshotDamaged as error:
+            self.log.close()
+            raise ReplaySetupError(str(error)) from None
+        if state.mark.icount != icount:
+            self.log.close()
+            raise ReplaySetupError(f"the start state of {self.log_path} is at instruction {state.mark.icount}, "
+                                   f"its header says {icount}")
+        vcpu = self.domain.vcpu
+        try:
+            for frame, page in state.pages.items():
+                vcpu.write_frame(frame, page)
+            vcpu.load_cpu(state.cpu)
+            self.domain.load_state(state.domain)
+        except Exception as error:      # state that passed its checksum but does not restore: never trusted
+            self.log.close()
+            raise ReplaySetupError(f"the start state of {self.log_path} does not restore: {error}") from None
+
+    @property
+    def start_icount(self) -> int:
+        """Where the recording starts: 0, or the instruction count of a running domain it began with."""
+        return self.log.header.start_icount
 
     @property
     def damage(self):

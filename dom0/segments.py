@@ -29,7 +29,7 @@ from dom0.snapshots import SnapshotFile
 from xen.inject import ReplayDivergence
 from xen.replay import Mark
 
-START = Mark(0, 0)
+START = Mark(0, 0)        # a recording of a freshly built domain starts here (one of a running domain later)
 
 
 def count_segments(recording: Path, warn: Callable[[str], None] = lambda problem: None) -> int:
@@ -42,9 +42,9 @@ def count_segments(recording: Path, warn: Callable[[str], None] = lambda problem
     return count
 
 
-def segment_bounds(stored: SnapshotFile | None) -> list[Mark]:
-    """Where the segments start: the start, then every usable stored snapshot."""
-    return [START] + ([entry.mark for entry in stored.usable] if stored is not None else [])
+def segment_bounds(stored: SnapshotFile | None, start: Mark = START) -> list[Mark]:
+    """Where the segments start: the recording's start, then every usable stored snapshot."""
+    return [start] + ([entry.mark for entry in stored.usable] if stored is not None else [])
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -72,14 +72,14 @@ def verify_segment(session: ReplaySession, stored: SnapshotFile | None, first: i
     the last) and check them; the summary. ValueError when the recording has no such segment."""
     from stub.timeline import Timeline        # the timeline restores and checks stored snapshots
 
-    bounds = segment_bounds(stored)
+    bounds = segment_bounds(stored, Mark(session.start_icount, 0))
     if last >= len(bounds):
         raise ValueError(f"segment {last} does not exist: the recording has segments 0 to {len(bounds) - 1}")
     start, end = bounds[first], (bounds[last + 1] if last + 1 < len(bounds) else None)
     timeline = Timeline(session, checkpoint_interval=2**62, stored=stored, warn=warn)
     replayer, vcpu = session.replayer, session.domain.vcpu
     divergence = None
-    started_at = START
+    started_at = bounds[0]
     try:
         timeline.goto(start)
         started_at = timeline.position

@@ -144,10 +144,8 @@ class SnapshotWriter:
         key = self.taken % KEY_EVERY == 0
         frames = sorted(vcpu.pages_written_since(self._start_generation if key else self._generation))
         self._generation = vcpu.new_generation()
-        pages = b"".join(vcpu.read_frame(frame) for frame in frames)
         replayer = ReplayerState(self.sink.records, False, self.sink.digests, self.sink.inputs, None)
-        state = pickle.dumps((vcpu.save_cpu(), domain.save_state(copied=False), replayer),
-                             protocol=pickle.HIGHEST_PROTOCOL)     # the copy: the domain runs on
+        state, pages = capture(domain, frames, replayer)       # copies: the domain runs on
         self._queue.put((vcpu.icount, self.sink.records, key, frames, state, pages))
         self.taken += 1
         self._last_icount = vcpu.icount
@@ -167,12 +165,10 @@ class SnapshotWriter:
 
     def _write_entry(self, compressor: zstandard.ZstdCompressor, icount: int, seq: int, key: bool,
                      frames: list[int], state: bytes, pages: bytes) -> None:
-        frame_bytes = struct.pack(f"<{len(frames)}I", *frames)
-        body = compressor.compress(state + pages)
-        header = _ENTRY.pack(ENTRY_MAGIC, _KEY if key else 0, icount, seq, len(frames), len(body), bytes(16))
+        entry = encode_entry(compressor, icount, seq, key, frames, state, pages)
         try:
-            self._file.write(header[:-16] + _checksum(header, frame_bytes, body) + frame_bytes + body)
-            self.bytes_written += _ENTRY.size + len(frame_bytes) + len(body)
+            self._file.write(entry)
+            self.bytes_written += len(entry)
         except OSError as error:
             self._error = error
 
@@ -187,6 +183,51 @@ class SnapshotWriter:
         if self._error is not None:
             return f"snapshots could not be written to {self.path}: {self._error.strerror} (the log is not affected)"
         return None
+
+
+def capture(domain: Domain, frames: list[int], replayer: ReplayerState) -> tuple[bytes, bytes]:
+    """The state a snapshot holds, as bytes the domain no longer shares: the pickled (CpuState,
+    DomainState, ReplayerState) and the contents of `frames`, one after the other."""
+    vcpu = domain.vcpu
+    pages = b"".join(vcpu.read_frame(frame) for frame in frames)
+    state = pickle.dumps((vcpu.save_cpu(), domain.save_state(copied=False), replayer), protocol=pickle.HIGHEST_PROTOCOL)
+    return state, pages
+
+
+def encode_entry(compressor: zstandard.ZstdCompressor, icount: int, seq: int, key: bool, frames: list[int],
+                 state: bytes, pages: bytes) -> bytes:
+    """One entry: its header with the checksum, the frame numbers, the compressed state and pages."""
+    frame_bytes = struct.pack(f"<{len(frames)}I", *frames)
+    body = compressor.compress(state + pages)
+    header = _ENTRY.pack(ENTRY_MAGIC, _KEY if key else 0, icount, seq, len(frames), len(body), bytes(16))
+    return header[:-16] + _checksum(header, frame_bytes, body) + frame_bytes + body
+
+
+def start_state_entry(domain: Domain, frames: set[int]) -> bytes:
+    """The state a log that starts with a running domain carries (docs/log-format.md, "Start state"):
+    one key snapshot entry at (the domain's instruction count, record 0) holding `frames` - every frame
+    that may differ from the freshly built domain's."""
+    ordered = sorted(frames)
+    state, pages = capture(domain, ordered, ReplayerState(0, False, 0, 0, None))
+    return encode_entry(zstandard.ZstdCompressor(level=ZSTD_LEVEL), domain.vcpu.icount, 0, True, ordered, state, pages)
+
+
+def load_start_state(entry: bytes | memoryview, where: str) -> SnapshotState:
+    """The state of a start-state entry (`start_state_entry`); SnapshotDamaged, one line beginning with
+    `where`, when its checksum fails, it does not decode, or it is not one key snapshot at record 0."""
+    stored = SnapshotFile.of_entries(entry, where)
+    try:
+        found = stored.entries
+        if len(found) != 1 or not found[0].key or found[0].mark.seq != 0 or len(stored.problems) > 1:
+            raise SnapshotDamaged(f"{where} is damaged: it is not one full snapshot")
+        if not found[0].checksum_ok:
+            raise SnapshotDamaged(f"{where} is damaged: it fails its BLAKE2b checksum")
+        try:
+            return stored.load(found[0])
+        except SnapshotDamaged as error:
+            raise SnapshotDamaged(f"{where} is damaged: {error}") from None
+    finally:
+        stored.close()
 
 
 def _checksum(header: bytes, frame_bytes: bytes, body: bytes) -> bytes:
@@ -248,12 +289,13 @@ class SnapshotFile:
         self.path = path
         self.problems: list[str] = []
         self._mmap: mmap.mmap | None = None
+        self._view: Any = None              # the mapping, or the bytes of `of_entries`
         self.entries: list[StoredSnapshot] = []
         self._decompressor = zstandard.ZstdDecompressor()
         try:
             with open(path, "rb") as file:
                 if os.fstat(file.fileno()).st_size > 0:
-                    self._mmap = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._mmap = self._view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as error:
             if not isinstance(error, FileNotFoundError):
                 self.problems.append(f"snapshots {path} cannot be read: {error.strerror}")
@@ -264,10 +306,20 @@ class SnapshotFile:
         if view[:len(FILE_MAGIC)] != FILE_MAGIC:
             self.problems.append(f"{path} is not a xenrr snapshot file")
             return
-        self._scan(view)
+        self._scan(view, len(FILE_MAGIC))
 
-    def _scan(self, view) -> None:
-        offset, size = len(FILE_MAGIC), len(view)
+    @classmethod
+    def of_entries(cls, data: bytes | memoryview, where: str) -> "SnapshotFile":
+        """Entries held elsewhere than in a companion file (a log's start state): `data` is entries
+        only, without the file magic; `where` names them in messages."""
+        stored = cls.__new__(cls)
+        stored.path, stored.problems, stored._mmap, stored._view = where, [], None, data
+        stored.entries, stored._decompressor = [], zstandard.ZstdDecompressor()
+        stored._scan(data, 0)
+        return stored
+
+    def _scan(self, view, offset: int) -> None:
+        size = len(view)
         while offset < size:
             index = len(self.entries)
             if size - offset < _ENTRY.size or view[offset:offset + 4] != ENTRY_MAGIC:
@@ -373,7 +425,7 @@ class SnapshotFile:
         if not entry.checksum_ok:
             raise SnapshotDamaged(f"{where} fails its checksum")
         try:
-            raw = self._decompressor.decompress(self._mmap[entry.body_offset:entry.body_offset + entry.body_length])
+            raw = self._decompressor.decompress(self._view[entry.body_offset:entry.body_offset + entry.body_length])
             stream = io.BytesIO(raw)
             state = _StateUnpickler(stream).load()
         except (zstandard.ZstdError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
@@ -388,3 +440,4 @@ class SnapshotFile:
         if self._mmap is not None:
             self._mmap.close()
             self._mmap = None
+        self._view = None

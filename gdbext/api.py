@@ -306,6 +306,7 @@ class Debugger:
         self._vcpu_count: int | None = None
         self.last_stop: Stop | None = None
         self.event_count = 0          # input events in the recording (known after the first stop)
+        self.start_icount = 0         # where the recording starts (a running domain's: later than 0)
         self.image: Path | None = None  # the guest ELF whose symbols GDB has
 
     # ------------------------------------------------------------------ life cycle
@@ -564,12 +565,15 @@ class Debugger:
                               value.get("old"), value.get("new"))
         if reason == "no-history" or (reason is None and NO_HISTORY_TEXT in reply.console):
             # GDB 13 leaves the reason out of *stopped for `replaylog`; the position tells which end.
-            stop = replace(stop, reason="history-start" if stop.icount == 0 else "history-end")
+            stop = replace(stop, reason="history-start" if stop.icount <= self.start_icount else "history-end")
         return stop
 
     def _when(self, when_text: str | None = None) -> tuple[int, int]:
         """Parse the stub's `monitor when` answer (asking for it unless one is at hand)."""
-        event, self.event_count, icount = _parse_when(when_text or self._monitor("when"))
+        text = when_text or self._monitor("when")
+        event, self.event_count, icount = _parse_when(text)
+        start = re.search(r"the recording starts at icount (\d+)", text)
+        self.start_icount = int(start.group(1)) if start else 0
         return event, icount
 
     def _here(self, reason: str, when_text: str | None = None) -> Stop:

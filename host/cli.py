@@ -1,5 +1,5 @@
 """The xl-like commands of the multi-domain host: up, down, create, list, console, shutdown, destroy,
-pause, unpause, vcpu-list, vcpu-pin, sched-credit.
+pause, unpause, vcpu-list, vcpu-pin, sched-credit, and `record NAME` (a running domain).
 
 Owns their arguments, output and messages; dom0/cli.py hooks them in (`add_host_commands`,
 `HOST_COMMANDS`) and reports `HostCommandError` in one line with exit status 2. Every command but
@@ -312,22 +312,64 @@ def _hang_up(connection) -> None:
         pass
 
 
-def refuse_to_record_a_running_domain(name: str) -> None:
-    """`xenrr record NAME -o LOG` where NAME is no guest file but a domain running on the host (at the
-    default socket): refused in one line saying why and what to do instead. A log replays from a
-    freshly built domain (its header, then every input from the first instruction), so a recording
-    cannot begin in the middle of a domain's run."""
-    path = control.default_socket_path()
-    if not path.exists():
-        return
+def record_running_domain(name: str, log: Path, socket_path: Path | None) -> int:
+    """`xenrr record NAME -o LOG`, NAME a domain of the running host: it is recorded from its current
+    instruction count (the log carries its state then) until it shuts down or is destroyed - the exit
+    status as `xenrr record` gives it - or until Ctrl-C, which stops the recording while the domain runs
+    on (exit 130). The host stops the recording whenever this command's connection closes."""
+    path = socket_path or control.default_socket_path()
+    if log.exists():
+        raise HostCommandError(f"{log} already exists (a recording is never replaced: give another -o)")
     try:
-        domains = control.call(path, {"cmd": "list"})["domains"]
+        connection = control.connect(path)
     except ControlError:
-        return
-    if any(domain["name"] == name for domain in domains):
-        raise HostCommandError(f"{name} is a domain already running on the host at {path}: a log starts where its "
-                               "domain is built, so recording cannot begin in the middle of a run; record it from "
-                               "its first instruction with `xenrr create CFG --record LOG`")
+        raise HostCommandError(f"cannot read guest kernel {name}: no such file, and no host is running at {path} "
+                               "to record a domain of that name") from None
+    interrupted = False
+    try:
+        try:
+            started = control.send_request(connection, {"cmd": "record", "name": name, "log": str(log.absolute())})
+        except ControlError as error:
+            raise HostCommandError(f"cannot record {name}: {error}") from None
+        print(f"xenrr: recording {name} from instruction {started['icount']} into {log} (Ctrl-C stops the "
+              "recording; the domain runs on)", file=sys.stderr, flush=True)
+        connection.settimeout(None)
+        reply = bytearray()
+        while not reply.endswith(b"\n"):
+            try:
+                data = connection.recv(65536)
+            except KeyboardInterrupt:
+                interrupted = True
+                connection.shutdown(socket.SHUT_WR)       # the host stops the recording and answers
+                continue
+            if not data:
+                break
+            reply += data
+    finally:
+        connection.close()
+    if not reply.endswith(b"\n"):
+        raise HostCommandError(f"the host went away while recording {name}; {log} is valid up to its last "
+                               "complete block")
+    return _recorded(name, json.loads(reply)["recorded"], interrupted)
+
+
+def _recorded(name: str, summary: dict, interrupted: bool) -> int:
+    """Say how a running domain's recording ended; the exit status."""
+    outcome = summary["outcome"] or ""
+    reason, _, detail = outcome.partition(":")
+    logged = (f"{summary['records']} records logged to {summary['log']} (instructions {summary['from_icount']} "
+              f"to {summary['to_icount']})")
+    if summary["failure"] is not None:
+        print(f"xenrr: error: recording of {name} stopped: {summary['failure']}", file=sys.stderr)
+        return 4
+    texts = {"shutdown": f"domain {name} shut down ({detail})", "crashed": f"domain {name} crashed: {detail}",
+             "destroyed": f"domain {name} destroyed", "recording-stopped": f"recording stopped; {name} runs on"}
+    print(f"xenrr: {texts.get(reason, outcome)}; {logged}", file=sys.stderr)
+    if interrupted:
+        return 130
+    if reason == "crashed" or (reason == "shutdown" and detail == "crash"):
+        return 1
+    return 0 if reason == "shutdown" else 3
 
 
 HOST_COMMANDS = {"up": command_up, "down": command_down, "create": command_create, "list": command_list,

@@ -67,6 +67,7 @@ class DomainEntry:
     history_bytes: int = 0
     consoles: list = field(default_factory=list)        # attached client sockets
     gone: str | None = None
+    recorder: socket.socket | None = None               # the `xenrr record NAME` waiting for its recording to end
 
 
 class Hypervisor:
@@ -126,6 +127,15 @@ class Hypervisor:
             self.xenstore.committed(message[1], message[2], [entry.domid for entry in self.domains.values()])
         elif message[0] == "reply":                  # of a request we did not wait for
             self.xenstore.applied(message[1])
+        elif message[0] == "recorded":
+            entry = self.domains.get(message[1])
+            if entry is not None and entry.recorder is not None:
+                client, entry.recorder = entry.recorder, None
+                try:
+                    client.sendall(json.dumps({"recorded": message[2]}).encode() + b"\n")
+                except OSError:
+                    pass
+                self._drop(client)
         elif message[0] == "gone":
             entry = self.domains.pop(message[1], None)
             if entry is not None:
@@ -246,6 +256,19 @@ class Hypervisor:
     def cmd_shutdown(self, request: dict, client) -> dict:
         self._forward(request, "shutdown")
         return {}
+
+    def cmd_record(self, request: dict, client) -> dict:
+        """`xenrr record NAME -o LOG`: record a running domain from now on. The connection stays open:
+        when the recording ends (the domain shut down or was destroyed, the host went down) it gets one
+        more line, {"recorded": summary}; when the client closes its side first (Ctrl-C), the recording
+        stops and the domain runs on."""
+        entry = self._entry(request)
+        log = request.get("log")
+        if not isinstance(log, str) or not os.path.isabs(log):
+            raise ControlError("record wants the absolute path of the log to write")
+        started = self._forward(request, "record", log=log)
+        entry.recorder = client
+        return {"icount": started["icount"], "pcpu": entry.pcpu}
 
     def cmd_pause(self, request: dict, client) -> dict:
         self._forward(request, "pause")
@@ -387,6 +410,7 @@ class Hypervisor:
         except OSError:
             data = b""
         if not data:
+            self._stop_recording_of(client)
             self._drop(client)
             return
         buffer += data
@@ -428,6 +452,13 @@ class Hypervisor:
             self._drop(client)
         elif entry.name in self.domains:
             self.cmd_console_in(entry, data)
+
+    def _stop_recording_of(self, client: socket.socket) -> None:
+        """A `xenrr record NAME` that hung up (Ctrl-C, or it died): its recording ends, the domain runs
+        on; the summary goes back on the half-closed connection when it can still be read."""
+        entry = next((entry for entry in self.domains.values() if entry.recorder is client), None)
+        if entry is not None:
+            self._call(self.workers[entry.pcpu], {"op": "record-stop", "name": entry.name})
 
     def _drop(self, client: socket.socket) -> None:
         if self.reserved.pop(client, None) is not None:

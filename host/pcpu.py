@@ -109,9 +109,12 @@ class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
     def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None,
-                 moved: dict | None = None, shared_store: Sequence[bytes] = ()) -> None:
+                 moved: dict | None = None, shared_store: Sequence[bytes] = (),
+                 report_recording=lambda name, summary: None) -> None:
+        """`report_recording(name, summary)` is told when a recording of this domain ends."""
         self.config = config
         self.domid = domid
+        self._report_recording = report_recording
         self.input = HostConsoleInput()
         try:
             image_bytes = Path(config.kernel).read_bytes()
@@ -122,21 +125,20 @@ class HostedDomain:
         def output(data: bytes) -> None:
             send_console(config.name, data)
         self.domain = Domain(image, vcpus=config.vcpus, console_output=output, hypervisor_console=output)
-        xenstore = {"domid": domid, "name": config.name}
-        self.store = connect_xenstore(self.domain, xenstore)
+        self.xenstore = {"domid": domid, "name": config.name}
+        self.store = connect_xenstore(self.domain, self.xenstore)
+        # Frames written from here on are those that may differ from the freshly built domain's: what a
+        # recording that starts later must carry (`start_recording`).
+        self._built_generation = self.domain.vcpu.new_generation()
         # For other domains, in order: event-channel actions (change, port, remote domid, remote port) and
         # ("xenstore", XenstoreChange) changes of the shared store.
         self.outbox: list[tuple] = []
         self.domain.interdomain_out = self._to_other_domain
         self.recording: Recording | None = None
+        self.recording_start = 0
+        self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False)
         if record is not None:
-            try:
-                self.recording = Recording(self.domain, Path(config.kernel), record, clock="real", xenstore=xenstore,
-                                           snapshot_every=Interval(instructions=DEFAULT_EVERY_INSTRUCTIONS))
-            except (RecordingRefused, RecordingFailed) as error:
-                raise ValueError(f"cannot record {config.name}: {error}") from None
-        self.scheduler = Scheduler(self.domain, self.input, clock="real", wait_for_host=False,
-                                   snapshots=None if self.recording is None else self.recording.snapshots)
+            self._record(record, start_frames=None)
         self.entity = Entity(config.name, weight=config.weight, cap=config.cap)
         self.paused = False
         self.idle = False
@@ -150,6 +152,27 @@ class HostedDomain:
             for payload in shared_store:          # the host's store as it is: before our first instruction
                 self.domain.funnel.inject(Kind.XENSTORE_CHANGE, payload)
         self.store.changes_out = self._xenstore_out
+
+    def _record(self, path: Path, start_frames: set[int] | None) -> None:
+        """Attach a recording (its log daemon, ring and snapshots) to the domain as it is now."""
+        try:
+            self.recording = Recording(self.domain, Path(self.config.kernel), path, clock="real",
+                                       xenstore=self.xenstore, start_frames=start_frames,
+                                       snapshot_every=Interval(instructions=DEFAULT_EVERY_INSTRUCTIONS))
+        except (RecordingRefused, RecordingFailed) as error:
+            raise ValueError(f"cannot record {self.config.name}: {error}") from None
+        self.recording_start = self.domain.vcpu.icount
+        self.scheduler.snapshots = self.recording.snapshots
+
+    def start_recording(self, path: Path) -> None:
+        """`xenrr record NAME -o LOG`: record the running domain from here (between two of its quanta);
+        the log begins with the domain's whole state now (registers, hypervisor state, and every frame
+        written since it was built)."""
+        if self.recording is not None:
+            raise ValueError(f"{self.config.name} is already being recorded into {self.recording.path}")
+        if not self.domain.alive:
+            raise ValueError(f"{self.config.name} has {self.state}: there is nothing left to record")
+        self._record(path, start_frames=self.domain.vcpu.pages_written_since(self._built_generation))
 
     def leave(self) -> dict:
         """Everything this domain is between two quanta - registers, all of guest memory, the
@@ -284,10 +307,20 @@ class HostedDomain:
         return Outcome("shutdown", domain.vcpu.icount, domain.shutdown_name or "")
 
     def stop_recording(self, outcome: Outcome | None, failure: str | None = None) -> None:
-        """End this domain's log (if it is recorded): its END record says how the domain ended."""
-        if self.recording is not None:
-            self.recording_failure = self.recording.finish(outcome, failure)
-            self.recording = None
+        """End this domain's log (if it is recorded): its END record says how the domain ended (or that
+        the recording was stopped while it runs on). Whoever waits for the recording is told."""
+        recording = self.recording
+        if recording is None:
+            return
+        self.recording_failure = recording.finish(outcome, failure)
+        self.recording = None
+        self.scheduler.snapshots = None
+        self._report_recording(self.config.name, {
+            "log": str(recording.path), "records": recording.sink.records, "from_icount": self.recording_start,
+            "to_icount": self.domain.vcpu.icount,
+            "outcome": None if outcome is None else f"{outcome.reason}:{outcome.detail}",
+            "failure": self.recording_failure,
+            "snapshots": 0 if recording.snapshots is None else recording.snapshots.taken})
 
     def info(self, pcpu: int) -> dict:
         return {"name": self.config.name, "domid": self.domid, "state": self.state, "vcpus": self.config.vcpus,
@@ -331,6 +364,9 @@ class PhysicalCpu:
     def send_console(self, name: str, data: bytes) -> None:
         self.connection.send(("console", name, bytes(data)))
 
+    def report_recording(self, name: str, summary: dict) -> None:
+        self.connection.send(("recorded", name, summary))
+
     # ---------------------------------------------------------------- requests
     def handle(self, request: dict) -> None:
         try:
@@ -351,7 +387,7 @@ class PhysicalCpu:
         config: DomainConfig = request["config"]
         record = request.get("record")
         hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record),
-                              shared_store=request.get("xenstore", ()))
+                              shared_store=request.get("xenstore", ()), report_recording=self.report_recording)
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
         self._send_outbox(hosted)
@@ -367,7 +403,8 @@ class PhysicalCpu:
 
     def op_arrive(self, request: dict) -> dict:
         config: DomainConfig = request["config"]
-        hosted = HostedDomain(config, request["domid"], self.send_console, moved=request["moved"])
+        hosted = HostedDomain(config, request["domid"], self.send_console, moved=request["moved"],
+                              report_recording=self.report_recording)
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
         return {}
@@ -383,6 +420,18 @@ class PhysicalCpu:
         home = f"/local/domain/{hosted.domid}/".encode()
         hosted.domain.funnel.inject(Kind.XENSTORE_WRITE, home + SHUTDOWN_REQUEST + b"\0poweroff")
         hosted.idle = False
+        return {}
+
+    def op_record(self, request: dict) -> dict:
+        """`xenrr record NAME -o LOG`: the domain is recorded from its current instruction count on."""
+        hosted = self._domain(request)
+        hosted.start_recording(Path(request["log"]))
+        return {"icount": hosted.recording_start}
+
+    def op_record_stop(self, request: dict) -> dict:
+        """The recording ends (its END record says so) and the domain runs on, no longer recorded."""
+        hosted = self._domain(request)
+        hosted.stop_recording(Outcome("recording-stopped", hosted.domain.vcpu.icount, "the domain ran on"))
         return {}
 
     def op_pause(self, request: dict) -> dict:

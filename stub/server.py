@@ -721,8 +721,10 @@ class GdbServer:
     def _monitor_when(self, args: list[str]) -> str:
         self._numbers(args, (), 0)
         events = len(self.timeline.events())
+        start = self.timeline.start.icount
+        since = f", the recording starts at icount {start}" if start else ""    # it began with a running domain
         return (f"event {self.timeline.current_event()} of {events}, icount {self.timeline.position.icount}, "
-                f"pc {self.timeline.vcpu.pc:#x}\n")
+                f"pc {self.timeline.vcpu.pc:#x}{since}\n")
 
     def _monitor_set(self, args: list[str]) -> str:
         usage = "expected `set progress on [DELAY]` or `set progress off`"

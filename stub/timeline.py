@@ -59,7 +59,6 @@ CHECKPOINT_INTERVAL = 20_000_000      # instructions between checkpoints as the 
 MAX_CHECKPOINTS = 48
 KEPT_SNAPSHOTS = 8                    # states kept at the last hits found by backward scans
 SEGMENTS_PER_CHECKPOINT = 10          # pages written are noted per tenth of a checkpoint interval
-START = Mark(0, 0)
 
 
 @dataclass(frozen=True)
@@ -121,6 +120,7 @@ class Timeline:
                  max_checkpoints: int = MAX_CHECKPOINTS, stored: SnapshotFile | None = None,
                  warn: Callable[[str], None] = lambda message: None):
         self.session = session
+        self.start = Mark(session.start_icount, 0)   # where the recording starts: history begins there
         self.stored = stored
         self._warn = warn
         self._stored_skipped: set[int] = set()     # stored snapshots found unusable (said once)
@@ -286,7 +286,7 @@ class Timeline:
         start) is restored in its place; None."""
         try:
             state = self.stored.load(entry)
-            pages = list(self._checkpoints[0].pages)        # the start: the freshly built domain's memory
+            pages = list(self._checkpoints[0].pages)        # the recording's start (frames a snapshot leaves out)
             for frame, page in state.pages.items():
                 pages[frame] = page
             checkpoint = Checkpoint(state.mark, state.cpu, tuple(pages), state.domain, state.replayer)
@@ -409,7 +409,9 @@ class Timeline:
         return self._stop_from(self._forward(target, debug=True), "step")
 
     def goto(self, mark: Mark) -> Stop:
-        """Go to exactly `mark`, forwards or backwards (restoring a hit's snapshot if one is kept there)."""
+        """Go to exactly `mark`, forwards or backwards (restoring a hit's snapshot if one is kept there);
+        a mark before the recording's start goes to the start."""
+        mark = max(mark, self.start)
         if mark in self._snapshots and mark != self.position:
             self._restore(self._snapshots[mark])
         elif mark < self.position:
@@ -431,8 +433,8 @@ class Timeline:
     def reverse_step(self) -> Stop:
         """Go back exactly one instruction (to the state before the current one retired)."""
         icount = self.vcpu.icount
-        if self.position <= START or icount == 0:
-            self.goto(START)
+        if self.position <= self.start or icount <= self.start.icount:
+            self.goto(self.start)
             return Stop("history-start", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
         stop = self.goto(Mark(icount - 1, ALL_RECORDS))
         return Stop("step", stop.mark, stop.pc, vcpu=self.session.domain.current)   # the one whose instruction it undid
@@ -457,7 +459,7 @@ class Timeline:
         were then. Uses the switch points seen while replaying; a stretch a stored snapshot jumped over
         is replayed first to see them. One instruction of the domain when `vcpu` never ran before."""
         icount = self.vcpu.icount
-        if self.position <= START or icount == 0:
+        if self.position <= self.start or icount <= self.start.icount:
             return self.reverse_step()
         origin = self.position
         target = self._last_instruction_of(vcpu, icount - 1)
@@ -523,7 +525,7 @@ class Timeline:
                 upper = self._end_of_last_write(bound, origin_mark, written_only, beyond_segments)
             checkpoint = self._checkpoint_before(upper, strictly=True) if upper is not None else None
             if checkpoint is None:
-                self.goto(START)
+                self.goto(self.start)
                 return Stop("history-start", self.position, self.vcpu.pc, vcpu=self.session.domain.current)
             # Covered so far: everything from `upper` to the origin, and the scan from the checkpoint on.
             self._progress = lambda start=checkpoint.mark.icount, end=upper.icount: Progress(

@@ -249,7 +249,7 @@ def flipped_header_byte(log: bytes) -> bytes:
     (lambda log, elf: b"", "empty file: not a xenrr log"),
     (lambda log, elf: b"hello, world\n", "not a xenrr log (no XENRRLOG magic at the start)"),
     (lambda log, elf: elf, "not a xenrr log (no XENRRLOG magic at the start)"),
-    (lambda log, elf: with_version(log, 3), "log format version 3 is newer than this xenrr reads (up to 2)"),
+    (lambda log, elf: with_version(log, 4), "log format version 4 is newer than this xenrr reads (up to 3)"),
     (lambda log, elf: with_version(log, 1), "log format version 1 was written by an older xenrr (its state digests "
                                             "are in a form this xenrr no longer checks): record the session again"),
     (lambda log, elf: flipped_header_byte(log), "log header fails its CRC check"),
@@ -261,6 +261,15 @@ def test_a_file_that_is_not_a_usable_log_is_one_error_line_and_status_2(xenrr, v
     path.write_bytes(make(virtual_recording.path.read_bytes(), kbdshell_elf.read_bytes()))
     result = xenrr(command, path)
     assert (result.status, result.stdout, result.stderr) == (2, "", f"xenrr: error: {message}\n")
+
+
+def test_a_version_2_log_is_still_read(xenrr, virtual_recording, tmp_path):
+    """Version 3 only added the start state of a recording that began with a running domain: a log of a
+    freshly built domain has the version-2 layout, and a version-2 file replays and verifies as before."""
+    path = tmp_path / "v2.xrr"
+    path.write_bytes(with_version(virtual_recording.path.read_bytes(), 2))
+    replayed = xenrr("replay", path, "--json")
+    assert replayed.status == 0 and json.loads(replayed.stdout)["verified"], replayed.stderr
 
 
 @pytest.mark.parametrize("command", ["replay", "dump"])

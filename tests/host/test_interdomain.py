@@ -47,7 +47,7 @@ def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays
     its log holds at most one per quantum of b), and when b is destroyed a's end is unbound again. A
     recorded domain does not move (one line). a's log
     holds b's actions as inter-domain inputs and replays alone, verified, with the same output.
-    `xenrr record b -o LOG` on the running host is refused in one line (a log starts at the build)."""
+    `xenrr record a -o LOG` while a is recorded already is refused in one line."""
     log = tmp_path / "a.xrr"
     assert host.xenrr("create", host.config("a", guest="kbdshell", cpus="0", memory=4), "--record", log).status == 0
     assert host.xenrr("create", host.config("b", guest="kbdshell", cpus="1", memory=4)).status == 0
@@ -60,10 +60,10 @@ def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays
         return shown.decode().split(f"echo {marker}")[0]
 
     monkeypatch.setenv("XENRR_SOCKET", str(host.socket))
-    refused = run_xenrr("record", "b", "-o", tmp_path / "b.xrr")
-    assert refused.status == 2 and "b is a domain already running on the host" in refused.stderr
-    assert "`xenrr create CFG --record LOG`" in refused.stderr and "Traceback" not in refused.stderr
-    assert not (tmp_path / "b.xrr").exists()
+    refused = run_xenrr("record", "a", "-o", tmp_path / "a2.xrr")
+    assert refused.status == 2 and f"cannot record a: a is already being recorded into {log}" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "a2.xrr").exists()
 
     assert "port 4" in type_and_wait("a", ["evtchn alloc 2"], "m1")
     assert host.wait_for(lambda: "port 4\r\n> " in type_and_wait("b", ["evtchn bind 1 4"], "m2"), "b to bind a's port")
