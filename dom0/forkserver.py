@@ -10,8 +10,8 @@ Invariants:
 - every command runs in a fresh child of a server that never ran one: the child's engine is a copy
   of one never run, its modules' state is as imports left it (no command's leftovers, ever);
 - the server runs only the code it fingerprinted before importing it: a client with another
-  fingerprint (the code changed since) is told "stale", and the server lets go of its socket at
-  once and exits once its running children end; a client whose environment would have shaped the
+  fingerprint (the code changed since), or whose request it cannot read, is told "stale", and the
+  server lets go of its socket at once and exits once its running children end; a client whose environment would have shaped the
   imports or the engine differently is refused, and runs the command itself;
 - only the user who owns the server reaches it: the socket is mode 0600 in a directory of mode 0700
   that the client checks, and the server also checks each peer's uid (SO_PEERCRED);
@@ -170,13 +170,19 @@ class ForkServer:
             connection.setblocking(True)
             connection.settimeout(REQUEST_TIMEOUT_SECONDS)
             _, uid, _ = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            request, fds = receive_message(connection, max_fds=3)
-            if uid != os.getuid():
+            if uid != os.getuid():           # refused unread
                 send_message(connection, {"reason": "refused"})
             else:
+                request, fds = receive_message(connection, max_fds=3)
                 self._answer(connection, request, fds)
                 return
-        except (OSError, ValueError):
+        except ValueError:                   # a request it cannot read: a client of other code
+            try:
+                send_message(connection, {"reason": "stale"})
+            except OSError:
+                pass
+            self.let_go()
+        except OSError:
             pass
         finally:
             for fd in fds:
@@ -336,8 +342,13 @@ def _lock(path: str) -> int | None:
 
 
 def _warm_up() -> None:
-    """Everything a served command imports, then its first engine; frozen out of the collector so the
-    children share these pages instead of copying them when they collect."""
+    """Everything a served command imports (the libraries commands load on first use too: a replay's
+    header check, a watch trap's disassembler, a progress bar), then its first engine; frozen out of the
+    collector so the children share these pages instead of copying them when they collect."""
+    import capstone  # noqa: F401
+    import jsonschema  # noqa: F401
+    import tqdm  # noqa: F401
+
     import dom0.cli
     import dom0.record  # noqa: F401
     import dom0.segments  # noqa: F401

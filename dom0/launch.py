@@ -18,11 +18,12 @@ none answers; `manual` uses one only when started with `xenrr server start`; `of
 """
 from __future__ import annotations
 
-import json
+# The C halves of `signal` and `socket`: their Python wrappers import enum, functools, collections and
+# selectors (~5 ms of a client whose whole budget is a few ms); this module needs none of what they add.
+import _signal as signal
+import _socket as socket
+import marshal
 import os
-import signal
-import socket
-import struct
 import sys
 
 # The commands a server may run: a domain's run, recording or replay and looking at a log. Not those
@@ -32,10 +33,12 @@ SERVED = frozenset({"run", "record", "replay", "dump", "xenstore-ls", "serve"})
 MODES = ("auto", "manual", "off")
 DEFAULT_IDLE_SECONDS = 600.0
 # The environment the server's own imports and engine depend on: a client whose values differ runs in-process.
-_ENVIRONMENT_PREFIXES = ("XENRR_", "PYTHON", "ICICLE", "RUST", "LC_")    # not GHIDRA_SRC: xen/vcpu.py sets it
+# (Not GHIDRA_SRC: xen/vcpu.py sets it. TQDM_*: tqdm reads its defaults from them when imported.)
+_ENVIRONMENT_PREFIXES = ("XENRR_", "PYTHON", "ICICLE", "RUST", "LC_", "TQDM_")
 _ENVIRONMENT_IGNORED = ("XENRR_SERVER", "XENRR_SERVER_SOCKET", "XENRR_SERVER_IDLE")
 _PACKAGES = ("xen", "dom0", "host", "stub", "gdbext", os.path.join("xen", "sleigh"))
-_LENGTH = struct.Struct("!I")
+_LENGTH_BYTES = 4
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # where the packages are
 MAX_REQUEST_BYTES = 1 << 22
 _RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
 
@@ -47,12 +50,17 @@ def mode() -> str:
 
 
 def socket_path() -> str:
-    """XENRR_SERVER_SOCKET, or server.sock in the per-user directory the host's control socket uses."""
+    """XENRR_SERVER_SOCKET, or in the per-user directory the host's control socket uses, one socket per
+    installation (its directory and interpreter; two checkouts or venvs of one user never share a server):
+    server-CRC.sock."""
     if os.environ.get("XENRR_SERVER_SOCKET"):
         return os.environ["XENRR_SERVER_SOCKET"]
+    import zlib         # a name, not a secret: crc32 tells installations apart
+    installation = f"{_ROOT}\0{os.path.realpath(sys.executable)}".encode()
+    name = f"server-{zlib.crc32(installation):08x}.sock"
     if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "xenrr", "server.sock")
-    return f"/tmp/xenrr-{os.getuid()}/server.sock"
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "xenrr", name)
+    return f"/tmp/xenrr-{os.getuid()}/{name}"
 
 
 def private_directory(path: str) -> bool:
@@ -71,7 +79,7 @@ def code_fingerprint() -> str:
     size, modification time), the interpreter, the site-packages directory (a pip install changes it)
     and the engine's prepared spec. A server whose fingerprint differs is never used, so it never runs
     stale code."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = _ROOT
     parts = [os.path.realpath(sys.executable), sys.version]
     for package in _PACKAGES:
         try:
@@ -83,8 +91,7 @@ def code_fingerprint() -> str:
                 status = entry.stat()
                 parts.append(f"{package}/{entry.name}:{status.st_size}:{status.st_mtime_ns}")
     spec = os.environ.get("XENRR_ENGINE_SPEC", os.path.join(root, "build", "engine-spec"))
-    for path in (os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(json.__file__)),
-                 os.path.join(spec, ".stamp")):
+    for path in (os.path.dirname(os.__file__), os.path.join(spec, ".stamp")):
         try:
             status = os.stat(path)
             parts.append(f"{path}:{status.st_size}:{status.st_mtime_ns}")
@@ -105,31 +112,46 @@ def relevant_environment(environment: dict[str, str]) -> dict[str, str]:
             if (name.startswith(_ENVIRONMENT_PREFIXES) or name == "LANG") and name not in _ENVIRONMENT_IGNORED}
 
 
-def send_message(connection: socket.socket, message: dict, fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    framed = _LENGTH.pack(len(data)) + data
+def send_message(connection: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    """One message (a dict of plain values), length-prefixed, in marshal's format: a built-in module, where
+    json would import `re` into every client. Only a peer of the same user (the socket's directory and
+    SO_PEERCRED) is ever read."""
+    data = marshal.dumps(message)
+    framed = len(data).to_bytes(_LENGTH_BYTES, "big") + data
     if fds:
-        sent = socket.send_fds(connection, [framed], fds)
-        framed = framed[sent:]
+        rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+        framed = framed[connection.sendmsg([framed], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]):]
     if framed:
         connection.sendall(framed)
 
 
 def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
-    """One length-prefixed JSON object (and the file descriptors that came with its first bytes)."""
+    """One message (and the file descriptors that came with its first bytes); ValueError if malformed."""
     buffer, fds = b"", []
-    while len(buffer) < _LENGTH.size or len(buffer) < _LENGTH.size + _LENGTH.unpack_from(buffer)[0]:
-        if len(buffer) >= _LENGTH.size and _LENGTH.unpack_from(buffer)[0] > MAX_REQUEST_BYTES:
-            raise ValueError("request too long")
+    length = None
+    while length is None or len(buffer) < _LENGTH_BYTES + length:
         if max_fds and not fds:
-            data, fds, _, _ = socket.recv_fds(connection, 65536, max_fds)
+            data, ancillary, _, _ = connection.recvmsg(65536, socket.CMSG_SPACE(4 * max_fds))
+            for level, kind, rights in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += [int.from_bytes(rights[at:at + 4], sys.byteorder, signed=True)
+                            for at in range(0, len(rights) - len(rights) % 4, 4)]
         else:
             data = connection.recv(65536)
         if not data:
             raise ConnectionError("connection closed")
         buffer += data
-    length = _LENGTH.unpack_from(buffer)[0]
-    return json.loads(buffer[_LENGTH.size:_LENGTH.size + length]), fds
+        if len(buffer) >= _LENGTH_BYTES:
+            length = int.from_bytes(buffer[:_LENGTH_BYTES], "big")
+            if length > MAX_REQUEST_BYTES:
+                raise ValueError("request too long")
+    try:
+        message = marshal.loads(buffer[_LENGTH_BYTES:_LENGTH_BYTES + length])
+    except (EOFError, TypeError) as error:
+        raise ValueError(f"malformed message: {error}") from None
+    if not isinstance(message, dict):
+        raise ValueError("malformed message: not a dict")
+    return message, fds
 
 
 def start_server_in_background() -> None:
@@ -168,7 +190,7 @@ def run_through_server(argv: list[str]) -> int | None:
         if chosen == "auto" and (not os.path.exists(path) or private_directory(path)):
             start_server_in_background()
         return None
-    with connection:
+    try:
         try:
             send_message(connection, {"op": "run", "fingerprint": code_fingerprint(), "argv": argv,
                                       "cwd": os.getcwd(), "environment": dict(os.environ)}, [0, 1, 2])
@@ -181,6 +203,8 @@ def run_through_server(argv: list[str]) -> int | None:
             return None
         connection.settimeout(None)
         return _wait_for(connection, answer["started"])
+    finally:
+        connection.close()
 
 
 def _wait_for(connection: socket.socket, child: int) -> int:

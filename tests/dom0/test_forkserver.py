@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,9 +139,10 @@ def _wait_for_output(process: subprocess.Popen, text: str) -> None:
         seen += line
 
 
+@pytest.mark.slow
 def test_stale_code_other_environment_and_no_server_run_in_process(server, tmp_path, minimal_elf):
-    """A request with another fingerprint (the code changed since the server started) is refused as
-    stale and the server lets go of its socket and exits; other environments and a missing server run
+    """A request with another fingerprint (the code changed since the server started), or one it cannot
+    read, is refused as stale and the server lets go of its socket and exits; other environments and a missing server run
     the command in the client itself, with the same result."""
     arguments = ("run", minimal_elf, "--keys", r"hello\r", "--clock", "virtual")
     other = _xenrr({**server, "RUST_LOG": "warn"}, *arguments)       # the engine may read it: not served
@@ -149,21 +151,27 @@ def test_stale_code_other_environment_and_no_server_run_in_process(server, tmp_p
     assert off.returncode == 0 and off.stdout == other.stdout
     assert _served(server) == 0
 
-    pid = _server_pid(server)
-    import socket
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.connect(server["XENRR_SERVER_SOCKET"])
-    send_message(connection, {"op": "run", "fingerprint": "older code", "argv": ["run"], "cwd": "/",
-                              "environment": {}}, [0, 1, 2])
-    assert receive_message(connection)[0] == {"reason": "stale"}
-    connection.close()
-    assert _gone(pid)
-    assert not Path(server["XENRR_SERVER_SOCKET"]).exists()
+    for request in ({"op": "run", "fingerprint": "older code", "argv": ["run"], "cwd": "/", "environment": {}},
+                    b'{"op": "run"}'):           # the second: a request it cannot read (other code's protocol)
+        if _xenrr(server, "server", "status").returncode != 0:
+            assert _xenrr(server, "server", "start").returncode == 0
+        pid = _server_pid(server)
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(server["XENRR_SERVER_SOCKET"])
+        if isinstance(request, dict):
+            send_message(connection, request, [0, 1, 2])
+        else:
+            connection.sendall(len(request).to_bytes(4, "big") + request)
+        assert receive_message(connection)[0] == {"reason": "stale"}
+        connection.close()
+        assert _gone(pid)
+        assert not Path(server["XENRR_SERVER_SOCKET"]).exists()
     alone = _xenrr(server, *arguments)         # manual mode: no server, so in-process, and none started
     assert alone.returncode == 0 and alone.stdout == off.stdout
     assert not Path(server["XENRR_SERVER_SOCKET"]).exists()
 
 
+@pytest.mark.slow
 def test_auto_mode_starts_a_server_that_goes_when_idle(tmp_path, minimal_elf):
     """XENRR_SERVER=auto: the first served command runs in-process and starts a server in the background;
     the next one is run by it; the server exits by itself after its idle time."""
