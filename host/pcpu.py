@@ -4,8 +4,10 @@ Owns the domains placed on it (each lives entirely in this process: its guest me
 console ring and its replica of the host's xenstore), their credit scheduler (host/credit.py) and the
 loop that runs them: pick a vCPU, run it for its budget of instructions (xen/sched.py's Scheduler in
 quanta, under the real clock), charge it, and between quanta answer the hypervisor's requests on the
-control pipe. A blocked domain is not runnable until its next timer or console input
-(`Outcome("idle", wake_ns=...)`), so idle domains cost no CPU. What a guest writes to its console goes up the pipe as it is written.
+control pipe. A blocked domain is not runnable until its next timer or an input for it
+(`Outcome("idle", wake_ns=...)`): its wake time waits in a heap and the loop does nothing for it until
+then (no per-quantum work scales with the blocked domains), so an idle domain costs only what its own
+timers make it run. What a guest writes to its console goes up the pipe as it is written.
 
 A domain moving to another pCPU leaves with its whole state (`leave`: registers, guest memory, the
 hypervisor's and the scheduler's state) and arrives in the other worker (`arrive`), rebuilt from its
@@ -30,8 +32,9 @@ only through this pipe, so no guest state is shared between processes.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-import select
 import signal
 import time
 import traceback
@@ -65,21 +68,26 @@ class HostConsoleInput:
         self._pending = bytearray()
         self._wakeup_read, self._wakeup_write = os.pipe()
         os.set_blocking(self._wakeup_read, False)
+        os.set_blocking(self._wakeup_write, False)
 
     def feed(self, data: bytes) -> None:
         self._pending += data
-        os.write(self._wakeup_write, b"k")
+        try:
+            os.write(self._wakeup_write, b"k")
+        except BlockingIOError:             # already readable: keys wait that the guest has not taken
+            pass
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def take(self, now_ns: int, limit: int) -> bytes:
         data = bytes(self._pending[:limit])
-        del self._pending[:limit]
-        try:
-            os.read(self._wakeup_read, 4096)
-        except BlockingIOError:
-            pass
+        if data:
+            del self._pending[:limit]
+            try:
+                os.read(self._wakeup_read, 4096)
+            except BlockingIOError:
+                pass
         return data
 
     def next_due_ns(self, now_ns: int) -> int | None:
@@ -87,10 +95,6 @@ class HostConsoleInput:
 
     def fileno(self) -> int | None:
         return self._wakeup_read
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
 
     @property
     def exhausted(self) -> bool:
@@ -140,9 +144,9 @@ class HostedDomain:
         if record is not None:
             self._record(record, start_frames=None)
         self.entity = Entity(config.name, weight=config.weight, cap=config.cap)
-        self.paused = False
-        self.idle = False
-        self.wake_ns: int | None = None
+        self._paused = False
+        self._idle = False
+        self.wake_ns: int | None = None         # while idle: when its next timer is due (None: none armed)
         self.affinity = config.cpus[0]
         self.recording_failure: str | None = None
         if moved is not None:
@@ -200,9 +204,9 @@ class HostedDomain:
         vcpu.load_cpu(moved["cpu"])
         self.domain.load_state(moved["domain"])
         self.scheduler.load_state(moved["scheduler"])
-        if moved["keys"]:
-            self.input.feed(moved["keys"])
         self.paused, self.idle, self.wake_ns = moved["paused"], moved["idle"], moved["wake_ns"]
+        if moved["keys"]:
+            self.type(moved["keys"])
         self.affinity = moved["affinity"]
         self.entity.weight, self.entity.cap = moved["weight"], moved["cap"]
 
@@ -277,10 +281,34 @@ class HostedDomain:
             return "paused"
         return "blocked" if self.idle else "running"
 
-    def update_runnable(self, now_ns: int) -> None:
-        if self.idle and (self.input.pending or (self.wake_ns is not None and now_ns >= self.wake_ns)):
-            self.idle = False
-        self.entity.runnable = self.domain.alive and not self.paused and not self.idle
+    @property
+    def idle(self) -> bool:
+        """Blocked with nothing due before `wake_ns` (set on an "idle" outcome; cleared by its timer,
+        or by an input for it - keys, another domain's action, a toolstack write)."""
+        return self._idle
+
+    @idle.setter
+    def idle(self, idle: bool) -> None:
+        self._idle = idle
+        self._update_runnable()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._update_runnable()
+
+    def _update_runnable(self) -> None:
+        """The credit scheduler's view, kept as each of its inputs changes (not polled per quantum)."""
+        self.entity.runnable = self.domain.alive and not self._paused and not self._idle
+
+    def type(self, keys: bytes) -> None:
+        """Console input for the guest (`xenrr console`): a blocked domain wakes to take it."""
+        self.input.feed(keys)
+        self.idle = False
 
     def run(self, budget: int) -> int:
         """Run up to `budget` instructions; the number run."""
@@ -294,7 +322,10 @@ class HostedDomain:
             self.domain.crash(f"recording stopped: {self.recording_failure}")
             return vcpu.icount - before
         if outcome.reason == "idle":
-            self.idle, self.wake_ns = True, outcome.wake_ns
+            self.wake_ns = outcome.wake_ns
+            self.idle = True
+        else:
+            self._update_runnable()           # it may have shut down or crashed
         return vcpu.icount - before
 
     def outcome(self) -> Outcome:
@@ -360,6 +391,8 @@ class PhysicalCpu:
         self.running = True
         self._busy_ns = 0                   # host time spent running guest instructions
         self._busy_instructions = 0
+        self._sleepers: list[tuple[int, int, str]] = []     # heap of (wake_ns, tie, name) of idle domains
+        self._ties = itertools.count()
 
     def send_console(self, name: str, data: bytes) -> None:
         self.connection.send(("console", name, bytes(data)))
@@ -407,6 +440,7 @@ class PhysicalCpu:
                               report_recording=self.report_recording)
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
+        self._sleep(hosted)
         return {}
 
     def op_destroy(self, request: dict) -> dict:
@@ -481,7 +515,7 @@ class PhysicalCpu:
         hosted.outbox.clear()
 
     def op_console_in(self, request: dict) -> dict:
-        self._domain(request).input.feed(request["data"])
+        self._domain(request).type(request["data"])
         return {}
 
     def op_list(self, request: dict) -> dict:
@@ -526,9 +560,30 @@ class PhysicalCpu:
             self.op_create({"config": hosted.config, "domid": hosted.domid, "xenstore": hosted.shared_store()})
 
     def _wait(self, timeout: float | None) -> None:
-        """Nothing to run: wait for a request or console input (or `timeout` seconds)."""
-        descriptors = [self.connection.fileno()] + [hosted.input.fileno() for hosted in self.domains.values()]
-        select.select(descriptors, [], [], timeout)
+        """Nothing to run: wait for a request (console input comes as one) or `timeout` seconds."""
+        self.connection.poll(timeout)
+
+    def _sleep(self, hosted: HostedDomain) -> None:
+        """An idle domain with a timer armed waits in the heap until it is due."""
+        if hosted.idle and hosted.wake_ns is not None:
+            heapq.heappush(self._sleepers, (hosted.wake_ns, next(self._ties), hosted.config.name))
+
+    def _next_sleeper(self) -> int | None:
+        """When the first idle domain's timer is due (entries of domains gone, or woken and idle again
+        with another wake time, are dropped on the way)."""
+        while self._sleepers:
+            wake_ns, _, name = self._sleepers[0]
+            hosted = self.domains.get(name)
+            if hosted is not None and hosted.idle and hosted.wake_ns == wake_ns:
+                return wake_ns
+            heapq.heappop(self._sleepers)
+        return None
+
+    def _wake_due(self, now: int) -> None:
+        """Idle domains whose timer is due become runnable; nothing is done for the others."""
+        while (wake_ns := self._next_sleeper()) is not None and wake_ns <= now:
+            _, _, name = heapq.heappop(self._sleepers)
+            self.domains[name].idle = False
 
     def loop(self) -> None:
         while self.running:
@@ -541,15 +596,15 @@ class PhysicalCpu:
             if not self.running:
                 return
         now = time.monotonic_ns()
-        for hosted in self.domains.values():
-            hosted.update_runnable(now)
+        self._wake_due(now)
         entity = self.credit.pick()
         if entity is None:
             self._idle(now)
             return
-        hosted = next(hosted for hosted in self.domains.values() if hosted.entity is entity)
+        hosted = self.domains[entity.name]
         started = time.monotonic_ns()
         ran = hosted.run(self.credit.budget(entity))
+        self._sleep(hosted)
         self._send_outbox(hosted)
         self._busy_ns += time.monotonic_ns() - started
         self._busy_instructions += ran
@@ -560,9 +615,8 @@ class PhysicalCpu:
     def _idle(self, now: int) -> None:
         """No vCPU may run: all are blocked, paused, or parked at their cap. Wait for the first wake-up;
         a capped vCPU waits out the rest of the accounting period (in host time at this pCPU's speed)."""
-        wakes = [hosted.wake_ns for hosted in self.domains.values()
-                 if hosted.idle and hosted.wake_ns is not None and not hosted.paused]
-        timeout = None if not wakes else max(0.0, (min(wakes) - now) / 1e9)
+        wake_ns = self._next_sleeper()
+        timeout = None if wake_ns is None else max(0.0, (wake_ns - now) / 1e9)
         if any(entity.runnable for entity in self.credit.entities):        # parked at a cap
             ns_per_instruction = self._busy_ns / self._busy_instructions if self._busy_instructions else 50.0
             rest = (self.credit.period - self.credit.period_used) * ns_per_instruction / 1e9

@@ -393,8 +393,9 @@ class Scheduler:
         """When the idle guest next has something to do: a timer, a due key or the end of lingering."""
         domain = self.domain
         wakes = [domain.time.next_deadline()]
-        if self._input_space():
-            wakes.append(self.input.next_due_ns(now))
+        due = self.input.next_due_ns(now)
+        if due is not None and self._input_space():         # the device's space only when input waits
+            wakes.append(due)
         if self._exhausted_at is not None:
             wakes.append(self._exhausted_at + self.linger_ns)
         return min((wake for wake in wakes if wake is not None), default=None)
@@ -439,7 +440,7 @@ class Scheduler:
         now = self._input_clock()
         timeout = None if wake is None else max(0.0, (wake - now) / NS_PER_SECOND)
         descriptor = self.input.fileno()
-        if descriptor is not None:
+        if descriptor is not None and timeout != 0:         # (a wake already due waits for nothing)
             select.select([descriptor], [], [], timeout)
         elif timeout:
             time.sleep(timeout)
