@@ -5,11 +5,11 @@ Owns four measurements against a real `xenrr up` (2 pCPU worker processes) on th
 - replay isolation: one CPU-bound kbdshell recording (`bench N`, virtual clock) replayed in this
   process alone (neighbours paused), alone but pinned (the host's `reserve-core`, and nice -20 where
   allowed: host/pinning.py), beside 3 busy spinpoll neighbours unpinned, and beside them pinned; the
-  four interleaved in every repeat, their order rotated from one repeat to the next; median and stdev
-  of the wall time, the ratio of each to the replay alone, and the replaying thread's CPU time (wall
-  minus CPU time is time the replay waited for its core); the like-for-like ratio the issue's 5 %
-  is read against (pinned beside the neighbours to pinned alone, wall and CPU time); the load average
-  before and after;
+  four interleaved in every repeat (after one warm-up replay), their order rotated from one repeat to
+  the next; median and stdev of the wall time, the ratio of each to the replay alone, and the
+  replaying thread's CPU time (wall minus CPU time is time the replay waited for its core); the
+  like-for-like ratio the issue's 5 % is read against (pinned beside the neighbours to pinned alone,
+  wall and CPU time); the load average before and after;
 - fairness: two busy domains pinned to pCPU 0 with weights 256 and 512, their instructions over one
   window (credit promises 2:1);
 - cap: on pCPU 1 a domain with cap = 25 beside an uncapped one, its share of the pCPU's instructions;
@@ -143,6 +143,7 @@ def _replay_isolation(host: _Host, log: Path, quick: bool) -> dict:
         host.create(name, "spinpoll")
     samples: dict[str, list[tuple[float, float]]] = {scenario: [] for scenario in SCENARIOS}
     load_before = _load_average()
+    _replay_seconds(log, None)              # warm-up: what the first replay in a process pays once
     for repeat in range(REPEATS[quick]):
         # the neighbours paused for the first two, running for the last two; which pair comes first and
         # which of a pair is pinned first turn from one repeat to the next
