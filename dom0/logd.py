@@ -27,6 +27,7 @@ from dom0.logring import (
     CONSUMER_FAILED,
     CONSUMER_FINISHED,
     CONSUMER_STARTING,
+    Backoff,
     LogDaemonError,
     ProducerVanished,
     RingConsumer,
@@ -131,11 +132,12 @@ def _close_quietly(writer: LogWriter) -> None:
 
 
 def _run(ring_name: str, path: str, header_bytes: bytes, block_bytes: int, flush_seconds: float,
-         sync_seconds: float) -> int:
+         sync_seconds: float, doorbell: int | None = None) -> int:
     """The daemon's life: attach to the ring, write the log, report; the exit code."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error (EFBIG), not death
     try:
         ring = RingConsumer(ring_name)
+        ring.doorbell = doorbell
     except RingError as error:
         print(f"xenrr log daemon: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -149,11 +151,13 @@ def _run(ring_name: str, path: str, header_bytes: bytes, block_bytes: int, flush
     return code
 
 
-def _forked(ring_name: str, requests: tuple[int, int], stderr: int, block_bytes: int, flush_seconds: float,
-            sync_seconds: float) -> int:
+def _forked(ring_name: str, requests: tuple[int, int], doorbell: tuple[int, int], stderr: int, block_bytes: int,
+            flush_seconds: float, sync_seconds: float) -> int:
     """The forked daemon: a session of its own (the terminal's ^C and ^Z go to the recorder, which ends
     the stream), no standard input or output, stderr into the recorder's file, then the path and header
-    from the recorder's pipe (path, a nul, the header bytes; nothing: the recorder gave up before it began)."""
+    from the recorder's pipe (path, a nul, the header bytes; nothing: the recorder gave up before it began);
+    the doorbell pipe's read end wakes its waits when the recorder closes the other end (LogDaemon.wait)."""
+    os.close(doorbell[1])
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -165,7 +169,7 @@ def _forked(ring_name: str, requests: tuple[int, int], stderr: int, block_bytes:
     if not request:
         return EXIT_USAGE
     path, _, header_bytes = request.partition(b"\0")
-    return _run(ring_name, os.fsdecode(path), header_bytes, block_bytes, flush_seconds, sync_seconds)
+    return _run(ring_name, os.fsdecode(path), header_bytes, block_bytes, flush_seconds, sync_seconds, doorbell[0])
 
 
 # Daemons that finished their logs and were left to exit (LogDaemon.wait), reaped by the next fork.
@@ -185,13 +189,14 @@ def _reap_exited() -> None:
 class LogDaemon:
     """The recorder's handle on a forked log daemon process."""
 
-    def __init__(self, pid: int, ring: RingProducer, stderr: IO[bytes], requests: int) -> None:
+    def __init__(self, pid: int, ring: RingProducer, stderr: IO[bytes], requests: int, doorbell: int) -> None:
         self.pid = pid
         self._status: int | None = None      # the exit status once reaped (negative: the signal that killed it)
         self._ring = ring
         self._stderr = stderr  # a temporary file: read once the daemon exited, for a crash's last line
         self._stderr_tail = ""
         self._requests: int | None = requests    # the daemon's pipe, until `begin` sends the path and header
+        self._doorbell: int | None = doorbell    # closed once the stream is: wakes the daemon (RingConsumer.doorbell)
 
     def alive(self) -> bool:
         return self._reap(block=False) is None
@@ -208,7 +213,7 @@ class LogDaemon:
         """EXIT_OK once the daemon reports the log finished, its exit status if it exits first (None: neither
         within `timeout`)."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        delay = 20e-6
+        backoff = Backoff()
         while self._reap(block=False) is None:
             if self._ring.consumer_state() == CONSUMER_FINISHED:
                 _exiting.append(self.pid)
@@ -216,8 +221,7 @@ class LogDaemon:
                 return EXIT_OK
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(delay)
-            delay = min(delay * 2, 1e-3)
+            backoff.sleep()
         return self._status
 
     def begin(self, path: str | os.PathLike[str], header: LogHeader, startup_timeout: float = 10.0) -> None:
@@ -239,8 +243,14 @@ class LogDaemon:
         finally:
             self._ring.unlink()
 
+    def _ring_doorbell(self) -> None:
+        if self._doorbell is not None:
+            os.close(self._doorbell)
+            self._doorbell = None
+
     def abandon(self) -> None:
         """The recording will not happen: a daemon that was never begun exits at once."""
+        self._ring_doorbell()
         if self._requests is not None:
             os.close(self._requests)
             self._requests = None
@@ -251,13 +261,15 @@ class LogDaemon:
     def _wait_running(self, startup_timeout: float) -> None:
         ring = self._ring
         deadline = time.monotonic() + startup_timeout
+        backoff = Backoff()
         while ring.consumer_state() == CONSUMER_STARTING and self.alive():
             if time.monotonic() > deadline:
+                self._ring_doorbell()
                 os.kill(self.pid, signal.SIGKILL)
                 self._reap(block=True)
                 self._stderr.close()
                 raise LogDaemonError(f"the log daemon did not start within {startup_timeout:g} s")
-            time.sleep(0.0005)
+            backoff.sleep()
         if ring.consumer_state() == CONSUMER_FAILED or not self.alive():
             self.wait()  # raises LogDaemonError with the daemon's reason
             raise LogDaemonError(f"the log daemon (pid {self.pid}) exited before it started")
@@ -267,6 +279,7 @@ class LogDaemon:
         file is complete and synced - or has exited; LogDaemonError says why if it failed. A daemon that
         finished is not waited for while it exits: its exit (the kernel tearing down a copy of the
         recorder, a few ms) is on nobody's path; it is reaped later (`_reap_exited`)."""
+        self._ring_doorbell()
         code = self._finished_or_exit_code(timeout)
         if code is None:
             raise TimeoutError(f"the log daemon (pid {self.pid}) is still running after {timeout:g} s")
@@ -298,6 +311,7 @@ def fork_log_daemon(
     the domain is built, which it then does not copy - and begin once the header is known."""
     _reap_exited()
     requests_read, requests_write = os.pipe()
+    doorbell_read, doorbell_write = os.pipe()
     stderr = tempfile.TemporaryFile()
     for stream in (sys.stdout, sys.stderr):       # what the recorder buffered is written once, by the recorder
         stream.flush()
@@ -309,14 +323,15 @@ def fork_log_daemon(
     if pid == 0:
         code = EXIT_WRITE_FAILED
         try:
-            code = _forked(ring.name, (requests_read, requests_write), stderr.fileno(), block_bytes, flush_seconds,
-                           sync_seconds)
+            code = _forked(ring.name, (requests_read, requests_write), (doorbell_read, doorbell_write),
+                           stderr.fileno(), block_bytes, flush_seconds, sync_seconds)
         except BaseException:                    # the last line of stderr says why
             traceback.print_exc()
         finally:
             os._exit(code)                       # never the recorder's exit handlers, never its buffers
     os.close(requests_read)
-    return LogDaemon(pid, ring, stderr, requests_write)
+    os.close(doorbell_read)
+    return LogDaemon(pid, ring, stderr, requests_write, doorbell_write)
 
 
 def start_log_daemon(

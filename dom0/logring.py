@@ -28,6 +28,7 @@ counter after the data it covers (see docs/log-format.md, "Memory ordering").
 import mmap
 import os
 import resource
+import select
 import time
 
 from xen.logrecord import BytesLike
@@ -80,15 +81,21 @@ def process_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-class _Backoff:
+class Backoff:
     """Polling sleeps that start short (low latency) and grow to a cap (low idle cost)."""
 
     def __init__(self) -> None:
         self._delay = 20e-6
 
-    def sleep(self) -> None:
-        time.sleep(self._delay)
+    def sleep(self, doorbell: int | None = None) -> bool:
+        """Sleep; with a `doorbell` (a pipe's read end), wake as soon as it is readable. Whether it was."""
+        rung = False
+        if doorbell is None:
+            time.sleep(self._delay)
+        else:
+            rung = bool(select.select([doorbell], [], [], self._delay)[0])
         self._delay = min(self._delay * 2, 2e-3)
+        return rung
 
 
 def _segment_path(name: str) -> str:
@@ -195,7 +202,7 @@ class RingProducer(_RingMemory):
     def _wait_for_room(self, needed: int) -> None:
         words = self._words
         words[_W_PRODUCER_WAITING] = 1
-        backoff = _Backoff()
+        backoff = Backoff()
         started = next_check = time.monotonic()
         try:
             while self.capacity - (self._head - words[_W_TAIL]) < needed:
@@ -281,6 +288,9 @@ class RingConsumer(_RingMemory):
         self._producer_pid = self._words[_W_PRODUCER_PID]
         self._next_liveness_check = 0.0
         self._words[_W_CONSUMER_PID] = os.getpid()
+        # A pipe the producer's side closes once it has closed the stream (dom0/logd.py): a wait then ends at
+        # once instead of at its next poll. Rung once, it is forgotten (EOF stays readable).
+        self.doorbell: int | None = None
 
     def _ranges(self) -> list[tuple[int, int]]:
         """Absolute [start, end) ranges of unreleased data, padding left out, split at lap ends."""
@@ -322,7 +332,7 @@ class RingConsumer(_RingMemory):
         published before is still available.
         """
         deadline = time.monotonic() + timeout
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             closed = self.producer_closed()
             available = self.available()
@@ -335,7 +345,8 @@ class RingConsumer(_RingMemory):
                     raise ProducerVanished(f"the recorder (pid {self._producer_pid}) vanished without closing the log")
             if now >= deadline:
                 return available
-            backoff.sleep()
+            if backoff.sleep(self.doorbell):
+                self.doorbell = None
 
     def views(self, size: int) -> list[memoryview]:
         """The next `size` unreleased bytes in place, as one or two memoryviews (release them)."""
