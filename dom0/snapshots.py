@@ -125,8 +125,7 @@ class SnapshotWriter:
         self._last_time = time.monotonic()
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._write_loop, name="xenrr-snapshots", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None     # started by the first snapshot (most runs are shorter)
 
     def due(self) -> bool:
         """Whether the interval has passed since the last snapshot (or the start)."""
@@ -146,6 +145,9 @@ class SnapshotWriter:
         self._generation = vcpu.new_generation()
         replayer = ReplayerState(self.sink.records, False, self.sink.digests, self.sink.inputs, None)
         state, pages = capture(domain, frames, replayer)       # copies: the domain runs on
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write_loop, name="xenrr-snapshots", daemon=True)
+            self._thread.start()
         self._queue.put((vcpu.icount, self.sink.records, key, frames, state, pages))
         self.taken += 1
         self._last_icount = vcpu.icount
@@ -174,8 +176,9 @@ class SnapshotWriter:
 
     def close(self) -> str | None:
         """Write what is queued and close the file; returns why snapshots stopped being written, if they did."""
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
         try:
             self._file.close()
         except OSError as error:
