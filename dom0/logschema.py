@@ -39,6 +39,8 @@ HEADER_SCHEMA = {
                         "name": {"type": "string", "minLength": 1, "maxLength": 64,
                                  "pattern": "^[A-Za-z0-9_.@-]+$"},
                         "keyboard": {"const": "pv"},
+                        "uuid": {"type": "string",
+                                 "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
                     },
                 },
             },

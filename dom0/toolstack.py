@@ -22,9 +22,9 @@ CONSOLE_LIMIT = 1048576          # libxl's default console log limit
 
 
 def xenstore_config(guest: Path, keyboard: str = "console") -> dict:
-    """The configuration of a new domain's xenstore, as stored in a recording's header: the domain is
-    named after the guest file (characters outside [A-Za-z0-9_.@-] become '_', at most 64); with
-    keyboard "pv" it has a PV keyboard device (xl.cfg `vkb = [ "" ]`)."""
+    """The configuration of a new domain's xenstore, as stored in a recording's header (a domain on a host
+    also has its "uuid"): the domain is named after the guest file (characters outside [A-Za-z0-9_.@-]
+    become '_', at most 64); with keyboard "pv" it has a PV keyboard device (xl.cfg `vkb = [ "" ]`)."""
     name = re.sub(r"[^A-Za-z0-9_.@-]", "_", guest.stem)[:64] or "domain"
     config = {"domid": GUEST_DOMID, "name": name}
     if keyboard == "pv":
@@ -37,17 +37,20 @@ def connect_xenstore(domain: Domain, config: dict) -> Xenstored:
     configured) and introduce the domain to it."""
     domain.domid = config["domid"]
     store = Xenstored(config["domid"])
-    write_domain_tree(store, domain, config["domid"], config["name"])
+    write_domain_tree(store, domain, config["domid"], config["name"], config.get("uuid"))
     domain.connect_xenstore(store)
     if config.get("keyboard") == "pv":
         domain.connect_keyboard(VkbdBackend(domain, store))
     return store
 
 
-def write_domain_tree(store: Xenstored, domain: Domain, domid: int, name: str) -> None:
+def write_domain_tree(store: Xenstored, domain: Domain, domid: int, name: str,
+                      vm_uuid: str | None = None) -> None:
+    """The tree of domain `domid`; its /vm/<uuid> is `vm_uuid` (a host gives each domain its own, as libxl
+    does), else one made from the image's hash (a lone domain's)."""
     image = domain.image
     home = f"/local/domain/{domid}"
-    vm_uuid = str(uuid.UUID(image.image_sha256[:32], version=4))
+    vm_uuid = vm_uuid or str(uuid.UUID(image.image_sha256[:32], version=4))
     vm_path = f"/vm/{vm_uuid}"
     none: Perms = (("n", DOM0),)
     read_only: Perms = (("n", DOM0), ("r", domid))      # libxl's roperm

@@ -28,6 +28,7 @@ import os
 import selectors
 import signal
 import socket
+import uuid
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -232,6 +233,7 @@ class Hypervisor:
         if record is not None and not isinstance(record, str):
             raise ControlError("record wants the path of the log to write")
         result = self._call(worker, {"op": "create", "config": config, "domid": domid, "record": record,
+                                     "uuid": str(uuid.uuid4()),      # /vm/<uuid>: each domain its own, as libxl
                                      "xenstore": self.xenstore.snapshot()})
         if "error" in result:
             del self.domains[config.name]

@@ -113,7 +113,7 @@ class HostedDomain:
     """One domain on this pCPU: its Domain, its live Scheduler run in quanta, its credit entity."""
 
     def __init__(self, config: DomainConfig, domid: int, send_console, record: Path | None = None,
-                 moved: dict | None = None, shared_store: Sequence[bytes] = (),
+                 moved: dict | None = None, shared_store: Sequence[bytes] = (), vm_uuid: str | None = None,
                  report_recording=lambda name, summary: None) -> None:
         """`report_recording(name, summary)` is told when a recording of this domain ends."""
         self.config = config
@@ -129,7 +129,8 @@ class HostedDomain:
         def output(data: bytes) -> None:
             send_console(config.name, data)
         self.domain = Domain(image, vcpus=config.vcpus, console_output=output, hypervisor_console=output)
-        self.xenstore = {"domid": domid, "name": config.name}
+        self.vm_uuid = moved["uuid"] if moved is not None else vm_uuid
+        self.xenstore = {"domid": domid, "name": config.name, **({"uuid": self.vm_uuid} if self.vm_uuid else {})}
         self.store = connect_xenstore(self.domain, self.xenstore)
         # Frames written from here on are those that may differ from the freshly built domain's: what a
         # recording that starts later must carry (`start_recording`).
@@ -190,7 +191,7 @@ class HostedDomain:
         return {"cpu": vcpu.save_cpu(), "memory": vcpu.memory_image(), "domain": self.domain.save_state(),
                 "scheduler": self.scheduler.save_state(), "keys": self.input.take(0, len(self.input)),
                 "paused": self.paused, "idle": self.idle, "wake_ns": self.wake_ns, "affinity": self.affinity,
-                "weight": self.entity.weight, "cap": self.entity.cap}
+                "weight": self.entity.weight, "cap": self.entity.cap, "uuid": self.vm_uuid}
 
     def _arrive(self, moved: dict) -> None:
         """Become the domain another worker's `leave` described (this one is freshly built from the
@@ -420,7 +421,8 @@ class PhysicalCpu:
         config: DomainConfig = request["config"]
         record = request.get("record")
         hosted = HostedDomain(config, request["domid"], self.send_console, None if record is None else Path(record),
-                              shared_store=request.get("xenstore", ()), report_recording=self.report_recording)
+                              shared_store=request.get("xenstore", ()), vm_uuid=request.get("uuid"),
+                              report_recording=self.report_recording)
         self.domains[config.name] = hosted
         self.credit.add(hosted.entity)
         self._send_outbox(hosted)
@@ -557,7 +559,8 @@ class PhysicalCpu:
             return
         self._remove(hosted, why, tell=action == "destroy")
         if action == "restart":           # the same name and domid, built again (not recorded again)
-            self.op_create({"config": hosted.config, "domid": hosted.domid, "xenstore": hosted.shared_store()})
+            self.op_create({"config": hosted.config, "domid": hosted.domid, "xenstore": hosted.shared_store(),
+                            "uuid": hosted.vm_uuid})
 
     def _wait(self, timeout: float | None) -> None:
         """Nothing to run: wait for a request (console input comes as one) or `timeout` seconds."""

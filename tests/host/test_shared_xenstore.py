@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from tests.conftest import run_xenrr
+from dom0.logfile import LogHeader, LogReader
+from tests.conftest import run_xenrr, write_log
 
 pytestmark = pytest.mark.slow
 SHARED = "/local/domain/1/data/shared"
@@ -55,11 +56,14 @@ def test_a_write_by_one_domain_fires_the_watch_of_another_and_the_recorded_one_r
     assert "events" in typed("b", "xs events")
 
     # a destroyed mid-flight: its nodes go from every replica, and b's watch fires for the removal.
+    vm_of_b = typed("b", "xs read vm").strip()
+    assert vm_of_b.startswith("/vm/") and typed("a", "xs read vm").strip() != vm_of_b      # libxl: a uuid each
     assert typed("a", "xs write data/shared last") == "ok\n"
     assert host.xenrr("destroy", "a").status == 0
     host.wait_for(lambda: typed("b", f"xs read {SHARED}") == "error: EACCES\n", "a's nodes to go")
     assert typed("b", "xs events") == f"event {SHARED}\nevent {SHARED}\nevents 2\n"     # 'last', the removal
     assert typed("c", f"xs read {SHARED}") == "error: EACCES\n"
+    assert typed("b", f"xs read {vm_of_b}/name") == "b\n"                   # b's /vm stays
     recorded = host.console_until("b", b"\nend\r", 1, typed=b"echo end\rhalt\r").decode()
     host.wait_for(lambda: "b" not in host.domains(), "b to power off")
 
@@ -74,9 +78,21 @@ def test_a_write_by_one_domain_fires_the_watch_of_another_and_the_recorded_one_r
     assert any("write /local/domain/3/domid = '3'" in c["detail"] for c in changes)    # c's toolstack nodes
     assert any("d0 rm /local/domain/1" in c["detail"] for c in changes)                # a's, when it went
     assert all("secret" not in c["detail"] or "private" in c["detail"] for c in changes)
+    world = next(c["event"] for c in changes if c["detail"].endswith(f"write {SHARED} = 'world'"))
+    for at, value in ((world, "hello"), (world + 1, "world")):     # the replicated node, at its event
+        listed = run_xenrr("xenstore-ls", log, "--at", str(at), "-p")
+        assert listed.status == 0 and f'\n    shared = "{value}"  (n1,r2,r3)\n' in listed.stdout, listed.stdout
     replay = run_xenrr("replay", log, "--json")
     summary = json.loads(replay.stdout)
     assert replay.status == 0 and summary["verified"] and summary["complete"], replay.stderr
     shown_again = run_xenrr("replay", log).stdout.replace("\r\n", "\n")
     assert "world\n" in shown_again and f"event {SHARED}\nevent {SHARED}\nevents 2\n" in shown_again
     assert recorded.replace("\r\n", "\n").split("> echo end")[0][-300:] in shown_again
+
+    with LogReader(log) as reader:          # the header names b's /vm uuid; a garbled one is refused in one line
+        header, records = reader.header, [record._replace(payload=bytes(record.payload)) for record in reader.records()]
+    assert f"/vm/{header.config['xenstore']['uuid']}" == vm_of_b
+    edited = write_log(tmp_path / "garbled.xrr", LogHeader(header.image_sha256, {
+        **header.config, "xenstore": {**header.config["xenstore"], "uuid": "../../x"}}, header.initial_state), records)
+    refused = run_xenrr("replay", edited, "--quiet")
+    assert refused.status == 2 and refused.stderr.startswith("xenrr: error: ") and refused.stderr.count("\n") == 1
