@@ -3,7 +3,8 @@
 Owns the segments of a recording (segment 0 from the start to the first usable stored snapshot,
 segment k from stored snapshot k-1 to stored snapshot k, the last one to the end of the log), verifying
 one segment in this process (`verify_segment`: the `xenrr replay --segment K` unit), running the units
-as child processes N at a time (`xenrr replay --jobs N`; dom0/batch.py runs the same units on Dask),
+in N forked workers at once (`SegmentWorkers`, `xenrr replay --jobs N`) or as `replay --segment` processes
+(`run_segment_unit`: dom0/batch.py runs those on Dask),
 and merging their summaries into the one `xenrr replay --json` gives.
 
 A segment starts from its stored snapshot, which is checked against the state digest logged at its
