@@ -20,7 +20,7 @@ Owns three measurements on kbdshell running `bench N` under the virtual clock (o
   the same command through a fork server (dom0/forkserver.py: the client's start, a forked child with
   everything imported and an engine ready), extrapolated the same way;
 - parallel verification: `xenrr replay --jobs 1` against `--jobs 2` (forked workers), median wall times and
-  the ratio.
+  the ratio, as fresh processes and through the fork server.
 Invariant: every timing is a median of runs made side by side in one run of the benchmark.
 """
 from __future__ import annotations
@@ -155,10 +155,12 @@ def run(quick: bool) -> dict:
         session_typical = statistics.median(goto["session_seconds_with_snapshots"] for goto in gotos)
         session_worst = max(goto["session_seconds_with_snapshots"] for goto in gotos)
 
-        jobs = {}
+        jobs, served_jobs = {}, {}
         for n in (1, 2):
             jobs[n] = statistics.median(_cli_seconds("replay", "--quiet", "--jobs", str(n), str(log))
                                         for _ in range(repeats))
+            served_jobs[n] = statistics.median(_served_seconds(environment, "replay", "--quiet", "--jobs", str(n),
+                                                               str(log)) for _ in range(repeats))
         full = statistics.median(_cli_seconds("replay", "--quiet", str(log)) for _ in range(repeats))
     return {
         "instructions": instructions, "snapshot_every": every, "snapshots": count,
@@ -178,6 +180,8 @@ def run(quick: bool) -> dict:
         "goto_session_1e11_extrapolated_worst_seconds": round(session_worst + extra_headers * per_header, 3),
         "replay_seconds": round(full, 3), "replay_jobs_1_seconds": round(jobs[1], 3),
         "replay_jobs_2_seconds": round(jobs[2], 3), "jobs_speedup": round(jobs[1] / jobs[2], 3),
+        "served_replay_jobs_1_seconds": round(served_jobs[1], 3), "served_replay_jobs_2_seconds": round(served_jobs[2], 3),
+        "served_jobs_speedup": round(served_jobs[1] / served_jobs[2], 3),
     }
 
 
@@ -207,5 +211,7 @@ def table(results: dict) -> str:
               f"{results['goto_session_1e11_extrapolated_worst_seconds']:.3f} s worst "
               f"({results['index_seconds_per_snapshot'] * 1e6:.1f} us to index each snapshot)",
               f"replay {results['replay_seconds']:.3f} s; --jobs 1 {results['replay_jobs_1_seconds']:.3f} s, --jobs 2 "
-              f"{results['replay_jobs_2_seconds']:.3f} s: speed-up {results['jobs_speedup']:.2f}"]
+              f"{results['replay_jobs_2_seconds']:.3f} s: speed-up {results['jobs_speedup']:.2f}; through the fork "
+              f"server --jobs 1 {results['served_replay_jobs_1_seconds']:.3f} s, --jobs 2 "
+              f"{results['served_replay_jobs_2_seconds']:.3f} s: speed-up {results['served_jobs_speedup']:.2f}"]
     return "\n".join(lines)
