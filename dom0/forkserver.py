@@ -464,9 +464,12 @@ def _start(idle: float) -> int:
         _ask({"op": "stop"})
     _private_socket_directory(socket_path())
     os.environ["XENRR_SERVER_IDLE"] = repr(idle)
-    start_server_in_background()
+    process = start_server_in_background()
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
+        if process.poll() is not None and process.returncode != 0:
+            raise ServerCommandError(f"the server exited as it started (status {process.returncode}); "
+                                     f"`python -m dom0.forkserver` in a terminal shows why")
         answer = _ask({"op": "status"})
         if answer is not None and answer["fingerprint"]:
             print(f"xenrr server started: pid {answer['pid']} at {socket_path()}, exits after {idle:g} s idle"

@@ -154,10 +154,10 @@ def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, 
     return message, fds
 
 
-def start_server_in_background() -> None:
-    """Start a server detached from this terminal and session (it exits on its own when idle)."""
+def start_server_in_background():
+    """Start a server detached from this terminal and session (it exits on its own when idle); its Popen."""
     import subprocess
-    subprocess.Popen([sys.executable, "-m", "dom0.forkserver"], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "dom0.forkserver"], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      close_fds=True, cwd="/")
 

@@ -7,10 +7,12 @@ runs xenrr in-process (`-m dom0.cli`, and XENRR_SERVER=off from conftest); these
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -213,3 +215,36 @@ def test_a_socket_directory_others_may_enter_is_never_used(tmp_path, minimal_elf
     ran = _xenrr({**environment, "XENRR_SERVER": "auto"}, "run", minimal_elf, "--keys", r"hi\r", "--clock", "virtual")
     assert ran.returncode == 0 and "read 'hi'" in ran.stdout
     assert not (directory / "server.sock").exists()
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def test_a_terminal_left_raw_by_a_dead_command_is_restored(server, kbdshell_elf):
+    """An interactive run puts the client's terminal in raw mode (from the server's child); when that child
+    dies without restoring it (SIGKILL), the client puts the terminal back as it was, and says how the
+    command ended in its status (128 + 9)."""
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    client = subprocess.Popen([sys.executable, "-m", "dom0.launch", "run", str(kbdshell_elf)], cwd=ROOT, env=server,
+                              stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    shown = b""
+    while b"kbdshell ready" not in shown:
+        shown += os.read(controller, 4096)
+    assert termios.tcgetattr(terminal) != before          # raw, set by the server's child
+    [command] = _children_of(_server_pid(server))
+    os.kill(command, signal.SIGKILL)
+    assert client.wait(timeout=60) == 128 + signal.SIGKILL
+    assert termios.tcgetattr(terminal) == before
+    os.close(terminal)
+    os.close(controller)
