@@ -421,7 +421,7 @@ def add_server_commands(subparsers: argparse._SubParsersAction) -> None:
                     "skips ~0.15 s of start-up. By default (XENRR_SERVER=auto) the first such command starts it "
                     "in the background; it exits after --idle seconds without a command, and when xenrr's code "
                     "changes it is replaced. XENRR_SERVER=manual uses it only once started here; XENRR_SERVER=off "
-                    "never. Its socket is private to this user (docs/architecture.md, \"Fork server\").")
+                    "never. Its socket is private to this user (docs/architecture.md, \"Start-up: the fork server\").")
     actions = server.add_subparsers(dest="server_action", metavar="ACTION", required=True)
     start = actions.add_parser("start", help="start a server (or say that one runs)")
     start.add_argument("--idle", metavar="SECONDS", type=float, default=_default_idle(),
