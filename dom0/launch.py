@@ -190,6 +190,7 @@ def run_through_server(argv: list[str]) -> int | None:
         if chosen == "auto" and (not os.path.exists(path) or private_directory(path)):
             start_server_in_background()
         return None
+    terminal = _terminal_mode()         # before the child can change it
     try:
         try:
             send_message(connection, {"op": "run", "fingerprint": code_fingerprint(), "argv": argv,
@@ -202,13 +203,14 @@ def run_through_server(argv: list[str]) -> int | None:
                 start_server_in_background()      # the stale one has let go of the socket already
             return None
         connection.settimeout(None)
-        return _wait_for(connection, answer["started"])
+        return _wait_for(connection, answer["started"], terminal)
     finally:
         connection.close()
 
 
-def _wait_for(connection: socket.socket, child: int) -> int:
-    """Relay signals to the child until the server reports its exit status; the terminal as it was."""
+def _wait_for(connection: socket.socket, child: int, terminal) -> int:
+    """Relay signals to the child until the server reports its exit status; the terminal as it was
+    (`terminal`: its mode before the request, None if stdin is no terminal)."""
     def relay(number, frame):
         try:
             os.kill(child, number)
@@ -221,7 +223,6 @@ def _wait_for(connection: socket.socket, child: int) -> int:
         os.kill(os.getpid(), signal.SIGTSTP)
         signal.signal(signal.SIGTSTP, stop)
 
-    terminal = _terminal_mode()
     previous = {number: signal.signal(number, relay) for number in _RELAYED}
     previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, stop)
     try:
