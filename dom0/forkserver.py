@@ -58,6 +58,7 @@ class ForkServer:
         self.lock: int | None = lock
         self.children: dict[int, socket.socket] = {}
         self.served = 0                 # commands started so far
+        self.children_cpu_seconds = 0.0   # CPU time of the commands that ended (`xenrr server status`, benchmarks)
         self.waiting: set[socket.socket] = set()    # connections watched for their client going away
         self.started = time.monotonic()
         self.last_active = time.monotonic()
@@ -122,11 +123,12 @@ class ForkServer:
             self.let_go()
         while self.children:
             try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                pid, wait_status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            self.children_cpu_seconds += usage.ru_utime + usage.ru_stime
             connection = self.children.pop(pid, None)
             self.last_active = time.monotonic()
             if connection is None:
@@ -194,7 +196,8 @@ class ForkServer:
         op = request.get("op")
         if op == "status":
             send_message(connection, {"pid": os.getpid(), "fingerprint": request.get("fingerprint") == self.fingerprint,
-                                      "running": len(self.children), "served": self.served, "idle_seconds": self.idle_seconds,
+                                      "running": len(self.children), "served": self.served,
+                                      "cpu_seconds": self.children_cpu_seconds, "idle_seconds": self.idle_seconds,
                                       "uptime": time.monotonic() - self.started, "path": self.path})
         elif op == "stop":
             send_message(connection, {"pid": os.getpid(), "running": len(self.children)})
@@ -439,7 +442,7 @@ def command_server(args: argparse.Namespace) -> int:
             return 3
         code = "this code" if answer["fingerprint"] else "other code (it is replaced at the next command)"
         print(f"xenrr server pid {answer['pid']} at {path}: {code}, {answer['running']} running, "
-              f"{answer['served']} served, up "
+              f"{answer['served']} served ({answer['cpu_seconds']:.2f} s of CPU), up "
               f"{answer['uptime']:.0f} s, exits after {answer['idle_seconds']:g} s idle (XENRR_SERVER={mode()})")
         return 0
     if args.server_action == "stop":
