@@ -1,18 +1,20 @@
 """The host's one xenstore: what a domain writes another may read (as its permissions say,
 docs/misc/xenstore.txt) reaches the other domain's replica as a `xenstore-change` input, fires its
 watches, is logged at its instruction count when that domain is recorded, and replays from the log
-alone. A domain created later starts from the store as it is; a destroyed domain's nodes go (as
+alone. A domain created later starts from the store as it is (and a recording of it started while it runs
+carries its replica); a destroyed domain's nodes go (as
 libxl removes them); a write the other domain may not read never shows; a flood of writes is sent
 on at most once per quantum."""
 from __future__ import annotations
 
 import json
-import re
+import subprocess
+import sys
 
 import pytest
 
 from dom0.logfile import LogHeader, LogReader
-from tests.conftest import run_xenrr, write_log
+from tests.conftest import ROOT, run_xenrr, write_log
 
 pytestmark = pytest.mark.slow
 SHARED = "/local/domain/1/data/shared"
@@ -51,6 +53,12 @@ def test_a_write_by_one_domain_fires_the_watch_of_another_and_the_recorded_one_r
     assert typed("c", f"xs read {SHARED}") == "world\n"
     assert typed("c", "xs read /local/domain/2/name") == "error: EACCES\n"       # b's home is b's (libxl's roperm)
     assert typed("c", "xs read domid") == "3\n"
+    # c recorded from now on (`xenrr record c`): its log starts with its replica, a's node in it.
+    log_of_c = tmp_path / "c.xrr"
+    recording_c = subprocess.Popen([sys.executable, "-m", "dom0.cli", "record", "c", "-o", str(log_of_c), "--socket",
+                                    str(host.socket)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+    assert "recording c from instruction" in recording_c.stderr.readline().decode()
 
     # A flood: 200 writes typed at once, sent on at most once per quantum of a; b stays responsive.
     assert typed("a", *[f"xs write data/shared {n}" for n in range(200)]).count("ok\n") == 200
@@ -65,6 +73,13 @@ def test_a_write_by_one_domain_fires_the_watch_of_another_and_the_recorded_one_r
     host.wait_for(lambda: typed("b", f"xs read {SHARED}") == "error: EACCES\n", "a's nodes to go")
     assert typed("b", "xs events") == f"event {SHARED}\nevent {SHARED}\nevents 2\n"     # 'last', the removal
     assert typed("c", f"xs read {SHARED}") == "error: EACCES\n"
+    assert host.xenrr("destroy", "c").status == 0
+    _, said = recording_c.communicate(timeout=120)
+    assert recording_c.returncode == 3 and "domain c destroyed" in said.decode()     # as `xenrr record` says it
+    at_start = run_xenrr("xenstore-ls", log_of_c, "--at", "1")
+    assert at_start.status == 0 and '\n    shared = "world"\n' in at_start.stdout, at_start.stdout
+    replayed_c = run_xenrr("replay", log_of_c, "--json")
+    assert replayed_c.status == 0 and json.loads(replayed_c.stdout)["verified"], replayed_c.stderr
     assert typed("b", f"xs read {vm_of_b}/name") == "b\n"                   # b's /vm stays
     recorded = host.console_until("b", b"\nend\r", 1, typed=b"echo end\r").decode()
     assert host.xenrr("console", "b", stdin=b"halt\r").status == 0        # typed, then detached (end of input)
