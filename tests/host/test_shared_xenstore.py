@@ -1,10 +1,9 @@
 """The host's one xenstore: what a domain writes another may read (as its permissions say,
 docs/misc/xenstore.txt) reaches the other domain's replica as a `xenstore-change` input, fires its
 watches, is logged at its instruction count when that domain is recorded, and replays from the log
-alone. A domain created later starts from the store as it is (and a recording of it started while it runs
-carries its replica); a destroyed domain's nodes go (as
-libxl removes them); a write the other domain may not read never shows; a flood of writes is sent
-on at most once per quantum."""
+alone. A domain created later starts from the store as it is (and a recording of it started while it
+runs carries its replica); a destroyed domain's nodes go (as libxl removes them); a write the other
+domain may not read never shows; a flood of writes is sent on at most once per quantum."""
 from __future__ import annotations
 
 import json
