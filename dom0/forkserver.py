@@ -33,8 +33,8 @@ import sys
 import time
 import traceback
 
-from dom0.launch import (DEFAULT_IDLE_SECONDS, SERVED, code_fingerprint, mode, private_directory, receive_message,
-                         relevant_environment, send_message, socket_path, start_server_in_background)
+from dom0.launch import (DEFAULT_IDLE_SECONDS, SERVED, MessageTooLong, code_fingerprint, mode, private_directory,
+                         receive_message, relevant_environment, send_message, socket_path, start_server_in_background)
 
 MAX_CHILDREN = 32               # commands running at once; one more is answered "busy" (it runs in its client)
 REQUEST_TIMEOUT_SECONDS = 2.0   # a client sends its request at once; one that does not is dropped
@@ -178,11 +178,10 @@ class ForkServer:
                 request, fds = receive_message(connection, max_fds=3)
                 self._answer(connection, request, fds)
                 return
+        except MessageTooLong:               # the client runs it itself
+            self._answer_quietly(connection, {"reason": "too long"})
         except ValueError:                   # a request it cannot read: a client of other code
-            try:
-                send_message(connection, {"reason": "stale"})
-            except OSError:
-                pass
+            self._answer_quietly(connection, {"reason": "stale"})
             self.let_go()
         except OSError:
             pass
@@ -190,6 +189,13 @@ class ForkServer:
             for fd in fds:
                 os.close(fd)
         connection.close()
+
+    @staticmethod
+    def _answer_quietly(connection: socket.socket, answer: dict) -> None:
+        try:
+            send_message(connection, answer)
+        except OSError:
+            pass
 
     def _answer(self, connection: socket.socket, request: dict, fds: list[int]) -> None:
         """Answer one request; a connection kept for a started command is registered, others closed."""

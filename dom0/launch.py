@@ -112,6 +112,10 @@ def relevant_environment(environment: dict[str, str]) -> dict[str, str]:
             if (name.startswith(_ENVIRONMENT_PREFIXES) or name == "LANG") and name not in _ENVIRONMENT_IGNORED}
 
 
+class MessageTooLong(ValueError):
+    """A message longer than MAX_REQUEST_BYTES (an environment of megabytes): not read."""
+
+
 def send_message(connection: socket.socket, message: dict, fds: list[int] = ()) -> None:
     """One message (a dict of plain values), length-prefixed, in marshal's format: a built-in module, where
     json would import `re` into every client. Only a peer of the same user (the socket's directory and
@@ -144,7 +148,7 @@ def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, 
         if len(buffer) >= _LENGTH_BYTES:
             length = int.from_bytes(buffer[:_LENGTH_BYTES], "big")
             if length > MAX_REQUEST_BYTES:
-                raise ValueError("request too long")
+                raise MessageTooLong(f"a message of {length} bytes (at most {MAX_REQUEST_BYTES})")
     try:
         message = marshal.loads(buffer[_LENGTH_BYTES:_LENGTH_BYTES + length])
     except (EOFError, TypeError) as error:

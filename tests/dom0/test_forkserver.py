@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0.launch import receive_message, send_message
+from dom0.launch import MAX_REQUEST_BYTES, receive_message, send_message
 from dom0.logfile import LogReader
 from tests.conftest import ROOT
 
@@ -127,6 +127,12 @@ def test_statuses_errors_and_input_pass_through(server, tmp_path, minimal_elf):
     assert typed.returncode == 0, typed.stderr
     assert "read 'typed on stdin'" in typed.stdout
     assert _served(server) == 3
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)     # a request too long to read: refused
+    connection.connect(server["XENRR_SERVER_SOCKET"])
+    connection.sendall((MAX_REQUEST_BYTES + 1).to_bytes(4, "big") + b"x" * 1000)
+    assert receive_message(connection)[0] == {"reason": "too long"}
+    connection.close()
+    assert _served(server) == 3                   # and the server goes on
 
 
 def test_signals_reach_the_command_and_a_lost_client_ends_it(server, kbdshell_elf):
