@@ -116,7 +116,7 @@ class MessageTooLong(ValueError):
     """A message longer than MAX_REQUEST_BYTES (an environment of megabytes): not read."""
 
 
-def send_message(connection: socket.socket, message: dict, fds: list[int] = ()) -> None:
+def send_message(connection: socket.socket, message: dict, fds: tuple[int, ...] = ()) -> None:
     """One message (a dict of plain values), length-prefixed, in marshal's format: a built-in module, where
     json would import `re` into every client. Only a peer of the same user (the socket's directory and
     SO_PEERCRED) is ever read."""
@@ -162,8 +162,8 @@ def start_server_in_background():
     """Start a server detached from this terminal and session (it exits on its own when idle); its Popen."""
     import subprocess
     return subprocess.Popen([sys.executable, "-m", "dom0.forkserver"], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                     close_fds=True, cwd="/")
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            close_fds=True, cwd="/")
 
 
 def _connect(path: str) -> socket.socket | None:
@@ -198,7 +198,7 @@ def run_through_server(argv: list[str]) -> int | None:
     try:
         try:
             send_message(connection, {"op": "run", "fingerprint": code_fingerprint(), "argv": argv,
-                                      "cwd": os.getcwd(), "environment": dict(os.environ)}, [0, 1, 2])
+                                      "cwd": os.getcwd(), "environment": dict(os.environ)}, (0, 1, 2))
             answer, _ = receive_message(connection)
         except (OSError, ValueError):
             return None
@@ -266,7 +266,11 @@ def _restore_terminal(saved) -> None:
 
 def program() -> int:
     """The `xenrr` console script: through a server when one can run the command, else `dom0.cli`."""
-    status = run_through_server(sys.argv[1:])
+    try:
+        status = run_through_server(sys.argv[1:])
+    except KeyboardInterrupt:           # before the command started (once it has, the child gets Ctrl-C)
+        print("xenrr: interrupted", file=sys.stderr)
+        return 130                      # dom0.cli.EXIT_INTERRUPTED, without importing it
     if status is not None:
         return status
     from dom0.cli import program as in_process

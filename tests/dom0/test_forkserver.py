@@ -183,7 +183,7 @@ def test_stale_code_other_environment_and_no_server_run_in_process(server, tmp_p
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         connection.connect(server["XENRR_SERVER_SOCKET"])
         if isinstance(request, dict):
-            send_message(connection, request, [0, 1, 2])
+            send_message(connection, request, (0, 1, 2))
         else:
             connection.sendall(len(request).to_bytes(4, "big") + request)
         assert receive_message(connection)[0] == {"reason": "stale"}
