@@ -193,3 +193,20 @@ def test_removing_a_home_the_watcher_may_not_read_fires_its_watch_on_a_node_belo
     b.store.apply_change(XenstoreChange(0, (XenstoreOp("rm", "/local/domain/1"),)))
     assert b.watch_events() == ["/local/domain/1/data/shared"]
     assert b.request(abi.XS_READ, "/local/domain/1/data/shared") == "error EACCES"
+
+
+def test_a_refused_request_sends_nothing_to_the_other_replicas():
+    """An oversized value (over C xenstored's 2048-byte quota), a write where the writer may not, a node
+    in someone else's home: refused at the writer (ENOSPC, EACCES) and never sent on."""
+    a = Replica(1)
+    a.store.mkdir("/local/domain/1/data", (("n", 1),))
+    a.store.mkdir("/local/domain/2", (("n", 0), ("r", 2)))
+    a.sent.clear()
+    assert a.request(abi.XS_WRITE, b"data/big\0" + bytes(2049)) == "error ENOSPC"
+    assert a.request(abi.XS_WRITE, b"/local/domain/2/x\0v") == "error EACCES"
+    assert a.request(abi.XS_RM, "/local/domain/2") == "error EACCES"
+    assert a.request(abi.XS_SET_PERMS, "/local/domain/2", "n1") == "error EACCES"
+    tx = a.request(abi.XS_TRANSACTION_START, "")
+    assert a.request(abi.XS_WRITE, b"/local/domain/2/x\0v", tx=int(tx)) == "error EACCES"
+    assert a.request(abi.XS_TRANSACTION_END, "T", tx=int(tx)) == "OK"
+    assert a.sent == []

@@ -48,10 +48,13 @@ def test_a_write_by_one_domain_fires_the_watch_of_another_and_the_recorded_one_r
     assert typed("b", f"xs write {SHARED} mine") == "error: EACCES\n"               # read-only for b
 
     # A domain created now starts from the store as it is: a's node, readable by it, before it runs.
-    assert host.xenrr("create", host.config("c", guest="kbdshell", cpus="0", memory=4)).status == 0
+    assert host.xenrr("create", host.config("c", guest="kbdshell", cpus="0", memory=4,
+                                            on_poweroff="restart")).status == 0
     assert typed("c", f"xs read {SHARED}") == "world\n"
     assert typed("c", "xs read /local/domain/2/name") == "error: EACCES\n"       # b's home is b's (libxl's roperm)
     assert typed("c", "xs read domid") == "3\n"
+    host.console_until("c", b"kbdshell ready", 2, typed=b"halt\r")     # c powers off and is built again...
+    assert typed("c", f"xs read {SHARED}", "xs read domid") == "world\n> xs read domid\n3\n"     # ...from the store
     # c recorded from now on (`xenrr record c`): its log starts with its replica, a's node in it.
     log_of_c = tmp_path / "c.xrr"
     recording_c = subprocess.Popen([sys.executable, "-m", "dom0.cli", "record", "c", "-o", str(log_of_c), "--socket",
