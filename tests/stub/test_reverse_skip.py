@@ -22,7 +22,9 @@ from stub.timeline import SEGMENTS_PER_CHECKPOINT, Timeline
 from xen.replay import Mark
 from xen.vcpu import PAGE_SIZE
 
-KEYS = r"calc ((((((((((1+2))))))))))*3\rbench 300000\recho done\rhalt\r"
+# calc nested as deep as a line allows (64 characters): its deepest frames reach below the page that holds the
+# top of the stack (which every call writes) whatever the stack top's offset in its page.
+KEYS = "calc " + "(" * 27 + "1+2" + ")" * 27 + r"*3\rbench 300000\recho done\rhalt\r"
 INTERVAL = 50_000
 
 
@@ -31,11 +33,15 @@ def recording(recorder, kbdshell_elf) -> Path:
     return recorder(kbdshell_elf, "--clock", "virtual", "--memory", "2", "--keys", KEYS).path
 
 
+def _symbol(elf: Path, name: str) -> int:
+    with elf.open("rb") as file:
+        [symbol] = ELFFile(file).get_section_by_name(".symtab").get_symbol_by_name(name)
+        return symbol["st_value"]
+
+
 @pytest.fixture(scope="module")
 def stack_bottom(kbdshell_elf) -> int:
-    with kbdshell_elf.open("rb") as file:
-        [symbol] = ELFFile(file).get_section_by_name(".symtab").get_symbol_by_name("boot_stack")
-        return symbol["st_value"]
+    return _symbol(kbdshell_elf, "boot_stack")
 
 
 def deepest_stack_word(timeline: Timeline, stack_bottom: int) -> int:
@@ -63,12 +69,15 @@ def forward_hits(recording: Path, watch: tuple[int, int, str] | None = None,
     return hits
 
 
-def test_write_watch_reverse_continue_skips_segments_that_did_not_write_its_page(recording, stack_bottom):
+def test_write_watch_reverse_continue_skips_segments_that_did_not_write_its_page(recording, stack_bottom,
+                                                                                kbdshell_elf):
     timeline = Timeline(ReplaySession(recording), checkpoint_interval=INTERVAL, max_checkpoints=8)
     end = timeline.cont().mark
     watch = (deepest_stack_word(timeline, stack_bottom), 8, "w")
     expected = forward_hits(recording, watch=watch)
     assert expected and end.icount - expected[-1].icount > 2_000_000      # bench ran long after calc
+    top_page = (_symbol(kbdshell_elf, "boot_stack_top") - 1) // PAGE_SIZE
+    assert watch[0] // PAGE_SIZE < top_page, "calc's frames stayed in the page of the stack's top (every call writes it)"
     timeline.add_watchpoint(*watch)
     scanned = timeline.instructions_scanned
     stop = timeline.reverse_cont()
