@@ -200,7 +200,7 @@ def test_auto_mode_starts_a_server_that_goes_when_idle(tmp_path, minimal_elf):
     """XENRR_SERVER=auto: the first served command runs in-process and starts a server in the background;
     the next one is run by it; the server exits by itself after its idle time."""
     directory = tmp_path / "run"
-    environment = _environment(directory, mode="auto", XENRR_SERVER_IDLE="2")
+    environment = _environment(directory, mode="auto", XENRR_SERVER_IDLE="4")
     arguments = ("run", minimal_elf, "--keys", r"hello\r", "--clock", "virtual")
     directory.mkdir(mode=0o700)
     first = _xenrr(environment, *arguments)
