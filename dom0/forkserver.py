@@ -352,8 +352,11 @@ def _lock(path: str) -> int | None:
 
 def _warm_up() -> None:
     """Everything a served command imports (the libraries commands load on first use too: a replay's
-    header check, a watch trap's disassembler, a progress bar), then its first engine; frozen out of the
-    collector so the children share these pages instead of copying them when they collect."""
+    header check, a watch trap's disassembler, a progress bar, `replay --jobs`'s workers), then its first
+    engine; frozen out of the collector so the children share these pages instead of copying them when
+    they collect."""
+    import multiprocessing.connection  # noqa: F401
+
     import capstone  # noqa: F401
     import jsonschema  # noqa: F401
     import tqdm  # noqa: F401
