@@ -56,8 +56,10 @@ def kbdshell_image(kbdshell_elf) -> bytes:
 
 @pytest.fixture(scope="module")
 def cpu_hog():
-    """A process that burns a core while running; stopped (SIGSTOP) until an example continues it."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that burns a core while running; stopped (SIGSTOP) until an example continues it. It ends
+    by itself when pytest does (its parent changes), also when pytest is killed before the fixture ends."""
+    burn_while_parent_lives = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    process = subprocess.Popen([sys.executable, "-c", burn_while_parent_lives])
     process.send_signal(signal.SIGSTOP)
     yield process
     process.kill()
