@@ -61,7 +61,8 @@ def test_replay_reproduces_the_recorded_console_and_verifies_every_digest(xenrr,
     assert json.loads(summary.stdout) == {
         "session": str(log), "events": events, "instructions": instructions, "digests_checked": int(found[1]),
         "verified": True, "divergence": None, "complete": True, "recorded_outcome": "shutdown:poweroff",
-        "damage": None, "stopped_before_event": None, "started_before_event": None}
+        "damage": None, "stopped_before_event": None, "started_before_event": None,
+        "start_icount": 0}                                   # recorded from the domain's first instruction
 
     quiet = xenrr("replay", log, "--quiet")
     assert (quiet.status, quiet.stdout, quiet.stderr) == (0, "", replayed.stderr)
