@@ -4,7 +4,8 @@ Owns the server process (`python -m dom0.forkserver`) and `xenrr server start|st
 server imports every module the served commands use and creates one engine that it never runs
 (xen.vcpu.prepare_spare_engine), then waits on a Unix socket (dom0/launch.py says where). For each
 command a client sends it forks a child; the child takes the client's stdin, stdout and stderr, its
-working directory, environment and arguments, runs `dom0.cli` exactly as the client would have, and
+working directory, environment, arguments and process attributes (umask, limits, nice, affinity, signal
+dispositions and mask), runs `dom0.cli` exactly as the client would have, and
 its exit status (or 128 + the signal that ended it) goes back to the client, which waits meanwhile.
 Invariants:
 - every command runs in a fresh child of a server that never ran one: the child's engine is a copy
@@ -25,6 +26,7 @@ import fcntl
 import gc
 import io
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -57,6 +59,7 @@ class ForkServer:
         self.fingerprint, self.environment = fingerprint, environment
         self.lock: int | None = lock
         self.children: dict[int, socket.socket] = {}
+        self.hang_up: dict[int, int] = {}   # pid -> the signal that ends it when its client goes away
         self.served = 0                 # commands started so far
         self.children_cpu_seconds = 0.0   # CPU time of the commands that ended (`xenrr server status`, benchmarks)
         self.waiting: set[socket.socket] = set()    # connections watched for their client going away
@@ -130,6 +133,7 @@ class ForkServer:
                 return
             self.children_cpu_seconds += usage.ru_utime + usage.ru_stime
             connection = self.children.pop(pid, None)
+            self.hang_up.pop(pid, None)
             self.last_active = time.monotonic()
             if connection is None:
                 continue
@@ -145,7 +149,8 @@ class ForkServer:
 
     def _client_gone(self, pid: int) -> None:
         """A waiting client's connection became readable: it closed (it never sends more), so its
-        command loses its terminal, as when a terminal hangs up."""
+        command loses its terminal, as when a terminal hangs up (SIGHUP; SIGTERM when it ignores SIGHUP,
+        as under nohup: in-process the command was the client, and it is gone)."""
         connection = self.children[pid]
         try:
             still_there = connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
@@ -157,7 +162,7 @@ class ForkServer:
             self.waiting.discard(connection)
             self.selector.unregister(connection)
             try:
-                os.kill(pid, signal.SIGHUP)
+                os.kill(pid, self.hang_up[pid])
             except OSError:
                 pass
 
@@ -233,6 +238,11 @@ class ForkServer:
             return "malformed"
         if relevant_environment(environment) != self.environment:
             return "environment"
+        process = request.get("process")
+        if not isinstance(process, dict) or process.get("groups") != _groups():
+            return "credentials"
+        if not _can_take(process):
+            return "limits"
         if not os.path.isdir(cwd):
             return "cwd"
         return None
@@ -242,6 +252,9 @@ class ForkServer:
         if pid == 0:
             _child(self, connection, request, fds)       # never returns
         self.children[pid] = connection
+        ignored = request["process"]["ignored"]
+        self.hang_up[pid] = next((number for number in (signal.SIGHUP, signal.SIGTERM) if number not in ignored),
+                                 signal.SIGKILL)
         self.served += 1
         try:
             send_message(connection, {"started": pid})
@@ -257,9 +270,6 @@ def _child(server: ForkServer, connection: socket.socket, request: dict, fds: li
     status = 1
     try:
         signal.set_wakeup_fd(-1)
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         server.selector.close()
         for resource in [server.listener, connection, *server.children.values()]:
             if resource is not None:
@@ -272,6 +282,7 @@ def _child(server: ForkServer, connection: socket.socket, request: dict, fds: li
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+        _take_process_attributes(request["process"])
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["environment"])
@@ -295,6 +306,42 @@ def _child(server: ForkServer, connection: socket.socket, request: dict, fds: li
         except (OSError, ValueError):
             pass
     os._exit(status)
+
+
+def _groups() -> list[int]:
+    return [os.getgid(), os.getegid(), *sorted(os.getgroups())]
+
+
+def _can_take(process: dict) -> bool:
+    """Whether a child of this server can take the client's limits and nice value: an unprivileged process
+    can lower a hard limit but never raise one, and raise its nice value but not lower it."""
+    privileged = os.geteuid() == 0
+    for limit, (_, hard) in process["limits"].items():
+        own = resource.getrlimit(limit)[1]
+        if not privileged and own != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > own):
+            return False
+    return privileged or process["nice"] >= os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _take_process_attributes(process: dict) -> None:
+    """In the child: the client's umask, resource limits, nice value, CPU affinity and signal dispositions
+    and mask, in place of the server's (a command in-process would have had the client's)."""
+    os.umask(process["umask"])
+    for limit, limits in process["limits"].items():
+        resource.setrlimit(limit, limits)
+    os.setpriority(os.PRIO_PROCESS, 0, process["nice"])
+    os.sched_setaffinity(0, process["affinity"])
+    ignored = set(process["ignored"])
+    for number in range(1, signal.NSIG):
+        if number in ignored:
+            handler = signal.SIG_IGN
+        else:
+            handler = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(number, handler)
+        except (OSError, ValueError):       # SIGKILL, SIGSTOP and the C library's own
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, process["blocked"])
 
 
 def _exit_code(done: SystemExit) -> int:

@@ -3,7 +3,8 @@
 Owns the client half of the fork server (dom0/forkserver.py is the server) and what both halves agree
 on: where the socket is, the fingerprint of the installed code, and the request. A command in SERVED
 is sent to a running server of the same fingerprint, which forks a child that runs it exactly as
-`dom0.cli` would here: the client's arguments, working directory, environment and its stdin, stdout
+`dom0.cli` would here: the client's arguments, working directory, environment, umask, limits, nice value,
+CPU affinity, signal dispositions and mask, and its stdin, stdout
 and stderr (the file descriptors themselves, passed with SCM_RIGHTS). This process then only relays
 signals to that child and exits with its status. The child starts with every module imported and an
 engine created but never run, which is most of a short command's time.
@@ -24,6 +25,7 @@ import _signal as signal
 import _socket as socket
 import marshal
 import os
+import resource
 import sys
 
 # The commands a server may run: a domain's run, recording or replay and looking at a log. Not those
@@ -41,6 +43,8 @@ _LENGTH_BYTES = 4
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # where the packages are
 MAX_REQUEST_BYTES = 1 << 22
 _RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
+# What a process inherits and a forked child would take from the server instead of the client.
+_LIMITS = tuple(sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")))
 
 
 def mode() -> str:
@@ -166,6 +170,26 @@ def start_server_in_background():
                             close_fds=True, cwd="/")
 
 
+def process_attributes() -> dict:
+    """What this process inherited that a child forked by the server would otherwise take from the server:
+    the umask, resource limits (ulimit), nice value, CPU affinity, ignored and blocked signals, and the
+    groups (the server refuses a client of other groups; it applies the rest in the child)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return {"umask": umask, "limits": {limit: resource.getrlimit(limit) for limit in _LIMITS},
+            "nice": os.getpriority(os.PRIO_PROCESS, 0), "affinity": sorted(os.sched_getaffinity(0)),
+            "ignored": [number for number in range(1, signal.NSIG) if _ignored(number)],
+            "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+            "groups": [os.getgid(), os.getegid(), *sorted(os.getgroups())]}
+
+
+def _ignored(number: int) -> bool:
+    try:
+        return signal.getsignal(number) == signal.SIG_IGN
+    except (OSError, ValueError):
+        return False
+
+
 def _connect(path: str) -> socket.socket | None:
     if not private_directory(path):
         return None
@@ -198,7 +222,8 @@ def run_through_server(argv: list[str]) -> int | None:
     try:
         try:
             send_message(connection, {"op": "run", "fingerprint": code_fingerprint(), "argv": argv,
-                                      "cwd": os.getcwd(), "environment": dict(os.environ)}, (0, 1, 2))
+                                      "cwd": os.getcwd(), "environment": dict(os.environ),
+                                      "process": process_attributes()}, (0, 1, 2))
             answer, _ = receive_message(connection)
         except (OSError, ValueError):
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pty
+import resource
 import re
 import signal
 import socket
@@ -260,3 +261,46 @@ def test_a_terminal_left_raw_by_a_dead_command_is_restored(server, kbdshell_elf)
     assert termios.tcgetattr(terminal) == before
     os.close(terminal)
     os.close(controller)
+
+
+def _inherit_from_the_shell() -> None:
+    """What a user's shell may have set before `xenrr`: umask 077, `ulimit -n 200`, `nice -n 3`,
+    `taskset -c CPU`, `nohup` (SIGHUP ignored) and a blocked signal."""
+    os.umask(0o077)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    os.nice(3)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def test_the_command_has_the_clients_process_attributes_not_the_servers(server, tmp_path, kbdshell_elf, minimal_elf):
+    """A served command's process is the client's as in-process: its umask (the mode of the files `record -o`
+    creates), resource limits, nice value, CPU affinity, ignored and blocked signals - not the server's.
+    A client under nohup killed outright still takes its command with it (SIGTERM: it ignores SIGHUP)."""
+    recorded = subprocess.run([sys.executable, "-m", "dom0.launch", "record", str(minimal_elf), "-o",
+                               str(tmp_path / "private.xrr")], cwd=ROOT, env=server, capture_output=True, text=True,
+                              timeout=120, preexec_fn=_inherit_from_the_shell)
+    assert "records logged" in recorded.stderr, recorded.stderr
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("private.xrr*")} == {
+        "private.xrr": 0o600, "private.xrr.snap": 0o600}
+
+    client = _client(server, "run", kbdshell_elf, "--clock", "virtual", stdin=subprocess.PIPE,
+                     preexec_fn=_inherit_from_the_shell)
+    _wait_for_output(client, "kbdshell")
+    [command] = _children_of(_server_pid(server))
+    status = _proc_status(command)
+    assert int(status["SigIgn"], 16) & (1 << (signal.SIGHUP - 1))
+    assert int(status["SigBlk"], 16) & (1 << (signal.SIGUSR1 - 1))
+    assert status["Cpus_allowed_list"].strip() == str(min(os.sched_getaffinity(0)))
+    assert int(status["Umask"], 8) == 0o077
+    assert os.getpriority(os.PRIO_PROCESS, command) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+    assert resource.prlimit(command, resource.RLIMIT_NOFILE)[0] == 200
+    assert _served(server) == 2
+    client.kill()
+    client.wait()
+    assert _gone(command), "the nohup'd command outlived its client"
