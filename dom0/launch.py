@@ -170,6 +170,20 @@ def start_server_in_background():
                             close_fds=True, cwd="/")
 
 
+def _in_background() -> bool:
+    """Whether this process is a background job of the terminal it reads or writes (`xenrr run ... &`):
+    in-process the kernel stops it when it touches the terminal (SIGTTIN, SIGTTOU) until `fg`, which a
+    child of the server, in another session, would not be - it would share the terminal with the shell."""
+    for fd in (0, 1, 2):
+        try:
+            foreground = os.tcgetpgrp(fd)       # only for this process's controlling terminal
+        except OSError:
+            continue
+        if foreground != os.getpgrp():
+            return True
+    return False
+
+
 def process_attributes() -> dict:
     """What this process inherited that a child forked by the server would otherwise take from the server:
     the umask, resource limits (ulimit), nice value, CPU affinity, ignored and blocked signals, and the
@@ -210,7 +224,7 @@ def _command_of(argv: list[str]) -> str | None:
 def run_through_server(argv: list[str]) -> int | None:
     """The command's exit status after a server ran it, or None: run it in this process."""
     chosen = mode()
-    if chosen == "off" or _command_of(argv) not in SERVED:
+    if chosen == "off" or _command_of(argv) not in SERVED or _in_background():
         return None
     path = socket_path()
     connection = _connect(path)

@@ -304,3 +304,28 @@ def test_the_command_has_the_clients_process_attributes_not_the_servers(server, 
     client.kill()
     client.wait()
     assert _gone(command), "the nohup'd command outlived its client"
+
+
+def test_a_background_job_of_the_terminal_runs_in_process(server, kbdshell_elf):
+    """`xenrr run GUEST &` at an interactive shell: in-process the kernel stops the job when it sets the
+    terminal raw (SIGTTOU) until `fg`; a child of the server, in another session, would run on and take
+    keys from the shell. So a background job runs the command itself, and stops as in-process."""
+    job = (f"set -m; {sys.executable} -m dom0.launch run {kbdshell_elf} & "
+           "for i in $(seq 600); do jobs -l | grep -q Stopped && break; sleep 0.1; done; jobs -l; kill -KILL %1")
+    pid, controller = pty.fork()        # bash as the session leader of a new terminal, with job control
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve("/bin/bash", ["bash", "--norc", "-c", job], server)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:                 # EIO: the terminal's last process has gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.waitpid(pid, 0)
+    os.close(controller)
+    assert b"Stopped (tty output)" in shown and b"kbdshell ready" not in shown, shown
+    assert _served(server) == 0
