@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from multiprocessing import Pipe
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from dom0.replay import ReplaySession
 from host.pcpu import PhysicalCpu
@@ -25,6 +26,7 @@ from xen.replay import ALL_RECORDS, Mark
 pytestmark = pytest.mark.slow
 MAX_STEPS = 2000
 PEER_DOMID = 9
+PCPU_SLICE_SECONDS = 0.005    # host time each pCPU runs per round of the simulated host
 REPLAY_CHUNK = 20_000        # instructions replayed between two moves of the neighbours and of this process
 
 neighbour = st.fixed_dictionaries({"guest": st.sampled_from(["spinpoll", "kbdshell"]),
@@ -127,12 +129,25 @@ class TwoPcpus:
             else:
                 self.ask(name, what)
         for cpu in self.cpus:
-            if any(not hosted.paused for hosted in cpu.domains.values()):    # else its process would wait for a request
+            # Each pCPU runs for a slice of host time, as its own process would while the other runs: one
+            # quantum may take longer than a tick, and a single step per round would then give each round
+            # to the neighbour whose tick is due again, never to a domain over its credit.
+            started = time.monotonic()
+            while any(not hosted.paused for hosted in cpu.domains.values()):    # else it would wait for a request
                 cpu.step()
+                if time.monotonic() - started >= PCPU_SLICE_SECONDS:
+                    break
         self.drain()
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(neighbours=[{"guest": "kbdshell", "weight": 243, "cap": 10}, {"guest": "spinpoll", "weight": 892, "cap": 0},
+                     {"guest": "kbdshell", "weight": 27449, "cap": 50}],
+         actions=[(16, "type", 3, 1100), (20, "type", 0, 202), (0, "pause", 0, 724), (1, "signal", 2, 249),
+                  (2, "sched-credit", 0, 4311), (30, "move", 0, 11926)],
+         replay_actions=[(4, "pin", 2, 110), (20, "unpause", 2, 884), (30, "pin", 0, 47935),
+                         (26, "sched-credit", 0, 65534)],
+         cores=[1, 4, 2])
 @given(neighbours=st.lists(neighbour, min_size=1, max_size=3), actions=st.lists(action, max_size=8),
        replay_actions=st.lists(action, max_size=8), cores=st.lists(st.integers(0, 7), min_size=1, max_size=6))
 def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighbours, actions, replay_actions, cores):
