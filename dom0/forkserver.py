@@ -300,12 +300,20 @@ def _child(server: ForkServer, connection: socket.socket, request: dict, fds: li
     except BaseException:                 # as the interpreter would report it in-process
         traceback.print_exc()
         status = 1
+    os._exit(_flush_at_exit(status))
+
+
+def _flush_at_exit(status: int) -> int:
+    """The interpreter's last act: flush stdout and stderr; output that cannot be written (a full disk, a
+    reader gone) is reported as it reports it, and the status becomes 120."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
+        except (OSError, ValueError) as error:
+            if stream is sys.stdout:
+                _say(f"Exception ignored in: {stream!r}\n" + "".join(traceback.format_exception_only(error)).rstrip())
+                status = 120
+    return status
 
 
 def _groups() -> list[int]:
@@ -363,16 +371,22 @@ def _say(line: str) -> None:
 
 def _reopen_standard_streams() -> None:
     """sys.stdin/stdout/stderr on the client's descriptors, buffered as the interpreter buffers them at
-    start-up (line-buffered on a terminal, stderr always; unbuffered under PYTHONUNBUFFERED)."""
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED")) or sys.flags.unbuffered
+    start-up (line-buffered on a terminal, stderr always; stdout and stderr unbuffered under the client's
+    PYTHONUNBUFFERED), named `<stdin>`, `<stdout>`, `<stderr>` as the interpreter names them."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         previous = getattr(sys, name)
         reading = fd == 0
         raw = io.FileIO(fd, "rb" if reading else "wb", closefd=False)
-        buffered = io.BufferedReader(raw) if reading else io.BufferedWriter(raw)
+        raw.name = f"<{name}>"
+        if reading:
+            buffered = io.BufferedReader(raw)
+        else:
+            buffered = raw if unbuffered else io.BufferedWriter(raw)
         stream = io.TextIOWrapper(buffered, encoding=previous.encoding, errors=previous.errors, newline="\n",
                                   line_buffering=not unbuffered and (raw.isatty() or fd == 2),
                                   write_through=unbuffered and not reading)
+        stream.mode = "r" if reading else "w"
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
 

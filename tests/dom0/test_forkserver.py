@@ -329,3 +329,31 @@ def test_a_background_job_of_the_terminal_runs_in_process(server, kbdshell_elf):
     os.close(controller)
     assert b"Stopped (tty output)" in shown and b"kbdshell ready" not in shown, shown
     assert _served(server) == 0
+
+
+def test_output_that_cannot_be_written_is_reported_as_in_process(tmp_path, minimal_elf):
+    """Without PYTHONUNBUFFERED (a user's usual environment) a served command's stdout is buffered as the
+    interpreter buffers it, and output the interpreter cannot flush at exit (`xenrr dump LOG > /dev/full`)
+    gives the interpreter's message and status 120, served as in-process."""
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    environment = {name: value for name, value in _environment(directory).items() if name != "PYTHONUNBUFFERED"}
+    assert _xenrr(environment, "server", "start").returncode == 0
+    pid = _server_pid(environment)
+    try:
+        log = tmp_path / "minimal.xrr"
+        recorded = _xenrr(environment, "record", minimal_elf, "-o", log)
+        assert "records logged" in recorded.stderr, recorded.stderr
+        outcomes = []
+        for mode in ("manual", "off"):
+            with open("/dev/full", "w") as full:
+                outcomes.append(subprocess.run([sys.executable, "-m", "dom0.launch", "dump", str(log)], cwd=ROOT,
+                                               env={**environment, "XENRR_SERVER": mode}, stdout=full,
+                                               stderr=subprocess.PIPE, text=True, timeout=120))
+        served, local = outcomes
+        assert served.returncode == local.returncode == 120, served.stderr
+        assert served.stderr == local.stderr and "No space left on device" in served.stderr
+        assert _served(environment) == 2
+    finally:
+        _xenrr(environment, "server", "stop")
+        assert _gone(pid)
