@@ -272,6 +272,7 @@ def _wait_for(connection: socket.socket, child: int, terminal) -> int:
         answer, _ = receive_message(connection)
         return int(answer["status"])
     except (OSError, ValueError, KeyError):
+        _wait_for_orphan(child)
         print("xenrr: error: the xenrr server went away while it ran the command (XENRR_SERVER=off runs "
               "commands without it)", file=sys.stderr)
         return 1
@@ -279,6 +280,20 @@ def _wait_for(connection: socket.socket, child: int, terminal) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
         _restore_terminal(terminal)
+
+
+def _wait_for_orphan(child: int) -> None:
+    """The command outlived its server: wait until it ends (signals are still relayed), as the client
+    of a command must; its status went with the server."""
+    import select
+    try:
+        process = os.pidfd_open(child)
+    except OSError:                     # it has ended already
+        return
+    try:
+        select.select([process], [], [])    # readable when it ends
+    finally:
+        os.close(process)
 
 
 def _terminal_mode():

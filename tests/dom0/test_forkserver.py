@@ -357,3 +357,20 @@ def test_output_that_cannot_be_written_is_reported_as_in_process(tmp_path, minim
     finally:
         _xenrr(environment, "server", "stop")
         assert _gone(pid)
+
+
+def test_a_client_whose_server_dies_waits_for_its_command(server, kbdshell_elf):
+    """A server killed while it runs a command (the OOM killer, `kill -9`) leaves the command running with
+    the client's terminal: the client waits for it to end, as in-process, then says the status is lost."""
+    client = _client(server, "run", kbdshell_elf, "--clock", "virtual", stdin=subprocess.PIPE)
+    _wait_for_output(client, "kbdshell")
+    server_pid = _server_pid(server)
+    [command] = _children_of(server_pid)
+    os.kill(server_pid, signal.SIGKILL)
+    assert _gone(server_pid)
+    with pytest.raises(subprocess.TimeoutExpired):
+        client.wait(timeout=1)          # still waiting for its command
+    out, err = client.communicate("halt\r", timeout=60)
+    assert _gone(command, 5)
+    assert client.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("xenrr: error: the xenrr server went away")
