@@ -94,12 +94,21 @@ def _write_blocks(ring: RingConsumer, writer: LogWriter, pending: int, block_byt
     return pending
 
 
-def serve(ring: RingConsumer, path: str, header: LogHeader, block_bytes: int, flush_seconds: float, sync_seconds: float) -> int:
-    """Create the log file, drain the ring into it, report the outcome in the ring; the exit code."""
+def serve(ring: RingConsumer, path: str, header: LogHeader | None, block_bytes: int, flush_seconds: float,
+          sync_seconds: float) -> int:
+    """Create the log file (with `header`; None: continue the log a daemon of another process closed
+    before its END, a recording handed over), drain the ring into it, report the outcome in the ring;
+    the exit code."""
     try:
-        writer = LogWriter(path, header, sync_interval=sync_seconds)
+        if header is None:
+            writer = LogWriter.reopen(path, sync_interval=sync_seconds, closed=True)
+        else:
+            writer = LogWriter(path, header, sync_interval=sync_seconds)
     except OSError as error:
-        ring.report_failure(f"cannot create log file {path}: {error.strerror}")
+        ring.report_failure(f"cannot {'create' if header else 'continue'} log file {path}: {error.strerror}")
+        return EXIT_WRITE_FAILED
+    except LogFormatError as error:
+        ring.report_failure(f"cannot continue log file {path}: {error}")
         return EXIT_WRITE_FAILED
     ring.report_running()
     try:
@@ -142,7 +151,7 @@ def _run(ring_name: str, path: str, header_bytes: bytes, block_bytes: int, flush
         print(f"xenrr log daemon: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        header = LogHeader.from_bytes(header_bytes)
+        header = LogHeader.from_bytes(header_bytes) if header_bytes else None
     except LogFormatError as error:
         ring.report_failure(f"the recorder sent a bad log header: {error}")
         return EXIT_USAGE
@@ -155,8 +164,9 @@ def _forked(ring_name: str, requests: tuple[int, int], doorbell: tuple[int, int]
             flush_seconds: float, sync_seconds: float) -> int:
     """The forked daemon: a session of its own (the terminal's ^C and ^Z go to the recorder, which ends
     the stream), no standard input or output, stderr into the recorder's file, then the path and header
-    from the recorder's pipe (path, a nul, the header bytes; nothing: the recorder gave up before it began);
-    the doorbell pipe's read end wakes its waits when the recorder closes the other end (LogDaemon.wait)."""
+    from the recorder's pipe (path, a nul, the header bytes - none: continue that log; nothing at all:
+    the recorder gave up before it began); the doorbell pipe's read end wakes its waits when the recorder
+    closes the other end (LogDaemon.wait)."""
     os.close(doorbell[1])
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -224,14 +234,15 @@ class LogDaemon:
             backoff.sleep()
         return self._status
 
-    def begin(self, path: str | os.PathLike[str], header: LogHeader, startup_timeout: float = 10.0) -> None:
-        """Hand the forked daemon its log file and header; returns once it writes the log.
+    def begin(self, path: str | os.PathLike[str], header: LogHeader | None, startup_timeout: float = 10.0) -> None:
+        """Hand the forked daemon its log file and header (None: it continues the log at `path`, which
+        the daemon of another process closed before its END); returns once it writes the log.
 
         The ring's name is unlinked once the daemon has attached (or failed): no segment is left
         behind in /dev/shm whatever happens next. LogDaemonError (with the daemon's reason) if it
         cannot start, e.g. the file cannot be created.
         """
-        request = os.fsencode(path) + b"\0" + header.to_bytes()
+        request = os.fsencode(path) + b"\0" + (header.to_bytes() if header is not None else b"")
         try:
             try:
                 with os.fdopen(self._requests, "wb") as pipe:

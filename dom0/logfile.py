@@ -205,12 +205,20 @@ class LogWriter:
         self._closed = False
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike[str], *, sync_interval: float = 1.0) -> "LogWriter":
-        """Continue a log another writer left unfinished (a log daemon that died): the file is cut back to
-        its last complete block and later blocks continue its stream. LogFormatError if it is no log."""
+    def reopen(cls, path: str | os.PathLike[str], *, sync_interval: float = 1.0, closed: bool = False) -> "LogWriter":
+        """Continue a log another writer left unfinished (a log daemon that died), or with `closed` one
+        whose writer closed it, footer and all, before its END record (a recording handed over to another
+        process): the file is cut back to its last complete block and later blocks continue its stream.
+        LogFormatError if it is no such log."""
         with LogReader(path) as reader:
-            valid_end = reader.damage.valid_end if reader.damage else None
-            if valid_end is None or reader.damage.has_footer:
+            damage = reader.damage
+            valid_end = damage.valid_end if damage else None
+            if closed:          # whole, footer included, only without END
+                resumable = damage is not None and damage.has_footer and damage.bad_block is None \
+                    and not damage.has_end_record
+            else:               # cut back to its last complete block, whatever follows it
+                resumable = damage is not None and not damage.has_footer
+            if not resumable:
                 raise LogFormatError(f"{os.fspath(path)} is not an unfinished log")
             blocks = reader.blocks
             decoder = Decoder(blocks[-1].first_seq, blocks[-1].state) if blocks else Decoder()

@@ -76,13 +76,17 @@ class RingSink:
     no input the guest consumed is lost. After a daemon death the sink takes records into that
     backlog only (the recording stops at once, its END record included)."""
 
-    def __init__(self, ring: RingProducer):
+    def __init__(self, ring: RingProducer, handed: dict | None = None):
+        """`handed`: the stream goes on where another process's sink left it (`save`)."""
         self._ring = ring
         self._encoder = Encoder()
         self._buffer = bytearray()
         self.records = 0
         self.digests = 0             # of the records: state digests, and inputs (what a snapshot's replayer counts)
         self.inputs = 0
+        if handed is not None:
+            self._encoder.restore(handed["encoder"])
+            self.records, self.digests, self.inputs = handed["records"], handed["digests"], handed["inputs"]
         self._unreleased: deque[tuple[int, int, bytes]] = deque()    # (seq, ring position after it, bytes)
         self.daemon_died = False
 
@@ -109,6 +113,11 @@ class RingSink:
             self._unreleased.popleft()
         self._unreleased.append((seq, self._ring.published, bytes(self._buffer)))
         self._count(injection.kind)
+
+    def save(self) -> dict:
+        """Where the stream stands (the encoder's state, the counts), for a sink in another process."""
+        return {"encoder": self._encoder.state(), "records": self.records, "digests": self.digests,
+                "inputs": self.inputs}
 
     def _count(self, kind: int) -> None:
         self.records += 1
@@ -188,13 +197,7 @@ class Recording:
             started.begin(path, make_header(domain, guest, clock, xenstore, start_frames))
         finally:
             started.abandon()          # only if begin was never reached (make_header failed)
-        self._ring, self._daemon = started.ring, started.daemon
-        self.domain = domain
-        self.path = path
-        self.sink = RingSink(self._ring)
-        domain.funnel.sink = self.sink
-        self.snapshots: SnapshotWriter | None = None
-        self.snapshot_problem: str | None = None
+        self._attach(started, domain, path, RingSink(started.ring))
         if not snapshot_every.enabled and overwrite:
             snapshot_path(path).unlink(missing_ok=True)      # a replaced recording's snapshots are not this one's
         elif snapshot_every.enabled:
@@ -202,6 +205,59 @@ class Recording:
                 self.snapshots = SnapshotWriter(snapshot_path(path), domain, self.sink, snapshot_every)
             except OSError as error:          # the log does not need them: it is recorded without
                 self.snapshot_problem = f"cannot create {snapshot_path(path)}: {error.strerror} (recorded without snapshots)"
+
+    def _attach(self, started: EarlyDaemon, domain: Domain, path: Path, sink: RingSink) -> None:
+        self._ring, self._daemon = started.ring, started.daemon
+        self.domain = domain
+        self.path = path
+        self.sink = sink
+        domain.funnel.sink = sink
+        self.snapshots: SnapshotWriter | None = None
+        self.snapshot_problem: str | None = None
+
+    def hand_off(self) -> dict:
+        """End this process's part of the recording without ending the log - the domain moves to another
+        process (a host's pCPU worker), which goes on with it (`resume`): snapshots written, the ring
+        closed, and the daemon, having written every record and the index footer, gone. Returns what the
+        other process needs. RecordingFailed when the daemon did not write everything: the log is then
+        completed as far as it goes, as `finish` does, and the recording ends."""
+        snapshots = self.snapshots.hand_off() if self.snapshots is not None else None
+        every = self.snapshots.every if self.snapshots is not None else None
+        self.snapshots = None
+        failure = self.finish(None)
+        if failure is not None:
+            raise RecordingFailed(failure)
+        return {"path": str(self.path), "sink": self.sink.save(), "snapshots": snapshots, "every": every}
+
+    @classmethod
+    def resume(cls, domain: Domain, handed: dict, ring_bytes: int = RING_BYTES) -> "Recording":
+        """Go on with a recording another process handed over (`hand_off`) for `domain`, restored here to
+        the same instant: a new daemon continues the same log file, whose records must be exactly those
+        handed over, and the next record continues their stream - nothing lost, nothing twice."""
+        path = Path(handed["path"])
+        expected = handed["sink"]["records"]
+        try:
+            with LogReader(path) as reader:
+                held, ended = reader.record_count, reader.damage is None or reader.damage.has_end_record
+        except (OSError, LogFormatError) as error:
+            raise RecordingFailed(f"cannot continue the log {path}: {error}") from None
+        if ended or held != expected:
+            raise RecordingFailed(f"cannot continue the log {path}: it holds {held} records"
+                                  f"{' and its END' if ended else ''}, the recording handed over {expected}")
+        recording = cls.__new__(cls)
+        started = EarlyDaemon(ring_bytes)
+        try:
+            started.begin(path, None)
+        finally:
+            started.abandon()
+        recording._attach(started, domain, path, RingSink(started.ring, handed["sink"]))
+        if handed["snapshots"] is not None:
+            try:
+                recording.snapshots = SnapshotWriter(snapshot_path(path), domain, recording.sink, handed["every"],
+                                                     handed=handed["snapshots"])
+            except OSError as error:
+                recording.snapshot_problem = f"cannot reopen {snapshot_path(path)}: {error.strerror} (no more snapshots)"
+        return recording
 
     def finish(self, outcome: Outcome | None, failure: str | None = None) -> str | None:
         """End the log: the END record (`outcome`; None when the run was interrupted), the ring closed,

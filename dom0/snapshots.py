@@ -108,7 +108,9 @@ class SnapshotWriter:
     (registers, `Domain.save_state`, the frames written since the last snapshot) and pickled, then
     compressed and written by a thread, so the guest waits only for the capture."""
 
-    def __init__(self, path: Path, domain: Domain, sink: Any, every: Interval):
+    def __init__(self, path: Path, domain: Domain, sink: Any, every: Interval, handed: dict | None = None):
+        """`handed`: go on with the file another process's writer handed over (`hand_off`), the domain
+        moved here meanwhile."""
         self.path = path
         self.domain = domain
         self.sink = sink
@@ -117,12 +119,20 @@ class SnapshotWriter:
         self.bytes_written = len(FILE_MAGIC)
         self.capture_seconds = 0.0          # the guest's wait: capture only (compression is on the thread)
         self.write_cpu_seconds = 0.0        # the thread's CPU time: compression and writing
-        self._file = open(path, "wb")
-        self._file.write(FILE_MAGIC)
-        self._start_generation = domain.vcpu.track_dirty_pages()
-        self._generation = self._start_generation
+        # Frames written in another process (before a move) since the start and since the last snapshot:
+        # this process's dirty tracking began after them.
+        self._written_before_start: set[int] = set()
+        self._written_before_last: set[int] = set()
         self._last_icount = domain.vcpu.icount
         self._last_time = time.monotonic()
+        if handed is None:
+            self._file = open(path, "wb")
+            self._file.write(FILE_MAGIC)
+        else:
+            self._file = open(path, "ab")
+            vars(self).update(handed)
+        self._start_generation = domain.vcpu.track_dirty_pages()
+        self._generation = self._start_generation
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._error: OSError | None = None
         self._thread: threading.Thread | None = None     # started by the first snapshot (most runs are shorter)
@@ -141,7 +151,9 @@ class SnapshotWriter:
         domain, vcpu = self.domain, self.domain.vcpu
         domain.funnel.log_digest(with_memory=True)
         key = self.taken % KEY_EVERY == 0
-        frames = sorted(vcpu.pages_written_since(self._start_generation if key else self._generation))
+        written = vcpu.pages_written_since(self._start_generation if key else self._generation)
+        frames = sorted(written | (self._written_before_start if key else self._written_before_last))
+        self._written_before_last = set()
         self._generation = vcpu.new_generation()
         replayer = ReplayerState(self.sink.records, False, self.sink.digests, self.sink.inputs, None)
         state, pages = capture(domain, frames, replayer)       # copies: the domain runs on
@@ -173,6 +185,18 @@ class SnapshotWriter:
             self.bytes_written += len(entry)
         except OSError as error:
             self._error = error
+
+    def hand_off(self) -> dict | None:
+        """Close the file (what is queued written) for a writer in another process to go on with it
+        (`SnapshotWriter(..., handed=...)`): what it needs to know. None when writing had failed."""
+        vcpu = self.domain.vcpu
+        handed = {"taken": self.taken, "bytes_written": self.bytes_written, "capture_seconds": self.capture_seconds,
+                  "_written_before_start": self._written_before_start | vcpu.pages_written_since(self._start_generation),
+                  "_written_before_last": self._written_before_last | vcpu.pages_written_since(self._generation),
+                  "_last_icount": self._last_icount, "_last_time": self._last_time}
+        if self.close() is not None:
+            return None
+        return {**handed, "write_cpu_seconds": self.write_cpu_seconds}
 
     def close(self) -> str | None:
         """Write what is queued and close the file; returns why snapshots stopped being written, if they did."""

@@ -88,8 +88,8 @@ def add_host_commands(subparsers: argparse._SubParsersAction) -> None:
     vcpu_pin = subparsers.add_parser("vcpu-pin", help="set a vCPU's hard affinity",
                                      description="As `xl vcpu-pin NAME VCPU CPUS`: CPUS in xl's syntax "
                                                  "(\"all\", \"1\", \"0-1\", \"0-3,^2\"). A domain running on "
-                                                 "a pCPU outside CPUS moves to one inside it (not while it is "
-                                                 "being recorded).")
+                                                 "a pCPU outside CPUS moves to one inside it (a recording of it "
+                                                 "goes on in the same log).")
     _name(vcpu_pin)
     vcpu_pin.add_argument("vcpu", metavar="VCPU", help="the vCPU number, or all")
     vcpu_pin.add_argument("cpus", metavar="CPUS", help="the pCPUs it may run on")

@@ -181,17 +181,22 @@ class HostedDomain:
 
     def leave(self) -> dict:
         """Everything this domain is between two quanta - registers, all of guest memory, the
-        hypervisor-side state, where its run stands, keys not yet delivered, its scheduling - for it
-        to go on in another pCPU worker (`HostedDomain(..., moved=...)`). A recorded domain stays:
-        its log daemon and ring belong to this process."""
+        hypervisor-side state, where its run stands, keys not yet delivered, its scheduling, and its
+        recording - for it to go on in another pCPU worker (`HostedDomain(..., moved=...)`). A recording
+        is handed over with its log complete up to here (`Recording.hand_off`: this worker's log daemon
+        wrote every record and the index footer), so the other worker's daemon continues the same file."""
+        recording = None
         if self.recording is not None:
-            raise ValueError(f"{self.config.name} is being recorded: it stays on its pCPU until its recording "
-                             "ends (choose its pCPUs with cpus= in its config)")
+            try:
+                recording = {**self.recording.hand_off(), "start": self.recording_start}
+            except RecordingFailed as error:           # the log ends here, as far as it goes; the domain moves on
+                ended, self.recording = self.recording, None
+                self._recording_ended(None, str(error), str(ended.path), ended.sink.records)
         vcpu = self.domain.vcpu
         return {"cpu": vcpu.save_cpu(), "memory": vcpu.memory_image(), "domain": self.domain.save_state(),
                 "scheduler": self.scheduler.save_state(), "keys": self.input.take(0, len(self.input)),
                 "paused": self.paused, "idle": self.idle, "wake_ns": self.wake_ns, "affinity": self.affinity,
-                "weight": self.entity.weight, "cap": self.entity.cap, "uuid": self.vm_uuid}
+                "weight": self.entity.weight, "cap": self.entity.cap, "uuid": self.vm_uuid, "recording": recording}
 
     def _arrive(self, moved: dict) -> None:
         """Become the domain another worker's `leave` described (this one is freshly built from the
@@ -210,6 +215,16 @@ class HostedDomain:
             self.type(moved["keys"])
         self.affinity = moved["affinity"]
         self.entity.weight, self.entity.cap = moved["weight"], moved["cap"]
+        handed = moved["recording"]
+        if handed is not None:
+            self.recording_start = handed["start"]
+            try:
+                self.recording = Recording.resume(self.domain, handed)
+            except RecordingFailed as error:      # the log stays as it was handed over (valid, without END)
+                self.recording = None
+                self._recording_ended(None, str(error), path=handed["path"], records=handed["sink"]["records"])
+                return
+            self.scheduler.snapshots = self.recording.snapshots
 
     def _to_other_domain(self, change: str, port: int, remote_dom: int, remote_port: int) -> None:
         """Kept until the quantum ends; a port notified again before then is one notification (an
@@ -344,15 +359,17 @@ class HostedDomain:
         recording = self.recording
         if recording is None:
             return
-        self.recording_failure = recording.finish(outcome, failure)
         self.recording = None
+        failure = recording.finish(outcome, failure)
+        self._recording_ended(outcome, failure, str(recording.path), recording.sink.records)
+
+    def _recording_ended(self, outcome: Outcome | None, failure: str | None, path: str, records: int) -> None:
+        """Tell whoever waits for the recording how it ended."""
+        self.recording_failure = failure
         self.scheduler.snapshots = None
         self._report_recording(self.config.name, {
-            "log": str(recording.path), "records": recording.sink.records, "from_icount": self.recording_start,
-            "to_icount": self.domain.vcpu.icount,
-            "outcome": None if outcome is None else f"{outcome.reason}:{outcome.detail}",
-            "failure": self.recording_failure,
-            "snapshots": 0 if recording.snapshots is None else recording.snapshots.taken})
+            "log": path, "records": records, "from_icount": self.recording_start, "to_icount": self.domain.vcpu.icount,
+            "outcome": None if outcome is None else f"{outcome.reason}:{outcome.detail}", "failure": failure})
 
     def info(self, pcpu: int) -> dict:
         return {"name": self.config.name, "domid": self.domid, "state": self.state, "vcpus": self.config.vcpus,

@@ -152,11 +152,12 @@ class Scheduler:
 
     def save_state(self) -> dict:
         """Where a run in quanta stands, for the host to go on with it in another process (a domain
-        moved to another pCPU): every field but the domain and its input. The read watch for polling
-        is disarmed first (the next quiet slice arms it again); the host's monotonic clock is the
-        same in every process, so the real clock's origin stays valid."""
+        moved to another pCPU): every field but the domain, its input and the recorder's snapshots (a
+        recording moves on its own). The read watch for polling is disarmed first (the next quiet slice
+        arms it again); the host's monotonic clock is the same in every process, so the real clock's
+        origin stays valid."""
         self._disarm_poll_watch()
-        return {name: value for name, value in vars(self).items() if name not in ("domain", "input")}
+        return {name: value for name, value in vars(self).items() if name not in ("domain", "input", "snapshots")}
 
     def load_state(self, state: dict) -> None:
         """Go on from `save_state`'s point (the domain already restored to the same instant)."""

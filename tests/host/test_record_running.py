@@ -110,6 +110,60 @@ def test_a_domain_recorded_from_mid_run_replays_from_its_log_alone(tmp_path):
     running.hosted.close()
 
 
+def _moved(running: Running) -> Running:
+    """The domain leaves its HostedDomain and arrives in a new one, as between two pCPU workers (what
+    goes across is pickled, as the pipes between processes do)."""
+    handed = pickle.loads(pickle.dumps(running.hosted.leave()))
+    running.hosted.close()
+    config, domid = running.hosted.config, running.hosted.domid
+    running.hosted = HostedDomain(config, domid, lambda _name, data: running.output.extend(data), moved=handed,
+                                  report_recording=lambda _name, summary: running.summaries.append(summary))
+    return running
+
+
+def test_a_recording_moved_between_pcpus_continues_one_log_that_replays_and_verifies(tmp_path, monkeypatch):
+    """A domain recorded from mid-run moves twice (leave/arrive, as `vcpu-pin` does between workers) with
+    snapshots every 400k instructions, every third a key snapshot: one log, every record once and in order, every snapshot (taken
+    before, between and after the moves) restores and matches the digest logged with it, and the replay
+    from the log alone verifies to the END with the console of the whole recording."""
+    monkeypatch.setattr("host.pcpu.DEFAULT_EVERY_INSTRUCTIONS", 400_000)
+    monkeypatch.setattr("dom0.snapshots.KEY_EVERY", 3)    # key snapshots after the moves too
+    running = Running("moving")
+    running.type(b"echo before\r", b"\r\nbefore")
+    log = tmp_path / "moving.xrr"
+    running.hosted.start_recording(log)
+    start = running.hosted.recording_start
+    prompts = lambda more: running.output.count(b"\r\n> ") + more      # noqa: E731
+    # Round 0 writes the xenstore ring page (which later rounds leave alone) before its snapshots and
+    # again after the last of them: the snapshots after the moves must hold it (what was written before
+    # the move, since the start and since the last snapshot).
+    running.type(b"xs write data/x before-the-snapshots\recho round 0\rbench 100000\r", b"\r\n> ", prompts(3))
+    running.type(b"xs write data/y after-the-last-one\r", b"\r\n> ", prompts(1))
+    for round in (1, 2):
+        _moved(running)
+        assert running.hosted.recording is not None and running.hosted.recording_start == start
+        running.type(f"echo round {round}\rbench 100000\r".encode(), b"\r\n> ", prompts(2))
+    running.hosted.stop_recording(Outcome("destroyed", running.hosted.domain.vcpu.icount))
+    running.hosted.close()
+    assert len(running.summaries) == 1 and running.summaries[0]["failure"] is None
+
+    with LogReader(log) as reader:
+        assert reader.damage is None and [record.seq for record in reader.records()] == list(range(reader.record_count))
+    session, shown = replay_to_end(log)
+    assert session.replayer.recorded_outcome.startswith("destroyed:")
+    assert session.domain.digest(with_memory=True) == running.hosted.domain.digest(with_memory=True)
+    assert all(f"round {round}".encode() in shown for round in range(3)) and b"\r\nbefore" not in shown
+    from dom0.segments import count_segments, verify_segment
+    from dom0.snapshots import SnapshotFile
+    problems: list[str] = []
+    segments = count_segments(log, problems.append)
+    assert segments >= 6 and not problems                  # snapshots before, between and after the moves
+    stored = SnapshotFile.beside(log, problems.append)
+    for segment in range(segments):
+        checked = verify_segment(ReplaySession(log), stored, segment, segment, problems.append)
+        assert checked["verified"] and not problems, (checked, problems)
+
+
 def _log_with_start_state(log: Path, start_state: bytes, changed: Path) -> Path:
     """`log` with another start state (the header's length and CRC made right), blocks unchanged."""
     with LogReader(log) as reader:
@@ -188,7 +242,8 @@ def _ended(process: subprocess.Popen) -> tuple[int, str]:
 
 def test_record_a_running_domain_then_replay_and_debug_its_log_alone(host, tmp_path):
     """On a real host: bad requests are one line; a first recording stopped with Ctrl-C leaves the
-    domain running, a second ends when the domain is destroyed; both logs replay and verify without
+    domain running, a second goes along when the domain moves to the other pCPU and back (`vcpu-pin`)
+    and ends when the domain is destroyed; both logs replay and verify without
     the host (the console from the recording's start on), and a real GDB's reverse-continue stops
     at the start with "No more reverse-execution history"."""
     assert host.xenrr("create", host.config("sh", guest="kbdshell", memory=4)).status == 0
@@ -215,6 +270,10 @@ def test_record_a_running_domain_then_replay_and_debug_its_log_alone(host, tmp_p
     assert second_start > first_start
     again = host.xenrr("record", "sh", "-o", tmp_path / "again.xrr")
     assert again.status == 2 and f"sh is already being recorded into {second_log}" in again.stderr
+    for pcpu in (1, 0):                                # the recording goes along, twice
+        assert host.xenrr("vcpu-pin", "sh", "0", str(pcpu)).status == 0 and host.domains()["sh"]["pcpu"] == pcpu
+        assert host.domains()["sh"]["recording"] == str(second_log)
+        host.console_until("sh", f"\non {pcpu}\r".encode(), 1, typed=f"echo on {pcpu}\r".encode())
     host.console_until("sh", b"\nsecond\r", 1, typed=b"echo second\r")
     assert host.xenrr("destroy", "sh").status == 0
     status, said = _ended(second)
@@ -223,7 +282,8 @@ def test_record_a_running_domain_then_replay_and_debug_its_log_alone(host, tmp_p
     host.process.send_signal(signal.SIGTERM)            # no host from here on: the logs alone
     host.process.wait(timeout=60)
     for log, shown, hidden, outcome in [(first_log, "first", "before", "recording-stopped:"),
-                                        (second_log, "second", "first", "destroyed:")]:
+                                        (second_log, "on 1\r\n> echo on 0\r\non 0\r\n> echo second\r\nsecond",
+                                         "first", "destroyed:")]:
         replay = run_xenrr("replay", log, "--json")
         summary = json.loads(replay.stdout)
         assert replay.status == 0 and summary["verified"] and summary["complete"], replay.stderr
