@@ -1,6 +1,6 @@
 """Determinism whatever the neighbours do: a domain recorded on a pCPU shared with random neighbours
 (busy or idle guests, random weights and caps, pauses, weight changes, and pin changes that move
-them between two pCPUs while they run, at random moments, and a peer domain signalling it over an
+them - and the recorded domain, its recording going along - between two pCPUs while they run, at random moments, and a peer domain signalling it over an
 inter-domain event channel and writing a xenstore node it watches - moved too) replays alone from its log and verifies to the end, with the
 same console output - also while, during the replay, other domains keep running and moving in the same
 process and the replaying process itself is moved between host cores. The two pCPUs run in this
@@ -79,11 +79,11 @@ class TwoPcpus:
     def move(self, name: str) -> None:
         """`vcpu-pin` to the other pCPU: the domain leaves one worker and arrives in the other."""
         left = self.ask(name, "leave")
-        if "moved" in left:                  # a recorded domain stays
-            config, domid = self.configs[name]
-            self.where[name] = 1 - self.where[name]
-            arrived = self.ask(name, "arrive", config=config, domid=domid, moved=left["moved"])
-            assert "error" not in arrived, arrived
+        assert "moved" in left, left
+        config, domid = self.configs[name]
+        self.where[name] = 1 - self.where[name]
+        arrived = self.ask(name, "arrive", config=config, domid=domid, moved=left["moved"])
+        assert "error" not in arrived, arrived
 
     def _message(self, message: tuple) -> None:
         if message[0] == "reply":
@@ -120,6 +120,8 @@ class TwoPcpus:
                 self.ask(name, "pin", cpus=frozenset({self.where[name]}) if number % 2 else None)
             elif what == "move":
                 self.move(name)
+                if number % 2 and "recorded" not in self.gone:      # the recorded domain too, its log going along
+                    self.move("recorded")
             elif what == "type":
                 self.ask(name, "console-in", data=b"ticks\r")
             elif what == "signal":          # the peer notifies the recorded domain (once it has bound its port)
@@ -171,6 +173,8 @@ def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighb
             host.ask("peer", "console-in", data=b"evtchn bind 1 4\r" if step == 25 else b"evtchn send 4\r")
         if step == 30:                     # the peer shares a node with the recorded domain (domid 1)
             host.ask("peer", "console-in", data=b"xs write data/n 0\rxs perms data/n n9 r1\r")
+        if step in (60, 140) and "recorded" not in host.gone:     # at least two moves of the recorded domain
+            host.move("recorded")
         host.step(schedule, step, names)
         if "recorded" in host.gone:
             break
