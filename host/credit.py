@@ -7,7 +7,9 @@ milliseconds:
   QUANTA_PER_PERIOD quanta (Xen: 30 ms, three 10 ms ticks);
 - at each accounting, the period's instructions are shared out as credit to the active vCPUs in
   proportion to their weight (default 256, 1..65535); running costs a vCPU one credit per instruction;
-- a vCPU with credit left is UNDER, one that has used it up is OVER; the next quantum goes to an
+- a vCPU with credit left is UNDER, and so is a new one until it has run (Xen's csched_alloc_udata makes
+  a new vCPU UNDER with no credit; it turns OVER at its first debit); one that has used its credit up
+  is OVER; the next quantum goes to an
   UNDER vCPU if there is one (round robin among equals), otherwise to an OVER one, so an idle
   neighbour's share is not wasted (credit is work-conserving);
 - a cap (percent of one physical CPU, 0 = none) limits what a vCPU may run per period: once it has
@@ -54,7 +56,10 @@ class CreditScheduler:
         return entity.cap > 0 and entity.used_in_period * 100 >= entity.cap * self.period
 
     def add(self, entity: Entity) -> None:
-        """A new vCPU: it gets credit at the next accounting (until then it runs as OVER)."""
+        """A new vCPU (created, or moved here from another pCPU): UNDER with no credit, as in Xen, until
+        its first quantum is charged; so it takes its turn among the UNDER vCPUs at once (as OVER it
+        could wait forever for the next accounting beside UNDER vCPUs that run a little at each wake-up,
+        since a period ends only once the pCPU has run a period's instructions)."""
         self.entities.append(entity)
 
     def remove(self, entity: Entity) -> None:
@@ -79,7 +84,8 @@ class CreditScheduler:
         candidates = [entity for entity in self.entities if entity.runnable and not self.parked(entity)]
         if not candidates:
             return None
-        chosen = next((entity for entity in candidates if entity.credit > 0), candidates[0])
+        chosen = next((entity for entity in candidates if entity.credit > 0 or entity.instructions == 0),
+                      candidates[0])
         self.entities.remove(chosen)
         self.entities.append(chosen)
         return chosen

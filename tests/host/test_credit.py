@@ -70,3 +70,23 @@ def test_equal_weights_round_robin():
         scheduler.add(entity)
     run_window(scheduler, 90_000)
     assert [entity.instructions for entity in entities] == [30_000] * 3
+
+
+def test_a_new_vcpu_is_under_until_it_has_run():
+    """Xen makes a new vCPU UNDER with no credit (csched_alloc_udata) until its first debit, so a vCPU
+    created or moved onto a pCPU runs at once - not after the next accounting, which beside a vCPU that
+    runs a few instructions at each wake-up (a period ends only after a period's instructions) may
+    never come. Its first quantum charged, it is OVER until then."""
+    scheduler = CreditScheduler(quantum=1000)
+    waker = Entity("waker")
+    scheduler.add(waker)
+    for _ in range(10):
+        scheduler.charge(scheduler.pick(), 10)
+    arrived = Entity("arrived")
+    scheduler.add(arrived)
+    picks = []
+    for _ in range(6):
+        chosen = scheduler.pick()
+        picks.append(chosen.name)
+        scheduler.charge(chosen, 10 if chosen is waker else 1000)
+    assert picks == ["waker", "arrived"] + ["waker"] * 4 and scheduler.accountings == 1     # round robin among UNDER
