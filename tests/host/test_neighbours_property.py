@@ -178,7 +178,9 @@ def test_a_recording_replays_whatever_its_neighbours_do(tmp_path_factory, neighb
         host.step(schedule, step, names)
         if "recorded" in host.gone:
             break
-    assert "recorded" in host.gone, "the recorded domain did not power off"
+    assert "recorded" in host.gone, ("the recorded domain did not power off", bytes(host.seen.get("recorded", b""))[-300:],
+                                     host.where, {name: (hosted.state, hosted.idle, hosted.wake_ns, hosted.entity.runnable)
+                                                  for cpu in host.cpus for name, hosted in cpu.domains.items()})
     recorded_output = bytes(host.seen["recorded"])
 
     replayed = bytearray()
