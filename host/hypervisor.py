@@ -25,9 +25,11 @@ import itertools
 import json
 import multiprocessing
 import os
+import queue
 import selectors
 import signal
 import socket
+import threading
 import uuid
 from collections import deque
 from collections.abc import Collection
@@ -50,11 +52,33 @@ class HostError(Exception):
 
 @dataclass
 class Worker:
+    """A pCPU worker as the hypervisor sees it. What is sent to it goes through its outbox and a sender
+    thread, so the hypervisor never blocks on a full pipe: a worker mid-quantum may itself be blocked
+    sending its console output or xenstore changes up, which only the hypervisor's reading frees."""
     index: int
     core: int
     process: multiprocessing.Process
     connection: object
     domains: set[str] = field(default_factory=set)
+    outbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._send_in_order, name=f"xenrr-pcpu{self.index}-sender", daemon=True).start()
+
+    def send(self, message: dict) -> None:
+        """Queue `message` for the worker (sent in the order queued); never blocks."""
+        self.outbox.put(message)
+
+    def close_outbox(self) -> None:
+        """Send what is queued, then end the sender thread."""
+        self.outbox.put(None)
+
+    def _send_in_order(self) -> None:
+        while (message := self.outbox.get()) is not None:
+            try:
+                self.connection.send(message)
+            except OSError:
+                return                  # the worker died: reading its pipe says so (EOFError) to the serve loop
 
 
 @dataclass
@@ -107,7 +131,7 @@ class Hypervisor:
         """Send a request to a worker and wait for its reply (console output meanwhile is passed on)."""
         request_id = next(self._request_ids)
         try:
-            worker.connection.send({**request, "id": request_id})
+            worker.send({**request, "id": request_id})
             while True:
                 message = worker.connection.recv()
                 if message[0] == "reply" and message[1] == request_id:
@@ -173,10 +197,7 @@ class Hypervisor:
         if entry.moving is not None:
             entry.moving.append(fields)
             return fields["id"]
-        try:
-            self.workers[entry.pcpu].connection.send({"name": entry.name, **fields})
-        except OSError:
-            pass                    # the worker died: the serve loop stops the host
+        self.workers[entry.pcpu].send({"name": entry.name, **fields})
         return fields["id"]
 
     def _console_output(self, entry: DomainEntry, data: bytes) -> None:
@@ -483,6 +504,7 @@ class Hypervisor:
             except HostError:
                 pass
         for worker in self.workers:
+            worker.close_outbox()
             worker.process.join(timeout=10)
             if worker.process.is_alive():
                 worker.process.kill()
