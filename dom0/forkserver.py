@@ -207,6 +207,7 @@ class ForkServer:
         op = request.get("op")
         if op == "status":
             send_message(connection, {"pid": os.getpid(), "fingerprint": request.get("fingerprint") == self.fingerprint,
+                                      "environment": request.get("environment") == self.environment,
                                       "running": len(self.children), "served": self.served,
                                       "cpu_seconds": self.children_cpu_seconds, "idle_seconds": self.idle_seconds,
                                       "uptime": time.monotonic() - self.started, "path": self.path})
@@ -477,7 +478,8 @@ def _ask(request: dict) -> dict | None:
     connection.settimeout(5)
     try:
         connection.connect(path)
-        send_message(connection, {**request, "fingerprint": code_fingerprint()})
+        send_message(connection, {**request, "fingerprint": code_fingerprint(),
+                                  "environment": relevant_environment(dict(os.environ))})
         return receive_message(connection)[0]
     except (OSError, ValueError):
         return None
@@ -496,7 +498,8 @@ def add_server_commands(subparsers: argparse._SubParsersAction) -> None:
                     "changes it is replaced. XENRR_SERVER=manual uses it only once started here; XENRR_SERVER=off "
                     "never. Its socket is private to this user (docs/architecture.md, \"Start-up: the fork server\").")
     actions = server.add_subparsers(dest="server_action", metavar="ACTION", required=True)
-    start = actions.add_parser("start", help="start a server (or say that one runs)")
+    start = actions.add_parser("start", help="start a server (or say that one runs for this code and environment; "
+                                                  "one for another is replaced)")
     start.add_argument("--idle", metavar="SECONDS", type=float, default=_default_idle(),
                        help=f"exit after SECONDS without a command (default {DEFAULT_IDLE_SECONDS:g}, or XENRR_SERVER_IDLE)")
     actions.add_parser("stop", help="stop the server (commands it runs finish first)")
@@ -511,6 +514,9 @@ def command_server(args: argparse.Namespace) -> int:
             print(f"no xenrr server at {path} (XENRR_SERVER={mode()})")
             return 3
         code = "this code" if answer["fingerprint"] else "other code (it is replaced at the next command)"
+        if answer["fingerprint"] and not answer.get("environment"):
+            code += (", another environment (XENRR_*, PYTHON*, LANG, LC_* ... differ: commands from this one run "
+                     "in-process; `xenrr server start` here replaces it)")
         print(f"xenrr server pid {answer['pid']} at {path}: {code}, {answer['running']} running, "
               f"{answer['served']} served ({answer['cpu_seconds']:.2f} s of CPU), up "
               f"{answer['uptime']:.0f} s, exits after {answer['idle_seconds']:g} s idle (XENRR_SERVER={mode()})")
@@ -530,7 +536,7 @@ def _start(idle: float) -> int:
     if not idle > 0:
         raise ServerCommandError(f"--idle must be a positive number of seconds, not {idle}")
     answer = _ask({"op": "status"})
-    if answer is not None and answer["fingerprint"]:
+    if answer is not None and answer["fingerprint"] and answer.get("environment"):
         print(f"xenrr server already running: pid {answer['pid']} at {socket_path()}")
         return 0
     if answer is not None:
@@ -544,7 +550,7 @@ def _start(idle: float) -> int:
             raise ServerCommandError(f"the server exited as it started (status {process.returncode}); "
                                      f"`python -m dom0.forkserver` in a terminal shows why")
         answer = _ask({"op": "status"})
-        if answer is not None and answer["fingerprint"]:
+        if answer is not None and answer["fingerprint"] and answer.get("environment"):
             print(f"xenrr server started: pid {answer['pid']} at {socket_path()}, exits after {idle:g} s idle"
                   + ("" if mode() != "off" else " (XENRR_SERVER=off: commands will not use it)"))
             return 0

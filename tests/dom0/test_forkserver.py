@@ -374,3 +374,16 @@ def test_a_client_whose_server_dies_waits_for_its_command(server, kbdshell_elf):
     assert _gone(command, 5)
     assert client.returncode == 1
     assert err.strip().splitlines()[-1].startswith("xenrr: error: the xenrr server went away")
+
+
+def test_server_start_in_another_environment_replaces_the_server(server):
+    """A server whose environment differs from the shell's runs none of its commands: `server status` there
+    says so, and `server start` there replaces it (instead of "already running") so they are served."""
+    other = {**server, "XENRR_SERVER_TEST_MARK": "another environment"}
+    first = _server_pid(server)
+    assert "another environment" in _xenrr(other, "server", "status").stdout
+    started = _xenrr(other, "server", "start")
+    assert "server started" in started.stdout, started.stdout + started.stderr
+    assert _gone(first)
+    assert "another environment" not in _xenrr(other, "server", "status").stdout
+    _xenrr(other, "server", "stop")
