@@ -244,7 +244,8 @@ def test_record_a_running_domain_then_replay_and_debug_its_log_alone(host, tmp_p
     """On a real host: bad requests are one line; a first recording stopped with Ctrl-C leaves the
     domain running, a second goes along when the domain moves to the other pCPU and back (`vcpu-pin`)
     and ends when the domain is destroyed; both logs replay and verify without
-    the host (the console from the recording's start on), and a real GDB's reverse-continue stops
+    the host (the console from the recording's start on), a third ends when `xenrr shutdown` powers
+    the guest off (exit 0) and verifies too, and a real GDB's reverse-continue stops
     at the start with "No more reverse-execution history"."""
     assert host.xenrr("create", host.config("sh", guest="kbdshell", memory=4)).status == 0
     host.console_until("sh", b"\nbefore\r", 1, typed=b"echo before\r")
@@ -279,17 +280,27 @@ def test_record_a_running_domain_then_replay_and_debug_its_log_alone(host, tmp_p
     status, said = _ended(second)
     assert status == 3 and "domain sh destroyed" in said and f"(instructions {second_start} to" in said, said
 
+    # A third ends when the guest powers off at `xenrr shutdown` (xsprobe watches control/shutdown).
+    probe_log = tmp_path / "probe.xrr"
+    assert host.xenrr("create", host.config("probe", guest="xsprobe", memory=4)).status == 0
+    host.wait_for(lambda: host.domains()["probe"]["state"] == "blocked", "xsprobe to wait for control/shutdown")
+    probe, _ = _start_recording(host, "probe", probe_log)
+    assert host.xenrr("shutdown", "probe").status == 0
+    status, said = _ended(probe)
+    assert status == 0 and "domain probe shut down (poweroff)" in said, said
+
     host.process.send_signal(signal.SIGTERM)            # no host from here on: the logs alone
     host.process.wait(timeout=60)
     for log, shown, hidden, outcome in [(first_log, "first", "before", "recording-stopped:"),
                                         (second_log, "on 1\r\n> echo on 0\r\non 0\r\n> echo second\r\nsecond",
-                                         "first", "destroyed:")]:
+                                         "first", "destroyed:"),
+                                        (probe_log, "", "xsprobe ready", "shutdown:poweroff")]:
         replay = run_xenrr("replay", log, "--json")
         summary = json.loads(replay.stdout)
         assert replay.status == 0 and summary["verified"] and summary["complete"], replay.stderr
         assert summary["recorded_outcome"].startswith(outcome) and summary["digests_checked"] >= 1
         console = run_xenrr("replay", log).stdout
-        assert f"\n{shown}\r" in console and f"\n{hidden}\r" not in console
+        assert (not shown or f"\n{shown}\r" in console) and hidden not in console
 
     from gdbext.api import NO_HISTORY_TEXT, xenrr_debug
     with xenrr_debug(second_log) as d:
