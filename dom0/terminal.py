@@ -90,7 +90,7 @@ class Terminal:
             self._bar.clear()
             self._bar_shown = False
         self._fresh_line()
-        self._write_unless_gone(sys.stderr, (text + "\n").encode())
+        self._write_unless_gone(sys.stderr, (text + "\n").encode(errors="surrogateescape"))   # a file name as it was given
 
     @contextmanager
     def progress(self, total: int, description: str, unit: str, enabled: bool = True,

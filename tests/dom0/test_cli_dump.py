@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 import xen.inject  # noqa: F401  (registers the input kinds)
 from dom0.logfile import LogHeader, LogReader
-from tests.conftest import write_log
+from tests.conftest import ROOT, write_log
 from xen.logrecord import FIRST_INPUT_KIND, kind_names
 
 
@@ -71,3 +74,13 @@ def test_dump_shows_a_malformed_header_then_refuses_it(xenrr, virtual_recording,
     as_json = xenrr("dump", edited, "--json")
     assert as_json.status == 2 and json.loads(as_json.stdout)["status"] == 2
     assert xenrr("replay", edited).status == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_named_as_given(tmp_path):
+    """A log name of bytes that are not UTF-8 (a name from another system) is named in the one-line error as
+    the user gave it, byte for byte, instead of a traceback."""
+    missing = os.path.join(os.fsencode(tmp_path), b"log\xff.xrr")
+    run = subprocess.run([sys.executable, "-m", "dom0.cli", "dump", missing], cwd=ROOT, capture_output=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert run.stderr == b"xenrr: error: cannot read " + missing + b": No such file or directory\n"
