@@ -6,7 +6,8 @@ server imports every module the served commands use and creates one engine that 
 command a client sends it forks a child; the child takes the client's stdin, stdout and stderr, its
 working directory, environment, arguments and process attributes (umask, limits, nice, affinity, signal
 dispositions and mask), runs `dom0.cli` exactly as the client would have, and
-its exit status (or 128 + the signal that ended it) goes back to the client, which waits meanwhile.
+its exit status (or the signal that ended it, by which the client then ends too) goes back to the client,
+which waits meanwhile.
 Invariants:
 - every command runs in a fresh child of a server that never ran one: the child's engine is a copy
   of one never run, its modules' state is as imports left it (no command's leftovers, ever);
@@ -141,8 +142,10 @@ class ForkServer:
                 self.waiting.discard(connection)
                 self.selector.unregister(connection)
             try:
-                send_message(connection, {"status": os.waitstatus_to_exitcode(wait_status) if
-                                          os.WIFEXITED(wait_status) else 128 + os.WTERMSIG(wait_status)})
+                signalled = os.WIFSIGNALED(wait_status)
+                send_message(connection, {"status": 128 + os.WTERMSIG(wait_status) if signalled else
+                                          os.waitstatus_to_exitcode(wait_status),
+                                          "signal": os.WTERMSIG(wait_status) if signalled else None})
             except OSError:
                 pass
             connection.close()

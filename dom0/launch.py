@@ -270,7 +270,7 @@ def _wait_for(connection: socket.socket, child: int, terminal) -> int:
     previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, stop)
     try:
         answer, _ = receive_message(connection)
-        return int(answer["status"])
+        status, ended_by = int(answer["status"]), answer.get("signal")
     except (OSError, ValueError, KeyError):
         _wait_for_orphan(child)
         print("xenrr: error: the xenrr server went away while it ran the command (XENRR_SERVER=off runs "
@@ -280,6 +280,19 @@ def _wait_for(connection: socket.socket, child: int, terminal) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
         _restore_terminal(terminal)
+    if ended_by:
+        _end_by(ended_by)
+    return status
+
+
+def _end_by(number: int) -> None:
+    """End as the command ended, by signal `number`, so that whoever waits for this process (a shell, a
+    script's subprocess) sees what it sees of a command run in-process (its core, if any, was dumped)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    if number != signal.SIGKILL:                  # it has no handler to reset
+        signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [number])
+    os.kill(os.getpid(), number)        # returns only for a signal whose default is to go on
 
 
 def _wait_for_orphan(child: int) -> None:
