@@ -235,6 +235,8 @@ def _console_input(args: argparse.Namespace):
             raise UsageError(f"cannot read key script {args.keys_file}: {error.strerror}") from None
     if script is not None:
         return KeyEventScript(script) if pv else KeyScript(parse_key_script(script))
+    if sys.stdin is None:           # `xenrr run GUEST <&-`
+        raise UsageError("standard input is closed: give keys with --keys or --keys-file, or none with </dev/null")
     terminal = TerminalInput(sys.stdin.fileno())
     return KeyboardTerminal(terminal) if pv else terminal
 

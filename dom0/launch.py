@@ -170,6 +170,17 @@ def start_server_in_background():
                             close_fds=True, cwd="/")
 
 
+def _standard_fd_closed() -> bool:
+    """Whether stdin, stdout or stderr is closed (`<&-`): in-process Python makes that stream None; here the
+    connection to the server would take the descriptor and be sent as the command's stream."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return True
+    return False
+
+
 def _in_background() -> bool:
     """Whether this process is a background job of the terminal it reads or writes (`xenrr run ... &`):
     in-process the kernel stops it when it touches the terminal (SIGTTIN, SIGTTOU) until `fg`, which a
@@ -224,7 +235,7 @@ def _command_of(argv: list[str]) -> str | None:
 def run_through_server(argv: list[str]) -> int | None:
     """The command's exit status after a server ran it, or None: run it in this process."""
     chosen = mode()
-    if chosen == "off" or _command_of(argv) not in SERVED or _in_background():
+    if chosen == "off" or _command_of(argv) not in SERVED or _in_background() or _standard_fd_closed():
         return None
     path = socket_path()
     connection = _connect(path)

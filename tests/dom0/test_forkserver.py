@@ -387,3 +387,18 @@ def test_server_start_in_another_environment_replaces_the_server(server):
     assert _gone(first)
     assert "another environment" not in _xenrr(other, "server", "status").stdout
     _xenrr(other, "server", "stop")
+
+
+def test_a_closed_stdin_is_closed_for_the_command(server, minimal_elf):
+    """`xenrr run GUEST <&-`: the client's connection to the server must not become the command's stdin (the
+    command waited for keys from it for ever); the client runs it as in-process, which says in one line
+    that there is no input to read."""
+    outcomes = [subprocess.run([sys.executable, "-m", "dom0.launch", "run", str(minimal_elf), "--clock", "virtual"],
+                               cwd=ROOT, env={**server, "XENRR_SERVER": mode}, preexec_fn=lambda: os.close(0),
+                               capture_output=True, text=True, timeout=60) for mode in ("manual", "off")]
+    served, local = outcomes
+    assert served.returncode == local.returncode == 2
+    assert served.stderr == local.stderr
+    assert served.stderr.strip().splitlines()[-1] == ("xenrr: error: standard input is closed: give keys with --keys "
+                                                      "or --keys-file, or none with </dev/null")
+    assert _served(server) == 0
