@@ -179,6 +179,43 @@ def test_a_flood_of_other_domains_changes_cannot_queue_unbounded_watch_events_fo
     assert b.request(abi.XS_READ, "/local/domain/1/data/x") == "19999"       # the store itself is up to date
 
 
+def test_a_checkpoint_holds_an_open_transaction_s_changes_for_the_others_and_the_capped_events():
+    """save_state/load_state and state_bytes (snapshots, digests, reverse execution) cover what the
+    replicas added: the changes an open transaction sends at its commit, and the watch events queued up
+    to MAX_QUEUED_OUTPUT (the cap counts the queued bytes, so a restored replica drops the same events)."""
+    a = Replica(1)
+    a.store.mkdir("/local/domain/1/data", (("n", 1),))
+    a.store.mkdir("/local/domain/2/data", (("n", 2), ("r", 1)))
+    a.request(abi.XS_WATCH, "/local/domain/2/data", "t")
+    tx = int(a.request(abi.XS_TRANSACTION_START, ""))
+    a.request(abi.XS_WRITE, b"data/x\x001", tx=tx)
+    a.request(abi.XS_MKDIR, "data/d", tx=tx)
+    a.sent.clear()
+    a.events.clear()
+    for index in range(20000):
+        a.store.apply_change(XenstoreChange(2, (XenstoreOp("write", "/local/domain/2/data/x", b"%d" % index),)))
+    b = Replica(1)
+    b.store.load_state(a.store.save_state())
+    assert b.store.state_bytes() == a.store.state_bytes()
+    for replica in (a, b):
+        replica.store.apply_change(XenstoreChange(2, (XenstoreOp("write", "/local/domain/2/data/y", b"y"),)))
+    assert b.store.state_bytes() == a.store.state_bytes()
+    for replica in (a, b):
+        assert replica.request(abi.XS_TRANSACTION_END, "T", tx=tx) == "OK"
+    assert a.events == b.events and "/local/domain/2/data/y" not in a.events      # dropped past the cap in both
+    assert [str(change) for change in b.sent] == [str(change) for change in a.sent] == [
+        "d1 write /local/domain/1/data/x = '1'; mkdir /local/domain/1/data/d"]
+    written, perms_set = Replica(1), Replica(1)          # open transactions that differ only in what they send
+    for replica in (written, perms_set):
+        replica.store.mkdir("/local/domain/1/data", (("n", 1),))
+        replica.store.write("/local/domain/1/data/x", b"1")
+        assert replica.request(abi.XS_TRANSACTION_START, "") == "1"
+    written.request(abi.XS_WRITE, b"data/x\x001", tx=1)           # the value it has: the same tree
+    perms_set.request(abi.XS_SET_PERMS, "data/x", "n1", tx=1)      # the perms it has: the same tree
+    assert written.store.save_state() != perms_set.store.save_state()
+    assert written.store.state_bytes() != perms_set.store.state_bytes()
+
+
 def test_removing_a_home_the_watcher_may_not_read_fires_its_watch_on_a_node_below_it_may_read():
     """As C xenstored fires the watches of each node a recursive rm deletes with that node's permissions:
     a backend watching a frontend's node learns that the frontend's home went."""
