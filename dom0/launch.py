@@ -134,18 +134,20 @@ def send_message(connection: socket.socket, message: dict, fds: tuple[int, ...] 
 
 
 def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
-    """One message (and the file descriptors that came with its first bytes); ValueError if malformed."""
+    """One message (and the file descriptors that came with its first bytes); ValueError if malformed.
+    Reads no byte past it: the next message (a command's status after its "started") may have come already."""
     buffer, fds = b"", []
     length = None
     while length is None or len(buffer) < _LENGTH_BYTES + length:
+        wanted = _LENGTH_BYTES - len(buffer) if length is None else _LENGTH_BYTES + length - len(buffer)
         if max_fds and not fds:
-            data, ancillary, _, _ = connection.recvmsg(65536, socket.CMSG_SPACE(4 * max_fds))
+            data, ancillary, _, _ = connection.recvmsg(wanted, socket.CMSG_SPACE(4 * max_fds))
             for level, kind, rights in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds += [int.from_bytes(rights[at:at + 4], sys.byteorder, signed=True)
                             for at in range(0, len(rights) - len(rights) % 4, 4)]
         else:
-            data = connection.recv(65536)
+            data = connection.recv(wanted)
         if not data:
             raise ConnectionError("connection closed")
         buffer += data
