@@ -286,6 +286,7 @@ def _child(server: ForkServer, connection: socket.socket, request: dict, fds: li
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+        os.setsid()                       # a scheduling autogroup of its own (see _take_process_attributes)
         _take_process_attributes(request["process"])
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -337,7 +338,10 @@ def _can_take(process: dict) -> bool:
 
 def _take_process_attributes(process: dict) -> None:
     """In the child: the client's umask, resource limits, nice value, CPU affinity and signal dispositions
-    and mask, in place of the server's (a command in-process would have had the client's)."""
+    and mask, in place of the server's (a command in-process would have had the client's). Its session is
+    its own (no terminal's: it never opens one): Linux shares the CPU between sessions' autogroups first,
+    so in the server's one all served commands of all terminals would share one session's CPU time, and a
+    pinned replay raising its autogroup's priority (host/pinning.py) would raise the others' with it."""
     os.umask(process["umask"])
     for limit, limits in process["limits"].items():
         resource.setrlimit(limit, limits)

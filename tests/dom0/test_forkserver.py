@@ -300,6 +300,8 @@ def test_the_command_has_the_clients_process_attributes_not_the_servers(server, 
     assert int(status["Umask"], 8) == 0o077
     assert os.getpriority(os.PRIO_PROCESS, command) == os.getpriority(os.PRIO_PROCESS, 0) + 3
     assert resource.prlimit(command, resource.RLIMIT_NOFILE)[0] == 200
+    autogroup = Path(f"/proc/{command}/autogroup").read_text().split()[0]      # the CPU's share: its own
+    assert autogroup != Path(f"/proc/{_server_pid(server)}/autogroup").read_text().split()[0]
     assert _served(server) == 2
     client.kill()
     client.wait()
