@@ -39,6 +39,11 @@ _PERM_BITS = {"n": 0, "r": 1, "w": 2, "b": 3}
 READ, WRITE = 1, 2
 # C xenstored's default quotas (xenstored -h): per-transaction, per-domain limits for unprivileged domains.
 MAX_TRANSACTIONS = 10
+# Changes one transaction may hold until its commit: past them a change is refused with ENOSPC, the errno C
+# xenstored gives past its per-transaction quota (quota_trans_nodes, 1024 nodes). C xenstored counts the
+# nodes a transaction touched; xenrr counts its changes, which it keeps to send on to the other replicas at
+# commit - so a transaction that writes one node 1,025 times is refused here and not there.
+MAX_TRANSACTION_CHANGES = 1024
 MAX_WATCHES = 128
 MAX_ENTRY_BYTES = 2048
 MAX_NODES = 1000
@@ -128,6 +133,9 @@ class Xenstored:
             del self._input[:_HEADER.size + length]
             self._request(kind, req_id, tx_id, payload)
             self._deliver_dom0_events()
+
+    def backlog(self) -> int:
+        return len(self._output)
 
     def take_output(self, limit: int) -> bytes:
         data = bytes(self._output[:limit])
@@ -333,6 +341,8 @@ class Xenstored:
             op = XenstoreOp("set-perms", self._canonical(path, caller), _perms_bytes(perms))
         else:
             raise XenstoreError("ENOSYS")
+        if transaction is not None and caller != DOM0 and len(transaction.ops) >= MAX_TRANSACTION_CHANGES:
+            raise XenstoreError("ENOSPC")
         if self._apply(nodes, transaction, caller, op):
             self._commit(transaction, caller, op)
         return b"OK\0", []

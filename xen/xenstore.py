@@ -23,6 +23,12 @@ from xen.ringpage import RingFields, ring_distance
 from xen.vcpu import MachineMemory
 
 _RING_SIZE = abi.XENSTORE_RING_SIZE
+# Requests stay in the guest's ring while more than this of its replies wait for room in rsp[]: a guest
+# that never consumes its replies cannot grow them without bound. C xenstored does the same with its
+# outstanding-request quota (quota_req_outstanding): it stops reading a domain's requests until the
+# domain has taken its replies. An honest guest only waits: its next notification, once it has
+# consumed replies, lets the rest in.
+REQUESTS_WAIT_ABOVE = 64 * 1024
 
 
 class XenstoreProtocolError(Exception):
@@ -124,6 +130,9 @@ class XenstoreServer(Protocol):
     def take_output(self, limit: int) -> bytes:
         """Up to `limit` bytes of replies and watch events, removed from the server's queue."""
 
+    def backlog(self) -> int:
+        """Bytes of replies and watch events queued that no `take_output` has taken yet."""
+
     def write(self, path: str, value: bytes) -> None:
         """A write by dom0 (the toolstack), e.g. while the guest runs: fires the guest's watches."""
 
@@ -177,9 +186,12 @@ class XenstoreRing:
         anything moved (the guest is then notified on the store port)."""
         if self.error != abi.XENSTORE_ERROR_NONE:
             return False
+        moved = self.flush(server)
         consumer, available = self._used("req_cons", "req_prod")
         if available is None:
             return True
+        if server.backlog() >= REQUESTS_WAIT_ABOVE:
+            return moved
         data = self._read_ring(_offset("req"), consumer, available)
         self._fields.write("req_cons", consumer + available)
         try:
@@ -187,7 +199,7 @@ class XenstoreRing:
         except XenstoreProtocolError:
             self._fields.write("error", abi.XENSTORE_ERROR_PROTO)
             return True
-        return self.flush(server) or available > 0
+        return self.flush(server) or moved or available > 0
 
     def flush(self, server: XenstoreServer) -> bool:
         """Write queued replies and events into rsp[] as far as the guest has consumed it."""

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from dom0.toolstack import GUEST_DOMID, connect_xenstore, xenstore_config
+from dom0.xenstored import MAX_TRANSACTION_CHANGES
 from xen import abi
 from xen.builder import build_domain
 from xen.domain import Domain
 from xen.inject import Kind
+from xen.xenstore import REQUESTS_WAIT_ABOVE
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ctypes.sizeof(abi.XsdSockmsg)
@@ -301,6 +303,18 @@ def test_transaction_quota(guest):
     assert error(guest.call(abi.XS_TRANSACTION_START, "")) == "ENOSPC"
 
 
+def test_a_transaction_holds_at_most_its_quota_of_changes(guest):
+    """Past MAX_TRANSACTION_CHANGES a change in a transaction gets ENOSPC (C xenstored's errno past its
+    per-transaction quota, quota_trans_nodes), so a guest cannot grow one without bound; the changes made
+    before commit."""
+    tx = int(ok(guest.call(abi.XS_TRANSACTION_START, ""), abi.XS_TRANSACTION_START)[:-1])
+    for index in range(MAX_TRANSACTION_CHANGES):
+        ok(guest.call(abi.XS_WRITE, raw=f"data/n{index % 2}\0{index}".encode(), tx=tx), abi.XS_WRITE)
+    assert error(guest.call(abi.XS_WRITE, raw=b"data/n0\0again", tx=tx)) == "ENOSPC"
+    ok(guest.call(abi.XS_TRANSACTION_END, "T", tx=tx), abi.XS_TRANSACTION_END)
+    assert ok(guest.call(abi.XS_READ, "data/n1"), abi.XS_READ) == str(MAX_TRANSACTION_CHANGES - 1).encode()
+
+
 def test_requests_split_across_notifications_and_ring_wrap(guest):
     payload = b"data/split\0" + b"z" * 600
     message = bytes(abi.XsdSockmsg(abi.XS_WRITE, 77, 0, len(payload))) + payload
@@ -321,6 +335,36 @@ def test_a_reply_larger_than_the_ring_arrives_as_the_guest_consumes(guest):
         guest.notify()                                          # the guest consumed: it notifies, more comes
         received += guest.raw()
     assert received[HEADER:] == b"q" * 2000
+
+
+def test_a_guest_that_never_takes_its_replies_cannot_grow_them_without_bound(guest):
+    """C xenstored stops reading a domain's requests while too many of its replies are outstanding
+    (quota_req_outstanding in xenstored's domain accounting); xenrr leaves them in req[] once
+    REQUESTS_WAIT_ABOVE bytes of replies wait, and serves them when the guest takes its replies."""
+    ok(guest.call(abi.XS_WRITE, raw=b"data/big\0" + b"q" * 2000), abi.XS_WRITE)
+    read = bytes(abi.XsdSockmsg(abi.XS_READ, 9, 0, 9)) + b"data/big\0"
+    sent = 0
+    for _ in range(400):                       # 400 ring-fulls of reads, replies never consumed
+        producer = guest.index("req_prod")
+        if producer - guest.index("req_cons") + len(read) > abi.XENSTORE_RING_SIZE:
+            guest.notify()                    # the ring is full: the guest can only notify again
+            continue
+        for offset, byte in enumerate(read):
+            address = guest.page + guest._field("req") + (producer + offset) % abi.XENSTORE_RING_SIZE
+            guest.domain.vcpu.machine.write(address, bytes([byte]))
+        guest.set_index("req_prod", producer + len(read))
+        sent += 1
+        guest.notify()
+    assert guest.store.backlog() < REQUESTS_WAIT_ABOVE + abi.XENSTORE_RING_SIZE // HEADER * (HEADER + 2000)
+    assert guest.index("req_cons") < guest.index("req_prod")      # the rest wait in the guest's ring
+    reply = bytes(abi.XsdSockmsg(abi.XS_READ, 9, 0, 2000)) + b"q" * 2000
+    received = b""
+    while len(received) < sent * len(reply):   # the guest takes its replies: every request is answered
+        taken = guest.raw()
+        assert taken, "a reply never came"
+        received += taken
+        guest.notify()
+    assert received == reply * sent and guest.index("req_cons") == guest.index("req_prod")
 
 
 def test_oversized_request_sets_the_protocol_error(guest):
