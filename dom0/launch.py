@@ -62,9 +62,15 @@ def socket_path() -> str:
     import zlib         # a name, not a secret: crc32 tells installations apart
     installation = f"{_ROOT}\0{os.path.realpath(sys.executable)}".encode()
     name = f"server-{zlib.crc32(installation):08x}.sock"
+    return os.path.join(user_runtime_directory(), name)
+
+
+def user_runtime_directory() -> str:
+    """This user's directory for xenrr's sockets (the fork server's and the host's control socket):
+    $XDG_RUNTIME_DIR/xenrr, else /tmp/xenrr-UID."""
     if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "xenrr", name)
-    return f"/tmp/xenrr-{os.getuid()}/{name}"
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "xenrr")
+    return f"/tmp/xenrr-{os.getuid()}"
 
 
 def private_directory(path: str) -> bool:

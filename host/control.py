@@ -15,6 +15,7 @@ import os
 import socket
 from pathlib import Path
 
+from dom0.launch import user_runtime_directory
 from host.xlcfg import ConfigError, DomainConfig, parse_config
 
 CONSOLE_HISTORY_BYTES = 64 * 1024          # console output a newly attached console is shown first
@@ -28,9 +29,7 @@ class ControlError(Exception):
 def default_socket_path() -> Path:
     if os.environ.get("XENRR_SOCKET"):
         return Path(os.environ["XENRR_SOCKET"])
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "xenrr" / "control.sock"
-    return Path(f"/tmp/xenrr-{os.getuid()}") / "control.sock"
+    return Path(user_runtime_directory()) / "control.sock"
 
 
 def connect(path: Path) -> socket.socket:
