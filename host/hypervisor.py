@@ -179,15 +179,17 @@ class Hypervisor:
             self.offers.get(remote_dom, set()).discard((domid, port))
         elif change == "bound":
             self.offers.get(domid, set()).discard((remote_dom, remote_port))
-        entry = next((entry for entry in self.domains.values() if entry.domid == remote_dom), None)
+        entry = self._domain_of(remote_dom)
         if entry is not None:
             self._tell(entry, {"op": "interdomain", "change": change, "port": remote_port, "remote_dom": domid,
                                "remote_port": port})
 
     def _send_xenstore(self, domid: int, payloads: list[bytes]) -> int:
         """A xenstore change for domain `domid` (which exists); the request's id."""
-        entry = next(entry for entry in self.domains.values() if entry.domid == domid)
-        return self._tell(entry, {"op": "xenstore", "payloads": payloads})
+        return self._tell(self._domain_of(domid), {"op": "xenstore", "payloads": payloads})
+
+    def _domain_of(self, domid: int) -> DomainEntry | None:
+        return next((entry for entry in self.domains.values() if entry.domid == domid), None)
 
     def _tell(self, entry: DomainEntry, fields: dict) -> int:
         """An inter-domain action or xenstore change (`fields`, with its "op") for `entry`'s worker; its
