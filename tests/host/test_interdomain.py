@@ -90,7 +90,8 @@ def test_two_domains_on_two_pcpus_signal_each_other_and_the_recorded_one_replays
     assert host.xenrr("destroy", "b").status == 0
     host.wait_for(lambda: "unbound d2" in type_and_wait("a", ["evtchn status 4"], "m7").split("m6")[-1],
                   "a's end to be unbound when b went")
-    recorded = host.console_until("a", b"\nm8\r", 1, typed=b"echo m8\rhalt\r")
+    recorded = host.console_until("a", b"\nm8\r", 1, typed=b"echo m8\r")
+    assert host.xenrr("console", "a", stdin=b"halt\r").status == 0      # typed, then detached (or a gone first)
     host.wait_for(lambda: "a" not in host.domains(), "a to power off")
 
     dumped = run_xenrr("dump", log, "--json", "--kind", "interdomain")
